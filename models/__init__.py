@@ -1,0 +1,40 @@
+"""Model registry: the paper's CIFAR architectures plus a tiny test model.
+
+Interface used by the training loop::
+
+  model = create_model('resnet18', num_classes=10)
+  variables = model.init(rng, x, train=False)  # {'params', 'batch_stats'}
+  logits, new_state = model.apply(variables, x, train=True,
+                                  mutable=['batch_stats'])
+  logits = model.apply(variables, x, train=False)
+
+``x`` is float NHWC (N, 32, 32, 3), already normalised; logits are float32
+whatever the computation ``dtype`` (params are always float32).
+"""
+import jax.numpy as jnp
+import flax.linen as nn
+
+from models.resnet import resnet18
+from models.tiny_cnn import tiny_cnn
+from models.vgg import vgg16
+from models.wide_resnet import wrn16_4
+
+_BUILDERS = {
+    'vgg16': vgg16,
+    'resnet18': resnet18,
+    'wrn16_4': wrn16_4,
+    'tiny_cnn': tiny_cnn,
+}
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def create_model(name: str, num_classes: int,
+                 dtype=jnp.float32) -> nn.Module:
+  """Builds model ``name`` with ``num_classes`` outputs in ``dtype``."""
+  if name not in _BUILDERS:
+    raise ValueError(f'model={name!r} is not known; allowed: '
+                     f'{", ".join(MODEL_NAMES)}')
+  return _BUILDERS[name](num_classes, dtype=dtype)
+
+
+__all__ = ['MODEL_NAMES', 'create_model']

@@ -1,0 +1,36 @@
+"""A tiny CNN for CPU tests and the quick config (not in the paper).
+
+Three conv3x3 (no bias: BN follows) + BN + ReLU blocks of widths 16/32/64,
+a 2x2 max-pool after the first two, global average pool, Dense: about 24k
+parameters for 10 classes. PyTorch-default initialisation like the paper's
+models (see ``models.layers``).
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from models.layers import BatchNorm, Dtype, conv, torch_dense
+
+
+class TinyCNN(nn.Module):
+  num_classes: int
+  widths: Sequence[int] = (16, 32, 64)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i, width in enumerate(self.widths, start=1):
+      x = conv(width, 3, x.shape[-1], dtype=self.dtype, name=f'conv{i}')(x)
+      x = nn.relu(BatchNorm(dtype=self.dtype, name=f'bn{i}')(x, train))
+      if i < len(self.widths):
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = jnp.mean(x, axis=(1, 2))
+    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
+                    name='classifier')(x)
+    return x.astype(jnp.float32)
+
+
+def tiny_cnn(num_classes: int, dtype: Dtype = jnp.float32) -> TinyCNN:
+  return TinyCNN(num_classes, dtype=dtype)

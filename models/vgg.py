@@ -1,0 +1,53 @@
+"""VGG16 for CIFAR, as in the Padam authors' ``models/vgg.py``.
+
+Every 3x3 conv (padding 1, *with* bias) is followed by BatchNorm and ReLU;
+'M' is a 2x2 max-pool, stride 2. Five pools take 32x32 to 1x1, so the
+features flatten to 512 and a single Dense layer gives the logits. (The
+authors' trailing ``AvgPool2d(kernel_size=1, stride=1)`` is the identity and
+is left out.)
+
+Initialisation: PyTorch defaults, since the authors do not re-initialise:
+conv/dense weights ``variance_scaling(1/3, 'fan_in', 'uniform')``, biases
+U(+-1/sqrt(fan_in)), BatchNorm scale 1 / bias 0 (see ``models.layers``).
+"""
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from models.layers import BatchNorm, Dtype, conv, torch_dense
+
+MAX_POOL = 'M'
+VGG16_LAYOUT = (64, 64, MAX_POOL, 128, 128, MAX_POOL, 256, 256, 256, MAX_POOL,
+                512, 512, 512, MAX_POOL, 512, 512, 512, MAX_POOL)
+
+
+class VGG(nn.Module):
+  """VGG with BatchNorm; ``layout`` lists conv widths and 'M' pools."""
+  layout: Sequence[Union[int, str]]
+  num_classes: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    stage, index = 1, 1
+    for item in self.layout:
+      if item == MAX_POOL:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        stage, index = stage + 1, 1
+        continue
+      prefix = f'stage{stage}_'
+      x = conv(item, 3, x.shape[-1], use_bias=True, dtype=self.dtype,
+               name=f'{prefix}conv{index}')(x)
+      x = BatchNorm(dtype=self.dtype, name=f'{prefix}bn{index}')(x, train)
+      x = nn.relu(x)
+      index += 1
+    x = x.reshape((x.shape[0], -1))
+    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
+                    name='classifier')(x)
+    return x.astype(jnp.float32)
+
+
+def vgg16(num_classes: int, dtype: Dtype = jnp.float32) -> VGG:
+  return VGG(VGG16_LAYOUT, num_classes, dtype)

@@ -1,0 +1,539 @@
+"""Tests of training/input_pipeline.py."""
+
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.data_fixtures import mock_cifar
+from training import input_pipeline as ip
+
+SUBSET_PY = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-py')
+SUBSET_BIN = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-bin')
+SUBSET_PER_FILE = 1017
+
+needs_subset = pytest.mark.skipif(
+    not os.path.isdir(SUBSET_PY) or not os.path.isdir(SUBSET_BIN),
+    reason=f'shared CIFAR-10 subset not found at {SHARED_CIFAR10_SUBSET}')
+
+CIFAR10_FILES = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+
+
+def read_bin_layout(folder, name):
+  """Independent reader of the official binary layout (label byte + 3072)."""
+  raw = np.fromfile(os.path.join(folder, name), dtype=np.uint8)
+  records = raw.reshape(-1, 1 + 3072)
+  labels = records[:, 0].astype(np.int64)
+  # Channel planes (R, G, B) of 32x32 row-major pixels -> NHWC.
+  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return images, labels
+
+
+def write_batch(path, data, labels, label_key=b'labels'):
+  with open(path, 'wb') as f:
+    pickle.dump({b'batch_label': b'synthetic', label_key: list(labels),
+                 b'data': data}, f)
+
+
+def write_cifar10_layout(root, n_per_file=3, seed=0):
+  """Writes a tiny synthetic cifar-10-batches-py/ under root; returns it."""
+  folder = os.path.join(root, 'cifar-10-batches-py')
+  os.makedirs(folder)
+  rng = np.random.default_rng(seed)
+  for name in CIFAR10_FILES:
+    data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
+    write_batch(os.path.join(folder, name), data,
+                rng.integers(0, 10, n_per_file).tolist())
+  return folder
+
+
+def expect_error(exc_type, fn, *fragments):
+  with pytest.raises(exc_type) as info:
+    fn()
+  message = str(info.value)
+  for fragment in fragments:
+    assert str(fragment) in message, (fragment, message)
+  return info.value
+
+
+# ---------------------------------------------------------------------------
+# Local loading.
+
+
+@needs_subset
+def test_load_shared_subset_python_layout():
+  data = ip.load_cifar('cifar10', source='local', data_dir=SHARED_CIFAR10_SUBSET)
+  assert data.name == 'cifar10' and data.num_classes == 10
+  assert 'cifar-10-batches-py' in data.source
+  for split, n in ((data.train, 5 * SUBSET_PER_FILE), (data.test, SUBSET_PER_FILE)):
+    assert split.images.shape == (n, 32, 32, 3)
+    assert split.images.dtype == np.uint8
+    assert split.images.flags.c_contiguous
+    assert split.labels.shape == (n,) and split.labels.dtype == np.int32
+    assert split.labels.min() == 0 and split.labels.max() == 9
+    assert len(split) == n
+
+  # Cross-check against the binary layout of the same images.
+  bin_train = [read_bin_layout(SUBSET_BIN, f'data_batch_{i}.bin')
+               for i in range(1, 6)]
+  bin_images = np.concatenate([b[0] for b in bin_train])
+  bin_labels = np.concatenate([b[1] for b in bin_train])
+  np.testing.assert_array_equal(data.train.images, bin_images)
+  np.testing.assert_array_equal(data.train.labels, bin_labels)
+  test_images, test_labels = read_bin_layout(SUBSET_BIN, 'test_batch.bin')
+  np.testing.assert_array_equal(data.test.images, test_images)
+  np.testing.assert_array_equal(data.test.labels, test_labels)
+  # A few spot checks by hand: image 1017 is the first of data_batch_2.
+  np.testing.assert_array_equal(data.train.images[SUBSET_PER_FILE],
+                                bin_train[1][0][0])
+  assert data.train.labels[SUBSET_PER_FILE] == bin_train[1][1][0]
+  # Images are not constant / not all equal (sanity of the transposition).
+  assert data.train.images[0].std() > 10
+  assert not np.array_equal(data.train.images[0], data.train.images[1])
+
+
+@needs_subset
+def test_load_subset_folder_itself_and_official_archive(tmp_path):
+  reference = ip.load_cifar('cifar10', source='local', data_dir=SUBSET_PY)
+  archive = tmp_path / 'cifar-10-python.tar.gz'
+  with tarfile.open(archive, 'w:gz', compresslevel=1) as tar:
+    tar.add(SUBSET_PY, arcname='cifar-10-batches-py')
+  for data_dir in (tmp_path, archive):
+    data = ip.load_cifar('cifar10', source='local', data_dir=str(data_dir))
+    assert 'archive' in data.source and str(archive) in data.source
+    for a, b in ((data.train, reference.train), (data.test, reference.test)):
+      np.testing.assert_array_equal(a.images, b.images)
+      np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_load_cifar100_python_layout(tmp_path):
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  data_by_split = {}
+  for name, n in (('train', 7), ('test', 5)):
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    fine = rng.integers(0, 100, n)
+    fine[0] = 99
+    with open(folder / name, 'wb') as f:
+      pickle.dump({b'data': data, b'fine_labels': fine.tolist(),
+                   b'coarse_labels': (fine // 5).tolist()}, f)
+    data_by_split[name] = (data, fine)
+  loaded = ip.load_cifar('cifar100', source='local', data_dir=str(tmp_path))
+  assert loaded.num_classes == 100 and loaded.name == 'cifar100'
+  for split, name in ((loaded.train, 'train'), (loaded.test, 'test')):
+    data, fine = data_by_split[name]
+    np.testing.assert_array_equal(split.labels, fine)
+    # image[i, y, x, c] == data[i, c * 1024 + y * 32 + x]
+    for i, y, x, c in ((0, 0, 0, 0), (1, 5, 31, 2), (2, 31, 7, 1)):
+      assert split.images[i, y, x, c] == data[i, c * 1024 + y * 32 + x]
+
+
+# ---------------------------------------------------------------------------
+# TFDS (mocked: no TensorFlow, no network).
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
+def test_load_tfds_mocked(dataset, tmp_path):
+  with mock_cifar(num_train=37, num_test=11, dataset=dataset) as expected:
+    data = ip.load_cifar(dataset, source='tfds', data_dir=str(tmp_path))
+  assert data.name == dataset and data.num_classes == ip.NUM_CLASSES[dataset]
+  assert 'tfds' in data.source
+  assert data.train.images.shape == (37, 32, 32, 3)
+  assert data.test.images.shape == (11, 32, 32, 3)
+  assert data.train.labels.dtype == np.int32
+  np.testing.assert_array_equal(data.train.images, expected.train_images)
+  np.testing.assert_array_equal(data.train.labels, expected.train_labels)
+  np.testing.assert_array_equal(data.test.images, expected.test_images)
+  np.testing.assert_array_equal(data.test.labels, expected.test_labels)
+
+
+def test_load_tfds_mocked_reads_in_chunks(monkeypatch):
+  monkeypatch.setattr(ip, '_TFDS_READ_CHUNK', 8)
+  with mock_cifar(num_train=20, num_test=3) as expected:
+    data = ip.load_cifar('cifar10')
+  np.testing.assert_array_equal(data.train.images, expected.train_images)
+
+
+def test_load_tfds_validates_content():
+  with mock_cifar(4, 2, image_shape=(28, 28, 1)):
+    expect_error(ValueError, lambda: ip.load_cifar('cifar10'),
+                 'tfds cifar10', 'train', '(28, 28, 1)', '(32, 32, 3)')
+  with mock_cifar(4, 2, label_offset=10):
+    expect_error(ValueError, lambda: ip.load_cifar('cifar10'),
+                 'tfds cifar10', '[0, 9]')
+
+
+def _common_message_parts(dataset, data_dir):
+  return (dataset, repr(str(data_dir)), "source='local'", 'data_dir=',
+          'cifar-10-python.tar.gz', 'cifar-10-batches-py', 'tensorflow-cpu',
+          'manual_dir', 'cifar-10-binary.tar.gz')
+
+
+def test_tfds_not_prepared_without_tensorflow(tmp_path, monkeypatch):
+  monkeypatch.setattr(ip, '_tensorflow_available', lambda: False)
+  data_dir = tmp_path / 'tfds'
+  err = expect_error(
+      ip.DataNotFoundError,
+      lambda: ip.load_cifar('cifar10', source='tfds', data_dir=str(data_dir)),
+      *_common_message_parts('cifar10', data_dir),
+      'not prepared', 'TensorFlow', 'is not installed',
+      str(data_dir / 'cifar10'))
+  assert isinstance(err, ValueError)
+  # One clear error: no chained TFDS traceback is printed.
+  assert err.__cause__ is None and err.__suppress_context__
+  assert not data_dir.exists()
+
+
+def test_tfds_prepare_failure_is_wrapped(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fake_download_and_prepare(self, **kwargs):
+    calls.append(kwargs)
+    raise ConnectionError('Failed to resolve www.cs.toronto.edu')
+
+  monkeypatch.setattr(ip, '_tensorflow_available', lambda: True)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      fake_download_and_prepare)
+  data_dir = tmp_path / 'tfds'
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  # manual_dir without the archive: refused before trying to prepare.
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar10', data_dir=str(data_dir),
+                                     manual_dir=str(manual_dir)),
+               str(manual_dir), 'does not contain cifar-10-binary.tar.gz')
+  assert not calls
+  (manual_dir / 'cifar-10-binary.tar.gz').write_bytes(b'placeholder')
+  err = expect_error(
+      ip.DataNotFoundError,
+      lambda: ip.load_cifar('cifar10', data_dir=str(data_dir),
+                            manual_dir=str(manual_dir)),
+      *_common_message_parts('cifar10', data_dir),
+      'preparing it failed', 'ConnectionError', 'www.cs.toronto.edu')
+  assert err.__cause__ is None and isinstance(err.cause, ConnectionError)
+  (kwargs,) = calls
+  assert kwargs['file_format'] == 'array_record'
+  assert os.fspath(kwargs['download_config'].manual_dir) == str(manual_dir)
+
+
+def test_tfds_missing_package(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  expect_error(ImportError, lambda: ip.load_cifar('cifar10'),
+               'tensorflow-datasets', "source='local'")
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize('kwargs, fragments', [
+    (dict(dataset='mnist'), ('dataset', "'mnist'", "'cifar10'", "'cifar100'")),
+    (dict(dataset='CIFAR10'), ('dataset', "'CIFAR10'", "'cifar10'")),
+    (dict(dataset='cifar10', source='gcs'), ('source', "'gcs'", "'tfds'",
+                                             "'local'")),
+])
+def test_unknown_dataset_or_source(kwargs, fragments):
+  expect_error(ValueError, lambda: ip.load_cifar(**kwargs), *fragments)
+
+
+def test_local_needs_data_dir():
+  expect_error(ValueError, lambda: ip.load_cifar('cifar10', source='local'),
+               'data_dir', 'cifar-10-batches-py')
+
+
+def test_local_missing_dir(tmp_path):
+  missing = tmp_path / 'nope'
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(missing)),
+               str(missing), 'does not exist', 'cifar-10-batches-py',
+               'cifar-10-python.tar.gz')
+
+
+def test_local_dir_without_cifar(tmp_path):
+  (tmp_path / 'something.txt').write_text('hello')
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(tmp_path)),
+               str(tmp_path), 'No CIFAR-10 data', 'cifar-10-batches-py')
+
+
+def test_local_wrong_dataset_hint(tmp_path):
+  write_cifar10_layout(tmp_path)
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar100', source='local',
+                                     data_dir=str(tmp_path)),
+               'cifar-100-python', "did you mean dataset='cifar10'")
+
+
+def test_local_incomplete_dir(tmp_path):
+  folder = write_cifar10_layout(tmp_path)
+  os.remove(os.path.join(folder, 'data_batch_3'))
+  for data_dir in (tmp_path, folder):
+    expect_error(ip.DataNotFoundError,
+                 lambda: ip.load_cifar('cifar10', source='local',
+                                       data_dir=str(data_dir)),
+                 'Incomplete', folder, 'data_batch_3')
+
+
+def test_local_synthetic_layout_loads(tmp_path):
+  write_cifar10_layout(tmp_path, n_per_file=3)
+  data = ip.load_cifar('cifar10', source='local', data_dir=str(tmp_path))
+  assert data.train.images.shape == (15, 32, 32, 3)
+  assert data.test.images.shape == (3, 32, 32, 3)
+
+
+@pytest.mark.parametrize('corruption, fragments', [
+    ('shape', ('data_batch_2', '(4, 100)', '(N, 3072)')),
+    ('dtype', ('data_batch_2', 'float32', 'uint8')),
+    ('labels', ('data_batch_2', '[0, 9]', '10')),
+    ('num_labels', ('data_batch_2', 'labels', 'one per image')),
+    ('garbage', ('data_batch_2', 'cannot unpickle')),
+    ('not_dict', ('data_batch_2', 'pickled dict')),
+    ('no_data_key', ('data_batch_2', "b'data'", 'missing')),
+])
+def test_local_not_cifar(tmp_path, corruption, fragments):
+  folder = write_cifar10_layout(tmp_path)
+  path = os.path.join(folder, 'data_batch_2')
+  labels = [1, 2, 3, 4]
+  data = np.zeros((4, 3072), np.uint8)
+  if corruption == 'shape':
+    write_batch(path, np.zeros((4, 100), np.uint8), labels)
+  elif corruption == 'dtype':
+    write_batch(path, data.astype(np.float32), labels)
+  elif corruption == 'labels':
+    write_batch(path, data, [1, 2, 10, 4])
+  elif corruption == 'num_labels':
+    write_batch(path, data, [1, 2, 3])
+  elif corruption == 'garbage':
+    with open(path, 'wb') as f:
+      f.write(b'this is not a pickle')
+  elif corruption == 'not_dict':
+    with open(path, 'wb') as f:
+      pickle.dump([1, 2, 3], f)
+  elif corruption == 'no_data_key':
+    with open(path, 'wb') as f:
+      pickle.dump({b'labels': labels}, f)
+  expect_error(ValueError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(tmp_path)),
+               *fragments)
+
+
+def test_local_bad_archives(tmp_path):
+  folder = write_cifar10_layout(tmp_path / 'src')
+  partial = tmp_path / 'partial'
+  partial.mkdir()
+  with tarfile.open(partial / 'cifar-10-python.tar.gz', 'w:gz') as tar:
+    for name in CIFAR10_FILES[:-1]:  # no test_batch
+      tar.add(os.path.join(folder, name), arcname=f'cifar-10-batches-py/{name}')
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(partial)),
+               'Incomplete', str(partial / 'cifar-10-python.tar.gz'),
+               'cifar-10-batches-py/test_batch')
+  garbage = tmp_path / 'garbage'
+  garbage.mkdir()
+  (garbage / 'cifar-10-python.tar.gz').write_bytes(b'\x1f\x8b not really gzip')
+  expect_error(ip.DataNotFoundError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(garbage)),
+               str(garbage / 'cifar-10-python.tar.gz'), 'cannot read')
+
+
+def test_manual_dir_only_for_tfds(tmp_path):
+  expect_error(ValueError,
+               lambda: ip.load_cifar('cifar10', source='local',
+                                     data_dir=str(tmp_path),
+                                     manual_dir=str(tmp_path)),
+               'manual_dir', "source='tfds'")
+
+
+# ---------------------------------------------------------------------------
+# Device-side functions.
+
+
+def test_normalize_matches_numpy():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  images[0, 0, 0] = (0, 128, 255)
+  mean = np.array([0.4914, 0.4822, 0.4465], np.float32)
+  std = np.array([0.2023, 0.1994, 0.2010], np.float32)
+  expected = (images.astype(np.float32) / 255.0 - mean) / std
+  for fn in (ip.normalize, jax.jit(ip.normalize)):
+    out = fn(images)
+    assert out.dtype == np.float32 and out.shape == images.shape
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def _crop_candidates(images, pad=4):
+  """Yields ((dy, dx, flip), candidates (N, 32, 32, 3)) for all 9x9x2 crops."""
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  h, w = images.shape[1:3]
+  for dy in range(2 * pad + 1):
+    for dx in range(2 * pad + 1):
+      crop = padded[:, dy:dy + h, dx:dx + w]
+      yield (dy, dx, False), crop
+      yield (dy, dx, True), crop[:, :, ::-1]
+
+
+def _identify_crops(images, out):
+  """For each example, the list of (dy, dx, flip) reproducing out[i]."""
+  matches = [[] for _ in range(len(images))]
+  for params, candidates in _crop_candidates(images):
+    equal = np.all(candidates == out, axis=(1, 2, 3))
+    for i in np.flatnonzero(equal):
+      matches[i].append(params)
+  return matches
+
+
+def test_augment_is_a_padded_crop_plus_flip():
+  rng = np.random.default_rng(0)
+  # Values >= 1 so zero padding is distinguishable from image content.
+  images = rng.integers(1, 256, (512, 32, 32, 3), dtype=np.uint8)
+  key = jax.random.key(42)
+  out = np.asarray(jax.jit(ip.augment)(key, images))
+  assert out.dtype == np.uint8 and out.shape == images.shape
+  matches = _identify_crops(images, out)
+  assert all(len(m) == 1 for m in matches), 'every output must be one crop'
+  params = np.array([m[0] for m in matches])
+  # Crops and flips vary across examples and cover the whole range.
+  assert set(params[:, 0]) == set(range(9))
+  assert set(params[:, 1]) == set(range(9))
+  assert 0.4 < params[:, 2].mean() < 0.6
+  assert len({tuple(p) for p in params}) > 100
+  # Padding is zero: a shifted crop has exactly zero rows/cols at the border.
+  i = int(np.flatnonzero((params[:, 0] == 0) & (params[:, 1] == 8))[0])
+  assert np.all(out[i, :4] == 0)
+  assert (out[i] == 0).sum() == (4 * 32 + 28 * 4) * 3
+  # Same key -> same result, eager or jitted; another key -> different.
+  np.testing.assert_array_equal(np.asarray(ip.augment(key, images)), out)
+  other = np.asarray(jax.jit(ip.augment)(jax.random.key(43), images))
+  assert not np.array_equal(other, out)
+
+
+def test_augment_raw_keys_and_vmap():
+  rng = np.random.default_rng(1)
+  images = rng.integers(1, 256, (2, 6, 32, 32, 3), dtype=np.uint8)
+  keys = jax.random.split(jax.random.key(0), 2)
+  augment = jax.jit(ip.augment)
+  batched = np.asarray(jax.jit(jax.vmap(ip.augment))(keys, images))
+  for k in range(2):
+    np.testing.assert_array_equal(
+        batched[k], np.asarray(augment(keys[k], images[k])))
+  # Raw uint32 keys (the jax.random.PRNGKey format) work too.
+  raw_key = jax.random.key_data(jax.random.key(3))
+  assert raw_key.dtype == np.uint32
+  raw = np.asarray(augment(raw_key, images[0]))
+  assert all(len(m) == 1 for m in _identify_crops(images[0], raw))
+
+
+_SHARDED_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from training import input_pipeline as ip
+
+    devices = jax.devices('cpu')
+    if len(devices) < 4:
+      sys.exit(3)
+    images = np.load(sys.argv[1])
+    key = jax.random.key(int(sys.argv[3]))
+    mesh = Mesh(np.array(devices[:4]), ('data',))
+    batch = NamedSharding(mesh, P('data'))
+    replicated = NamedSharding(mesh, P())
+    sharded_fn = jax.jit(ip.augment, in_shardings=(replicated, batch),
+                         out_shardings=batch)
+    sharded = sharded_fn(key, jax.device_put(images, batch))
+    assert len(sharded.sharding.device_set) == 4, sharded.sharding
+    assert len(sharded.addressable_shards) == 4
+    single = jax.jit(ip.augment)(key, jax.device_put(images, devices[0]))
+    np.savez(sys.argv[2], sharded=np.asarray(sharded),
+             single=np.asarray(single))
+''')
+
+
+def test_augment_independent_of_sharding(tmp_path):
+  rng = np.random.default_rng(2)
+  images = rng.integers(1, 256, (32, 32, 32, 3), dtype=np.uint8)
+  np.save(tmp_path / 'images.npy', images)
+  seed = 7
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run(
+      [sys.executable, '-c', _SHARDED_SCRIPT, str(tmp_path / 'images.npy'),
+       str(tmp_path / 'out.npz'), str(seed)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+  if result.returncode == 3:
+    pytest.skip('could not simulate 4 CPU devices with XLA_FLAGS')
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.load(tmp_path / 'out.npz')
+  reference = np.asarray(ip.augment(jax.random.key(seed), images))
+  np.testing.assert_array_equal(out['single'], reference)
+  np.testing.assert_array_equal(out['sharded'], reference)
+
+
+# ---------------------------------------------------------------------------
+# Host-side batching helpers.
+
+
+def test_epoch_permutation():
+  a = ip.epoch_permutation(0, 3, 1000)
+  assert a.dtype == np.int32 and a.shape == (1000,)
+  np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+  np.testing.assert_array_equal(a, ip.epoch_permutation(0, 3, 1000))
+  assert not np.array_equal(a, ip.epoch_permutation(0, 4, 1000))
+  assert not np.array_equal(a, ip.epoch_permutation(1, 3, 1000))
+  assert not np.array_equal(a, np.arange(1000))
+  # Stated recipe (so any host with the same numpy reproduces it).
+  np.testing.assert_array_equal(
+      a, np.random.default_rng([0, 3]).permutation(1000))
+  with pytest.raises(ValueError, match='non-negative'):
+    ip.epoch_permutation(-1, 0, 10)
+
+
+def test_steps_per_epoch():
+  assert ip.steps_per_epoch(50000, 128) == 390
+  assert ip.steps_per_epoch(5085, 5085) == 1
+  assert ip.steps_per_epoch(256, 128) == 2
+  with pytest.raises(ValueError, match='batch_size'):
+    ip.steps_per_epoch(10, 0)
+  with pytest.raises(ValueError, match='larger than'):
+    ip.steps_per_epoch(10, 11)
+
+
+@pytest.mark.parametrize('n, batch_size', [(10, 4), (12, 4), (3, 8), (1, 1)])
+def test_eval_batches_cover_split_once(n, batch_size):
+  rng = np.random.default_rng(n)
+  split = ip.Split(images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                   labels=np.arange(n, dtype=np.int32))
+  batches = list(ip.eval_batches(split, batch_size))
+  assert len(batches) == -(-n // batch_size)
+  for b in batches:
+    assert b['images'].shape == (batch_size, 32, 32, 3)
+    assert b['images'].dtype == np.uint8
+    assert b['labels'].shape == (batch_size,) and b['labels'].dtype == np.int32
+    assert b['mask'].shape == (batch_size,)
+  mask = np.concatenate([b['mask'] for b in batches]).astype(bool)
+  labels = np.concatenate([b['labels'] for b in batches])
+  images = np.concatenate([b['images'] for b in batches])
+  assert mask.sum() == n and mask[:n].all() and not mask[n:].any()
+  np.testing.assert_array_equal(labels[mask], split.labels)
+  np.testing.assert_array_equal(images[mask], split.images)
+  assert not images[~mask].any() and not labels[~mask].any()
+  with pytest.raises(ValueError, match='batch_size'):
+    next(ip.eval_batches(split, 0))

@@ -1,0 +1,1 @@
+"""Training code for padax: input pipeline and training loop."""

@@ -1,0 +1,607 @@
+"""CIFAR-10/100 input pipeline for padax.
+
+The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
+dataset is loaded once on the host as uint8 numpy arrays and then held on the
+accelerator. Normalisation and augmentation are pure JAX functions meant to run
+inside the jitted train step:
+
+* host side: `load_cifar` (TFDS `data_source` or the canonical python layout /
+  official archive on local disk), `epoch_permutation`, `steps_per_epoch`,
+  `eval_batches`;
+* device side: `normalize` and `augment` (random 32x32 crop of the 4-pixel
+  zero-padded image + random horizontal flip, as torchvision's
+  `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()` in the Padam authors'
+  code).
+
+`tensorflow_datasets` is imported lazily, so `source='local'` works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import operator
+import os
+import pickle
+import tarfile
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATASETS = ('cifar10', 'cifar100')
+SOURCES = ('tfds', 'local')
+
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
+IMAGE_SHAPE = (32, 32, 3)
+
+# Per-channel statistics used by the Padam authors' CIFAR code (torchvision
+# `transforms.Normalize`), applied to images scaled to [0, 1].
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+
+# Padding of the random crop (torchvision `RandomCrop(32, padding=4)`).
+CROP_PADDING = 4
+
+# Number of records requested per `__getitems__` call on a TFDS data source.
+_TFDS_READ_CHUNK = 4096
+
+
+class DataNotFoundError(ValueError):
+  """The requested CIFAR data is missing, incomplete or unusable."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One split held on the host.
+
+  Attributes:
+    images: uint8 (N, 32, 32, 3), NHWC, RGB.
+    labels: int32 (N,).
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.labels.shape[0])
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CifarData:
+  """Train and test splits of one CIFAR dataset."""
+  train: Split
+  test: Split
+  num_classes: int
+  name: str  # 'cifar10' | 'cifar100'
+  source: str  # human-readable origin of the data
+
+
+# ---------------------------------------------------------------------------
+# Canonical layouts.
+
+
+@dataclasses.dataclass(frozen=True)
+class _PythonLayout:
+  """The official "python version" release of one CIFAR dataset."""
+  title: str
+  folder: str
+  archive: str
+  url: str
+  train_files: tuple[str, ...]
+  test_files: tuple[str, ...]
+  label_key: bytes
+  # Archive of the official *binary* release, which TFDS downloads (and looks
+  # for in its manual_dir).
+  tfds_archive: str
+  tfds_url: str
+
+  @property
+  def files(self) -> tuple[str, ...]:
+    return self.train_files + self.test_files
+
+
+_LAYOUTS = {
+    'cifar10': _PythonLayout(
+        title='CIFAR-10',
+        folder='cifar-10-batches-py',
+        archive='cifar-10-python.tar.gz',
+        url='https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
+        train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
+        test_files=('test_batch',),
+        label_key=b'labels',
+        tfds_archive='cifar-10-binary.tar.gz',
+        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
+    ),
+    'cifar100': _PythonLayout(
+        title='CIFAR-100',
+        folder='cifar-100-python',
+        archive='cifar-100-python.tar.gz',
+        url='https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
+        train_files=('train',),
+        test_files=('test',),
+        label_key=b'fine_labels',
+        tfds_archive='cifar-100-binary.tar.gz',
+        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
+    ),
+}
+
+
+def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
+  return (f'{where}/{layout.folder}/ holding {", ".join(layout.files)} '
+          f'(or that folder itself), or the official archive '
+          f'{where}/{layout.archive} ({layout.url})')
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+  if value not in allowed:
+    raise ValueError(
+        f'Unknown {key} {value!r}; expected one of {", ".join(map(repr, allowed))}.')
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    raise ValueError(
+        f'{where}: labels must lie in [0, {num_classes - 1}] for this dataset, '
+        f'found {bad.size} outside (e.g. {int(bad[0])}); not CIFAR data for '
+        'this dataset?')
+
+
+def _validate_split(split: Split, num_classes: int, where: str) -> None:
+  """Checks shapes, dtypes and label range of a loaded split."""
+  images, labels = split.images, split.labels
+  if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or
+      images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE):
+    raise ValueError(
+        f'{where}: images must be uint8 (N, 32, 32, 3), got '
+        f'{getattr(images, "dtype", type(images))} {getattr(images, "shape", "")}.')
+  if (not isinstance(labels, np.ndarray) or labels.dtype != np.int32 or
+      labels.shape != images.shape[:1]):
+    raise ValueError(
+        f'{where}: labels must be int32 ({images.shape[0]},), got '
+        f'{getattr(labels, "dtype", type(labels))} {getattr(labels, "shape", "")}.')
+  if images.shape[0] == 0:
+    raise DataNotFoundError(f'{where}: the split is empty.')
+  _check_labels(labels, num_classes, where)
+
+
+def _make_split(images: np.ndarray, labels: np.ndarray) -> Split:
+  return Split(images=np.ascontiguousarray(images, dtype=np.uint8),
+               labels=np.ascontiguousarray(labels, dtype=np.int32))
+
+
+# ---------------------------------------------------------------------------
+# Local python layout / official archive.
+
+
+def _dict_get(obj: dict, key: bytes, where: str) -> Any:
+  # The official files have bytes keys when unpickled with encoding='bytes';
+  # re-pickled copies sometimes use str keys.
+  for k in (key, key.decode()):
+    if k in obj:
+      return obj[k]
+  raise ValueError(
+      f'{where}: not a CIFAR python batch file: key {key!r} missing '
+      f'(found keys {sorted(map(repr, obj))[:8]}).')
+
+
+def _parse_batch(fileobj, where: str, layout: _PythonLayout,
+                 num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Unpickles one batch file and returns NHWC uint8 images and labels."""
+  try:
+    obj = pickle.load(fileobj, encoding='bytes')
+  except Exception as e:  # pickle raises many different exception types.
+    raise ValueError(
+        f'{where}: not a CIFAR python batch file (cannot unpickle it: '
+        f'{type(e).__name__}: {e}).') from None
+  if not isinstance(obj, dict):
+    raise ValueError(
+        f'{where}: not a CIFAR python batch file (expected a pickled dict, '
+        f'got {type(obj).__name__}).')
+  data = np.asarray(_dict_get(obj, b'data', where))
+  labels = np.asarray(_dict_get(obj, layout.label_key, where))
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    raise ValueError(
+        f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 "
+        '(N, 3072) rows of 1024 R, 1024 G, 1024 B values (32x32 CIFAR images).')
+  if labels.shape != data.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f'{where}: {layout.label_key!r} is {labels.dtype} {labels.shape}; '
+        f'expected {data.shape[0]} integer labels, one per image.')
+  _check_labels(labels, num_classes, where)
+  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return images, labels
+
+
+def _read_folder(root: str, layout: _PythonLayout, num_classes: int):
+  missing = [f for f in layout.files if not os.path.isfile(os.path.join(root, f))]
+  if missing:
+    raise DataNotFoundError(
+        f'Incomplete {layout.title} python layout at {root}: missing '
+        f'{", ".join(missing)} (expected {", ".join(layout.files)}).')
+  parsed = {}
+  for name in layout.files:
+    path = os.path.join(root, name)
+    with open(path, 'rb') as f:
+      parsed[name] = _parse_batch(f, path, layout, num_classes)
+  return parsed
+
+
+def _read_archive(path: str, layout: _PythonLayout, num_classes: int):
+  wanted = {f'{layout.folder}/{name}': name for name in layout.files}
+  parsed = {}
+  try:
+    # Stream through the members in order: a .tar.gz has no index, so random
+    # access would decompress the archive again for every member.
+    with tarfile.open(path, mode='r:*') as tar:
+      for member in tar:
+        member_name = member.name.removeprefix('./')
+        if member_name in wanted and member.isfile():
+          name = wanted[member_name]
+          parsed[name] = _parse_batch(tar.extractfile(member),
+                                      f'{path}:{member_name}', layout,
+                                      num_classes)
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise DataNotFoundError(
+        f'{path}: cannot read the {layout.title} archive '
+        f'({type(e).__name__}: {e}); expected the official {layout.archive}.'
+    ) from None
+  missing = [m for m, name in wanted.items() if name not in parsed]
+  if missing:
+    raise DataNotFoundError(
+        f'Incomplete {layout.title} archive {path}: missing members '
+        f'{", ".join(missing)}; expected the official {layout.archive}.')
+  return parsed
+
+
+def _other_dataset_hint(path: str, dataset: str) -> str:
+  for other, layout in _LAYOUTS.items():
+    if other != dataset and (
+        os.path.basename(os.path.normpath(path)) == layout.folder or
+        os.path.exists(os.path.join(path, layout.folder)) or
+        os.path.exists(os.path.join(path, layout.archive))):
+      return f" It seems to hold {layout.title}: did you mean dataset='{other}'?"
+  return ''
+
+
+def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
+  layout = _LAYOUTS[dataset]
+  num_classes = NUM_CLASSES[dataset]
+  if data_dir is None:
+    raise ValueError(
+        f"source='local' needs data_dir: a directory containing "
+        f'{_describe_layout(layout)}.')
+  path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  if not os.path.exists(path):
+    raise DataNotFoundError(
+        f"data_dir {path} does not exist; source='local' expects "
+        f'{_describe_layout(layout, path)}.')
+
+  if os.path.isfile(path):
+    kind, location = 'archive', path
+  elif (os.path.basename(path) == layout.folder or
+        any(os.path.exists(os.path.join(path, f)) for f in layout.files)):
+    kind, location = 'folder', path
+  elif os.path.isdir(os.path.join(path, layout.folder)):
+    kind, location = 'folder', os.path.join(path, layout.folder)
+  elif os.path.isfile(os.path.join(path, layout.archive)):
+    kind, location = 'archive', os.path.join(path, layout.archive)
+  else:
+    raise DataNotFoundError(
+        f'No {layout.title} data found in {path}: expected '
+        f'{_describe_layout(layout, path)}.{_other_dataset_hint(path, dataset)}')
+
+  if kind == 'folder':
+    parsed = _read_folder(location, layout, num_classes)
+  else:
+    parsed = _read_archive(location, layout, num_classes)
+
+  def concat(names):
+    return _make_split(np.concatenate([parsed[n][0] for n in names]),
+                       np.concatenate([parsed[n][1] for n in names]))
+
+  train, test = concat(layout.train_files), concat(layout.test_files)
+  _validate_split(train, num_classes, f'{location} (train)')
+  _validate_split(test, num_classes, f'{location} (test)')
+  return CifarData(
+      train=train, test=test, num_classes=num_classes, name=dataset,
+      source=f'local {layout.title} python {kind} {location}')
+
+
+# ---------------------------------------------------------------------------
+# TFDS.
+
+
+def _tensorflow_available() -> bool:
+  """Whether TensorFlow is importable (TFDS needs it to prepare datasets)."""
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+def _import_tfds():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "source='tfds' needs tensorflow_datasets and array_record "
+        '(pip install tensorflow-datasets array_record); or use '
+        "source='local' with data_dir pointing at the canonical CIFAR python "
+        f'layout or the official archive. ({e})') from None
+  return tfds
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0] if text else ""}'
+
+
+def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
+                reason: str, cause: BaseException | None = None
+               ) -> DataNotFoundError:
+  layout = _LAYOUTS[dataset]
+  err = DataNotFoundError(
+      f'CIFAR dataset {dataset!r} is not available from TFDS '
+      f'(data_dir={None if data_dir is None else os.fspath(data_dir)!r}, '
+      f'looked in {looked_in}): {reason}\n'
+      'Provide the data in one of these ways:\n'
+      f"  (1) load_cifar({dataset!r}, source='local', data_dir=DATA_DIR) "
+      f'with {_describe_layout(layout)};\n'
+      '  (2) pip install tensorflow-cpu and let TFDS download and prepare it '
+      "(file_format='array_record', needs internet), or, offline, put the "
+      f'official archive {layout.tfds_archive} ({layout.tfds_url}) in TFDS\'s '
+      f'manual_dir (load_cifar(..., manual_dir=DIR); by default '
+      f'{downloads_dir}/manual).')
+  err.cause = cause  # Kept for debugging without printing a TFDS traceback.
+  return err
+
+
+def _open_tfds(tfds, dataset: str, data_dir):
+  return tfds.data_source(
+      dataset, split=['train', 'test'], data_dir=data_dir, download=False,
+      builder_kwargs={'file_format': 'array_record'})
+
+
+def _read_tfds_split(source, num_classes: int, where: str) -> Split:
+  n = len(source)
+  images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
+  labels = np.empty((n,), np.int64)
+  for start in range(0, n, _TFDS_READ_CHUNK):
+    keys = list(range(start, min(n, start + _TFDS_READ_CHUNK)))
+    examples = source.__getitems__(keys)
+    if len(examples) != len(keys):
+      raise ValueError(f'{where}: asked for {len(keys)} records, got '
+                       f'{len(examples)}.')
+    try:
+      chunk_images = [np.asarray(ex['image']) for ex in examples]
+      chunk_labels = [ex['label'] for ex in examples]
+    except (KeyError, TypeError) as e:
+      raise ValueError(f'{where}: examples must have "image" and "label" '
+                       f'features ({_first_line(e)}).') from None
+    for i, image in enumerate(chunk_images):
+      if image.dtype != np.uint8 or image.shape != IMAGE_SHAPE:
+        raise ValueError(
+            f'{where}: example {start + i} has image {image.dtype} '
+            f'{image.shape}; expected uint8 {IMAGE_SHAPE}.')
+    chunk_labels = np.asarray(chunk_labels)
+    if (chunk_labels.shape != (len(keys),) or
+        not np.issubdtype(chunk_labels.dtype, np.integer)):
+      raise ValueError(f'{where}: labels must be integer scalars, got '
+                       f'{chunk_labels.dtype} {chunk_labels.shape[1:]}.')
+    images[start:start + len(keys)] = np.stack(chunk_images)
+    labels[start:start + len(keys)] = chunk_labels
+  _check_labels(labels, num_classes, where)
+  return _make_split(images, labels)
+
+
+def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:
+  tfds = _import_tfds()
+  num_classes = NUM_CLASSES[dataset]
+  layout = _LAYOUTS[dataset]
+  try:
+    sources = _open_tfds(tfds, dataset, data_dir)
+  except Exception as open_error:  # Diagnosed below.
+    sources = None
+    first_error = open_error
+  if sources is None:
+    try:
+      builder = tfds.builder(dataset, data_dir=data_dir,
+                             file_format='array_record')
+      looked_in = os.fspath(builder.data_dir)
+      downloads_dir = os.path.join(os.fspath(builder.data_dir_root),
+                                   'downloads')
+      prepared = builder.is_prepared()
+    except Exception as e:
+      root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
+      raise _tfds_error(dataset, data_dir, root, os.path.join(root, 'downloads'),
+                        f'TFDS cannot build it ({_first_line(e)}).', e) from None
+
+    def error(reason, cause):
+      return _tfds_error(dataset, data_dir, looked_in, downloads_dir, reason,
+                         cause)
+
+    if prepared:
+      raise error(
+          'it is prepared there but cannot be opened for random access '
+          f"({_first_line(first_error)}); it may have been prepared in another "
+          "file format (tfds.load writes tfrecord): prepare it with "
+          "file_format='array_record' in another data_dir.", first_error
+      ) from None
+    if not _tensorflow_available():
+      raise error('it is not prepared there, and TensorFlow, which TFDS needs '
+                  'to prepare it, is not installed.', first_error) from None
+    download_config = None
+    if manual_dir is not None:
+      manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+      if not os.path.isfile(os.path.join(manual_dir, layout.tfds_archive)):
+        raise error(f'manual_dir {manual_dir} does not contain '
+                    f'{layout.tfds_archive}.', None) from None
+      download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+      builder.download_and_prepare(file_format='array_record',
+                                   download_config=download_config)
+      sources = _open_tfds(tfds, dataset, data_dir)
+    except Exception as e:
+      raise error(f'it is not prepared there and preparing it failed '
+                  f'({_first_line(e)}).', e) from None
+
+  train_source, test_source = sources
+  where = f'tfds {dataset} (data_dir={data_dir})'
+  train = _read_tfds_split(train_source, num_classes, f'{where} train')
+  test = _read_tfds_split(test_source, num_classes, f'{where} test')
+  _validate_split(train, num_classes, f'{where} train')
+  _validate_split(test, num_classes, f'{where} test')
+  return CifarData(
+      train=train, test=test, num_classes=num_classes, name=dataset,
+      source=f"tfds {dataset} array_record (data_dir="
+             f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
+
+
+# ---------------------------------------------------------------------------
+# Public API: host side.
+
+
+def load_cifar(dataset: str, *, source: str = 'tfds',
+               data_dir: str | os.PathLike | None = None,
+               manual_dir: str | os.PathLike | None = None) -> CifarData:
+  """Loads a whole CIFAR dataset into host memory.
+
+  Args:
+    dataset: 'cifar10' or 'cifar100' (CIFAR-100 uses the 100 fine labels).
+    source: 'tfds' reads the TFDS array_record data source (preparing it first
+      when TensorFlow is installed); 'local' reads the canonical CIFAR python
+      layout or the official python archive from `data_dir`.
+    data_dir: for 'tfds', TFDS's data_dir (None: TFDS's default); for 'local',
+      a directory holding `cifar-10-batches-py/` / `cifar-100-python/` (or
+      that folder itself) or the official `cifar-10-python.tar.gz` /
+      `cifar-100-python.tar.gz` (or the path of that archive). The python
+      layout is pickled, so only load files you trust.
+    manual_dir: 'tfds' only: a directory holding the official *binary* archive
+      (`cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`) for TFDS to
+      prepare from without downloading (needs TensorFlow).
+
+  Returns:
+    CifarData with uint8 NHWC images and int32 labels.
+
+  Raises:
+    ValueError: unknown dataset/source, or data that is not CIFAR.
+    DataNotFoundError: (a ValueError) the data is missing or incomplete.
+  """
+  _check_choice('dataset', dataset, DATASETS)
+  _check_choice('source', source, SOURCES)
+  if source == 'local':
+    if manual_dir is not None:
+      raise ValueError("manual_dir is only used with source='tfds'.")
+    return _load_local(dataset, data_dir)
+  return _load_tfds(dataset, data_dir, manual_dir)
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """Order of the training examples in `epoch`, the same on every host.
+
+  Returns an int32 permutation of range(num_examples) that depends only on
+  (seed, epoch, num_examples).
+  """
+  seed, epoch, num_examples = (operator.index(v) for v in
+                               (seed, epoch, num_examples))
+  if seed < 0 or epoch < 0 or num_examples < 0:
+    raise ValueError(
+        'seed, epoch and num_examples must be non-negative, got '
+        f'{seed}, {epoch}, {num_examples}.')
+  rng = np.random.default_rng([seed, epoch])
+  return rng.permutation(num_examples).astype(np.int32)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Number of full training batches in one epoch (the remainder is dropped)."""
+  num_examples, batch_size = operator.index(num_examples), operator.index(batch_size)
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  steps = num_examples // batch_size
+  if steps == 0:
+    raise ValueError(
+        f'batch_size {batch_size} is larger than the number of training '
+        f'examples {num_examples}: an epoch would have no step.')
+  return steps
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the whole split once in order, in batches of exactly batch_size.
+
+  Each batch is {'images': uint8 (B, 32, 32, 3), 'labels': int32 (B,),
+  'mask': float32 (B,)}; the last batch is padded with zero images and label
+  0, whose mask is 0.
+  """
+  batch_size = operator.index(batch_size)
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  n = split.images.shape[0]
+  for start in range(0, n, batch_size):
+    images = split.images[start:start + batch_size]
+    labels = split.labels[start:start + batch_size]
+    valid = images.shape[0]
+    mask = np.ones((batch_size,), np.float32)
+    if valid < batch_size:
+      pad = batch_size - valid
+      images = np.concatenate(
+          [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+      mask[valid:] = 0.0
+    yield {'images': images, 'labels': labels, 'mask': mask}
+
+
+# ---------------------------------------------------------------------------
+# Public API: device side (pure, jittable).
+
+
+def normalize(images_uint8: jax.Array) -> jax.Array:
+  """(x / 255 - MEAN) / STD per channel, float32; channels last."""
+  images = jnp.asarray(images_uint8)
+  if images.shape[-1] != 3:
+    raise ValueError(f'normalize expects channels last (..., 3), got shape '
+                     f'{images.shape}.')
+  mean = jnp.asarray(MEAN, jnp.float32)
+  std = jnp.asarray(STD, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def augment(rng: jax.Array, images_uint8: jax.Array) -> jax.Array:
+  """Random crop of the zero-padded image + random horizontal flip.
+
+  Equivalent to torchvision's RandomCrop(32, padding=4) followed by
+  RandomHorizontalFlip(p=0.5) on uint8 images (padding with 0 before
+  normalisation). Example i uses the i-th key of jax.random.split(rng, N), so
+  the result depends only on `rng` and the batch, not on how it is sharded.
+
+  Args:
+    rng: a PRNG key (typed `jax.random.key` or raw `jax.random.PRNGKey`).
+    images_uint8: (N, H, W, C) images, normally uint8.
+
+  Returns:
+    Augmented images, same shape and dtype as the input.
+  """
+  images = jnp.asarray(images_uint8)
+  if images.ndim != 4:
+    raise ValueError(f'augment expects a batch (N, H, W, C), got shape '
+                     f'{images.shape}.')
+  n, height, width, channels = images.shape
+  pad = CROP_PADDING
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  keys = jax.random.split(rng, n)
+
+  def one(key, padded_image):
+    crop_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+    crop = jax.lax.dynamic_slice(
+        padded_image, (offsets[0], offsets[1], 0), (height, width, channels))
+    flip = jax.random.bernoulli(flip_key, 0.5)
+    return jnp.where(flip, crop[:, ::-1, :], crop)
+
+  return jax.vmap(one)(keys, padded)

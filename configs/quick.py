@@ -1,0 +1,19 @@
+"""A few minutes on a CPU: a small CNN with Padam on (a subset of) CIFAR-10.
+
+Real data, real model, a short schedule: for trying the pipeline end to end.
+  python train.py --config configs/quick.py --workdir /tmp/quick
+  python train.py --config configs/quick.py --workdir /tmp/quick \
+      --config.data_source=local --config.data_dir=../shared/data/cifar10-subset
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.set_optimizer(default.get_config(), 'padam')
+  config.model = 'tiny_cnn'
+  config.num_epochs = 6
+  config.batch_size = 128
+  config.optimizer.lr_milestones = (4,)
+  config.checkpoint_every_epochs = 2
+  return config

@@ -1,0 +1,104 @@
+"""Figures and tables from train.py workdirs and sweep dirs.
+
+  python report.py WORKDIR [WORKDIR ...] --out OUTDIR \
+      [--epochs 50,100,150,200] [--labels L1 L2 ...] [--title TITLE]
+
+Each WORKDIR is a train.py workdir (config.json, metrics.jsonl) or a sweep dir
+(its members/<name>/ workdirs, each one run). OUTDIR receives:
+  train_loss.png, test_error.png, test_top5_error.png  one line per run
+  curves.png   the three side by side (the report's Figures 2-5)
+  table.md     test accuracy at the epochs, best accuracy and its epoch
+               (the paper's Tables 2 and 3)
+  grid.md, grid.png  for a sweep, or runs varying both p and lr: the best
+               test error per (p, lr) (the report's sensitivity study)
+Bad input (a path without metrics.jsonl, an empty metrics file): one error
+line naming the path, exit status 2, nothing written.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from reporting import runs as runs_lib  # pylint: disable=g-import-not-at-top
+from reporting import tables  # pylint: disable=g-import-not-at-top
+
+
+def parse_epochs(text: str) -> list:
+  try:
+    epochs = [int(e) for e in text.split(',') if e.strip()]
+  except ValueError:
+    epochs = []
+  if not epochs or any(e < 1 for e in epochs):
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: expected positive epoch numbers separated by commas, '
+        'e.g. 50,100,150,200')
+  return epochs
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description='Figures and tables from train.py workdirs and sweep dirs.')
+  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
+                      help='train.py workdir or sweep dir (all its members)')
+  parser.add_argument('--out', required=True, metavar='OUTDIR',
+                      help='directory for the figures and tables')
+  parser.add_argument('--epochs', type=parse_epochs,
+                      default=list(tables.DEFAULT_EPOCHS),
+                      help='epochs of the accuracy table (default '
+                      '50,100,150,200)')
+  parser.add_argument('--labels', nargs='+', metavar='LABEL',
+                      help='one legend label per run (sweep members count '
+                      'one each); default: from the configs')
+  parser.add_argument('--title', help='title of the figures and tables')
+  return parser
+
+
+def make_report(paths, outdir, epochs=tables.DEFAULT_EPOCHS, labels=None,
+                title=None, warn=None) -> list:
+  """Loads the runs, then writes everything to `outdir`; returns the paths.
+
+  All input is read and checked before `outdir` is created, so bad input
+  (ReportInputError) leaves nothing behind.
+  """
+  runs = runs_lib.load_runs(paths, labels=labels, warn=warn)
+  if os.path.exists(outdir) and not os.path.isdir(outdir):
+    raise runs_lib.ReportInputError(
+        f'--out {outdir} exists and is not a directory; expected a directory '
+        'for the figures and tables.')
+  any_sweep = any(run.sweep for run in runs)
+  grid = tables.wants_grid(runs, any_sweep)
+  # matplotlib only now: bad input is reported without waiting for it.
+  from reporting import plots  # pylint: disable=g-import-not-at-top
+  os.makedirs(outdir, exist_ok=True)
+  written = plots.write_figures(runs, outdir, title=title, grid=grid)
+  texts = {'table.md': tables.table_markdown(runs, epochs, title)}
+  if grid:
+    texts['grid.md'] = tables.grid_markdown(runs, title)
+  for name, text in texts.items():
+    path = os.path.join(outdir, name)
+    with open(path, 'w') as f:
+      f.write(text)
+    written.append(path)
+  return written
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    written = make_report(args.workdirs, args.out, epochs=args.epochs,
+                          labels=args.labels, title=args.title)
+  except runs_lib.ReportInputError as e:
+    sys.stderr.write(f'error: {e}\n')
+    return 2
+  except OSError as e:  # OUTDIR not writable, disk full, ...
+    sys.stderr.write(f'error: cannot write the report to {args.out}: {e}\n')
+    return 1
+  for path in written:
+    print(path)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

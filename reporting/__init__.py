@@ -1,0 +1,12 @@
+"""Figures and tables from train.py workdirs and sweep dirs (report.py).
+
+  runs.py    load workdirs / sweep members into `Run`s, default labels
+  tables.py  the markdown tables (accuracy at epochs; the p x lr grid)
+  plots.py   the figures (curves per metric, the 1x3 panel, the grid heatmap)
+
+Nothing here imports JAX: reporting runs anywhere matplotlib and numpy do.
+"""
+
+from reporting.runs import ReportInputError
+from reporting.runs import Run
+from reporting.runs import load_runs

@@ -1,0 +1,202 @@
+"""Figures in the style of the report's Figures 2-5 and the grid heatmap.
+
+Matplotlib's object API with the Agg canvas (no pyplot, no display): each
+`*_figure` function returns the Figure, so its Axes and lines can be checked,
+and `save` writes it as PNG.
+"""
+
+import math
+import os
+from typing import Optional, Sequence
+
+import matplotlib
+from matplotlib import patches
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from reporting import tables
+from reporting.runs import Run
+from reporting.runs import fmt_number
+
+# metric key -> (axis label, in percent, log scale)
+METRICS = {
+    'train_loss': ('train loss', False, True),
+    'test_error': ('test top-1 error (%)', True, False),
+    'test_top5_error': ('test top-5 error (%)', True, False),
+}
+CURVE_METRICS = ('train_loss', 'test_error', 'test_top5_error')
+_TITLES = {'train_loss': 'Train loss', 'test_error': 'Test error (top-1)',
+           'test_top5_error': 'Test error (top-5)'}
+_LINESTYLES = ('-', '--', ':', '-.')
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+  """LogFormatter's choice of ticks to label, written 0.01 rather than 1e-02."""
+
+  def __call__(self, x, pos=None):
+    return f'{x:.3g}' if super().__call__(x, pos) else ''
+
+
+def _new_figure(figsize) -> Figure:
+  fig = Figure(figsize=figsize, dpi=120, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _style(index: int, count: int) -> dict:
+  """Distinct colours (tab10, then tab20) and, past 10 runs, line styles."""
+  cmap = matplotlib.colormaps['tab10' if count <= 10 else 'tab20']
+  style = dict(color=cmap(index % cmap.N))
+  if count > cmap.N:
+    style['linestyle'] = _LINESTYLES[(index // cmap.N) % len(_LINESTYLES)]
+  return style
+
+
+def _series(run: Run, metric: str):
+  _, percent, _ = METRICS[metric]
+  x = np.asarray(run.epochs, dtype=float)
+  y = np.asarray(run.column(metric), dtype=float)
+  if percent:
+    y = 100.0 * y
+  keep = np.isfinite(y)
+  if metric == 'train_loss':
+    keep &= y > 0  # log scale
+  return x[keep], y[keep]
+
+
+def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
+  """One line per run with values of `metric` on `ax`; returns the lines."""
+  ylabel, _, log = METRICS[metric]
+  lines = []
+  longest = max((len(r.rows) for r in runs), default=0)
+  for i, run in enumerate(runs):
+    x, y = _series(run, metric)
+    if not len(x):
+      continue
+    # Short runs get markers so that a run of one or two epochs shows.
+    marker = dict(marker='o', markersize=3) if longest <= 30 else {}
+    (line,) = ax.plot(x, y, label=run.label, linewidth=1.4,
+                      **_style(i, len(runs)), **marker)
+    lines.append(line)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(ylabel)
+  ax.set_title(_TITLES[metric])
+  if log and lines:
+    ax.set_yscale('log')
+    # Plain numbers (2.2, 0.05), not 2.2x10^0, minor ticks labelled only
+    # while the curves span little more than a decade.
+    ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(
+        labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+  if longest and longest <= 20:
+    ax.xaxis.get_major_locator().set_params(integer=True)
+  ax.grid(True, which='major', alpha=0.3)
+  if log:
+    ax.grid(True, which='minor', alpha=0.1)
+  return lines
+
+
+def metric_figure(runs: Sequence[Run], metric: str,
+                  title: Optional[str] = None) -> Figure:
+  """One metric against epoch, one line per run, legend of the labels."""
+  many = len(runs) > 6
+  fig = _new_figure((9.0, 4.8) if many else (6.4, 4.8))
+  ax = fig.add_subplot()
+  lines = draw_metric(ax, runs, metric)
+  if lines:
+    if many:
+      ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small',
+                frameon=False)
+    else:
+      ax.legend(fontsize='small')
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
+                  metrics: Sequence[str] = CURVE_METRICS) -> Figure:
+  """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend."""
+  ncol = min(len(runs), 4)
+  legend_rows = math.ceil(len(runs) / max(ncol, 1))
+  fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
+  axes = fig.subplots(1, len(metrics))
+  axes = np.atleast_1d(axes)
+  handles = []
+  for ax, metric in zip(axes, metrics):
+    lines = draw_metric(ax, runs, metric)
+    if len(lines) > len(handles):
+      handles = lines
+  if handles:
+    fig.legend(handles=handles, labels=[h.get_label() for h in handles],
+               loc='outside lower center', ncol=ncol, fontsize='small',
+               frameon=False)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
+                key: str = 'test_error') -> Figure:
+  """Heatmap of the best test error (%) per (p, lr); best cell outlined."""
+  rows, cols, matrix, counts = tables.grid_matrix(runs, key)
+  values = np.asarray(matrix, dtype=float).reshape(len(rows), len(cols))
+  fig = _new_figure((1.6 + 1.3 * max(len(cols), 2),
+                     1.4 + 0.8 * max(len(rows), 2)))
+  ax = fig.add_subplot()
+  masked = np.ma.masked_invalid(values)
+  cmap = matplotlib.colormaps['viridis_r'].with_extremes(bad='0.9')
+  image = ax.imshow(masked, cmap=cmap, aspect='auto')
+  metric = 'top-5' if key == 'test_top5_error' else 'top-1'
+  fig.colorbar(image, ax=ax, label=f'best test {metric} error (%)')
+  ax.set_xticks(range(len(cols)), [fmt_number(c) for c in cols])
+  ax.set_yticks(range(len(rows)), [tables.row_name(r) for r in rows])
+  ax.set_xlabel('learning rate')
+  ax.set_ylabel('p')
+  finite = values[np.isfinite(values)]
+  best = finite.min() if finite.size else math.nan
+  lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+  for i in range(len(rows)):
+    for j in range(len(cols)):
+      v = values[i, j]
+      if not math.isfinite(v):
+        ax.text(j, i, tables.MISSING, ha='center', va='center', color='0.4')
+        continue
+      text = f'{v:.2f}' + (f'\n(n={counts[i][j]})' if counts[i][j] > 1 else '')
+      # viridis_r is dark at the top of the range: white text there.
+      shade = (v - lo) / (hi - lo) if hi > lo else 0.0
+      is_best = f'{v:.2f}' == f'{best:.2f}'
+      ax.text(j, i, text, ha='center', va='center',
+              color='white' if shade > 0.6 else 'black',
+              fontweight='bold' if is_best else 'normal')
+      if is_best:
+        ax.add_patch(patches.Rectangle(
+            (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red',
+            linewidth=2))
+  ax.set_title(f'Best test {metric} error (%) over p and lr')
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def save(fig: Figure, path: str) -> str:
+  fig.savefig(path, format='png')
+  return path
+
+
+def write_figures(runs: Sequence[Run], outdir: str,
+                  title: Optional[str] = None, grid: bool = False) -> list:
+  """Writes <metric>.png per metric, curves.png (and grid.png); returns the
+  paths written."""
+  written = []
+  for metric in CURVE_METRICS:
+    written.append(save(metric_figure(runs, metric, title),
+                        os.path.join(outdir, f'{metric}.png')))
+  written.append(save(curves_figure(runs, title),
+                      os.path.join(outdir, 'curves.png')))
+  if grid:
+    written.append(save(grid_figure(runs, title),
+                        os.path.join(outdir, 'grid.png')))
+  return written

@@ -1,0 +1,355 @@
+"""Loads train.py workdirs and sweep dirs into `Run`s.
+
+A workdir (training/workdir.py) holds config.json and metrics.jsonl, one JSON
+object per epoch with the columns of METRIC_COLUMNS. A sweep dir holds
+config.json, summary.json and members/<name>/, each member a workdir.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from typing import Optional, Sequence
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+MEMBERS_DIR = 'members'
+
+# The same columns as training.workdir.METRIC_COLUMNS (a test checks they
+# agree); copied so that reporting does not import JAX.
+METRIC_COLUMNS = (
+    'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
+    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second')
+
+# Optimizers for which optimizer.p means something.
+P_OPTIMIZERS = ('padam',)
+
+# Config keys that never tell two runs apart in a label (where the data sit,
+# how often a checkpoint is kept, ...).
+NOT_IN_LABELS = ('data_dir', 'data_source', 'checkpoint_every_epochs',
+                  'keep_checkpoints', 'eval_batch_size')
+
+WORKDIR_EXPECTED = ('expected a train.py workdir (a directory holding '
+                    f'{CONFIG_FILE} and {METRICS_FILE}) or a sweep dir '
+                    f'(holding {MEMBERS_DIR}/<name>/ workdirs)')
+
+
+class ReportInputError(ValueError):
+  """Bad input to the report: the message names the path and what is wrong."""
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run: its config and its per-epoch metric rows."""
+  name: str      # the workdir's name (sweep members: '<sweep>/<member>')
+  label: str     # the legend / table label, unique within a report
+  config: dict   # config.json as loaded ({} when the workdir has none)
+  rows: list     # metrics.jsonl rows sorted by epoch, one per epoch
+  path: str = ''
+  sweep: Optional[str] = None  # the sweep dir this run is a member of
+
+  @property
+  def epochs(self) -> list:
+    return [r['epoch'] for r in self.rows]
+
+  def column(self, key: str) -> list:
+    """The values of `key` per row, NaN where missing or null."""
+    return [_as_float(r.get(key)) for r in self.rows]
+
+  def at_epoch(self, epoch: int) -> Optional[dict]:
+    for r in self.rows:
+      if r['epoch'] == epoch:
+        return r
+    return None
+
+  def best(self, key: str = 'test_error'):
+    """(smallest finite value of `key`, its epoch), or (nan, None)."""
+    best_value, best_epoch = math.nan, None
+    for r in self.rows:
+      v = _as_float(r.get(key))
+      if math.isfinite(v) and (best_epoch is None or v < best_value):
+        best_value, best_epoch = v, r['epoch']
+    return best_value, best_epoch
+
+  @property
+  def optimizer(self) -> dict:
+    opt = self.config.get('optimizer')
+    return opt if isinstance(opt, dict) else {}
+
+  @property
+  def optimizer_name(self) -> Optional[str]:
+    return self.optimizer.get('name')
+
+  @property
+  def lr(self) -> Optional[float]:
+    return _as_number(self.optimizer.get('learning_rate'))
+
+  @property
+  def p(self) -> Optional[float]:
+    """The (initial) p, for the optimizers where p means something."""
+    if self.optimizer_name not in P_OPTIMIZERS:
+      return None
+    return _as_number(self.optimizer.get('p'))
+
+
+def _as_float(value) -> float:
+  if isinstance(value, bool) or value is None:
+    return math.nan
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def _as_number(value) -> Optional[float]:
+  v = _as_float(value)
+  return v if math.isfinite(v) else None
+
+
+def fmt_number(value) -> str:
+  """Short form of a hyperparameter: 0.1, 0.001, 1e-05, 0.0625."""
+  if isinstance(value, float):
+    return f'{value:g}'
+  return str(value)
+
+
+def is_sweep_dir(path: str) -> bool:
+  return (os.path.isdir(os.path.join(path, MEMBERS_DIR))
+          and not os.path.exists(os.path.join(path, METRICS_FILE)))
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, UnicodeDecodeError) as e:
+    raise ReportInputError(f'{path}: cannot be read ({e}).') from None
+  except json.JSONDecodeError as e:
+    raise ReportInputError(f'{path}: not valid JSON ({e}).') from None
+
+
+def read_metrics(path: str) -> list:
+  """metrics.jsonl rows, checked and sorted by epoch (the last row of an epoch
+  wins). Raises ReportInputError naming the file on anything unreadable."""
+  rows = {}
+  try:
+    with open(path) as f:
+      lines = f.readlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ReportInputError(f'{path}: cannot be read ({e}).') from None
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ReportInputError(
+          f'{path} line {number}: not JSON ({e}); expected one JSON object '
+          'per epoch, as train.py writes.') from None
+    if not isinstance(row, dict):
+      raise ReportInputError(
+          f'{path} line {number}: a {type(row).__name__}, expected a JSON '
+          'object per epoch.')
+    epoch = row.get('epoch')
+    if isinstance(epoch, float) and epoch.is_integer():
+      epoch = int(epoch)
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+      raise ReportInputError(
+          f'{path} line {number}: no integer "epoch" (got {epoch!r}); '
+          'expected one JSON object per epoch with the keys '
+          f'{", ".join(METRIC_COLUMNS)}.')
+    rows[epoch] = dict(row, epoch=epoch)
+  if not rows:
+    raise ReportInputError(
+        f'{path}: no metrics rows (has the run finished an epoch?); expected '
+        'one JSON object per epoch, as train.py writes.')
+  return [rows[e] for e in sorted(rows)]
+
+
+def load_workdir(path: str, name: Optional[str] = None,
+                 sweep: Optional[str] = None) -> Run:
+  """The Run in a train.py workdir (or a sweep member dir)."""
+  if not os.path.isdir(path):
+    what = 'is not a directory' if os.path.exists(path) else 'does not exist'
+    raise ReportInputError(f'{path} {what}; {WORKDIR_EXPECTED}.')
+  metrics_path = os.path.join(path, METRICS_FILE)
+  if not os.path.isfile(metrics_path):
+    raise ReportInputError(
+        f'{path} is not a workdir: it has no {METRICS_FILE}; '
+        f'{WORKDIR_EXPECTED}.')
+  rows = read_metrics(metrics_path)
+  config_path = os.path.join(path, CONFIG_FILE)
+  config = {}
+  if os.path.isfile(config_path):
+    config = _read_json(config_path)
+    if not isinstance(config, dict):
+      raise ReportInputError(f'{config_path}: expected a JSON object.')
+  if name is None:
+    name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+  return Run(name=name, label=name, config=config, rows=rows,
+             path=os.path.abspath(path), sweep=sweep)
+
+
+def _natural_key(text: str):
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', text)]
+
+
+def load_sweep(path: str, warn=None) -> list:
+  """The Runs of a sweep dir's members that have metrics.
+
+  Members without metrics yet (a sweep still running) are skipped, with a
+  note to `warn`; a sweep with no member holding metrics is an error.
+  """
+  members_dir = os.path.join(path, MEMBERS_DIR)
+  sweep_name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+  names = sorted((n for n in os.listdir(members_dir)
+                  if os.path.isdir(os.path.join(members_dir, n))),
+                 key=_natural_key)
+  runs, skipped = [], []
+  for n in names:
+    member = os.path.join(members_dir, n)
+    metrics = os.path.join(member, METRICS_FILE)
+    if not os.path.isfile(metrics) or not _has_content(metrics):
+      skipped.append(n)
+      continue
+    runs.append(load_workdir(member, name=f'{sweep_name}/{n}', sweep=path))
+  if not runs:
+    raise ReportInputError(
+        f'{path} is a sweep dir but none of its {len(names)} members in '
+        f'{members_dir} has {METRICS_FILE} rows yet; expected members/<name>/ '
+        'workdirs with metrics.')
+  if skipped and warn is not None:
+    warn(f'{path}: skipped {len(skipped)} member(s) without metrics yet: '
+         f'{", ".join(skipped)}')
+  return runs
+
+
+def _has_content(path: str) -> bool:
+  try:
+    with open(path) as f:
+      return any(line.strip() for line in f)
+  except OSError:
+    return False
+
+
+def load_runs(paths: Sequence[str], labels: Optional[Sequence[str]] = None,
+              warn=None) -> list:
+  """Runs from workdirs and sweep dirs (expanded to their members), in order.
+
+  `labels`, when given, are one per run after expansion; otherwise the labels
+  come from the configs (`default_labels`). The same directory given twice
+  is loaded once.
+  """
+  if warn is None:
+    warn = lambda msg: sys.stderr.write(f'warning: {msg}\n')
+  if not paths:
+    raise ReportInputError(f'no workdir given; {WORKDIR_EXPECTED}.')
+  runs, seen = [], set()
+  for path in paths:
+    loaded = (load_sweep(path, warn) if is_sweep_dir(path)
+              else [load_workdir(path)])
+    for run in loaded:
+      key = os.path.realpath(run.path)
+      if key not in seen:
+        seen.add(key)
+        runs.append(run)
+  if labels is not None:
+    labels = list(labels)
+    if len(labels) != len(runs):
+      raise ReportInputError(
+          f'{len(labels)} labels given for {len(runs)} runs '
+          f'({", ".join(r.name for r in runs)}); expected one label per run, '
+          'sweep dirs counting one per member.')
+    for run, label in zip(runs, labels):
+      run.label = label
+    _make_unique([r.label for r in runs], runs)
+  else:
+    for run, label in zip(runs, default_labels(runs)):
+      run.label = label
+  return runs
+
+
+def flatten(config: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def base_label(config: dict) -> Optional[str]:
+  """'padam p=0.125 lr=0.1', 'sgdm lr=0.1'; None without optimizer.name."""
+  opt = config.get('optimizer') if isinstance(config, dict) else None
+  if not isinstance(opt, dict) or not opt.get('name'):
+    return None
+  parts = [str(opt['name'])]
+  if opt['name'] in P_OPTIMIZERS and 'p' in opt:
+    p = f'p={fmt_number(opt["p"])}'
+    if opt.get('p_decay_every_epochs'):
+      p += (f' (x{fmt_number(opt.get("p_decay_factor"))}/'
+            f'{opt["p_decay_every_epochs"]}ep)')
+    parts.append(p)
+  if 'learning_rate' in opt:
+    parts.append(f'lr={fmt_number(opt["learning_rate"])}')
+  return ' '.join(parts)
+
+
+def default_labels(runs: Sequence[Run]) -> list:
+  """Unique labels from the configs.
+
+  'padam p=0.125 lr=0.1' (or the run's name without an optimizer in its
+  config), prefixed by model/dataset where those differ between the runs;
+  labels still equal get the config keys that tell them apart (seed=1, ...),
+  and then the run's name.
+  """
+  flat = [flatten(r.config) for r in runs]
+  labels = [base_label(r.config) or r.name for r in runs]
+  prefix_keys = [k for k in ('model', 'dataset')
+                 if len({repr(f.get(k)) for f in flat}) > 1]
+  if prefix_keys:
+    labels = ['/'.join(str(f.get(k, '?')) for k in prefix_keys) + ' ' + label
+              for f, label in zip(flat, labels)]
+  # Tell apart equal labels by the keys whose values differ within the group.
+  groups = {}
+  for i, label in enumerate(labels):
+    groups.setdefault(label, []).append(i)
+  for label, members in groups.items():
+    if len(members) < 2:
+      continue
+    keys = sorted({k for i in members for k in flat[i]})
+    differing = [k for k in keys
+                 if k not in NOT_IN_LABELS
+                 and len({repr(flat[i].get(k)) for i in members}) > 1]
+    # The seed first, then the run length, then the rest.
+    differing.sort(key=lambda k: (k != 'seed', k != 'num_epochs', k))
+    for i in members:
+      extra = ' '.join(f'{k.split(".")[-1]}={fmt_number(flat[i].get(k))}'
+                       for k in differing[:3])
+      if extra:
+        labels[i] = f'{label} {extra}'
+  return _make_unique(labels, runs)
+
+
+def _make_unique(labels: list, runs: Sequence[Run]) -> list:
+  """Appends the run's name, then #k, to labels that are still equal."""
+  def duplicates(ls):
+    return {l for l in ls if ls.count(l) > 1}
+  dup = duplicates(labels)
+  labels = [f'{l} [{r.name}]' if l in dup and l != r.name else l
+            for l, r in zip(labels, runs)]
+  dup = duplicates(labels)
+  counts = {}
+  out = []
+  for l in labels:
+    if l in dup:
+      counts[l] = counts.get(l, 0) + 1
+      out.append(f'{l} #{counts[l]}')
+    else:
+      out.append(l)
+  for run, label in zip(runs, out):
+    run.label = label
+  return out

@@ -1,0 +1,198 @@
+"""Markdown tables: test accuracy at chosen epochs (the paper's Tables 2 and
+3) and the best test error over a p x lr grid (the report's sensitivity study).
+
+Pure functions of `Run`s returning strings.
+"""
+
+import math
+from typing import Optional, Sequence
+
+from reporting.runs import NOT_IN_LABELS
+from reporting.runs import Run
+from reporting.runs import flatten
+from reporting.runs import fmt_number
+
+DEFAULT_EPOCHS = (50, 100, 150, 200)
+MISSING = '—'
+
+
+def _cell_text(text: str) -> str:
+  return str(text).replace('|', '\\|').replace('\n', ' ')
+
+
+def _pct(value: float, digits: int = 2) -> str:
+  return f'{value:.{digits}f}' if math.isfinite(value) else MISSING
+
+
+def accuracy(run: Run, epoch: int, key: str = 'test_error') -> float:
+  """100 * (1 - `key`) at `epoch`, NaN when the run has no such epoch."""
+  row = run.at_epoch(epoch)
+  if row is None or row.get(key) is None:
+    return math.nan
+  try:
+    return 100.0 * (1.0 - float(row[key]))
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def accuracy_table(runs: Sequence[Run], epochs: Sequence[int] = DEFAULT_EPOCHS,
+                   key: str = 'test_error', digits: int = 2) -> str:
+  """Markdown: one row per run, test accuracy (%) at `epochs`, then the best
+  accuracy over all epochs and its epoch. '—' where the run is shorter."""
+  header = (['run'] + [f'epoch {e}' for e in epochs] +
+            ['best', 'best epoch', 'epochs run'])
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '---|' + '---:|' * (len(header) - 1)]
+  for run in runs:
+    cells = [_cell_text(run.label)]
+    cells += [_pct(accuracy(run, e, key), digits) for e in epochs]
+    best_error, best_epoch = run.best(key)
+    cells.append(_pct(100.0 * (1.0 - best_error), digits))
+    cells.append(MISSING if best_epoch is None else str(best_epoch))
+    cells.append(str(run.epochs[-1]) if run.rows else MISSING)
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def table_markdown(runs: Sequence[Run], epochs: Sequence[int] = DEFAULT_EPOCHS,
+                   title: Optional[str] = None) -> str:
+  """table.md: top-1 test accuracy at `epochs` (and top-5 where logged)."""
+  parts = []
+  if title:
+    parts.append(f'# {title}\n')
+  parts.append('Test accuracy (%) = 100 · (1 − test top-1 error) after the '
+               'given epochs; best: the highest over all epochs run. '
+               f'{MISSING}: the run is shorter.\n')
+  parts.append(accuracy_table(runs, epochs, 'test_error'))
+  if any(run.best('test_top5_error')[1] is not None for run in runs):
+    parts.append('Top-5 test accuracy (%) = 100 · (1 − test top-5 '
+                 'error).\n')
+    parts.append(accuracy_table(runs, epochs, 'test_top5_error'))
+  parts.append('Runs:\n\n' + ''.join(
+      f'- {_cell_text(run.label)}: `{run.path or run.name}`\n' for run in runs))
+  return _join(parts)
+
+
+def _join(blocks) -> str:
+  """Markdown blocks separated by one blank line."""
+  return '\n'.join(b.strip('\n') + '\n' for b in blocks)
+
+
+# --- The p x lr grid -------------------------------------------------------
+
+
+def grid_key_row(run: Run):
+  """The grid row of a run: its p (Padam), else its optimizer's name."""
+  return run.p if run.p is not None else (run.optimizer_name or run.name)
+
+
+def grid_values(runs: Sequence[Run], key: str = 'test_error'):
+  """(row keys, lr columns, {(row, lr): [best error of each run]}).
+
+  Rows: the p values in ascending order, then other optimizers by name
+  (p means nothing for them). Runs without a learning rate are left out.
+  """
+  cells = {}
+  for run in runs:
+    if run.lr is None:
+      continue
+    best, _ = run.best(key)
+    if math.isfinite(best):
+      cells.setdefault((grid_key_row(run), run.lr), []).append(best)
+  rows = sorted({r for r, _ in cells},
+                key=lambda r: (1, 0.0, r) if isinstance(r, str) else (0, r, ''))
+  cols = sorted({c for _, c in cells})
+  return rows, cols, cells
+
+
+def grid_matrix(runs: Sequence[Run], key: str = 'test_error'):
+  """(row keys, lr columns, matrix of the mean best error in %, NaN where no
+  run, the count of runs per cell)."""
+  rows, cols, cells = grid_values(runs, key)
+  matrix = [[math.nan] * len(cols) for _ in rows]
+  counts = [[0] * len(cols) for _ in rows]
+  for i, r in enumerate(rows):
+    for j, c in enumerate(cols):
+      values = cells.get((r, c))
+      if values:
+        matrix[i][j] = 100.0 * sum(values) / len(values)
+        counts[i][j] = len(values)
+  return rows, cols, matrix, counts
+
+
+def row_name(row) -> str:
+  return row if isinstance(row, str) else f'p={fmt_number(row)}'
+
+
+def grid_table(runs: Sequence[Run], key: str = 'test_error',
+               digits: int = 2) -> str:
+  """Markdown: best test error (%) per (p, lr), rows p, columns lr; the best
+  cell in bold; a cell with several runs (seeds) shows their mean and (n)."""
+  rows, cols, matrix, counts = grid_matrix(runs, key)
+  finite = [v for line in matrix for v in line if math.isfinite(v)]
+  best = min(finite) if finite else math.nan
+  header = ['p \\ lr'] + [fmt_number(c) for c in cols]
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|---|' + '---:|' * len(cols)]
+  for i, r in enumerate(rows):
+    cells = [row_name(r)]
+    for j in range(len(cols)):
+      v = matrix[i][j]
+      if not math.isfinite(v):
+        cells.append(MISSING)
+        continue
+      text = _pct(v, digits)
+      if counts[i][j] > 1:
+        text += f' (n={counts[i][j]})'
+      # Bold every cell that rounds to the best value (ties).
+      if _pct(v, digits) == _pct(best, digits):
+        text = f'**{text}**'
+      cells.append(text)
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def grid_markdown(runs: Sequence[Run], title: Optional[str] = None,
+                  key: str = 'test_error') -> str:
+  """grid.md: the grid table with a caption."""
+  metric = 'top-5' if key == 'test_top5_error' else 'top-1'
+  parts = []
+  if title:
+    parts.append(f'# {title}\n')
+  parts.append(
+      f'Best test {metric} error (%) over all epochs run, per (p, lr): rows '
+      'the (initial) p of Padam (other optimizers by name), columns the '
+      'learning rate. Bold: the best cell. A cell with several runs '
+      f'(seeds) shows the mean of their best errors and (n). {MISSING}: no '
+      'run.\n')
+  parts.append(grid_table(runs, key))
+  others = other_differences(runs)
+  if others:
+    parts.append('Note: the runs also differ in ' + ', '.join(
+        f'`{k}`' for k in others) + ', so a cell may compare unlike runs.\n')
+  return _join(parts)
+
+
+# Keys a p x lr grid is meant to vary (or average over).
+_GRID_KEYS = ('optimizer.learning_rate', 'optimizer.p', 'seed')
+
+
+def other_differences(runs: Sequence[Run]) -> list:
+  """Config keys, besides lr, p and the seed, whose values differ between
+  the runs of the grid (those with a learning rate)."""
+  flat = [flatten(run.config) for run in runs if run.lr is not None]
+  keys = sorted({k for f in flat for k in f})
+  return [k for k in keys
+          if k not in _GRID_KEYS and k.split('.')[-1] not in NOT_IN_LABELS
+          and len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def wants_grid(runs: Sequence[Run], any_sweep: bool) -> bool:
+  """A grid is written for a sweep, or for runs varying both p and lr."""
+  if not any(run.lr is not None for run in runs):
+    return False
+  if any_sweep:
+    return True
+  ps = {run.p for run in runs if run.p is not None}
+  lrs = {run.lr for run in runs if run.p is not None}
+  return len(ps) > 1 and len(lrs) > 1

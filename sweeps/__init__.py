@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: a grid of members trained at once (see grid.py)."""

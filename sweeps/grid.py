@@ -1,0 +1,697 @@
+"""A grid of hyperparameters trained at once: one `jax.vmap` of train.py's step.
+
+A sweep config is a train config (every key train.py knows, e.g. from
+`configs/default.py`) plus a `sweep` ConfigDict naming the grid:
+
+  sweep.p, sweep.learning_rate, sweep.seed   lists of values (their product is
+                                             the grid; an absent key uses the
+                                             base config's value)
+  sweep.weight_decay, .b1, .b2, .eps, .momentum
+                                             optional lists, where the
+                                             optimizer takes them
+  sweep.own_batches  False: members share each batch (the order of the base
+                     config's `seed`); True: each member draws its own order
+                     from its seed, exactly as train.py with that seed
+  sweep.chunk        members trained at once: 0 all, -1 from a memory
+                     estimate, N: N at a time, one chunk after another
+
+The K members of a chunk are ONE stacked TrainState (a leading member axis on
+every leaf), trained by `jax.vmap(training.train_lib.train_step)`, jitted with
+the stacked state donated and sharded over a `grid` mesh axis (the members
+spread over the devices; a chunk is padded with copies of its last member to a
+multiple of the device count, and the copies are dropped before writing or
+checkpointing). `optimizers.create_optimizer` injects the PEAK lr and INITIAL p
+(and the other numeric hyperparameters) into `opt_state.hyperparams`, the
+schedule shapes multiplying them inside, so the members share one optimizer
+and each carries its own values in its state. BatchNorm statistics are part
+of each member's state: vmap keeps them per member.
+
+Workdir layout:
+  config.json                     the sweep config (chunk resolved)
+  members/<name>/config.json      the member's effective train config (+
+                                  `sweep_member`: how its data order was drawn)
+  members/<name>/metrics.jsonl|csv  the same rows and columns as train.py
+  checkpoints/chunk-NNN/<step>    Orbax checkpoints of a chunk's stacked state
+  summary.json, summary.md        per member: p, lr, seed, final and best test
+                                  error, best epoch
+Running again on the same workdir resumes every chunk from its latest
+checkpoint and ends bit-identical to an uninterrupted sweep.
+"""
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import models
+from training import input_pipeline
+from training import optimizers
+from training import train_lib
+from training import trainer
+from training import workdir as workdir_lib
+
+GRID_AXIS = 'grid'
+AUTO_CHUNK = -1
+ALL_MEMBERS = 0
+
+# Grid keys: (allowed values in words, check, short name in member names).
+# The optimizer hyperparameters are those `create_optimizer` injects, so each
+# member's value lives in its own `opt_state.hyperparams`.
+_GRID_KEYS = {
+    'p': ('numbers in [0, 0.5]', lambda v: 0.0 <= v <= 0.5, 'p'),
+    'learning_rate': ('numbers > 0', lambda v: v > 0.0, 'lr'),
+    'momentum': ('numbers in [0, 1]', lambda v: 0.0 <= v <= 1.0, 'mom'),
+    'b1': ('numbers in [0, 1)', lambda v: 0.0 <= v < 1.0, 'b1'),
+    'b2': ('numbers in [0, 1)', lambda v: 0.0 <= v < 1.0, 'b2'),
+    'eps': ('numbers > 0', lambda v: v > 0.0, 'eps'),
+    'weight_decay': ('numbers >= 0', lambda v: v >= 0.0, 'wd'),
+    'seed': ('integers >= 0', lambda v: v >= 0, 'seed'),
+}
+GRID_KEYS = tuple(_GRID_KEYS)  # Also the order of the product (seed last).
+OPTION_KEYS = ('own_batches', 'chunk')
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One point of the grid: `values` maps grid keys to python numbers."""
+  index: int
+  name: str
+  values: dict
+
+  @property
+  def seed(self) -> int:
+    return self.values['seed']
+
+  @property
+  def hyperparameters(self) -> dict:
+    return {k: v for k, v in self.values.items() if k != 'seed'}
+
+
+# ---------------------------------------------------------------------------
+# The grid from a sweep config.
+
+
+def _fail(key, value, why, allowed):
+  raise ValueError(f'{key}={value!r} is not allowed ({why}); allowed: '
+                   f'{allowed}.')
+
+
+def _check_values(key: str, values) -> list:
+  words, check, _ = _GRID_KEYS[key]
+  allowed = f'a non-empty list of distinct {words}'
+  name = f'sweep.{key}'
+  if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+    _fail(name, values, 'not a list', allowed)
+  if not values:
+    _fail(name, values, 'empty', allowed)
+  out = []
+  for v in values:
+    if (isinstance(v, (bool, np.bool_)) or
+        not isinstance(v, (int, float, np.integer, np.floating))):
+      _fail(name, values, f'{v!r} is not a number', allowed)
+    if key == 'seed' and not float(v).is_integer():
+      _fail(name, values, f'{v!r} is not an integer', allowed)
+    if not math.isfinite(v) or not check(v):
+      _fail(name, values, f'{v!r} is not one of the {words}', allowed)
+    out.append(int(v) if key == 'seed' else float(v))
+  if len(set(out)) != len(out):
+    _fail(name, values, 'a value repeats', allowed)
+  return out
+
+
+def _format(value) -> str:
+  return str(value) if isinstance(value, int) else f'{value:g}'
+
+
+def sweep_options(config: ml_collections.ConfigDict) -> dict:
+  """`own_batches` and `chunk`, checked."""
+  sweep = config.sweep
+  own = sweep.get('own_batches', False)
+  if not isinstance(own, (bool, np.bool_)):
+    _fail('sweep.own_batches', own, 'not a bool', 'True or False')
+  chunk = sweep.get('chunk', ALL_MEMBERS)
+  if (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or
+      chunk < AUTO_CHUNK):
+    _fail('sweep.chunk', chunk, 'not a count of members',
+          f'an integer >= 1, {ALL_MEMBERS} (all members at once) or '
+          f'{AUTO_CHUNK} (from a memory estimate)')
+  return {'own_batches': bool(own), 'chunk': int(chunk)}
+
+
+def grid_members(config: ml_collections.ConfigDict) -> list:
+  """The members of the grid in `config.sweep`; ValueError on a bad grid.
+
+  The product runs over p, learning_rate, the other optimizer keys, then seed
+  (the last varies fastest). Keys absent from `sweep` take the base config's
+  value (learning_rate, seed, and p for Padam are always in the members).
+  """
+  if not isinstance(config.get('sweep'), ml_collections.ConfigDict):
+    _fail('sweep', config.get('sweep'), 'missing or not a ConfigDict',
+          'a ConfigDict of lists, e.g. sweep.p, sweep.learning_rate, '
+          'sweep.seed')
+  sweep_options(config)
+  name = config.optimizer.name
+  if name not in optimizers.HYPERPARAMETERS:
+    _fail('optimizer.name', name, 'not known', ', '.join(optimizers.OPTIMIZERS))
+  applicable = ('learning_rate', 'seed') + tuple(
+      k for k in optimizers.HYPERPARAMETERS[name] if k in _GRID_KEYS)
+  lists = {}
+  for key in config.sweep.keys():
+    if key in OPTION_KEYS:
+      continue
+    if key not in applicable:
+      why = (f'optimizer.name={name!r} takes no {key}' if key in _GRID_KEYS
+             else 'not a grid key')
+      _fail(f'sweep.{key}', config.sweep[key], why,
+            'grid keys ' + ', '.join(k for k in GRID_KEYS if k in applicable)
+            + ' and options ' + ', '.join(OPTION_KEYS))
+    lists[key] = _check_values(key, config.sweep[key])
+  base = {'learning_rate': config.optimizer.learning_rate, 'seed': config.seed}
+  if 'p' in applicable:
+    base['p'] = config.optimizer.p
+  for key, value in base.items():
+    lists.setdefault(key, [value])
+  keys = [k for k in GRID_KEYS if k in lists]
+  members = []
+  for index, combo in enumerate(itertools.product(*(lists[k] for k in keys))):
+    values = dict(zip(keys, combo))
+    member_name = '-'.join(f'{_GRID_KEYS[k][2]}{_format(values[k])}'
+                           for k in keys)
+    members.append(Member(index, member_name, values))
+  names = [m.name for m in members]
+  if len(set(names)) != len(names):
+    _fail('sweep', {k: lists[k] for k in keys},
+          'values too close to tell apart in member names (6 digits)',
+          'values that differ in their first 6 significant digits')
+  return members
+
+
+def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The base experiment: the sweep config without `sweep`."""
+  d = config.to_dict()
+  d.pop('sweep', None)
+  return ml_collections.ConfigDict(d)
+
+
+def member_config(config: ml_collections.ConfigDict,
+                  member: Member) -> ml_collections.ConfigDict:
+  """The train config that `member` trains with (seed and its values set)."""
+  d = train_config(config).to_dict()
+  for key, value in member.values.items():
+    if key == 'seed':
+      d['seed'] = value
+    else:
+      d['optimizer'][key] = value
+  return ml_collections.ConfigDict(d)
+
+
+# ---------------------------------------------------------------------------
+# The vmapped steps and the stacked state.
+
+
+class GridSteps(train_lib.MeshSteps):
+  """`train_step` / `eval_step` vmapped over a leading member axis.
+
+  Jitted over a mesh whose one axis, `grid`, shards the member axis of the
+  stacked state (donated) and of the metrics. Training batches are shared by
+  all members (vmap in_axes=None, replicated) or one per member (in_axes=0,
+  sharded like the state); evaluation batches are always shared. Same
+  interface as MeshSteps, so trainer.py's epoch pieces drive it.
+  """
+
+  def __init__(self, mesh, model, optimizer, *, own_batches: bool = False):
+    # pylint: disable=super-init-not-called
+    self.mesh = mesh
+    self.members = NamedSharding(mesh, P(GRID_AXIS))
+    self.replicated = NamedSharding(mesh, P())
+    # Where training batches (and their indices) live.
+    self.sharded = self.members if own_batches else self.replicated
+    batch_axis = 0 if own_batches else None
+    self.train_step = jax.jit(
+        jax.vmap(functools.partial(train_lib.train_step, model=model,
+                                   optimizer=optimizer),
+                 in_axes=(0, batch_axis)),
+        in_shardings=(self.members, self.sharded),
+        out_shardings=(self.members, self.members),
+        donate_argnums=(0,))
+    self.eval_step = jax.jit(
+        jax.vmap(functools.partial(train_lib.eval_step, model=model),
+                 in_axes=(0, None)),
+        in_shardings=(self.members, self.replicated),
+        out_shardings=self.members)
+    self.gather = jax.jit(
+        lambda images, labels, idx: {'images': images[idx],
+                                     'labels': labels[idx]},
+        out_shardings=self.sharded)
+    self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+  def shard(self, tree):
+    """An evaluation batch: every member sees all of it."""
+    return self.replicate(tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _build(config_json: str, num_classes: int, steps_per_epoch: int,
+           own_batches: bool, device_ids: tuple):
+  """Model, optimizer, GridSteps and jitted init for one base experiment.
+
+  Memoised on the config (as JSON) so that chunks, and sweeps run again in
+  the same process, reuse the compiled functions (jit caches per shape).
+  """
+  base = ml_collections.ConfigDict(json.loads(config_json))
+  optimizer = optimizers.create_optimizer(base, steps_per_epoch)
+  model = models.create_model(base.model, num_classes,
+                              dtype=trainer.DTYPES[base.dtype])
+  devices = {d.id: d for d in jax.devices()}
+  mesh = make_grid_mesh([devices[i] for i in device_ids])
+  steps = GridSteps(mesh, model, optimizer, own_batches=own_batches)
+
+  def init(keys, values):
+    state = jax.vmap(
+        lambda key: train_lib.create_train_state(key, model, optimizer))(keys)
+    return set_hyperparameters(state, values)
+
+  return model, optimizer, steps, jax.jit(init, out_shardings=steps.members)
+
+
+def build(base: ml_collections.ConfigDict, num_classes: int,
+          steps_per_epoch: int, own_batches: bool, devices=None):
+  """(model, optimizer, GridSteps, init) for the base train config."""
+  devices = devices if devices is not None else jax.devices()
+  # Only what the model and optimizer are built from: a longer run reuses them.
+  key = {k: base[k] for k in ('model', 'dtype')}
+  key['optimizer'] = base.optimizer.to_dict()
+  return _build(json.dumps(key, sort_keys=True), num_classes,
+                steps_per_epoch, bool(own_batches),
+                tuple(d.id for d in devices))
+
+
+def make_grid_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(devices.reshape(-1), (GRID_AXIS,))
+
+
+def set_hyperparameters(state: train_lib.TrainState, values: dict):
+  """`state` (stacked) with opt_state.hyperparams[k] = values[k] per member."""
+  hyper = dict(state.opt_state.hyperparams)
+  for key, value in values.items():
+    if key not in hyper:
+      raise ValueError(f'sweep.{key} is not allowed: the optimizer injects no '
+                       f'{key}; allowed: {", ".join(sorted(hyper))}.')
+    hyper[key] = jnp.asarray(value, hyper[key].dtype).reshape(
+        hyper[key].shape)
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def init_grid(init, members: list):
+  """The stacked TrainState of `members`, from `build`'s init.
+
+  Member k's leaves are create_train_state(jax.random.key(seed_k)) (vmapped),
+  with its own hyperparameter values set in opt_state.hyperparams.
+  """
+  keys = jnp.stack([jax.random.key(m.seed) for m in members])
+  values = {k: np.asarray([m.values[k] for m in members], np.float32)
+            for k in members[0].hyperparameters}
+  return init(keys, values)
+
+
+def _padded(items: list, size: int) -> list:
+  return list(items) + [items[-1]] * (size - len(items))
+
+
+def _take(tree, count: int):
+  return jax.jit(lambda t: jax.tree.map(lambda x: x[:count], t))(tree)
+
+
+def _pad(tree, size: int, sharding):
+  def pad(x):
+    extra = jnp.repeat(x[-1:], size - x.shape[0], axis=0)
+    return jnp.concatenate([x, extra])
+  return jax.jit(lambda t: jax.tree.map(pad, t), out_shardings=sharding)(tree)
+
+
+def epoch_order(members: list, data_seed: int, own_batches: bool, epoch: int,
+                num_examples: int) -> np.ndarray:
+  """(N,) shared order, or (K, N): member k's order from its seed."""
+  if not own_batches:
+    return input_pipeline.epoch_permutation(data_seed, epoch, num_examples)
+  return np.stack([input_pipeline.epoch_permutation(m.seed, epoch,
+                                                    num_examples)
+                   for m in members])
+
+
+# ---------------------------------------------------------------------------
+# Chunking.
+
+
+def _tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def free_memory_bytes(device=None) -> Optional[int]:
+  """Free memory of a device (accelerator stats, else the host's)."""
+  device = device or jax.devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def estimate_member_bytes(model, optimizer, batch_size: int) -> int:
+  """Device bytes one member needs: 3x its state + the step's temporaries.
+
+  The temporaries (activations, gradients) come from XLA's memory analysis of
+  one member's compiled step; state in, gradients and optimizer temporaries
+  are counted as three copies of the state.
+  """
+  state = jax.eval_shape(
+      lambda key: train_lib.create_train_state(key, model, optimizer),
+      jax.random.key(0))
+  batch = {'images': jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.uint8),
+           'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  temp = 0
+  try:
+    analysis = jax.jit(functools.partial(
+        train_lib.train_step, model=model, optimizer=optimizer)).lower(
+            state, batch).compile().memory_analysis()
+    temp = int(getattr(analysis, 'temp_size_in_bytes', 0) or 0)
+  except Exception:  # pylint: disable=broad-except
+    pass  # Some backends give no analysis: count the state only.
+  return 3 * _tree_bytes(state) + temp
+
+
+def auto_chunk(num_members: int, member_bytes: int, free_bytes: Optional[int],
+               reserved_bytes: int = 0, num_devices: int = 1,
+               fraction: float = 0.7) -> int:
+  """How many members fit at once: `fraction` of free memory per device."""
+  if free_bytes is None:
+    return num_members
+  usable = fraction * free_bytes - reserved_bytes
+  per_device = max(1, int(usable // max(member_bytes, 1)))
+  return max(1, min(num_members, per_device * num_devices))
+
+
+def chunks_of(members: list, chunk: int) -> list:
+  return [members[i:i + chunk] for i in range(0, len(members), chunk)]
+
+
+# ---------------------------------------------------------------------------
+# Summary.
+
+
+def _nan_to_none(x):
+  return None if x is None or not math.isfinite(x) else x
+
+
+def summarize_member(member: Member, rows: list) -> dict:
+  out = {'name': member.name, **member.values, 'epochs': len(rows)}
+  errors = [(r['test_error'], r['epoch']) for r in rows
+            if r['test_error'] is not None and math.isfinite(r['test_error'])]
+  best = min(errors) if errors else (None, None)
+  final = rows[-1] if rows else {}
+  diverged = [r['epoch'] for r in rows
+              if r['train_loss'] is None or not math.isfinite(r['train_loss'])]
+  out.update(
+      final_test_error=_nan_to_none(final.get('test_error')),
+      best_test_error=best[0], best_epoch=best[1],
+      final_train_loss=_nan_to_none(final.get('train_loss')),
+      diverged_epoch=diverged[0] if diverged else None)
+  return out
+
+
+def _percent(x):
+  return '—' if x is None else f'{100 * x:.2f}'
+
+
+def summary_markdown(config, members: list, summary: list) -> str:
+  keys = [k for k in GRID_KEYS if k in members[0].values]
+  base = train_config(config)
+  lines = [
+      f'# Sweep: {base.model} on {base.dataset}, {base.optimizer.name}',
+      '',
+      f'{len(members)} members ({" x ".join(str(len({m.values[k] for m in members})) for k in keys)} '
+      f'over {", ".join(keys)}), {base.num_epochs} epochs at batch '
+      f'{base.batch_size}, lr x{base.optimizer.lr_factor} at epochs '
+      f'{list(base.optimizer.lr_milestones)}. Errors in %.',
+      '',
+      '| member | ' + ' | '.join(keys) + ' | epochs | final test error | '
+      'best test error | best epoch |',
+      '|---|' + '---:|' * (len(keys) + 4),
+  ]
+  for s in summary:
+    cells = [s['name']] + [_format(s[k]) for k in keys] + [
+        str(s['epochs']),
+        _percent(s['final_test_error']) + (
+            f' (diverged at epoch {s["diverged_epoch"]})'
+            if s['diverged_epoch'] is not None else ''),
+        _percent(s['best_test_error']),
+        '—' if s['best_epoch'] is None else str(s['best_epoch'])]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  done = [s for s in summary if s['best_test_error'] is not None]
+  if done:
+    best = min(done, key=lambda s: s['best_test_error'])
+    lines += ['', f'Best: {best["name"]}, test error '
+              f'{_percent(best["best_test_error"])}% at epoch '
+              f'{best["best_epoch"]}.']
+  if 'seed' in keys and len({m.seed for m in members}) > 1:
+    lines += _seed_means(keys, summary)
+  return '\n'.join(lines) + '\n'
+
+
+def _seed_means(keys, summary) -> list:
+  others = [k for k in keys if k != 'seed']
+  groups = {}
+  for s in summary:
+    if s['final_test_error'] is not None:
+      groups.setdefault(tuple(s[k] for k in others), []).append(
+          s['final_test_error'])
+  lines = ['', 'Mean ± std over seeds of the final test error (%):', '',
+           '| ' + ' | '.join(others) + ' | seeds | final test error |',
+           '|' + '---:|' * (len(others) + 2)]
+  for values, errors in groups.items():
+    e = 100 * np.asarray(errors)
+    lines.append('| ' + ' | '.join(map(_format, values)) +
+                 f' | {len(errors)} | {e.mean():.2f} ± {e.std():.2f} |')
+  return lines
+
+
+def write_summary(path: str, config, members: list, member_dirs: list) -> list:
+  summary = [summarize_member(m, d.read_metrics())
+             for m, d in zip(members, member_dirs)]
+  if jax.process_index() == 0:
+    workdir_lib._atomic_write(  # pylint: disable=protected-access
+        os.path.join(path, 'summary.json'),
+        json.dumps({'members': summary}, indent=2, sort_keys=True))
+    workdir_lib._atomic_write(  # pylint: disable=protected-access
+        os.path.join(path, 'summary.md'),
+        summary_markdown(config, members, summary))
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# The sweep.
+
+
+def _stored_chunk(workdir: str) -> Optional[int]:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get('sweep', {}).get('chunk')
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
+              chunk: Optional[int] = None,
+              data: input_pipeline.CifarData = None, progress: bool = True,
+              after_epoch: Optional[Callable[[int, int], None]] = None
+              ) -> list:
+  """Trains every member of `config`'s grid; resumes from `workdir`.
+
+  chunk: overrides config.sweep.chunk. Everything that can be refused (grid,
+  config, optimizer values, data, a workdir holding another sweep) is checked
+  before any file is written. `after_epoch(chunk_index, epoch)` (for tests)
+  runs after an epoch's metrics are written, before its checkpoint. Returns
+  the summary: one dict per member.
+  """
+  members = grid_members(config)
+  options = sweep_options(config)
+  if chunk is not None:
+    options['chunk'] = sweep_options(ml_collections.ConfigDict(
+        {'sweep': {'chunk': chunk}}))['chunk']
+  base = train_config(config)
+  trainer.validate(base, data_parallel=False)
+  for member in members:
+    # padax checks its values when built (e.g. p, b1, eps).
+    optimizers.create_optimizer(member_config(config, member), 1)
+  if jax.process_count() > 1:
+    raise ValueError(f'jax.process_count()={jax.process_count()} is not '
+                     'allowed; allowed: 1 (a sweep runs in one process, its '
+                     'members spread over that process\'s devices).')
+  workdir = os.path.abspath(workdir)
+  requested_chunk = options['chunk']
+  if requested_chunk == AUTO_CHUNK:
+    requested_chunk = _stored_chunk(workdir) or AUTO_CHUNK
+
+  def resolved(chunk_size):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.sweep.chunk = chunk_size
+    return c
+
+  def check_workdirs(chunk_size):
+    sweep_dir = workdir_lib.Workdir(workdir, resolved(chunk_size))
+    sweep_dir.check()
+    member_dirs = []
+    for m in members:
+      cfg = member_config(config, m)
+      cfg.sweep_member = {'name': m.name, 'own_batches': options['own_batches'],
+                          'data_seed': m.seed if options['own_batches']
+                                       else base.seed}
+      member_dirs.append(workdir_lib.Workdir(
+          os.path.join(workdir, 'members', m.name), cfg))
+      member_dirs[-1].check()
+    return sweep_dir, member_dirs
+
+  if requested_chunk != AUTO_CHUNK:
+    chunk_size = (len(members) if requested_chunk == ALL_MEMBERS
+                  else min(requested_chunk, len(members)))
+    check_workdirs(chunk_size)
+  if data is None:
+    data = input_pipeline.load_cifar(base.dataset, source=base.data_source,
+                                     data_dir=base.data_dir or None)
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      data.train.num_examples, base.batch_size)
+  model, optimizer, steps, init = build(base, data.num_classes,
+                                        steps_per_epoch, options['own_batches'])
+  num_devices = steps.mesh.devices.size
+  if requested_chunk == AUTO_CHUNK:
+    member_bytes = estimate_member_bytes(model, optimizer, base.batch_size)
+    chunk_size = auto_chunk(len(members), member_bytes, free_memory_bytes(),
+                            reserved_bytes=data.train.images.nbytes,
+                            num_devices=num_devices)
+    logging.info('Auto chunk: %d of %d members at once (~%.1f MiB each)',
+                 chunk_size, len(members), member_bytes / 2**20)
+  sweep_dir, member_dirs = check_workdirs(chunk_size)
+
+  sweep_dir.prepare()
+  for d in member_dirs:
+    d.prepare()
+  groups = chunks_of(list(zip(members, member_dirs)), chunk_size)
+  images = labels = None
+  for ci, group in enumerate(groups):
+    chunk_members = [m for m, _ in group]
+    chunk_dirs = [d for _, d in group]
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints', f'chunk-{ci:03d}'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=base.keep_checkpoints, create=True))
+    latest = manager.latest_step()
+    start_epoch = 0 if latest is None else latest // steps_per_epoch
+    all_rows = [[r for r in d.read_metrics() if r['epoch'] <= start_epoch]
+                for d in chunk_dirs]
+    if start_epoch >= base.num_epochs:
+      logging.info('Chunk %d/%d is done (epoch %d).', ci + 1, len(groups),
+                   start_epoch)
+      for d, rows in zip(chunk_dirs, all_rows):
+        d.write_metrics(rows)
+      manager.close()
+      continue
+    if images is None:
+      images = steps.replicate(data.train.images)
+      labels = steps.replicate(data.train.labels.astype(np.int32))
+    _train_chunk(base, options['own_batches'], steps, init, chunk_members,
+                 chunk_dirs, all_rows, manager, start_epoch, steps_per_epoch,
+                 data, images, labels, ci, len(groups), progress, after_epoch)
+    manager.close()
+    write_summary(workdir, config, members, member_dirs)
+  return write_summary(workdir, config, members, member_dirs)
+
+
+def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
+                 all_rows, manager, start_epoch, steps_per_epoch, data, images,
+                 labels, ci, num_chunks, progress, after_epoch):
+  num_devices = steps.mesh.devices.size
+  size = -(-len(chunk_members) // num_devices) * num_devices
+  padded = _padded(chunk_members, size)
+  real = len(chunk_members)
+  state = init_grid(init, padded)
+  if start_epoch:
+    # Checkpoints hold the real members only: a restart on another device
+    # count pads again.
+    restored = trainer.restore_latest(
+        manager, state if size == real else _take(state, real))
+    state = restored if size == real else _pad(restored, size, steps.members)
+    logging.info('Chunk %d/%d resumed from epoch %d.', ci + 1, num_chunks,
+                 start_epoch)
+  logging.info('Chunk %d/%d: %d members (%s) at once on %d device(s)%s.',
+               ci + 1, num_chunks, real,
+               ', '.join(m.name for m in chunk_members), num_devices,
+               f', padded to {size}' if size > real else '')
+  warned = set()
+  for epoch in range(start_epoch + 1, base.num_epochs + 1):
+    hyper = jax.device_get(optimizers.current_hyperparameters(
+        base, steps_per_epoch, state.opt_state, state.step))
+    t0 = time.perf_counter()
+    order = epoch_order(padded, base.seed, own_batches, epoch,
+                        data.train.num_examples)
+    bar = trainer._progress_bar(  # pylint: disable=protected-access
+        progress, steps_per_epoch, epoch, base.num_epochs)
+    state, totals = trainer.train_epoch(
+        steps, state, trainer.epoch_batches(steps, images, labels, order,
+                                            base.batch_size, steps_per_epoch),
+        bar)
+    train = jax.device_get(totals)
+    train_seconds = time.perf_counter() - t0
+    test = jax.device_get(trainer.evaluate_totals(
+        steps, state, data.test, base.eval_batch_size))
+    epoch_seconds = time.perf_counter() - t0
+    step = np.asarray(jax.device_get(state.step))
+    for k, (member, d, rows) in enumerate(zip(chunk_members, chunk_dirs,
+                                              all_rows)):
+      pick = lambda tree: {key: float(v[k]) for key, v in tree.items()}  # pylint: disable=cell-var-from-loop
+      member_train = pick(train)
+      if (member_train['finite'] < member_train['count'] / base.batch_size
+          and member.name not in warned):
+        warned.add(member.name)
+        logging.warning('Member %s: non-finite training loss in epoch %d; '
+                        'it goes on (its rows show NaN).', member.name, epoch)
+      # images/s: this member's images over the chunk's wall time (the
+      # members train at once, so the chunk's throughput is their sum).
+      rows.append(trainer.epoch_row(epoch, int(step[k]), pick(hyper),
+                                    member_train, pick(test), train_seconds,
+                                    epoch_seconds))
+      d.write_metrics(rows)
+    errors = [rows[-1]['test_error'] for rows in all_rows]
+    best = int(np.nanargmin(errors)) if not np.all(np.isnan(errors)) else 0
+    logging.info('chunk %d/%d epoch %d/%d | test error min %.4f (%s) max '
+                 '%.4f | %.1fs %.0f img/s (all members)', ci + 1, num_chunks,
+                 epoch, base.num_epochs, errors[best],
+                 chunk_members[best].name, np.nanmax(errors), epoch_seconds,
+                 real * base.batch_size * steps_per_epoch / train_seconds)
+    if after_epoch is not None:
+      after_epoch(ci, epoch)
+    if trainer.checkpoint_due(base, epoch):
+      manager.save(int(step[0]), args=ocp.args.StandardSave(
+          state if size == real else _take(state, real)))
+      manager.wait_until_finished()
+  manager.wait_until_finished()

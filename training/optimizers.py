@@ -1,0 +1,129 @@
+"""The paper's optimizers built from a config, with lr and p injected.
+
+Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning rate
+(and Padam's p) live in the optimizer state: they are logged each epoch, and a
+sweep can vmap over them (each member's value is its own array).
+
+Weight decay follows the authors' code: an L2 term added to the gradient for
+SGD-momentum, Adam, AMSGrad and Padam (PyTorch's `weight_decay`); AdamW decays
+decoupled, as `optax.adamw`.
+"""
+
+import inspect
+
+import ml_collections
+import optax
+
+import padax
+
+OPTIMIZERS = ('sgdm', 'adam', 'amsgrad', 'adamw', 'padam')
+
+
+def _coupled(weight_decay, transformation):
+  return optax.chain(optax.add_decayed_weights(weight_decay), transformation)
+
+
+def sgdm(learning_rate, momentum=0.9, weight_decay=0.0):
+  """PyTorch's SGD(momentum, weight_decay, dampening=0)."""
+  return _coupled(weight_decay, optax.sgd(learning_rate, momentum=momentum))
+
+
+def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+  return _coupled(weight_decay, optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
+
+
+def amsgrad(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+  return _coupled(weight_decay,
+                  optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps))
+
+
+def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05):
+  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
+                     weight_decay=weight_decay)
+
+
+def padam(learning_rate, p=0.125, b1=0.9, b2=0.999, eps=1e-8,
+          weight_decay=0.0, formulation=padax.AUTHORS):
+  return padax.padam(learning_rate, p=p, b1=b1, b2=b2, eps=eps,
+                     weight_decay=weight_decay, formulation=formulation)
+
+
+_FACTORIES = dict(sgdm=sgdm, adam=adam, amsgrad=amsgrad, adamw=adamw,
+                  padam=padam)
+# Config keys each optimizer takes (besides learning_rate).
+HYPERPARAMETERS = {
+    'sgdm': ('momentum', 'weight_decay'),
+    'adam': ('b1', 'b2', 'eps', 'weight_decay'),
+    'amsgrad': ('b1', 'b2', 'eps', 'weight_decay'),
+    'adamw': ('b1', 'b2', 'eps', 'weight_decay'),
+    'padam': ('p', 'b1', 'b2', 'eps', 'weight_decay', 'formulation'),
+}
+
+
+def step_schedule(base: float, milestones_epochs, factor: float,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """`base`, multiplied by `factor` at each milestone epoch (MultiStepLR)."""
+  return optax.piecewise_constant_schedule(
+      base, {int(e) * steps_per_epoch: factor for e in milestones_epochs})
+
+
+def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Multipliers of the peak lr and the initial p, as functions of the step.
+
+  lr: x lr_factor at each milestone epoch. p: constant, or (the report's
+  proposal) x p_decay_factor every p_decay_every_epochs epochs.
+  """
+  opt = config.optimizer
+  lr_shape = step_schedule(1.0, opt.lr_milestones, opt.lr_factor,
+                           steps_per_epoch)
+  if opt.get('p_decay_every_epochs', 0):
+    p_shape = optax.exponential_decay(
+        1.0, transition_steps=opt.p_decay_every_epochs * steps_per_epoch,
+        decay_rate=opt.p_decay_factor, staircase=True)
+  else:
+    p_shape = None
+  return lr_shape, p_shape
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+  """The configured optimizer, wrapped in `optax.inject_hyperparams`.
+
+  The injected `learning_rate` and `p` are the peak lr and the initial p; the
+  schedules' shapes multiply them inside. So each member of a vmapped sweep
+  carries its own peak lr and p in its state while all share the schedule
+  shape, and `current_hyperparameters` gives the values in use at a step.
+  """
+  name = config.optimizer.name
+  if name not in _FACTORIES:
+    raise ValueError(f'optimizer.name={name!r} is not known; allowed: '
+                     f'{", ".join(OPTIMIZERS)}')
+  lr_shape, p_shape = schedule_shapes(config, steps_per_epoch)
+  base = _FACTORIES[name]
+
+  def factory(learning_rate, **kwargs):
+    if 'p' in kwargs and p_shape is not None:
+      p0 = kwargs['p']
+      kwargs['p'] = lambda count: p0 * p_shape(count)
+    return base(lambda count: learning_rate * lr_shape(count), **kwargs)
+
+  # inject_hyperparams reads the factory's signature: give it base's.
+  factory.__signature__ = inspect.signature(base)
+  kwargs = {k: config.optimizer[k] for k in HYPERPARAMETERS[name]}
+  # padax checks its arguments when built; a schedule shape hides lr from
+  # those checks, so build it once with the plain values first.
+  base(config.optimizer.learning_rate, **kwargs)
+  static = ('formulation',) if name == 'padam' else ()
+  return optax.inject_hyperparams(factory, static_args=static)(
+      learning_rate=config.optimizer.learning_rate, **kwargs)
+
+
+def current_hyperparameters(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int, opt_state, step) -> dict:
+  """lr (and p, for Padam) that the optimizer uses at `step` (0-based)."""
+  lr_shape, p_shape = schedule_shapes(config, steps_per_epoch)
+  hyper = opt_state.hyperparams
+  out = {'learning_rate': hyper['learning_rate'] * lr_shape(step)}
+  if 'p' in hyper:
+    out['p'] = hyper['p'] * (p_shape(step) if p_shape is not None else 1.0)
+  return out

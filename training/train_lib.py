@@ -1,0 +1,152 @@
+"""The pure training and evaluation steps, and their placement on a device mesh.
+
+`train_step(state, batch) -> (state, metrics)` is the one step function of the
+project: `train.py` jits it over a `data`-sharded mesh, and sweeps vmap it over
+a grid of hyperparameters. Data augmentation and normalisation run inside it,
+from the uint8 images, with randomness from (state.rng, state.step) only, so a
+step's result does not depend on how the batch is split over devices.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from training import input_pipeline
+
+DATA_AXIS = 'data'
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_train_state(rng: jax.Array, model: nn.Module,
+                       optimizer: optax.GradientTransformation) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, 32, 32, 3), jnp.float32),
+                         train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables['batch_stats'],
+                    opt_state=optimizer.init(params), rng=state_rng)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module,
+               optimizer: optax.GradientTransformation):
+  """One SGD step on a batch of uint8 images; returns the new state and sums.
+
+  Metrics are sums over the batch (loss, correct, count) so that they can be
+  accumulated over an epoch on the device and divided once.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  images = input_pipeline.normalize(
+      input_pipeline.augment(rng, batch['images']))
+  labels = batch['labels']
+
+  def loss_fn(params):
+    logits, new_model_state = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'])
+    loss = cross_entropy(logits, labels).mean()
+    return loss, (logits, new_model_state['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  count = jnp.asarray(labels.shape[0], jnp.float32)
+  metrics = {
+      'loss_sum': loss * count,
+      'correct': jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+      'count': count,
+      'finite': jnp.isfinite(loss).astype(jnp.float32),
+  }
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module):
+  """Sums of loss, top-1 and top-5 correct over the unmasked examples."""
+  images = input_pipeline.normalize(batch['images'])
+  logits = model.apply({'params': state.params,
+                        'batch_stats': state.batch_stats}, images, train=False)
+  labels, mask = batch['labels'], batch['mask']
+  top5 = jax.lax.top_k(logits, 5)[1]
+  return {
+      'loss_sum': jnp.sum(cross_entropy(logits, labels) * mask),
+      'top1_correct': jnp.sum((top5[:, 0] == labels) * mask),
+      'top5_correct': jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return jax.sharding.Mesh(devices.reshape(-1), (DATA_AXIS,))
+
+
+class MeshSteps:
+  """`train_step` and `eval_step` jitted over a mesh: batch sharded, state replicated.
+
+  Also holds the training images on the devices (uint8, replicated) so a batch
+  is gathered by index on device: no host-to-device copy of images per step.
+  """
+
+  def __init__(self, mesh, model, optimizer):
+    self.mesh = mesh
+    self.replicated = NamedSharding(mesh, P())
+    self.sharded = NamedSharding(mesh, P(DATA_AXIS))
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=(self.replicated, self.replicated),
+        donate_argnums=(0,))
+    self.eval_step = jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=self.replicated)
+    self.gather = jax.jit(
+        lambda images, labels, idx: {'images': images[idx],
+                                     'labels': labels[idx]},
+        out_shardings=self.sharded)
+    self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+  def global_array(self, host_array: np.ndarray, sharding) -> jax.Array:
+    """A global array from the same host array on every process."""
+    host_array = np.asarray(host_array)
+    return jax.make_array_from_callback(
+        host_array.shape, sharding, lambda index: host_array[index])
+
+  def replicate(self, tree):
+    return jax.tree.map(lambda x: self.global_array(x, self.replicated), tree)
+
+  def shard(self, tree):
+    return jax.tree.map(lambda x: self.global_array(x, self.sharded), tree)
+
+
+def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:
+  if batch_size % num_devices:
+    raise ValueError(
+        f'{key}={batch_size} does not divide evenly over {num_devices} '
+        f'devices; allowed: a multiple of {num_devices}.')
+
+
+def host_metrics(tree) -> dict:
+  return {k: float(v) for k, v in jax.device_get(tree).items()}

@@ -12,6 +12,7 @@ time (`auto`: as many as a memory estimate allows; default: the config's
 the stacked states; running the same command again resumes.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -33,11 +34,12 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps one line per epoch readable: drops other libraries' INFO lines."""
+class _QuietLibraries(std_logging.Filter):
+  """Keeps one line per epoch readable: drops Orbax's INFO lines."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or (
+    # The standard library's level numbers (absl's WARNING is -1).
+    return record.levelno >= std_logging.WARNING or (
         f'{os.sep}orbax{os.sep}' not in record.pathname)
 
 
@@ -59,7 +61,9 @@ def _parse_chunk(value):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  for handler in logging.logging.root.handlers:
+  # ABSLHandler.handle() skips its own filters: filter its python handler.
+  for handler in std_logging.root.handlers + [
+      logging.get_absl_handler().python_handler]:
     handler.addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   from sweeps import grid  # pylint: disable=g-import-not-at-top

@@ -264,12 +264,13 @@ class GridSteps(train_lib.MeshSteps):
 
 
 @functools.lru_cache(maxsize=8)
-def _build(config_json: str, num_classes: int, steps_per_epoch: int,
-           own_batches: bool, device_ids: tuple):
-  """Model, optimizer, GridSteps and jitted init for one base experiment.
+def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
+                device_ids: tuple):
+  """Model, optimizer, grid mesh and jitted init of one base experiment.
 
-  Memoised on the config (as JSON) so that chunks, and sweeps run again in
-  the same process, reuse the compiled functions (jit caches per shape).
+  Memoised on the config (as JSON), as is `_build_steps`, so that chunks, and
+  sweeps run again in the same process, reuse the compiled functions (jit
+  caches per shape).
   """
   base = ml_collections.ConfigDict(json.loads(config_json))
   optimizer = optimizers.create_optimizer(base, steps_per_epoch)
@@ -277,26 +278,38 @@ def _build(config_json: str, num_classes: int, steps_per_epoch: int,
                               dtype=trainer.DTYPES[base.dtype])
   devices = {d.id: d for d in jax.devices()}
   mesh = make_grid_mesh([devices[i] for i in device_ids])
-  steps = GridSteps(mesh, model, optimizer, own_batches=own_batches)
 
   def init(keys, values):
     state = jax.vmap(
         lambda key: train_lib.create_train_state(key, model, optimizer))(keys)
     return set_hyperparameters(state, values)
 
-  return model, optimizer, steps, jax.jit(init, out_shardings=steps.members)
+  members = NamedSharding(mesh, P(GRID_AXIS))
+  return model, optimizer, mesh, jax.jit(init, out_shardings=members)
+
+
+@functools.lru_cache(maxsize=8)
+def _build_steps(config_json: str, num_classes: int, steps_per_epoch: int,
+                 device_ids: tuple, own_batches: bool):
+  model, optimizer, mesh, _ = _build_base(config_json, num_classes,
+                                          steps_per_epoch, device_ids)
+  return GridSteps(mesh, model, optimizer, own_batches=own_batches)
 
 
 def build(base: ml_collections.ConfigDict, num_classes: int,
           steps_per_epoch: int, own_batches: bool, devices=None):
-  """(model, optimizer, GridSteps, init) for the base train config."""
+  """(model, optimizer, GridSteps, init) for the base train config.
+
+  init(keys, values) -> the stacked TrainState (see `init_grid`).
+  """
   devices = devices if devices is not None else jax.devices()
   # Only what the model and optimizer are built from: a longer run reuses them.
   key = {k: base[k] for k in ('model', 'dtype')}
   key['optimizer'] = base.optimizer.to_dict()
-  return _build(json.dumps(key, sort_keys=True), num_classes,
-                steps_per_epoch, bool(own_batches),
-                tuple(d.id for d in devices))
+  args = (json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
+          tuple(d.id for d in devices))
+  model, optimizer, _, init = _build_base(*args)
+  return model, optimizer, _build_steps(*args, bool(own_batches)), init
 
 
 def make_grid_mesh(devices=None) -> jax.sharding.Mesh:
@@ -332,15 +345,19 @@ def _padded(items: list, size: int) -> list:
   return list(items) + [items[-1]] * (size - len(items))
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def _take(tree, count: int):
-  return jax.jit(lambda t: jax.tree.map(lambda x: x[:count], t))(tree)
+  """The first `count` members (drops the padding)."""
+  return jax.tree.map(lambda x: x[:count], tree)
 
 
-def _pad(tree, size: int, sharding):
+@functools.partial(jax.jit, static_argnums=(1,))
+def _pad(tree, size: int):
+  """`size` members: the last one repeated."""
   def pad(x):
     extra = jnp.repeat(x[-1:], size - x.shape[0], axis=0)
     return jnp.concatenate([x, extra])
-  return jax.jit(lambda t: jax.tree.map(pad, t), out_shardings=sharding)(tree)
+  return jax.tree.map(pad, tree)
 
 
 def epoch_order(members: list, data_seed: int, own_batches: bool, epoch: int,
@@ -358,7 +375,11 @@ def epoch_order(members: list, data_seed: int, own_batches: bool, epoch: int,
 
 
 def _tree_bytes(tree) -> int:
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+  def itemsize(dtype):
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+      return 8  # A threefry key: two uint32.
+    return np.dtype(dtype).itemsize
+  return sum(int(np.prod(x.shape)) * itemsize(x.dtype)
              for x in jax.tree.leaves(tree))
 
 
@@ -451,8 +472,11 @@ def summary_markdown(config, members: list, summary: list) -> str:
       '',
       f'{len(members)} members ({" x ".join(str(len({m.values[k] for m in members})) for k in keys)} '
       f'over {", ".join(keys)}), {base.num_epochs} epochs at batch '
-      f'{base.batch_size}, lr x{base.optimizer.lr_factor} at epochs '
-      f'{list(base.optimizer.lr_milestones)}. Errors in %.',
+      f'{base.batch_size}, ' + (
+          f'lr x{base.optimizer.lr_factor} at epochs '
+          f'{", ".join(map(str, base.optimizer.lr_milestones))}'
+          if base.optimizer.lr_milestones else 'constant lr') +
+      '. Errors in %.',
       '',
       '| member | ' + ' | '.join(keys) + ' | epochs | final test error | '
       'best test error | best epoch |',
@@ -559,6 +583,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     return c
 
   def check_workdirs(chunk_size):
+    stored = _stored_chunk(workdir)
+    if stored is not None and stored != chunk_size:
+      raise ValueError(
+          f'sweep.chunk={chunk_size} is not allowed for workdir={workdir!r}: '
+          f'it holds a sweep trained {stored} members at a time; allowed: '
+          f'{stored} (--chunk {stored}), as the grouping changes float '
+          'rounding, so a resumed sweep would not match an uninterrupted '
+          'one.')
     sweep_dir = workdir_lib.Workdir(workdir, resolved(chunk_size))
     sweep_dir.check()
     member_dirs = []
@@ -627,6 +659,30 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   return write_summary(workdir, config, members, member_dirs)
 
 
+def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
+                  steps_per_epoch: int, step: Optional[int] = None):
+  """(members, stacked TrainState) of a chunk's checkpoint (default: latest).
+
+  Reads the sweep config from `workdir`/config.json; `num_classes` and
+  `steps_per_epoch` (of the dataset trained on) rebuild the state's shape.
+  """
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  members = chunks_of(grid_members(config),
+                      config.sweep.chunk)[chunk_index]
+  _, _, _, init = build(train_config(config), num_classes, steps_per_epoch,
+                        config.sweep.own_batches, devices=jax.devices()[:1])
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
+      jax.eval_shape(lambda: init_grid(init, members)))
+  with ocp.CheckpointManager(os.path.join(
+      workdir, 'checkpoints', f'chunk-{chunk_index:03d}')) as manager:
+    step = manager.latest_step() if step is None else step
+    return members, manager.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+
+
 def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
                  all_rows, manager, start_epoch, steps_per_epoch, data, images,
                  labels, ci, num_chunks, progress, after_epoch):
@@ -640,7 +696,8 @@ def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
     # count pads again.
     restored = trainer.restore_latest(
         manager, state if size == real else _take(state, real))
-    state = restored if size == real else _pad(restored, size, steps.members)
+    state = restored if size == real else jax.device_put(
+        _pad(restored, size), steps.members)
     logging.info('Chunk %d/%d resumed from epoch %d.', ci + 1, num_chunks,
                  start_epoch)
   logging.info('Chunk %d/%d: %d members (%s) at once on %d device(s)%s.',

@@ -1,14 +1,15 @@
 """End-to-end tests of `train.py` and `training.trainer.train_and_evaluate`.
 
 Small CPU runs of tiny_cnn: a whole `train.py` run on mocked TFDS CIFAR
-(tests/e2e_scripts/mocked_train.py), a run killed with SIGKILL and resumed
-(bit-identical to an uninterrupted one), resuming through the Python API, a
-short run on the genuine CIFAR-10 subset, and the refusals (conflicting
-workdir, unknown names, bad command-line overrides).
+(tests/e2e_scripts/mocked_train.py); a `train.py` run killed with SIGKILL and
+run again, and runs interrupted or extended through the Python API, each
+bit-identical to an uninterrupted run; a short run on the genuine CIFAR-10
+subset; the refusals (conflicting workdir, unknown names, bad command-line
+overrides).
 
-Every run here has the same model, batch sizes and optimizer, and all of them
-(in this process and in the subprocesses) share one persistent compilation
-cache in a temporary folder: the train step is compiled once per session.
+The runs share one persistent compilation cache in a temporary folder (this
+process and the subprocesses alike), and the same model, batch sizes and
+schedules: the train step is compiled once per session.
 """
 
 import csv
@@ -29,7 +30,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import quick
+import models
 from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.data_fixtures import mock_cifar
 from training import input_pipeline
 from training import trainer
 
@@ -255,8 +258,6 @@ def error_lines(stderr):
 
 
 def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
-  from tests.data_fixtures import mock_cifar  # pylint: disable=g-import-not-at-top
-  import models  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
   overrides = {'num_epochs': 2, 'checkpoint_every_epochs': 1,
                'keep_checkpoints': 1}
@@ -284,9 +285,10 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
       [float(r[k]) for k in COLUMNS] for r in rows]
 
   # Saved every epoch, only the last kept; nothing half written is left.
-  assert checkpoint_entries(workdir) == ['8']
-  state = restore(workdir, 8)
-  assert int(state['step']) == 8
+  final_step = 2 * STEPS_PER_EPOCH
+  assert checkpoint_entries(workdir) == [str(final_step)]
+  state = restore(workdir, final_step)
+  assert int(state['step']) == final_step
 
   # The logged test metrics are those of the final state on the mocked test
   # split (100 images: 64 + a padded batch of 36).
@@ -306,55 +308,30 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
 # ---------------------------------------------------------------------------
 # 2. Interrupted and resumed runs are bit-identical to uninterrupted ones.
 
-KILL_SCENARIOS = {
-    # Killed in epoch 2, after the first checkpoint.
-    'after_first_checkpoint': dict(
-        overrides={'num_epochs': 3, 'checkpoint_every_epochs': 1,
-                   'keep_checkpoints': 1},
-        slow_from_epoch=2, kill_when=lambda w: finished_steps(w),
-        rows_at_kill=[1], epochs_checkpointed_at_kill=[1],
-        epochs_checkpointed_at_end=[3]),
-    # Killed in epoch 4 after epoch 3's row was written but never
-    # checkpointed: that row is dropped and epoch 3 redone.
-    'after_uncheckpointed_epoch': dict(
-        overrides={'num_epochs': 4, 'checkpoint_every_epochs': 2,
-                   'keep_checkpoints': 2},
-        slow_from_epoch=4,
-        kill_when=lambda w: (os.path.exists(os.path.join(w, 'metrics.jsonl'))
-                             and len(read_jsonl(w)) >= 3),
-        rows_at_kill=[1, 2, 3], epochs_checkpointed_at_kill=[2],
-        epochs_checkpointed_at_end=[2, 4]),
-}
-
-
-@pytest.mark.parametrize('scenario', sorted(KILL_SCENARIOS))
-def test_sigkilled_run_resumes_bit_identically(tmp_path, jax_cache_dir,
-                                               scenario):
-  spec = KILL_SCENARIOS[scenario]
-  overrides = spec['overrides']
-  num_epochs = overrides['num_epochs']
-  final_step = STEPS_PER_EPOCH * num_epochs
+def test_sigkilled_train_py_resumes_bit_identically(tmp_path, jax_cache_dir):
+  """Killed in epoch 2 (after the first checkpoint), then run again."""
+  overrides = {'num_epochs': 3, 'checkpoint_every_epochs': 1,
+               'keep_checkpoints': 1}
+  final_step = 3 * STEPS_PER_EPOCH
   reference, interrupted = str(tmp_path / 'reference'), str(tmp_path / 'run')
 
   def command(workdir, extra=()):
     return mocked_train_command(workdir, num_train=NUM_TRAIN, num_test=64,
                                 extra=extra, **overrides)
 
-  env = subprocess_env(jax_cache_dir)
-  popen = dict(cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-               stderr=subprocess.PIPE, text=True)
+  popen = dict(cwd=ROOT, env=subprocess_env(jax_cache_dir),
+               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   # The uninterrupted reference runs meanwhile: the other one mostly sleeps.
   reference_proc = subprocess.Popen(command(reference), **popen)
-  # Slowed down (2 s per step) from the epoch where the kill should land, so
-  # the kill cannot miss that epoch; sleeping changes no result, and costs no
-  # time: the run is killed as soon as it sleeps.
-  slow_from_step = (spec['slow_from_epoch'] - 1) * STEPS_PER_EPOCH
+  # Epoch 2 is slowed down (2 s per step) so that the kill cannot miss it;
+  # sleeping changes no result, and costs no time: the run is killed as soon
+  # as it sleeps.
   victim = subprocess.Popen(
-      command(interrupted, [f'--step_delay_after={slow_from_step}',
+      command(interrupted, [f'--step_delay_after={STEPS_PER_EPOCH}',
                             '--step_delay=2']), **popen)
   try:
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT
-    while not spec['kill_when'](interrupted):
+    while not finished_steps(interrupted):
       assert victim.poll() is None, victim.communicate()[1][-5000:]
       assert time.monotonic() < deadline, 'no checkpoint in time'
       time.sleep(0.02)
@@ -368,36 +345,77 @@ def test_sigkilled_run_resumes_bit_identically(tmp_path, jax_cache_dir,
         proc.wait()
   assert victim.returncode == -signal.SIGKILL
   assert reference_proc.returncode == 0, reference_err[-5000:]
-
   killed_rows = read_jsonl(interrupted)
-  assert [r['epoch'] for r in killed_rows] == spec['rows_at_kill']
-  checkpointed = spec['epochs_checkpointed_at_kill']
-  assert finished_steps(interrupted) == [e * STEPS_PER_EPOCH
-                                         for e in checkpointed]
+  assert [r['epoch'] for r in killed_rows] == [1]
+  assert finished_steps(interrupted) == [STEPS_PER_EPOCH]
 
   resumed = run_command(command(interrupted), jax_cache_dir)
-  first_redone = checkpointed[-1] + 1
-  assert re.findall(rf'\bepoch (\d+)/{num_epochs}\b', resumed.stderr) == [
-      str(e) for e in range(first_redone, num_epochs + 1)]
-
-  # checkpoint_every_epochs and keep_checkpoints are respected.
-  expected_steps = [e * STEPS_PER_EPOCH
-                    for e in spec['epochs_checkpointed_at_end']]
-  assert finished_steps(reference) == expected_steps
-  assert finished_steps(interrupted) == expected_steps
-  assert not [n for n in checkpoint_entries(interrupted) if not n.isdigit()]
+  # It went on from epoch 2 (a fresh start would give the same numbers).
+  assert re.findall(r'\bepoch (\d+)/3\b', resumed.stderr) == ['2', '3']
+  # checkpoint_every_epochs=1, keep_checkpoints=1: the last one only.
+  assert checkpoint_entries(reference) == [str(final_step)]
+  assert checkpoint_entries(interrupted) == [str(final_step)]
   assert_bit_identical(restore(interrupted, final_step),
                        restore(reference, final_step))
   rows, reference_rows = read_jsonl(interrupted), read_jsonl(reference)
   assert without_timing(rows) == without_timing(reference_rows)
   check_rows(rows, make_config(**overrides), STEPS_PER_EPOCH)
-  # The checkpointed epochs' rows are kept as written before the kill.
-  assert rows[:first_redone - 1] == killed_rows[:first_redone - 1]
+  assert rows[0] == killed_rows[0]  # Kept as written before the kill.
   assert read_csv(interrupted)[1] == [
       [str(r[k]) for k in COLUMNS] for r in rows]
 
 
+class _Interrupted(Exception):
+  pass
+
+
+def test_uncheckpointed_epoch_is_redone_bit_identically(tmp_path,
+                                                        monkeypatch):
+  """A run stopped after an epoch's metrics row but before its checkpoint."""
+  data = random_data(num_train=NUM_TRAIN, num_test=64)
+  config = make_config(num_epochs=4, checkpoint_every_epochs=2,
+                       keep_checkpoints=2)
+  interrupted, reference = str(tmp_path / 'run'), str(tmp_path / 'reference')
+  permutation = input_pipeline.epoch_permutation
+
+  def stop_in_epoch_4(seed, epoch, num_examples):
+    if epoch == 4:
+      raise _Interrupted
+    return permutation(seed, epoch, num_examples)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(input_pipeline, 'epoch_permutation', stop_in_epoch_4)
+    with pytest.raises(_Interrupted):
+      trainer.train_and_evaluate(config, interrupted, data=data,
+                                 progress=False)
+  stopped_rows = read_jsonl(interrupted)
+  assert [r['epoch'] for r in stopped_rows] == [1, 2, 3]
+  assert finished_steps(interrupted) == [2 * STEPS_PER_EPOCH]
+  # What orbax 0.12 leaves of a save killed half way: it must not be taken
+  # for a checkpoint, nor stop the next save of that step.
+  half_written = os.path.join(interrupted, 'checkpoints',
+                              f'{4 * STEPS_PER_EPOCH}.orbax-checkpoint-tmp')
+  os.makedirs(os.path.join(half_written, 'default.orbax-checkpoint-tmp'))
+  with open(os.path.join(half_written, '_CHECKPOINT_METADATA'), 'w') as f:
+    f.write('{"item_handlers": {"def')
+
+  last = trainer.train_and_evaluate(config, interrupted, data=data,
+                                    progress=False)
+  reference_last = trainer.train_and_evaluate(config, reference, data=data,
+                                              progress=False)
+  rows = read_jsonl(interrupted)
+  assert rows[:2] == stopped_rows[:2]  # Checkpointed epochs: kept.
+  assert without_timing(rows) == without_timing(read_jsonl(reference))
+  assert without_timing([last]) == without_timing([reference_last])
+  check_rows(rows, config, STEPS_PER_EPOCH)
+  steps = [2 * STEPS_PER_EPOCH, 4 * STEPS_PER_EPOCH]
+  assert finished_steps(interrupted) == finished_steps(reference) == steps
+  for step in steps:
+    assert_bit_identical(restore(interrupted, step), restore(reference, step))
+
+
 def test_resume_through_python_api_is_bit_identical(tmp_path):
+  """num_epochs=1, then num_epochs=2 on the same workdir == a fresh 2-epoch run."""
   data = random_data(num_train=NUM_TRAIN, num_test=64)
   common = {'checkpoint_every_epochs': 1, 'keep_checkpoints': 5}
   resumed, fresh = str(tmp_path / 'resumed'), str(tmp_path / 'fresh')
@@ -405,13 +423,6 @@ def test_resume_through_python_api_is_bit_identical(tmp_path):
       make_config(num_epochs=1, **common), resumed, data=data, progress=False)
   assert first['epoch'] == 1
   first_rows = read_jsonl(resumed)
-  # What orbax 0.12 leaves of a save killed half way: it must not be taken
-  # for a checkpoint, nor stop the next save of that step.
-  half_written = os.path.join(resumed, 'checkpoints',
-                              f'{2 * STEPS_PER_EPOCH}.orbax-checkpoint-tmp')
-  os.makedirs(os.path.join(half_written, 'default.orbax-checkpoint-tmp'))
-  with open(os.path.join(half_written, '_CHECKPOINT_METADATA'), 'w') as f:
-    f.write('{"item_handlers": {"def')
   config = make_config(num_epochs=2, **common)
   last = trainer.train_and_evaluate(config, resumed, data=data, progress=False)
   fresh_last = trainer.train_and_evaluate(config, fresh, data=data,

@@ -76,57 +76,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   run_dir.prepare()
   manager = run_dir.checkpoint_manager(config.keep_checkpoints)
-  state = jax.jit(
-      lambda rng: train_lib.create_train_state(rng, model, optimizer),
-      out_shardings=steps.replicated)(jax.random.key(config.seed))
-  rows = []
-  start_epoch = 0
-  restored = restore_latest(manager, state)
-  if restored is not None:
-    state = restored
-    start_epoch = int(state.step) // steps_per_epoch
-    # Rows written after the checkpoint (a run killed in between) are redone.
-    rows = [r for r in run_dir.read_metrics() if r['epoch'] <= start_epoch]
-    logging.info('Resumed from step %d (epoch %d) in %s', int(state.step),
-                 start_epoch, run_dir.path)
+  # Closed on every exit: an error must not leave a save thread behind.
+  try:
+    state = jax.jit(
+        lambda rng: train_lib.create_train_state(rng, model, optimizer),
+        out_shardings=steps.replicated)(jax.random.key(config.seed))
+    rows = []
+    start_epoch = 0
+    restored = restore_latest(manager, state)
+    if restored is not None:
+      state = restored
+      start_epoch = int(state.step) // steps_per_epoch
+      # Rows written after the checkpoint (a run killed in between) are redone.
+      rows = [r for r in run_dir.read_metrics() if r['epoch'] <= start_epoch]
+      logging.info('Resumed from step %d (epoch %d) in %s', int(state.step),
+                   start_epoch, run_dir.path)
 
-  train_images = steps.replicate(data.train.images)
-  train_labels = steps.replicate(data.train.labels.astype(np.int32))
-  row = rows[-1] if rows else {}
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    hyper = jax.device_get(optimizers.current_hyperparameters(
-        config, steps_per_epoch, state.opt_state, state.step))
-    t0 = time.perf_counter()
-    order = input_pipeline.epoch_permutation(config.seed, epoch,
-                                             data.train.num_examples)
-    bar = _progress_bar(progress, steps_per_epoch, epoch, config.num_epochs)
-    state, totals = train_epoch(
-        steps, state, epoch_batches(steps, train_images, train_labels, order,
-                                    config.batch_size, steps_per_epoch), bar)
-    train = train_lib.host_metrics(totals)
-    if train['finite'] < train['count'] / config.batch_size:
-      raise FloatingPointError(
-          f'non-finite training loss in epoch {epoch} (step '
-          f'{int(state.step)}); last checkpoint: {manager.latest_step()}')
-    train_seconds = time.perf_counter() - t0
-    test = evaluate(steps, state, data.test, config.eval_batch_size)
-    epoch_seconds = time.perf_counter() - t0
-    row = epoch_row(epoch, int(state.step), hyper, train, test, train_seconds,
-                    epoch_seconds)
-    rows.append(row)
-    run_dir.write_metrics(rows)
-    logging.info(
-        'epoch %d/%d step %d lr %.4g p %s | train loss %.4f err %.4f | test '
-        'loss %.4f err %.4f top5 %.4f | %.1fs %.0f img/s', epoch,
-        config.num_epochs, row['step'], row['lr'], row['p'],
-        row['train_loss'], row['train_error'], row['test_loss'],
-        row['test_error'], row['test_top5_error'], epoch_seconds,
-        row['images_per_second'])
-    if checkpoint_due(config, epoch):
-      manager.save(int(state.step), args=ocp.args.StandardSave(state))
-      manager.wait_until_finished()
-  manager.wait_until_finished()
-  manager.close()
+    train_images = steps.replicate(data.train.images)
+    train_labels = steps.replicate(data.train.labels.astype(np.int32))
+    row = rows[-1] if rows else {}
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+      hyper = jax.device_get(optimizers.current_hyperparameters(
+          config, steps_per_epoch, state.opt_state, state.step))
+      t0 = time.perf_counter()
+      order = input_pipeline.epoch_permutation(config.seed, epoch,
+                                               data.train.num_examples)
+      bar = _progress_bar(progress, steps_per_epoch, epoch, config.num_epochs)
+      state, totals = train_epoch(
+          steps, state, epoch_batches(steps, train_images, train_labels, order,
+                                      config.batch_size, steps_per_epoch), bar)
+      train = train_lib.host_metrics(totals)
+      if train['finite'] < train['count'] / config.batch_size:
+        raise FloatingPointError(
+            f'non-finite training loss in epoch {epoch} (step '
+            f'{int(state.step)}); last checkpoint: {manager.latest_step()}')
+      train_seconds = time.perf_counter() - t0
+      test = evaluate(steps, state, data.test, config.eval_batch_size)
+      epoch_seconds = time.perf_counter() - t0
+      row = epoch_row(epoch, int(state.step), hyper, train, test, train_seconds,
+                      epoch_seconds)
+      rows.append(row)
+      run_dir.write_metrics(rows)
+      logging.info(
+          'epoch %d/%d step %d lr %.4g p %s | train loss %.4f err %.4f | test '
+          'loss %.4f err %.4f top5 %.4f | %.1fs %.0f img/s', epoch,
+          config.num_epochs, row['step'], row['lr'], row['p'],
+          row['train_loss'], row['train_error'], row['test_loss'],
+          row['test_error'], row['test_top5_error'], epoch_seconds,
+          row['images_per_second'])
+      if checkpoint_due(config, epoch):
+        manager.save(int(state.step), args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+    manager.wait_until_finished()
+  finally:
+    manager.close()
   return row
 
 

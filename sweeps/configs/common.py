@@ -1,0 +1,29 @@
+"""Helpers shared by the sweep presets."""
+
+import ml_collections
+
+DATASETS = ('cifar10', 'cifar100')
+# The report's p grid (section 4.2 and 4.3).
+P_GRID = (0.25, 0.125, 0.0625)
+
+
+def dataset_arg(arg: str) -> str:
+  if arg not in DATASETS:
+    raise ValueError(f'config argument {arg!r} is not allowed; allowed: '
+                     f'{", ".join(DATASETS)}.')
+  return arg
+
+
+def add_sweep(config, *, p=P_GRID, learning_rate=(0.1,), seed=(0,),
+              own_batches=False, chunk=0):
+  """`config` (a train config) with the `sweep` grid added."""
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.p = tuple(p)
+  config.sweep.learning_rate = tuple(learning_rate)
+  config.sweep.seed = tuple(seed)
+  # False: members share each batch (the order of config.seed); True: each
+  # member's order comes from its seed.
+  config.sweep.own_batches = own_batches
+  # Members trained at once: 0 all, -1 from a memory estimate, N at a time.
+  config.sweep.chunk = chunk
+  return config

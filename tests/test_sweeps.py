@@ -1,0 +1,477 @@
+"""The sweep runner (sweeps/grid.py, sweep.py): a vmapped grid of train.py's step.
+
+Small and CPU-fast: tiny_cnn, batches of 16, genuine CIFAR-10 images sliced
+from the shared subset (random images where it is absent). The compiled
+functions are memoised per base config in sweeps.grid, so every test here
+uses the same base config and batch shapes.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import models
+from configs import quick
+from sweeps import grid
+from sweeps.configs import cpu_subset
+from sweeps.configs import report_p_grid
+from sweeps.configs import report_sensitivity
+from tests.conftest import ROOT
+from tests.conftest import SHARED_CIFAR10_SUBSET
+from training import input_pipeline
+from training import optimizers
+from training import train_lib
+from training import workdir as workdir_lib
+
+NUM_TRAIN, NUM_TEST, BATCH = 96, 40, 16
+STEPS_PER_EPOCH = NUM_TRAIN // BATCH
+NUM_STEPS = 4
+# Member X, and the others it shares a grid with: p AND lr differ.
+X = dict(p=0.25, learning_rate=0.05, seed=0)
+Y = dict(p=0.125, learning_rate=0.01, seed=1)
+Z = dict(p=0.0625, learning_rate=0.002, seed=2)
+W = dict(p=0.5, learning_rate=0.1, seed=3)
+# vmap batches the convolutions into grouped ones and reduces BatchNorm
+# statistics over other shapes, which XLA computes in another order. Measured
+# (jax 0.10.2, CPU) after 4 steps: ~45 of the 56 float leaves (params,
+# batch_stats, opt_state) of a member differ from its run alone, by at most
+# 1.2e-7 absolute (BatchNorm variances ~1: 1 ulp) and 0.04 * (ATOL + RTOL *
+# |ref|) anywhere; the summed metrics came out bit-identical. The same holds
+# for a member in grids of other sizes and companions.
+RTOL, ATOL = 1e-5, 1e-6
+TIMING = ('epoch_seconds', 'images_per_second')
+
+
+def small_data():
+  path = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-py')
+  if os.path.isdir(path):
+    full = input_pipeline.load_cifar('cifar10', source='local',
+                                     data_dir=SHARED_CIFAR10_SUBSET)
+    train = input_pipeline.Split(full.train.images[:NUM_TRAIN],
+                                 full.train.labels[:NUM_TRAIN])
+    test = input_pipeline.Split(full.test.images[:NUM_TEST],
+                                full.test.labels[:NUM_TEST])
+  else:  # Without the shared subset: random images, same shapes.
+    rng = np.random.default_rng(0)
+    split = lambda n: input_pipeline.Split(
+        rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+        rng.integers(0, 10, (n,)).astype(np.int32))
+    train, test = split(NUM_TRAIN), split(NUM_TEST)
+  return input_pipeline.CifarData(train, test, 10, 'cifar10', 'test slice')
+
+
+@pytest.fixture(scope='module')
+def data():
+  return small_data()
+
+
+def sweep_config(**sweep):
+  config = quick.get_config()
+  config.batch_size = BATCH
+  config.eval_batch_size = NUM_TEST
+  config.num_epochs = 3
+  config.checkpoint_every_epochs = 2
+  config.optimizer.lr_milestones = (2,)
+  defaults = dict(p=(0.25,), learning_rate=(0.05,), seed=(0,),
+                  own_batches=False, chunk=0)
+  config.sweep = ml_collections.ConfigDict({**defaults, **sweep})
+  return config
+
+
+def members_of(*values):
+  return [grid.Member(i, f'm{i}', dict(v)) for i, v in enumerate(values)]
+
+
+def host(tree):
+  """Numpy leaves; PRNG keys as their key data."""
+  def one(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(one, tree)
+
+
+def member(tree, k):
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+  """Integer leaves (step, rng) equal; float leaves within the tolerance."""
+  flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+  flat_e = jax.tree.leaves(expected)
+  assert len(flat_a) == len(flat_e)
+  for (path, a), e in zip(flat_a, flat_e):
+    where = jax.tree_util.keystr(path)
+    if np.issubdtype(a.dtype, np.floating):
+      np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=where)
+    else:
+      np.testing.assert_array_equal(a, e, err_msg=where)
+
+
+def batches(data, seed, count=NUM_STEPS):
+  order = input_pipeline.epoch_permutation(seed, 1, NUM_TRAIN)
+  return [{'images': data.train.images[order[i * BATCH:(i + 1) * BATCH]],
+           'labels': data.train.labels[order[i * BATCH:(i + 1) * BATCH]]}
+          for i in range(count)]
+
+
+def train_grid(data, members, *, own_batches=False):
+  """Stacked states after NUM_STEPS vmapped steps; and the summed metrics."""
+  config = sweep_config()
+  _, _, steps, init = grid.build(grid.train_config(config), 10,
+                                 STEPS_PER_EPOCH, own_batches)
+  state = grid.init_grid(init, members)
+  if own_batches:
+    streams = [batches(data, m.seed) for m in members]
+    feed = [jax.tree.map(lambda *x: np.stack(x), *step_batches)
+            for step_batches in zip(*streams)]
+  else:
+    feed = batches(data, 0)
+  totals = None
+  for batch in feed:
+    state, metrics = steps.train_step(state, jax.tree.map(
+        lambda x: steps.global_array(x, steps.sharded), batch))
+    totals = metrics if totals is None else steps.add(totals, metrics)
+  return host(state), host(totals)
+
+
+def train_alone(data, values, batch_seeds):
+  """train.py's way: MeshSteps of the member's own optimizer, seeded state.
+
+  One run per batch seed (the batches of epoch_permutation(seed, 1)), with
+  the same compiled step; returns [(state, summed metrics)].
+  """
+  member_cfg = grid.member_config(sweep_config(), grid.Member(0, 'x', values))
+  optimizer = optimizers.create_optimizer(member_cfg, STEPS_PER_EPOCH)
+  model = models.create_model(member_cfg.model, 10)
+  steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer)
+  init = jax.jit(
+      lambda rng: train_lib.create_train_state(rng, model, optimizer),
+      out_shardings=steps.replicated)
+  runs = []
+  for batch_seed in batch_seeds:
+    state = init(jax.random.key(member_cfg.seed))
+    totals = None
+    for batch in batches(data, batch_seed):
+      state, metrics = steps.train_step(state, steps.shard(batch))
+      totals = metrics if totals is None else steps.add(totals, metrics)
+    runs.append((host(state), host(totals)))
+  return runs
+
+
+@pytest.fixture(scope='module')
+def xyz(data):
+  return train_grid(data, members_of(X, Y, Z))
+
+
+# 1. -------------------------------------------------------------------------
+
+
+def test_grid_members_equal_runs_alone(data, xyz):
+  """Each member of a vmapped 3-member grid (p and lr differ) = its own run.
+
+  Shared batches (the default) against each config trained alone on the same
+  batches; then each member on its own batches (own_batches) against its run
+  alone on the batches of its seed, with the same compiled single steps.
+  """
+  grid_state, grid_metrics = xyz
+  own_state, own_metrics = train_grid(data, members_of(X, Y, Z),
+                                      own_batches=True)
+  for k, values in enumerate((X, Y, Z)):
+    shared, own = train_alone(data, values, batch_seeds=(0, values['seed']))
+    assert_close(member(grid_state, k), shared[0])
+    assert_close(member(grid_metrics, k), shared[1])
+    assert_close(member(own_state, k), own[0])
+    assert_close(member(own_metrics, k), own[1])
+    # The hyperparameters in the state are the member's own.
+    hyper = member(grid_state, k).opt_state.hyperparams
+    assert hyper['p'] == np.float32(values['p'])
+    assert hyper['learning_rate'] == np.float32(values['learning_rate'])
+
+
+# 2. -------------------------------------------------------------------------
+
+
+def test_batch_norm_statistics_per_member_and_independent_of_grid(data, xyz):
+  grid_state, grid_metrics = xyz
+  stats = grid_state.batch_stats
+  for layer in stats:
+    for k in range(3):
+      for j in range(k):
+        assert not np.allclose(stats[layer]['mean'][k],
+                               stats[layer]['mean'][j])
+  # The running stats moved from their init (0, 1) in every member.
+  assert np.all(np.abs(stats['bn1']['mean']).max(-1) > 0)
+  # X in grid {X, W} (another size, other companions) = X in {X, Y, Z}.
+  xw_state, xw_metrics = train_grid(data, members_of(X, W))
+  assert_close(member(xw_state, 0), member(grid_state, 0))
+  assert_close(member(xw_metrics, 0), member(grid_metrics, 0))
+  # ... and W is not X.
+  assert not np.allclose(xw_state.params['conv1']['kernel'][1],
+                         xw_state.params['conv1']['kernel'][0])
+
+
+# 3. -------------------------------------------------------------------------
+
+
+class Killed(Exception):
+  pass
+
+
+def read_rows(workdir, name):
+  return workdir_lib.Workdir(os.path.join(workdir, 'members', name),
+                             ml_collections.ConfigDict()).read_metrics()
+
+
+def final_states(workdir, num_chunks):
+  return [host(grid.restore_chunk(workdir, ci, num_classes=10,
+                                  steps_per_epoch=STEPS_PER_EPOCH)[1])
+          for ci in range(num_chunks)]
+
+
+def chunked_config():
+  """3 members in chunks of 2: 2 chunks, the second of 1 member."""
+  return sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.05,), chunk=2)
+
+
+@pytest.fixture(scope='module')
+def straight(data, tmp_path_factory):
+  """An uninterrupted 3-epoch sweep of chunked_config(): (workdir, summary)."""
+  workdir = str(tmp_path_factory.mktemp('straight') / 'a')
+  return workdir, grid.run_sweep(chunked_config(), workdir, data=data,
+                                 progress=False)
+
+
+def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
+  """Stopped, extended and killed mid-chunk, then rerun: as if never stopped.
+
+  Run A (`straight`): 3 epochs. Run B: 2 epochs, then extended to 3 epochs
+  and killed in chunk 2 after epoch 3's metrics were written but before its
+  checkpoint, then run again.
+  """
+  config = chunked_config()
+  names = [m.name for m in grid.grid_members(config)]
+  (a, summary_a), b = straight, str(tmp_path / 'b')
+
+  short = chunked_config()
+  short.num_epochs = 2
+  grid.run_sweep(short, b, data=data, progress=False)
+  assert [len(read_rows(b, n)) for n in names] == [2, 2, 2]
+
+  def kill(chunk_index, epoch):
+    if (chunk_index, epoch) == (1, 3):
+      raise Killed()
+
+  with pytest.raises(Killed):
+    grid.run_sweep(config, b, data=data, progress=False, after_epoch=kill)
+  assert len(read_rows(b, names[2])) == 3  # Written after the checkpoint.
+  summary_b = grid.run_sweep(config, b, data=data, progress=False)
+
+  for state_a, state_b in zip(final_states(a, 2), final_states(b, 2)):
+    leaves_a = jax.tree_util.tree_flatten_with_path(state_a)[0]
+    leaves_b = jax.tree.leaves(state_b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for (path, x), y in zip(leaves_a, leaves_b):
+      assert np.array_equal(np.asarray(x), np.asarray(y)), path
+  for name in names:
+    rows_a, rows_b = read_rows(a, name), read_rows(b, name)
+    assert [r['epoch'] for r in rows_a] == [1, 2, 3]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING}
+                          for r in rows]
+    assert strip(rows_a) == strip(rows_b)
+  assert [{k: v for k, v in s.items()} for s in summary_a] == summary_b
+
+  # The workdir's files: as train.py's for each member, plus the summary.
+  for name in names:
+    member_dir = os.path.join(a, 'members', name)
+    with open(os.path.join(member_dir, 'metrics.csv')) as f:
+      assert f.readline().strip() == ','.join(workdir_lib.METRIC_COLUMNS)
+    with open(os.path.join(member_dir, 'config.json')) as f:
+      member_cfg = json.load(f)
+    assert member_cfg['model'] == 'tiny_cnn'
+    assert member_cfg['optimizer']['p'] == float(name.split('-')[0][1:])
+  with open(os.path.join(a, 'summary.json')) as f:
+    summary = json.load(f)['members']
+  assert [s['name'] for s in summary] == names
+  for s in summary:
+    rows = read_rows(a, s['name'])
+    assert s['best_test_error'] == min(r['test_error'] for r in rows)
+    assert s['final_test_error'] == rows[-1]['test_error']
+    assert 1 <= s['best_epoch'] <= 3 and s['learning_rate'] == 0.05
+  with open(os.path.join(a, 'summary.md')) as f:
+    text = f.read()
+  assert all(n in text for n in names)
+  with open(os.path.join(a, 'config.json')) as f:
+    assert json.load(f)['sweep']['chunk'] == 2
+  # Another chunking of the same workdir is refused, naming the key.
+  with pytest.raises(ValueError, match=r'sweep\.chunk=3 is not allowed.*'
+                     r'allowed: 2 \(--chunk 2\)'):
+    grid.run_sweep(config, b, data=data, progress=False, chunk=3)
+
+
+# Several devices. -------------------------------------------------------------
+
+_TWO_DEVICES = r"""
+import json, os, sys
+sys.path.insert(0, os.environ['ROOT'])
+import jax
+from tests import test_sweeps as t
+from sweeps import grid
+assert jax.device_count() == 2
+config = t.sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.05,))
+config.num_epochs = 1
+grid.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
+members, state = grid.restore_chunk(sys.argv[1], 0, num_classes=10,
+                                    steps_per_epoch=t.STEPS_PER_EPOCH)
+print(json.dumps([len(members), state.params['conv1']['kernel'].shape[0]]))
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get('PADAX_MESH_TESTS'),
+    reason='~35 s (a fresh process compiling for 2 devices): set '
+    'PADAX_MESH_TESTS=1 to run it.')
+def test_members_spread_over_a_grid_mesh_axis(tmp_path, straight):
+  """3 members at once on 2 (simulated CPU) devices: padded to 4.
+
+  The checkpoint holds the 3 real members; epoch 1's metrics equal those of
+  the 1-device sweep in chunks of 2 (`straight`) within the float tolerance.
+  """
+  two = tmp_path / 'two'
+  result = subprocess.run(
+      [sys.executable, '-c', _TWO_DEVICES, str(two)], capture_output=True,
+      text=True, timeout=300, cwd=ROOT,
+      env=dict(os.environ, ROOT=ROOT, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == [3, 3]
+  for m in grid.grid_members(chunked_config()):
+    (row_two,), row_one = read_rows(str(two), m.name), read_rows(
+        straight[0], m.name)[0]
+    for key in ('train_loss', 'test_loss'):
+      assert math.isclose(row_two[key], row_one[key], rel_tol=1e-5), key
+    for key in ('train_error', 'test_error', 'test_top5_error', 'step', 'lr',
+                'p'):
+      assert row_two[key] == row_one[key], key
+
+
+# 4. -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('sweep, match', [
+    (dict(p=()), r"sweep\.p=\(\) is not allowed \(empty\); allowed: a "
+                 r"non-empty list of distinct numbers in \[0, 0\.5\]"),
+    (dict(p=(0.25, 0.7)), r"sweep\.p=\(0\.25, 0\.7\) is not allowed \(0\.7 "
+                          r"is not one of the numbers in \[0, 0\.5\]\)"),
+    (dict(p=(-0.1,)), r"sweep\.p=\(-0\.1,\).*numbers in \[0, 0\.5\]"),
+    (dict(learning_rate=(0.1, -0.01)),
+     r"sweep\.learning_rate=\(0\.1, -0\.01\) is not allowed \(-0\.01 is not "
+     r"one of the numbers > 0\); allowed: a non-empty list"),
+    (dict(p=('a',)), r"sweep\.p=\('a',\) is not allowed \('a' is not a "
+                     r"number\)"),
+    (dict(learning_rate='0.1'), r"sweep\.learning_rate='0\.1' is not allowed "
+                                r"\(not a list\)"),
+    (dict(p=(0.25, True)), r"sweep\.p=.*True is not a number"),
+    (dict(seed=(0, 1.5)), r"sweep\.seed=\(0, 1\.5\) is not allowed \(1\.5 is "
+                          r"not an integer\); allowed: .*integers >= 0"),
+    (dict(seed=(-1,)), r"sweep\.seed=\(-1,\).*integers >= 0"),
+    (dict(p=(0.25, 0.25)), r"sweep\.p=\(0\.25, 0\.25\).*a value repeats"),
+    (dict(lr=(0.1,)), r"sweep\.lr=\(0\.1,\) is not allowed \(not a grid "
+                      r"key\); allowed: grid keys p, learning_rate"),
+    (dict(momentum=(0.9,)), r"sweep\.momentum=.*optimizer\.name='padam' "
+                            r"takes no momentum"),
+    (dict(b2=(0.999, 1.0)), r"sweep\.b2=.*numbers in \[0, 1\)"),
+    (dict(chunk=-2), r"sweep\.chunk=-2 is not allowed"),
+    (dict(own_batches='yes'), r"sweep\.own_batches='yes' is not allowed"),
+])
+def test_bad_grid_is_refused_before_any_file(data, tmp_path, sweep, match):
+  workdir = tmp_path / 'sweep'
+  with pytest.raises(ValueError, match=match):
+    grid.run_sweep(sweep_config(**sweep), str(workdir), data=data,
+                   progress=False)
+  assert not workdir.exists()
+
+
+def test_command_line_refuses_bad_grid(tmp_path):
+  workdir = tmp_path / 'sweep'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'sweep.py'), '--config',
+       os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py'),
+       '--workdir', str(workdir), '--config.sweep.p=(0.25,0.75)'],
+      capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert ('error: sweep.p=(0.25, 0.75) is not allowed (0.75 is not one of '
+          'the numbers in [0, 0.5]); allowed:') in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+# Pieces. --------------------------------------------------------------------
+
+
+def test_presets():
+  p_grid = report_p_grid.get_config('cifar100')
+  assert p_grid.dataset == 'cifar100' and p_grid.model == 'resnet18'
+  assert [m.values for m in grid.grid_members(p_grid)] == [
+      dict(p=p, learning_rate=0.1, seed=0) for p in (0.25, 0.125, 0.0625)]
+  assert tuple(p_grid.optimizer.lr_milestones) == (30, 60, 90)
+  sensitivity = report_sensitivity.get_config()
+  assert sensitivity.num_epochs == 30
+  assert {(m.values['p'], m.values['learning_rate'])
+          for m in grid.grid_members(sensitivity)} == {
+              (p, lr) for p in (0.25, 0.125, 0.0625)
+              for lr in (0.1, 0.01, 0.001)}
+  cpu = cpu_subset.get_config()
+  assert len(grid.grid_members(cpu)) == 9 and cpu.model == 'tiny_cnn'
+  assert cpu.data_source == 'local'
+  with pytest.raises(ValueError, match='cifar10, cifar100'):
+    report_p_grid.get_config('mnist')
+
+
+def test_member_names_configs_and_chunks():
+  config = sweep_config(p=(0.25, 0.0625), learning_rate=(0.1, 1e-3),
+                        seed=(0, 1), weight_decay=(0.0, 5e-4))
+  members = grid.grid_members(config)
+  assert len(members) == 16
+  assert members[0].name == 'p0.25-lr0.1-wd0-seed0'
+  assert members[-1].name == 'p0.0625-lr0.001-wd0.0005-seed1'
+  cfg = grid.member_config(config, members[-1])
+  assert (cfg.seed, cfg.optimizer.p, cfg.optimizer.learning_rate,
+          cfg.optimizer.weight_decay) == (1, 0.0625, 1e-3, 5e-4)
+  assert 'sweep' not in cfg
+  assert [len(c) for c in grid.chunks_of(members, 5)] == [5, 5, 5, 1]
+  # Automatic chunking: what fits in 70% of the free memory.
+  assert grid.auto_chunk(16, member_bytes=100, free_bytes=1000) == 7
+  assert grid.auto_chunk(16, 100, 1000, reserved_bytes=500) == 2
+  assert grid.auto_chunk(16, 100, 10) == 1
+  assert grid.auto_chunk(16, 100, None) == 16
+  assert grid.auto_chunk(16, 100, 1000, num_devices=2) == 14
+  # The estimate: 3 copies of the state (~24k params, 4 copies in Padam's
+  # state) plus the compiled step's temporaries.
+  model, optimizer, _, _ = grid.build(grid.train_config(sweep_config()), 10,
+                                      STEPS_PER_EPOCH, False)
+  estimate = grid.estimate_member_bytes(model, optimizer, BATCH)
+  assert 3 * 4 * 4 * 20_000 < estimate < 100 * 2**20
+
+
+def test_summary_marks_diverged_member():
+  m = grid.Member(0, 'p0.5-lr10-seed0', dict(p=0.5, learning_rate=10.0,
+                                              seed=0))
+  rows = [dict(epoch=1, test_error=0.8, train_loss=2.0),
+          dict(epoch=2, test_error=0.7, train_loss=1.5),
+          dict(epoch=3, test_error=0.9, train_loss=math.nan)]
+  s = grid.summarize_member(m, rows)
+  assert (s['best_test_error'], s['best_epoch'], s['final_test_error'],
+          s['diverged_epoch'], s['epochs']) == (0.7, 2, 0.9, 3, 3)
+  text = grid.summary_markdown(sweep_config(p=(0.5,), learning_rate=(10.0,)),
+                               [m], [s])
+  assert 'diverged at epoch 3' in text and '70.00' in text

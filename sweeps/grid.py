@@ -637,24 +637,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
         os.path.join(workdir, 'checkpoints', f'chunk-{ci:03d}'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=base.keep_checkpoints, create=True))
-    latest = manager.latest_step()
-    start_epoch = 0 if latest is None else latest // steps_per_epoch
-    all_rows = [[r for r in d.read_metrics() if r['epoch'] <= start_epoch]
-                for d in chunk_dirs]
-    if start_epoch >= base.num_epochs:
-      logging.info('Chunk %d/%d is done (epoch %d).', ci + 1, len(groups),
-                   start_epoch)
-      for d, rows in zip(chunk_dirs, all_rows):
-        d.write_metrics(rows)
+    # Closed on every exit: an error must not leave a save thread behind.
+    try:
+      latest = manager.latest_step()
+      start_epoch = 0 if latest is None else latest // steps_per_epoch
+      all_rows = [[r for r in d.read_metrics() if r['epoch'] <= start_epoch]
+                  for d in chunk_dirs]
+      if start_epoch >= base.num_epochs:
+        logging.info('Chunk %d/%d is done (epoch %d).', ci + 1, len(groups),
+                     start_epoch)
+        for d, rows in zip(chunk_dirs, all_rows):
+          d.write_metrics(rows)
+        continue
+      if images is None:
+        images = steps.replicate(data.train.images)
+        labels = steps.replicate(data.train.labels.astype(np.int32))
+      _train_chunk(base, options['own_batches'], steps, init, chunk_members,
+                   chunk_dirs, all_rows, manager, start_epoch, steps_per_epoch,
+                   data, images, labels, ci, len(groups), progress,
+                   after_epoch)
+    finally:
       manager.close()
-      continue
-    if images is None:
-      images = steps.replicate(data.train.images)
-      labels = steps.replicate(data.train.labels.astype(np.int32))
-    _train_chunk(base, options['own_batches'], steps, init, chunk_members,
-                 chunk_dirs, all_rows, manager, start_epoch, steps_per_epoch,
-                 data, images, labels, ci, len(groups), progress, after_epoch)
-    manager.close()
     write_summary(workdir, config, members, member_dirs)
   return write_summary(workdir, config, members, member_dirs)
 

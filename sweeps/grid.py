@@ -252,11 +252,7 @@ class GridSteps(train_lib.MeshSteps):
                  in_axes=(0, None)),
         in_shardings=(self.members, self.replicated),
         out_shardings=self.members)
-    self.gather = jax.jit(
-        lambda images, labels, idx: {'images': images[idx],
-                                     'labels': labels[idx]},
-        out_shardings=self.sharded)
-    self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+    self._build_batch_helpers()
 
   def shard(self, tree):
     """An evaluation batch: every member sees all of it."""

@@ -122,6 +122,10 @@ class MeshSteps:
         functools.partial(eval_step, model=model),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=self.replicated)
+    self._build_batch_helpers()
+
+  def _build_batch_helpers(self) -> None:
+    """`gather` (a batch by index, placed as `self.sharded`) and `add`."""
     self.gather = jax.jit(
         lambda images, labels, idx: {'images': images[idx],
                                      'labels': labels[idx]},

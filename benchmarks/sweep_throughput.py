@@ -1,0 +1,206 @@
+"""Images/s of a K-member vmapped sweep grid against the same K members one after another.
+
+  python benchmarks/sweep_throughput.py [--models tiny_cnn,resnet18]
+      [--batch-sizes tiny_cnn=128,resnet18=32] [--members 9] [--steps 2]
+      [--repeats 3] [--virtual-devices 9]
+
+One process per model, started with `virtual_devices` simulated CPU devices
+(XLA_FLAGS set before JAX starts; on a GPU machine the real devices are used).
+In that one process, interleaved `repeats` times so that machine drift hits
+every variant alike, the same K members (p x lr grid, Padam, shared batches of
+random CIFAR-shaped uint8 images already on the device) take `steps` steps:
+
+  sequential      train.py's jitted step (`training.train_lib.MeshSteps`) on
+                  one device, member after member; and the same step data
+                  parallel over up to 4 of the virtual devices (train.py on a
+                  CPU split into devices);
+  vmapped, 1 dev  the sweep's step (`sweeps.grid.GridSteps`: jax.vmap of the
+                  same train_step) with all K members on one device;
+  vmapped, K dev  the same GridSteps over a `grid` mesh of the virtual
+                  devices: each device vmaps over its own members
+                  (shard_map), here one member per device.
+
+Images/s counts every member's images (K * batch per grid step). The ratio
+column is each variant's images/s over that of the 1-device sequential run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DEFAULT_BATCH = {'tiny_cnn': 128, 'resnet18': 32}
+
+
+def _grid_config(members: int):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.set_optimizer(default.get_config(), 'padam')
+  config.optimizer.lr_milestones = ()
+  p_values = (0.25, 0.125, 0.0625)
+  lrs = (0.1, 0.01, 0.001, 0.0001)
+  grid = [(p, lr) for lr in lrs for p in p_values][:members]
+  return config, grid
+
+
+def measure(model_name: str, batch_size: int, members: int, steps: int,
+            repeats: int) -> dict:
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  import models
+  from sweeps import grid as grid_lib
+  from training import optimizers, train_lib
+  # pylint: enable=g-import-not-at-top
+
+  config, values = _grid_config(members)
+  model = models.create_model(model_name, 10)
+  optimizer = optimizers.create_optimizer(config, steps_per_epoch=390)
+  rng = np.random.default_rng(0)
+  host_batch = {
+      'images': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
+      'labels': rng.integers(0, 10, (batch_size,), np.int32)}
+  hyper = {'p': np.asarray([p for p, _ in values], np.float32),
+           'learning_rate': np.asarray([lr for _, lr in values], np.float32)}
+
+  def init(key):
+    return train_lib.create_train_state(key, model, optimizer)
+
+  def sequential_variant(devices):
+    """train.py's step (data parallel over `devices`), one state per member."""
+    steps_fns = train_lib.MeshSteps(train_lib.make_mesh(devices), model,
+                                    optimizer)
+    states = []
+    for k in range(members):
+      state = jax.jit(init, out_shardings=steps_fns.replicated)(
+          jax.random.key(k))
+      states.append(grid_lib.set_hyperparameters(
+          state, {key: v[k] for key, v in hyper.items()}))
+    return steps_fns, states, steps_fns.shard(host_batch)
+
+  def grid_variant(devices):
+    mesh = grid_lib.make_grid_mesh(devices)
+    steps_fns = grid_lib.GridSteps(mesh, model, optimizer)
+    size = -(-members // len(devices)) * len(devices)  # Padded, as sweeps do.
+    keys = jnp.stack([jax.random.key(k % members) for k in range(size)])
+    padded = {key: np.resize(v, size) for key, v in hyper.items()}
+    state = jax.jit(
+        lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
+        out_shardings=NamedSharding(mesh, P(grid_lib.GRID_AXIS)))(keys, padded)
+    return steps_fns, state, steps_fns.replicate(host_batch)
+
+  sequential = {'sequential, 1 device': sequential_variant(jax.devices()[:1])}
+  # train.py on the same virtual devices, data parallel (the batch must split).
+  split = max(d for d in range(1, min(jax.device_count(), 4) + 1)
+              if batch_size % d == 0)
+  if split > 1:
+    sequential[f'sequential, {split} devices'] = sequential_variant(
+        jax.devices()[:split])
+  variants = {'vmapped, 1 device': grid_variant(jax.devices()[:1])}
+  if jax.device_count() > 1:
+    variants[f'vmapped, {jax.device_count()} devices'] = grid_variant(
+        jax.devices())
+
+  def run_sequential(name):
+    steps_fns, states, batch = sequential[name]
+    out = []
+    for k in range(members):
+      for _ in range(steps):
+        states[k], metrics = steps_fns.train_step(states[k], batch)
+      out.append(metrics)
+    jax.block_until_ready(out)
+
+  def run_grid(name):
+    steps_fns, state, batch = variants[name]
+    for _ in range(steps):
+      state, metrics = steps_fns.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    variants[name] = (steps_fns, state, batch)
+
+  runs = {name: (lambda n=name: run_sequential(n)) for name in sequential}
+  runs.update({name: (lambda n=name: run_grid(n)) for name in variants})
+  compile_s = {}
+  for name, run in runs.items():  # Compile and warm up.
+    t0 = time.perf_counter()
+    run()
+    compile_s[name] = time.perf_counter() - t0
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - t0)
+  images = members * batch_size * steps
+  result = {name: images / statistics.median(t) for name, t in times.items()}
+  return dict(model=model_name, batch_size=batch_size, members=members,
+              steps=steps, repeats=repeats, devices=jax.device_count(),
+              device_kind=jax.devices()[0].device_kind,
+              images_per_second=result, first_run_s=compile_s)
+
+
+def _in_subprocess(args, model: str, batch_size: int) -> dict:
+  env = dict(os.environ)
+  if args.virtual_devices > 1:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_force_host_'
+                        f'platform_device_count={args.virtual_devices}')
+  out = subprocess.run(
+      [sys.executable, __file__, '--json', '--models', model, '--batch-sizes',
+       f'{model}={batch_size}', '--members', str(args.members), '--steps',
+       str(args.steps), '--repeats', str(args.repeats)],
+      env=env, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='tiny_cnn,resnet18')
+  parser.add_argument('--batch-sizes', default='',
+                      help='model=batch,... (default tiny_cnn=128, '
+                      'resnet18=32, others 128): per member')
+  parser.add_argument('--members', type=int, default=9)
+  parser.add_argument('--steps', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--virtual-devices', type=int, default=9,
+                      help='simulated CPU devices (ignored on a GPU)')
+  parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  batch = dict(DEFAULT_BATCH)
+  for item in filter(None, args.batch_sizes.split(',')):
+    name, value = item.split('=')
+    batch[name] = int(value)
+  names = args.models.split(',')
+
+  if args.json:
+    name = names[0]
+    print(json.dumps(measure(name, batch.get(name, 128), args.members,
+                             args.steps, args.repeats)))
+    return
+
+  print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
+        f'{os.cpu_count()} cores, {args.members} members (Padam, p x lr), '
+        f'{args.steps} steps per member, median of {args.repeats} '
+        'interleaved repeats')
+  print('| model | batch per member | variant | images/s | '
+        'vs sequential, 1 device |')
+  print('|---|---:|---|---:|---:|')
+  for name in names:
+    r = _in_subprocess(args, name, batch.get(name, 128))
+    ips = r['images_per_second']
+    for variant, value in ips.items():
+      print(f'| {name} ({r["device_kind"]}) | {r["batch_size"]} | {variant} | '
+            f'{value:.1f} | {value / ips["sequential, 1 device"]:.2f}x |',
+            flush=True)
+    print(json.dumps(r), file=sys.stderr)
+
+
+if __name__ == '__main__':
+  main()

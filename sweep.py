@@ -10,9 +10,12 @@ time (`auto`: as many as a memory estimate allows; default: the config's
 `sweep.chunk`, 0 = all at once). Writes per-member metrics under
 `WORKDIR/members/<name>/`, `summary.md`/`summary.json`, and checkpoints of
 the stacked states; running the same command again resumes.
+
+SIGTERM / Ctrl-C save the current chunk at the next step and exit 0; a
+diverging member is marked in the summary and the others go on; bad input is
+one line `error: ...` and exit 2 (docs/reliability.md).
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -23,6 +26,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from training import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Sweep config file, e.g. sweeps/configs/cpu_subset.py.',
     lock_config=True)
@@ -32,15 +37,6 @@ _CHUNK = flags.DEFINE_string(
     '"auto" (from a memory estimate). Default: the config\'s sweep.chunk.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Keeps one line per epoch readable: drops Orbax's INFO lines."""
-
-  def filter(self, record):
-    # The standard library's level numbers (absl's WARNING is -1).
-    return record.levelno >= std_logging.WARNING or (
-        f'{os.sep}orbax{os.sep}' not in record.pathname)
 
 
 def _parse_chunk(value):
@@ -60,25 +56,26 @@ def _parse_chunk(value):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # ABSLHandler.handle() skips its own filters: filter its python handler.
-  for handler in std_logging.root.handlers + [
-      logging.get_absl_handler().python_handler]:
-    handler.addFilter(_QuietLibraries())
+    cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
+             '(--config, --workdir, --chunk, --config.KEY=VALUE, ...).')
+  cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
   from sweeps import grid  # pylint: disable=g-import-not-at-top
-  from training import input_pipeline  # pylint: disable=g-import-not-at-top
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  # On a CPU host, one device per member trains the grid fastest
+  # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
+  try:
+    host_devices.split_cpu(grid.members_at_once(
+        _CONFIG.value, _parse_chunk(_CHUNK.value)))
+  except ValueError:
+    pass
   logging.info('JAX %s: %d devices (%s)', jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
-  try:
-    grid.run_sweep(_CONFIG.value, _WORKDIR.value,
-                   chunk=_parse_chunk(_CHUNK.value), progress=_PROGRESS.value)
-  except (ValueError, input_pipeline.DataNotFoundError) as e:
-    # Bad input: one clear message, no stack trace.
-    sys.stderr.write(f'error: {e}\n')
-    sys.exit(2)
+  cli.run(lambda: grid.run_sweep(
+      _CONFIG.value, _WORKDIR.value, chunk=_parse_chunk(_CHUNK.value),
+      progress=_PROGRESS.value))
   logging.info('Summary: %s', os.path.join(_WORKDIR.value, 'summary.md'))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

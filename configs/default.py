@@ -33,6 +33,13 @@ def get_config():
   config.num_epochs = 200
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3
+  # A non-finite loss or gradient: 'stop' the run at once (the last
+  # checkpoint stays as it was), or 'skip' the update (as
+  # optax.apply_if_finite; counted in the metrics' skipped_steps) and stop
+  # after max_consecutive_skips in a row. In a sweep the member is marked
+  # diverged and the others go on.
+  config.nonfinite_policy = 'stop'
+  config.max_consecutive_skips = 10
 
   config.optimizer = ml_collections.ConfigDict()
   opt = config.optimizer

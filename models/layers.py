@@ -59,20 +59,6 @@ def conv(features: int, kernel_size: int, in_features: int, *,
       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pooling, stride 2 (``nn.MaxPool2d(2)``), NHWC, even H and W.
-
-  Written as a reshape and a max over the two window axes rather than
-  ``nn.max_pool`` (a reduce_window): the same forward values, but XLA's CPU
-  gradient of reduce_window (select_and_scatter) took 5x longer than the
-  gradient of the reshaped max (docs/benchmarks.md). Where a window holds tied
-  maxima the gradient is shared among them instead of going to one; after a
-  ReLU ties are exact zeros, whose gradient the ReLU zeroes anyway.
-  """
-  n, h, w, c = x.shape
-  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-
 class BatchNorm(nn.Module):
   """``torch.nn.BatchNorm2d`` (momentum 0.1, eps 1e-5) for NHWC inputs.
 

@@ -21,7 +21,8 @@ MEMBERS_DIR = 'members'
 # agree); copied so that reporting does not import JAX.
 METRIC_COLUMNS = (
     'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
-    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second')
+    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
+    'skipped_steps')
 
 # Optimizers for which optimizer.p means something.
 P_OPTIMIZERS = ('padam',)

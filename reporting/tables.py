@@ -174,7 +174,9 @@ def grid_markdown(runs: Sequence[Run], title: Optional[str] = None,
 
 
 # Keys a p x lr grid is meant to vary (or average over).
-_GRID_KEYS = ('optimizer.learning_rate', 'optimizer.p', 'seed')
+# A sweep member's name is made of its grid values: not another difference.
+_GRID_KEYS = ('optimizer.learning_rate', 'optimizer.p', 'seed',
+              'sweep_member.name')
 
 
 def other_differences(runs: Sequence[Run]) -> list:

@@ -57,6 +57,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import models
+from training import checkpoints
+from training import faults
 from training import input_pipeline
 from training import optimizers
 from training import train_lib
@@ -173,8 +175,10 @@ def grid_members(config: ml_collections.ConfigDict) -> list:
     if key in OPTION_KEYS:
       continue
     if key not in applicable:
+      suggestion = trainer.closest_key(key, applicable + OPTION_KEYS)
       why = (f'optimizer.name={name!r} takes no {key}' if key in _GRID_KEYS
-             else 'not a grid key')
+             else f'not a grid key{suggestion.replace(" (", "; ")[:-1]}'
+             if suggestion else 'not a grid key')
       _fail(f'sweep.{key}', config.sweep[key], why,
             'grid keys ' + ', '.join(k for k in GRID_KEYS if k in applicable)
             + ' and options ' + ', '.join(OPTION_KEYS))
@@ -230,26 +234,40 @@ class GridSteps(train_lib.MeshSteps):
   all members (vmap in_axes=None, replicated) or one per member (in_axes=0,
   sharded like the state); evaluation batches are always shared. Same
   interface as MeshSteps, so trainer.py's epoch pieces drive it.
+
+  Each device runs the vmap over its own members (`jax.shard_map`): members
+  never talk to each other, and left to the SPMD partitioner the vmapped
+  (grouped) convolutions were partitioned with collectives that made a
+  9-device CPU grid 20x slower than one device (docs/benchmarks.md).
   """
 
-  def __init__(self, mesh, model, optimizer, *, own_batches: bool = False):
+  def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
+               nonfinite: str = 'stop'):
     # pylint: disable=super-init-not-called
     self.mesh = mesh
     self.members = NamedSharding(mesh, P(GRID_AXIS))
     self.replicated = NamedSharding(mesh, P())
+    self.metrics_sharding = self.members
     # Where training batches (and their indices) live.
     self.sharded = self.members if own_batches else self.replicated
     batch_axis = 0 if own_batches else None
+    batch_spec = P(GRID_AXIS) if own_batches else P()
+
+    def per_device(step, in_axes, data_spec):
+      return jax.shard_map(jax.vmap(step, in_axes=in_axes), mesh=mesh,
+                           in_specs=(P(GRID_AXIS), data_spec),
+                           out_specs=P(GRID_AXIS))
+
     self.train_step = jax.jit(
-        jax.vmap(functools.partial(train_lib.train_step, model=model,
-                                   optimizer=optimizer),
-                 in_axes=(0, batch_axis)),
+        per_device(functools.partial(train_lib.train_step, model=model,
+                                     optimizer=optimizer, nonfinite=nonfinite),
+                   (0, batch_axis), batch_spec),
         in_shardings=(self.members, self.sharded),
         out_shardings=(self.members, self.members),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
-        jax.vmap(functools.partial(train_lib.eval_step, model=model),
-                 in_axes=(0, None)),
+        per_device(functools.partial(train_lib.eval_step, model=model),
+                   (0, None), P()),
         in_shardings=(self.members, self.replicated),
         out_shardings=self.members)
     self._build_batch_helpers()
@@ -286,17 +304,19 @@ def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
 
 @functools.lru_cache(maxsize=8)
 def _build_steps(config_json: str, num_classes: int, steps_per_epoch: int,
-                 device_ids: tuple, own_batches: bool):
+                 device_ids: tuple, own_batches: bool, nonfinite: str):
   model, optimizer, mesh, _ = _build_base(config_json, num_classes,
                                           steps_per_epoch, device_ids)
-  return GridSteps(mesh, model, optimizer, own_batches=own_batches)
+  return GridSteps(mesh, model, optimizer, own_batches=own_batches,
+                   nonfinite=nonfinite)
 
 
 def build(base: ml_collections.ConfigDict, num_classes: int,
           steps_per_epoch: int, own_batches: bool, devices=None):
   """(model, optimizer, GridSteps, init) for the base train config.
 
-  init(keys, values) -> the stacked TrainState (see `init_grid`).
+  init(keys, values) -> the stacked TrainState (see `init_grid`). The steps
+  follow base.nonfinite_policy (default 'stop' for configs without it).
   """
   devices = devices if devices is not None else jax.devices()
   # Only what the model and optimizer are built from: a longer run reuses them.
@@ -305,7 +325,9 @@ def build(base: ml_collections.ConfigDict, num_classes: int,
   args = (json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
           tuple(d.id for d in devices))
   model, optimizer, _, init = _build_base(*args)
-  return model, optimizer, _build_steps(*args, bool(own_batches)), init
+  nonfinite = base.get('nonfinite_policy', 'stop')
+  return model, optimizer, _build_steps(*args, bool(own_batches),
+                                        nonfinite), init
 
 
 def make_grid_mesh(devices=None) -> jax.sharding.Mesh:
@@ -432,6 +454,18 @@ def chunks_of(members: list, chunk: int) -> list:
   return [members[i:i + chunk] for i in range(0, len(members), chunk)]
 
 
+def members_at_once(config: ml_collections.ConfigDict,
+                    chunk: Optional[int] = None) -> int:
+  """Members in the first chunk (all for ALL_MEMBERS or AUTO_CHUNK).
+
+  `chunk` overrides the config's sweep.chunk, as sweep.py's --chunk does.
+  """
+  members = len(grid_members(config))
+  if chunk is None:
+    chunk = sweep_options(config)['chunk']
+  return min(chunk, members) if chunk > 0 else members
+
+
 # ---------------------------------------------------------------------------
 # Summary.
 
@@ -440,19 +474,31 @@ def _nan_to_none(x):
   return None if x is None or not math.isfinite(x) else x
 
 
-def summarize_member(member: Member, rows: list) -> dict:
+def summarize_member(member: Member, rows: list,
+                     diverged: Optional[dict] = None) -> dict:
+  """Errors, skipped steps and divergence of one member.
+
+  diverged: what the sweep's NonfiniteWatch recorded ({'step', 'epoch',
+  'reason'}), None if nothing; a member whose train loss is not finite in a
+  row counts as diverged too (workdirs from before the watch).
+  """
   out = {'name': member.name, **member.values, 'epochs': len(rows)}
   errors = [(r['test_error'], r['epoch']) for r in rows
             if r['test_error'] is not None and math.isfinite(r['test_error'])]
   best = min(errors) if errors else (None, None)
   final = rows[-1] if rows else {}
-  diverged = [r['epoch'] for r in rows
-              if r['train_loss'] is None or not math.isfinite(r['train_loss'])]
+  nan_epochs = [r['epoch'] for r in rows if r['train_loss'] is None or
+                not math.isfinite(r['train_loss'])]
+  diverged = diverged or {}
   out.update(
       final_test_error=_nan_to_none(final.get('test_error')),
       best_test_error=best[0], best_epoch=best[1],
       final_train_loss=_nan_to_none(final.get('train_loss')),
-      diverged_epoch=diverged[0] if diverged else None)
+      skipped_steps=sum(r.get('skipped_steps') or 0 for r in rows),
+      diverged_epoch=diverged.get('epoch', nan_epochs[0] if nan_epochs
+                                  else None),
+      diverged_step=diverged.get('step'),
+      diverged_reason=diverged.get('reason'))
   return out
 
 
@@ -481,9 +527,7 @@ def summary_markdown(config, members: list, summary: list) -> str:
   for s in summary:
     cells = [s['name']] + [_format(s[k]) for k in keys] + [
         str(s['epochs']),
-        _percent(s['final_test_error']) + (
-            f' (diverged at epoch {s["diverged_epoch"]})'
-            if s['diverged_epoch'] is not None else ''),
+        _percent(s['final_test_error']) + _divergence(s),
         _percent(s['best_test_error']),
         '—' if s['best_epoch'] is None else str(s['best_epoch'])]
     lines.append('| ' + ' | '.join(cells) + ' |')
@@ -496,6 +540,16 @@ def summary_markdown(config, members: list, summary: list) -> str:
   if 'seed' in keys and len({m.seed for m in members}) > 1:
     lines += _seed_means(keys, summary)
   return '\n'.join(lines) + '\n'
+
+
+def _divergence(s: dict) -> str:
+  if s['diverged_epoch'] is None:
+    return (f' ({s["skipped_steps"]} steps skipped)'
+            if s.get('skipped_steps') else '')
+  at = f'epoch {s["diverged_epoch"]}'
+  if s.get('diverged_step') is not None:
+    at += f', step {s["diverged_step"]}: {s["diverged_reason"]}'
+  return f' (diverged at {at})'
 
 
 def _seed_means(keys, summary) -> list:
@@ -515,8 +569,11 @@ def _seed_means(keys, summary) -> list:
   return lines
 
 
-def write_summary(path: str, config, members: list, member_dirs: list) -> list:
-  summary = [summarize_member(m, d.read_metrics())
+def write_summary(path: str, config, members: list, member_dirs: list,
+                  diverged: Optional[dict] = None) -> list:
+  """summary.json and summary.md; diverged: {member name: watch record}."""
+  diverged = diverged or {}
+  summary = [summarize_member(m, d.read_metrics(), diverged.get(m.name))
              for m, d in zip(members, member_dirs)]
   if jax.process_index() == 0:
     workdir_lib._atomic_write(  # pylint: disable=protected-access
@@ -604,6 +661,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     chunk_size = (len(members) if requested_chunk == ALL_MEMBERS
                   else min(requested_chunk, len(members)))
     check_workdirs(chunk_size)
+  lock = workdir_lib.RunLock(workdir)
+  lock.check_free()
   if data is None:
     data = input_pipeline.load_cifar(base.dataset, source=base.data_source,
                                      data_dir=base.data_dir or None)
@@ -621,41 +680,57 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                  chunk_size, len(members), member_bytes / 2**20)
   sweep_dir, member_dirs = check_workdirs(chunk_size)
 
-  sweep_dir.prepare()
-  for d in member_dirs:
-    d.prepare()
-  groups = chunks_of(list(zip(members, member_dirs)), chunk_size)
-  images = labels = None
-  for ci, group in enumerate(groups):
-    chunk_members = [m for m, _ in group]
-    chunk_dirs = [d for _, d in group]
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, 'checkpoints', f'chunk-{ci:03d}'),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=base.keep_checkpoints, create=True))
-    # Closed on every exit: an error must not leave a save thread behind.
-    try:
-      latest = manager.latest_step()
-      start_epoch = 0 if latest is None else latest // steps_per_epoch
-      all_rows = [[r for r in d.read_metrics() if r['epoch'] <= start_epoch]
-                  for d in chunk_dirs]
-      if start_epoch >= base.num_epochs:
-        logging.info('Chunk %d/%d is done (epoch %d).', ci + 1, len(groups),
-                     start_epoch)
-        for d, rows in zip(chunk_dirs, all_rows):
-          d.write_metrics(rows)
-        continue
-      if images is None:
-        images = steps.replicate(data.train.images)
-        labels = steps.replicate(data.train.labels.astype(np.int32))
-      _train_chunk(base, options['own_batches'], steps, init, chunk_members,
-                   chunk_dirs, all_rows, manager, start_epoch, steps_per_epoch,
-                   data, images, labels, ci, len(groups), progress,
-                   after_epoch)
-    finally:
-      manager.close()
-    write_summary(workdir, config, members, member_dirs)
-  return write_summary(workdir, config, members, member_dirs)
+  with lock, faults.StopRequests() as stop:
+    sweep_dir.prepare()
+    for d in member_dirs:
+      d.prepare()
+    groups = chunks_of(list(zip(members, member_dirs)), chunk_size)
+    images = labels = None
+    diverged = {}
+    for ci, group in enumerate(groups):
+      chunk_members = [m for m, _ in group]
+      chunk_dirs = [d for _, d in group]
+      store = checkpoints.CheckpointStore(
+          os.path.join(workdir, 'checkpoints', f'chunk-{ci:03d}'),
+          base.keep_checkpoints)
+      # Closed on every exit: an error must not leave a save thread behind.
+      try:
+        latest = store.latest_step()
+        if latest is not None and latest // steps_per_epoch >= base.num_epochs:
+          logging.info('Chunk %d/%d is done (epoch %d).', ci + 1, len(groups),
+                       latest // steps_per_epoch)
+          for d in chunk_dirs:
+            d.write_metrics([r for r in d.read_metrics()
+                             if r['epoch'] <= latest // steps_per_epoch])
+          loop = _stored_loop_state(store, latest, len(chunk_members),
+                                    steps_per_epoch)
+        else:
+          if images is None:
+            images = steps.replicate(data.train.images)
+            labels = steps.replicate(data.train.labels.astype(np.int32))
+          loop = _train_chunk(base, options['own_batches'], steps, init,
+                              chunk_members, chunk_dirs, store,
+                              steps_per_epoch, data, images, labels, ci,
+                              len(groups), progress, after_epoch, stop)
+      finally:
+        store.close()
+      diverged.update({m.name: d for m, d in zip(chunk_members, loop.diverged)
+                       if d is not None})
+      summary = write_summary(workdir, config, members, member_dirs, diverged)
+  return summary
+
+
+def _stored_loop_state(store, step: int, num_members: int,
+                       steps_per_epoch: int) -> faults.LoopState:
+  """The loop state of a finished chunk's checkpoint (for its summary)."""
+  try:
+    return faults.LoopState.from_json(store.loop_metadata(step), num_members,
+                                      step, steps_per_epoch)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Chunk checkpoint %s/%d: its loop state is unreadable '
+                    '(%s); its members\' divergence is taken from their '
+                    'metrics.', store.directory, step, e)
+    return faults.LoopState(num_members)
 
 
 def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
@@ -683,71 +758,84 @@ def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
 
 
 def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
-                 all_rows, manager, start_epoch, steps_per_epoch, data, images,
-                 labels, ci, num_chunks, progress, after_epoch):
+                 store, steps_per_epoch, data, images, labels, ci, num_chunks,
+                 progress, after_epoch, stop) -> faults.LoopState:
+  """Trains one chunk to base.num_epochs, resuming from `store`.
+
+  Returns the loop state at the end (its `diverged` names the members the
+  NonfiniteWatch gave up on; the others were not disturbed).
+  """
   num_devices = steps.mesh.devices.size
   size = -(-len(chunk_members) // num_devices) * num_devices
   padded = _padded(chunk_members, size)
   real = len(chunk_members)
-  state = init_grid(init, padded)
-  if start_epoch:
-    # Checkpoints hold the real members only: a restart on another device
-    # count pads again.
-    restored = trainer.restore_latest(
-        manager, state if size == real else _take(state, real))
-    state = restored if size == real else jax.device_put(
-        _pad(restored, size), steps.members)
-    logging.info('Chunk %d/%d resumed from epoch %d.', ci + 1, num_chunks,
-                 start_epoch)
-  logging.info('Chunk %d/%d: %d members (%s) at once on %d device(s)%s.',
+  # Checkpoints hold the real members only: a restart on another device count
+  # pads again.
+  if size == real:
+    real_members = padded_members = lambda tree: tree
+  else:
+    real_members = lambda tree: _take(tree, real)
+    padded_members = lambda tree: jax.device_put(_pad(tree, size),
+                                                 steps.members)
+  state, loop, all_rows = trainer.resume(
+      store, init_grid(init, padded), chunk_dirs, steps_per_epoch,
+      num_members=real, state_for_checkpoint=real_members,
+      from_checkpoint=padded_members)
+  if loop.totals is not None and size > real:
+    loop.totals = {k: np.concatenate([v, np.repeat(v[-1:], size - real)])
+                   for k, v in loop.totals.items()}
+  step = int(np.asarray(jax.device_get(state.step))[0])
+  logging.info('Chunk %d/%d: %d members (%s) at once on %d device(s)%s%s.',
                ci + 1, num_chunks, real,
                ', '.join(m.name for m in chunk_members), num_devices,
-               f', padded to {size}' if size > real else '')
-  warned = set()
-  for epoch in range(start_epoch + 1, base.num_epochs + 1):
+               f', padded to {size}' if size > real else '',
+               f', resumed from step {step}' if step else '')
+  watch = faults.NonfiniteWatch(
+      base.nonfinite_policy, base.max_consecutive_skips, loop,
+      steps_per_epoch=steps_per_epoch, stop_run=False,
+      member_names=[m.name for m in chunk_members])
+  for epoch in range(step // steps_per_epoch + 1, base.num_epochs + 1):
     hyper = jax.device_get(optimizers.current_hyperparameters(
-        base, steps_per_epoch, state.opt_state, state.step))
-    t0 = time.perf_counter()
+        base, steps_per_epoch, state.opt_state,
+        (epoch - 1) * steps_per_epoch))
     order = epoch_order(padded, base.seed, own_batches, epoch,
                         data.train.num_examples)
     bar = trainer._progress_bar(  # pylint: disable=protected-access
-        progress, steps_per_epoch, epoch, base.num_epochs)
-    state, totals = trainer.train_epoch(
-        steps, state, trainer.epoch_batches(steps, images, labels, order,
-                                            base.batch_size, steps_per_epoch),
-        bar)
-    train = jax.device_get(totals)
-    train_seconds = time.perf_counter() - t0
+        progress, steps_per_epoch, epoch, base.num_epochs,
+        initial=loop.steps_done)
+    state = trainer.run_epoch(steps, state, images, labels, order,
+                              base.batch_size, epoch, loop,
+                              steps_per_epoch=steps_per_epoch, watch=watch,
+                              stop=stop, bar=bar)
+    step = int(np.asarray(jax.device_get(state.step))[0])
+    if loop.steps_done < steps_per_epoch:
+      trainer.stop_run(store, real_members(state), step, loop, stop,
+                       steps_per_epoch)
+    t0 = time.perf_counter()
+    train = jax.device_get(loop.totals)
     test = jax.device_get(trainer.evaluate_totals(
         steps, state, data.test, base.eval_batch_size))
-    epoch_seconds = time.perf_counter() - t0
-    step = np.asarray(jax.device_get(state.step))
-    for k, (member, d, rows) in enumerate(zip(chunk_members, chunk_dirs,
-                                              all_rows)):
+    epoch_seconds = loop.train_seconds + time.perf_counter() - t0
+    for k, (d, rows) in enumerate(zip(chunk_dirs, all_rows)):
       pick = lambda tree: {key: float(v[k]) for key, v in tree.items()}  # pylint: disable=cell-var-from-loop
-      member_train = pick(train)
-      if (member_train['finite'] < member_train['count'] / base.batch_size
-          and member.name not in warned):
-        warned.add(member.name)
-        logging.warning('Member %s: non-finite training loss in epoch %d; '
-                        'it goes on (its rows show NaN).', member.name, epoch)
       # images/s: this member's images over the chunk's wall time (the
       # members train at once, so the chunk's throughput is their sum).
-      rows.append(trainer.epoch_row(epoch, int(step[k]), pick(hyper),
-                                    member_train, pick(test), train_seconds,
-                                    epoch_seconds))
+      rows.append(trainer.epoch_row(epoch, step, pick(hyper), pick(train),
+                                    pick(test), loop.train_seconds,
+                                    epoch_seconds, base.batch_size))
       d.write_metrics(rows)
     errors = [rows[-1]['test_error'] for rows in all_rows]
     best = int(np.nanargmin(errors)) if not np.all(np.isnan(errors)) else 0
     logging.info('chunk %d/%d epoch %d/%d | test error min %.4f (%s) max '
-                 '%.4f | %.1fs %.0f img/s (all members)', ci + 1, num_chunks,
-                 epoch, base.num_epochs, errors[best],
+                 '%.4f | %.1fs %.0f img/s (all members)%s', ci + 1,
+                 num_chunks, epoch, base.num_epochs, errors[best],
                  chunk_members[best].name, np.nanmax(errors), epoch_seconds,
-                 real * base.batch_size * steps_per_epoch / train_seconds)
+                 real * base.batch_size * steps_per_epoch / loop.train_seconds,
+                 ''.join(f' | {m.name} diverged' for m, d in
+                         zip(chunk_members, loop.diverged) if d is not None))
     if after_epoch is not None:
       after_epoch(ci, epoch)
+    loop.start_epoch()
     if trainer.checkpoint_due(base, epoch):
-      manager.save(int(step[0]), args=ocp.args.StandardSave(
-          state if size == real else _take(state, real)))
-      manager.wait_until_finished()
-  manager.wait_until_finished()
+      store.save(step, real_members(state), loop.to_json())
+  return loop

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models import MODEL_NAMES, create_model
-from models.layers import BatchNorm, max_pool_2x2, torch_bias_init, torch_kernel_init
+from models.layers import BatchNorm, torch_bias_init, torch_kernel_init
 from models.resnet import BasicBlock
 from models.wide_resnet import he_normal_fan_out
 
@@ -240,23 +240,3 @@ def test_wrn_block_uses_authors_he_normal():
                                rtol=0.1)
     # Not truncated: tails beyond 2 std exist as for a true normal.
     assert float(jnp.abs(kernel).max()) > 2.5 * np.sqrt(2.0 / fan_out)
-
-
-def test_max_pool_2x2_matches_a_numpy_window_max_and_its_gradient():
-  # Distinct values (a permutation), so every window has one maximum and the
-  # gradient must land on exactly that element, as torch's MaxPool2d does.
-  rng = np.random.default_rng(0)
-  x = rng.permutation(2 * 8 * 6 * 3).reshape(2, 8, 6, 3).astype(np.float32)
-  windows = x.reshape(2, 4, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4)
-  expected = windows.reshape(2, 4, 3, 3, 4).max(-1)
-  np.testing.assert_array_equal(max_pool_2x2(jnp.asarray(x)), expected)
-
-  cotangent = rng.normal(size=expected.shape).astype(np.float32)
-  grad = jax.grad(lambda v: jnp.sum(max_pool_2x2(v) * cotangent))(
-      jnp.asarray(x))
-  expected_grad = np.zeros_like(x)
-  for n, i, j, c in np.ndindex(expected.shape):
-    block = x[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, c]
-    di, dj = np.unravel_index(np.argmax(block), (2, 2))
-    expected_grad[n, 2 * i + di, 2 * j + dj, c] = cotangent[n, i, j, c]
-  np.testing.assert_array_equal(grad, expected_grad)

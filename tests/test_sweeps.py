@@ -388,7 +388,8 @@ def test_members_spread_over_a_grid_mesh_axis(tmp_path, straight):
     (dict(seed=(-1,)), r"sweep\.seed=\(-1,\).*integers >= 0"),
     (dict(p=(0.25, 0.25)), r"sweep\.p=\(0\.25, 0\.25\).*a value repeats"),
     (dict(lr=(0.1,)), r"sweep\.lr=\(0\.1,\) is not allowed \(not a grid "
-                      r"key\); allowed: grid keys p, learning_rate"),
+                      r"key; did you mean learning_rate\?\); allowed: grid "
+                      r"keys p, learning_rate"),
     (dict(momentum=(0.9,)), r"sweep\.momentum=.*optimizer\.name='padam' "
                             r"takes no momentum"),
     (dict(b2=(0.999, 1.0)), r"sweep\.b2=.*numbers in \[0, 1\)"),

@@ -42,7 +42,7 @@ QUICK = os.path.join(ROOT, 'configs', 'quick.py')
 
 COLUMNS = ('epoch', 'step', 'lr', 'p', 'train_loss', 'train_error',
            'test_loss', 'test_error', 'test_top5_error', 'epoch_seconds',
-           'images_per_second')
+           'images_per_second', 'skipped_steps')
 TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
 
 # Shared by every run of this file. The lr and p schedules are constants of
@@ -211,8 +211,9 @@ def check_rows(rows, config, steps_per_epoch):
     lr, p = expected_lr_p(config, r['epoch'])
     assert r['lr'] == pytest.approx(lr, rel=1e-6), r
     assert r['p'] == pytest.approx(p, rel=1e-6), r
-    for key in COLUMNS[4:]:
+    for key in COLUMNS[4:-1]:
       assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
+    assert r['skipped_steps'] == 0, r
     for key in ('train_error', 'test_error', 'test_top5_error'):
       assert 0.0 <= r[key] <= 1.0, (key, r)
     assert r['test_top5_error'] <= r['test_error']

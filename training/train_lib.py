@@ -47,12 +47,28 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               optimizer: optax.GradientTransformation):
+               optimizer: optax.GradientTransformation,
+               nonfinite: str = 'stop'):
   """One SGD step on a batch of uint8 images; returns the new state and sums.
 
   Metrics are sums over the batch (loss, correct, count) so that they can be
-  accumulated over an epoch on the device and divided once.
+  accumulated over an epoch on the device and divided once; `finite` is 1
+  when the loss and every gradient are finite, `skipped` 1 when the update
+  was dropped.
+
+  nonfinite: 'stop' applies every update (the host stops the run on the
+  first non-finite step, see faults.NonfiniteWatch); 'skip' keeps params,
+  batch_stats and opt_state as they were on a non-finite step, as
+  optax.apply_if_finite does (so the optimizer's own step count, and its
+  schedules, do not advance either), and leaves the step out of the loss and
+  error sums. The step counter always advances: it orders the batches and
+  the augmentation. Per member under vmap.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   images = input_pipeline.normalize(
@@ -71,14 +87,30 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   count = jnp.asarray(labels.shape[0], jnp.float32)
+  finite = jnp.isfinite(loss) & _all_finite(grads)
   metrics = {
       'loss_sum': loss * count,
       'correct': jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
       'count': count,
-      'finite': jnp.isfinite(loss).astype(jnp.float32),
+      'finite': finite.astype(jnp.float32),
+      'skipped': jnp.zeros([], jnp.float32),
   }
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
+  if nonfinite == 'skip':
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = new_state.replace(
+        params=jax.tree.map(keep, params, state.params),
+        batch_stats=jax.tree.map(keep, batch_stats, state.batch_stats),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state))
+    metrics.update(
+        loss_sum=jnp.where(finite, metrics['loss_sum'], 0.0),
+        correct=jnp.where(finite, metrics['correct'], 0.0),
+        count=jnp.where(finite, count, 0.0),
+        skipped=1.0 - metrics['finite'])
+  elif nonfinite != 'stop':
+    raise ValueError(f'nonfinite={nonfinite!r} is not known; allowed: stop, '
+                     'skip.')
   return new_state, metrics
 
 
@@ -109,12 +141,14 @@ class MeshSteps:
   is gathered by index on device: no host-to-device copy of images per step.
   """
 
-  def __init__(self, mesh, model, optimizer):
+  def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop'):
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
     self.sharded = NamedSharding(mesh, P(DATA_AXIS))
+    self.metrics_sharding = self.replicated
     self.train_step = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer),
+        functools.partial(train_step, model=model, optimizer=optimizer,
+                          nonfinite=nonfinite),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated),
         donate_argnums=(0,))

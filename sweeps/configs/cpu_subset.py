@@ -5,9 +5,8 @@
 The genuine CIFAR-10 subset shipped beside the checkout
 (../shared/data/cifar10-subset: 5085 train, 1017 test images), read with
 data_source='local'; 3 epochs at batch 128, constant lr, the 9 members at once.
-Minutes on a CPU (where a vmapped convolution is slower than the same
-convolutions one after another; see sweeps/grid.py). Point --config.data_dir
-elsewhere for another copy.
+Minutes on a CPU, where sweep.py splits the host into one device per member
+(docs/benchmarks.md). Point --config.data_dir elsewhere for another copy.
 """
 
 import os

@@ -1,0 +1,223 @@
+"""Orbax checkpoints that survive kills, full disks and damaged files.
+
+A `CheckpointStore` keeps the checkpoints of one TrainState (a run, or one
+chunk of a sweep) in one directory:
+
+* A checkpoint exists once Orbax has renamed its tmp directory to `<step>`
+  (atomic on a POSIX file system): a run killed while writing leaves only a
+  tmp directory, which is ignored and removed when the store is opened again.
+* `save` waits for the write and checks that `<step>` is there; a failed
+  write (disk full, I/O error) raises `faults.WriteError` naming the step and
+  the cause, after removing its tmp directory, and the older checkpoints are
+  as they were.
+* Old checkpoints beyond `keep` are deleted by the store only after the new
+  one is complete: Orbax's own `max_to_keep` is not used, as it drops them
+  even when the new write failed. Each is first renamed to `.deleting-<step>`
+  (atomic), so a kill mid-deletion never leaves a half-deleted `<step>`.
+* `restore_latest` returns the newest checkpoint that reads back. One that
+  does not (damaged or truncated files, a loop state that does not fit) is
+  reported, moved to `unreadable-<step>` (kept for inspection, not deleted)
+  and the previous one is tried. If none reads back the store refuses
+  (CheckpointReadError) rather than silently start the run over.
+* Each checkpoint carries the loop state (`faults.LoopState` as JSON) in its
+  Orbax custom metadata, written inside the tmp directory with the arrays.
+
+Multi-host: every process calls save and restore (Orbax's collectives); only
+process 0 removes, renames or checks files.
+"""
+
+import logging
+import os
+import re
+import shutil
+from typing import Callable, Optional
+
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+from training import faults
+
+LOOP_METADATA_KEY = 'padax_loop'
+DELETING_PREFIX = '.deleting-'
+UNREADABLE_PREFIX = 'unreadable-'
+_ORBAX_TMP = re.compile(r'^\d+\.orbax-checkpoint-tmp')
+
+
+class CheckpointReadError(ValueError):
+  """No checkpoint of the directory reads back."""
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {lines[0] if lines else ""}'
+
+
+class CheckpointStore:
+  """The checkpoints in `directory`; see the module docstring. Close it."""
+
+  def __init__(self, directory: str, keep: int):
+    self.directory = os.path.abspath(directory)
+    self.keep = keep
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      self._remove_leftovers()
+    _sync('padax-checkpoints-open')
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
+        # Named up front, so that reading a checkpoint's metadata before any
+        # save or restore knows how (else Orbax warns it cannot).
+        item_handlers=ocp.StandardCheckpointHandler())
+    self._closed = False
+
+  def _remove_leftovers(self) -> None:
+    # Only incomplete writes and deletions that a killed run left behind;
+    # the run lock guarantees no other process is writing here.
+    for name in os.listdir(self.directory):
+      if _ORBAX_TMP.match(name) or name.startswith(DELETING_PREFIX):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      # A failed save is reported by `save`; closing must not mask it.
+      logging.warning('Closing the checkpoint manager of %s: %s',
+                      self.directory, _first_line(e))
+
+  def steps(self) -> list:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def _path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # -------------------------------------------------------------------------
+  # Saving.
+
+  def save(self, step: int, state, loop: dict) -> None:
+    """Writes `state` and `loop` as checkpoint `step`, then prunes old ones.
+
+    A step already saved (e.g. at an epoch end, then a stop request before
+    the next step) is left as it is.
+    """
+    if step in self.steps():
+      return
+    previous = self.steps()
+    error = None
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state),
+                         custom_metadata={LOOP_METADATA_KEY: loop})
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+    complete = True
+    if jax.process_index() == 0:
+      complete = error is None and os.path.isdir(self._path(step))
+    if jax.process_count() > 1:
+      complete = bool(multihost_utils.broadcast_one_to_all(complete))
+    if not complete:
+      self._failed_save(step, previous, error)
+    self._prune()
+
+  def _failed_save(self, step: int, previous: list, error) -> None:
+    # Orbax's writer threads may still be at it: closed first, then their
+    # tmp directory goes (space back on a full disk). The store is done.
+    self.close()
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):
+        if name.startswith(f'{step}.orbax-checkpoint-tmp'):
+          shutil.rmtree(os.path.join(self.directory, name),
+                        ignore_errors=True)
+    cause = _first_line(error) if error is not None else (
+        'Orbax did not finalize it')
+    kept = (f'the previous checkpoint (step {previous[-1]}) is intact'
+            if previous else 'there was no earlier checkpoint')
+    raise faults.WriteError(
+        f'the checkpoint of step {step} could not be written to '
+        f'{self.directory} ({cause}); {kept}. Free space or fix the file '
+        'system, then run the same command again to resume.')
+
+  def _prune(self) -> None:
+    """Deletes all but the newest `keep` checkpoints (all complete)."""
+    doomed = self.steps()[:-self.keep]
+    if not doomed:
+      return
+    if jax.process_index() == 0:
+      for step in doomed:
+        self._delete_step(step)
+    _sync('padax-checkpoints-pruned')
+    self._manager.reload()
+
+  def _delete_step(self, step: int) -> None:
+    trash = os.path.join(self.directory, f'{DELETING_PREFIX}{step}')
+    os.rename(self._path(step), trash)
+    shutil.rmtree(trash)
+
+  # -------------------------------------------------------------------------
+  # Restoring.
+
+  def loop_metadata(self, step: int) -> Optional[dict]:
+    custom = self._manager.metadata(step).custom_metadata or {}
+    return custom.get(LOOP_METADATA_KEY)
+
+  def restore_latest(self, template, check: Callable[[int, Optional[dict]],
+                                                       object]):
+    """(step, state, check's result) of the newest readable checkpoint.
+
+    `template`: a pytree with the state's structure, shapes and shardings.
+    `check(step, loop_metadata)` validates the loop state (raises ValueError
+    if it does not fit) and returns what the caller needs of it. None when
+    there is no checkpoint.
+    """
+    steps = self.steps()
+    if not steps:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    failures = []
+    for step in reversed(steps):
+      try:
+        state = self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract))
+        loop = check(step, self.loop_metadata(step))
+      except Exception as e:  # pylint: disable=broad-except
+        # Whatever Orbax or TensorStore raise on damaged files.
+        failures.append((step, _first_line(e)))
+        logging.warning('Checkpoint %s is unreadable (%s); trying the '
+                        'previous one.', self._path(step), failures[-1][1])
+        continue
+      if failures:
+        self._set_aside([s for s, _ in failures])
+      return step, state, loop
+    raise CheckpointReadError(
+        f'none of the checkpoints in {self.directory} reads back ('
+        + '; '.join(f'step {s}: {why}' for s, why in failures) +
+        '); not starting the run over on top of them: move the directory '
+        'away to start afresh.')
+
+  def _set_aside(self, steps: list) -> None:
+    _sync('padax-checkpoints-restored')
+    if jax.process_index() == 0:
+      for step in steps:
+        target = os.path.join(self.directory, f'{UNREADABLE_PREFIX}{step}')
+        n = 1
+        while os.path.exists(target):
+          n += 1
+          target = os.path.join(self.directory,
+                                f'{UNREADABLE_PREFIX}{step}-{n}')
+        os.rename(self._path(step), target)
+        logging.warning('Moved unreadable checkpoint %s to %s (kept for '
+                        'inspection).', self._path(step), target)
+    _sync('padax-checkpoints-set-aside')
+    self._manager.reload()

@@ -1,0 +1,181 @@
+"""What train.py and sweep.py share around their main function.
+
+* `parse_flags`: absl's flag parsing (for `app.run(flags_parser=...)`) where
+  a bad command line (an unknown flag or `--config.` key, a value of the
+  wrong type, a config file that does not load) is ONE line `error: ...`
+  naming the flag, the value and what is allowed, exit status 2: absl would
+  print a FATAL message or a traceback.
+* `quiet_libraries`: one line per epoch stays readable: Orbax's INFO lines are
+  dropped, and its warnings and errors lose their tracebacks, as do the
+  asyncio leftovers of a failed save (padax reports the failure itself,
+  naming the step and the cause).
+* `run`: calls main and turns the faults of a run into a message and an exit
+  status (training/faults.py): 0 stopped on request after saving, 2 refused
+  input, 3 diverged, 4 a write failed, 130 a second Ctrl-C.
+"""
+
+import logging as std_logging
+import os
+import re
+import sys
+
+from absl import flags
+from absl import logging
+
+from training import faults
+
+CONFIG_FLAG = 'config'
+
+
+def fail(message: str, status: int = faults.EXIT_REFUSED):
+  sys.stderr.write(f'error: {message}\n')
+  sys.exit(status)
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0] if lines else type(e).__name__
+
+
+# ---------------------------------------------------------------------------
+# Flags.
+
+
+def _config_overrides(argv) -> list:
+  """(key, value text or None) of each --config.KEY[=VALUE] in argv."""
+  out = []
+  for i, arg in enumerate(argv):
+    m = re.match(rf'^--?(no)?{CONFIG_FLAG}\.([^=]+)(=(.*))?$', arg, re.S)
+    if m:
+      value = m.group(4)
+      if value is None and not m.group(1) and i + 1 < len(argv):
+        value = argv[i + 1]
+      out.append((m.group(2), value))
+  return out
+
+
+def _config_spec(argv):
+  for i, arg in enumerate(argv):
+    m = re.match(rf'^--?{CONFIG_FLAG}(=(.*))?$', arg, re.S)
+    if m:
+      return m.group(2) if m.group(1) else (
+          argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _does_not_load(spec: str, e: Exception) -> str:
+  # config_flags puts the config file's traceback or its search in the
+  # message: the last line is the error.
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  reason = re.sub(r'^\w*(Error|Exception): ', '', lines[-1] if lines else '')
+  return f'--{CONFIG_FLAG}={spec} does not load: {reason}'
+
+
+def _explain(argv, error: Exception) -> str:
+  """One line on what is wrong with the command line."""
+  from training import trainer  # pylint: disable=g-import-not-at-top
+  spec = _config_spec(argv)
+  if spec is None:
+    return _first_line(error)
+  try:
+    config = flags.FLAGS[CONFIG_FLAG].parser.parse(spec)
+    config.keys()  # A file that did not load raises only when used.
+  except Exception as e:  # pylint: disable=broad-except
+    return _does_not_load(spec, e)
+  keys = trainer._leaves(config)  # pylint: disable=protected-access
+  for key, value in _config_overrides(argv):
+    if key not in keys:
+      parent = key.rpartition('.')[0]
+      siblings = [k.rpartition('.')[2] for k in keys
+                  if k.rpartition('.')[0] == parent]
+      return (f'--{CONFIG_FLAG}.{key}={value!r}: {key} is not a key of the '
+              f'config {spec}{trainer.closest_key(key, keys)}; allowed'
+              f'{" under " + parent if parent else ""}: '
+              f'{", ".join(siblings)}.')
+  m = re.search(rf'flag --{CONFIG_FLAG}\.([^=\s]+)=(.*?): (.*)',
+                _first_line(error))
+  if m and m.group(1) in keys:
+    key = m.group(1)
+    words, _ = trainer._kind(keys[key])  # pylint: disable=protected-access
+    return (f'--{CONFIG_FLAG}.{key}={m.group(2)!r} is not allowed '
+            f'({m.group(3)}); allowed: {words}, as in the config '
+            f'({key}={keys[key]!r}).')
+  return _first_line(error)
+
+
+def parse_flags(argv):
+  """absl's parsing of `argv`; a bad command line exits with one line."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    # absl raises flags.Error, config_flags also AttributeError, KeyError,
+    # TypeError, or the config file's own exceptions.
+    fail(_explain(argv, e))
+  try:
+    flags.FLAGS[CONFIG_FLAG].value.keys()
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_does_not_load(_config_spec(argv), e))
+  return remaining
+
+
+# ---------------------------------------------------------------------------
+# Logs.
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops Orbax's INFO lines and the tracebacks of its warnings/errors."""
+
+  def filter(self, record):
+    if record.name == 'asyncio' and 'never retrieved' in str(record.msg):
+      # The futures of a failed Orbax save, collected at exit: padax has
+      # reported the failure.
+      return False
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    # The standard library's level numbers (absl's WARNING is -1).
+    if record.levelno < std_logging.WARNING:
+      return False
+    record.exc_info = record.exc_text = None
+    record.msg = _first_line(Exception(record.getMessage()))
+    record.args = ()
+    return True
+
+
+def _unraisable_to_log(unraisable) -> None:
+  # Orbax's asyncio callbacks, after a failed save, report "Event loop is
+  # closed" this way, with a traceback: one log line is enough.
+  logging.warning('Ignored in %s: %s', getattr(unraisable, 'object', None),
+                  _first_line(unraisable.exc_value))
+
+
+def quiet_libraries() -> None:
+  # ABSLHandler.handle() skips its own filters: filter its python handler.
+  for handler in std_logging.root.handlers + [
+      logging.get_absl_handler().python_handler]:
+    handler.addFilter(_QuietLibraries())
+  sys.unraisablehook = _unraisable_to_log
+
+
+# ---------------------------------------------------------------------------
+# Main.
+
+
+def run(main) -> None:
+  """Calls `main()`; the faults of a run become a message and exit status."""
+  # pylint: disable=g-import-not-at-top
+  from training import input_pipeline
+  try:
+    main()
+  except faults.RunStopped as e:
+    sys.stderr.write(f'{e}\n')
+    sys.exit(faults.EXIT_STOPPED)
+  except faults.Diverged as e:
+    fail(str(e), faults.EXIT_DIVERGED)
+  except faults.WriteError as e:
+    fail(str(e), faults.EXIT_WRITE_FAILED)
+  except (ValueError, input_pipeline.DataNotFoundError) as e:
+    # Bad input: one clear message, no stack trace.
+    fail(str(e))
+  except KeyboardInterrupt:
+    fail('interrupted by a second Ctrl-C before a checkpoint was saved; the '
+         'run resumes from its last checkpoint.', faults.EXIT_INTERRUPTED)

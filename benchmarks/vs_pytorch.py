@@ -38,7 +38,8 @@ Reported per case: median step time (images/s = batch / median) over
 `--steps` steps after `--warmup` untimed ones (the first includes JAX's
 compilation), and the average number of cores kept busy during the timed
 steps by the case's process (`own cores`) and by every other process on the
-machine (`other cores`, i.e. contention).
+machine (`other cores`, i.e. contention), and the case's CPU seconds per step
+(the work it does, much less sensitive to contention than its wall time).
 
 How: each framework runs in its own worker process (one per model), so their
 thread pools never share a process and /proc/self/stat counts only that
@@ -317,6 +318,10 @@ def measure_model(model, cases, args):
     r['steps'] = len(r['times'])
     r['median_s'] = statistics.median(r['times'])
     r['images_per_second'] = args.batch_size / r['median_s']
+    # CPU seconds per step: the work done, which (unlike the wall time)
+    # hardly depends on how much of the machine other processes take.
+    r['own_cpu_s_per_step'] = (None if r['own_cpu_s'] is None
+                               else r['own_cpu_s'] / r['steps'])
     r['own_cores'] = cpu_meter.cores(r['own_cpu_s'], r['wall_s'])
     r['other_cores'] = cpu_meter.cores(r['other_cpu_s'], r['wall_s'])
     r['framework_info'] = {k: v for k, v in info.items() if k != 'parameters'}
@@ -443,12 +448,13 @@ def main():
   print(f'# load average at end {os.getloadavg()[0]:.2f}')
   print()
   print('| model | case | images/s | median step s | min-max s | own cores | '
-        'other cores | first step s |')
-  print('|---|---|---:|---:|---:|---:|---:|---:|')
+        'other cores | own CPU s/step | first step s |')
+  print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
   for r in all_rows:
     print(f'| {r["model"]} | {r["case"]} | {r["images_per_second"]:.1f} | '
           f'{r["median_s"]:.3f} | {min(r["times"]):.3f}-{max(r["times"]):.3f}'
           f' | {fmt(r["own_cores"], ".2f")} | {fmt(r["other_cores"], ".2f")} '
+          f'| {fmt(r["own_cpu_s_per_step"], ".2f")} '
           f'| {r["first_step_s"]:.2f} |')
   print()
   columns = [k for k in ('jax_padam_over_jax_sgd',

@@ -61,7 +61,6 @@ def train_flags(num_epochs=3, every=1, keep=1, extra=()):
 def sweep_flags(num_epochs=3, every=1, keep=1, extra=()):
   return ['--entry=sweep', '--config',
           os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py'), *_SMALL,
-          '--config.data_source=tfds', '--config.data_dir=',
           '--config.sweep.p=(0.25,0.125)',
           '--config.sweep.learning_rate=(0.05,)', '--config.sweep.chunk=1',
           f'--config.num_epochs={num_epochs}',

@@ -7,7 +7,7 @@ replacement of metrics files, or a random time), sends SIGTERM at random
 times, resumes each time, and checks that nothing was lost and that the
 final state is bit-identical to an uninterrupted run's.
 
-Quick by default (at least 5 SIGKILLs of train.py, 2 of sweep.py); set
+Quick by default (at least 5 SIGKILLs of train.py, 1 of sweep.py); set
 PADAX_FAULTS_LONG=1 for the long mode (at least 50 SIGKILLs over two train
 configs and the sweep). PADAX_FAULTS_SEED picks the random faults (default
 0); PADAX_FAULTS_REPORT=DIR writes each test's tally there as JSON.
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
@@ -97,7 +98,7 @@ def test_train_py_survives_random_sigkills(tmp_path, env, train_reference,
                                            tmp_path_factory):
   tally = _fault_rounds(tmp_path, env, harness.train_flags(), train_reference,
                         min_kills=30 if LONG else 5,
-                        max_faults=12 if LONG else 6, seed=SEED)
+                        max_faults=12 if LONG else 5, seed=SEED)
   if LONG:
     # A second config: 4 epochs, a checkpoint every 2, two kept, the 'skip'
     # policy (its counters travel in the checkpoints too).
@@ -118,10 +119,10 @@ def test_train_py_survives_random_sigkills(tmp_path, env, train_reference,
 
 def test_sweep_py_survives_random_sigkills(tmp_path, env, sweep_reference):
   tally = _fault_rounds(tmp_path, env, harness.sweep_flags(), sweep_reference,
-                        min_kills=12 if LONG else 2,
-                        max_faults=12 if LONG else 3, seed=SEED + 2)
+                        min_kills=12 if LONG else 1,
+                        max_faults=12 if LONG else 1, seed=SEED + 2)
   _report('sweep_py_sigkills', tally)
-  assert tally.kills >= (12 if LONG else 2)
+  assert tally.kills >= (12 if LONG else 1)
 
 
 # ---------------------------------------------------------------------------
@@ -193,20 +194,6 @@ _FULL_DISK = ('the checkpoint of step 8 could not be written to {}/checkpoints'
               'resume.')
 
 
-def _assert_full_disk_refusal(result, workdir, cause):
-  assert result.returncode == faults.EXIT_WRITE_FAILED, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-3000:]
-  before, after = ('error: ' + _FULL_DISK.format(workdir, '()')).split('()')
-  assert re.fullmatch(re.escape(before) + cause + re.escape(after),
-                      errors[0]), errors[0]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  # Checkpoint 4 kept, nothing left of the failed one, epochs 1-2 logged.
-  assert harness.checkpoint_dirs(workdir) == {'': [4]}
-  assert not harness.leftovers(workdir), harness.leftovers(workdir)
-  assert [r['epoch'] for r in harness.metrics_files(workdir)['.']] == [1, 2]
-
-
 def _run(flags, workdir, env, extra=()):
   return subprocess.run(
       [sys.executable, harness.FAULT_RUN, f'--workdir={workdir}', *flags,
@@ -214,50 +201,62 @@ def _run(flags, workdir, env, extra=()):
       timeout=harness.TIMEOUT_S, check=False)
 
 
+def _mount_tmpfs(path, size_bytes):
+  """True if a tmpfs of that size is mounted on `path` (needs root)."""
+  if os.geteuid() != 0:
+    return False
+  return subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', f'size={size_bytes // 1024}k', 'tmpfs',
+       str(path)], capture_output=True, check=False).returncode == 0
+
+
+def _full_disk_ways():
+  # The quick mode meets one full disk: a real one where a tmpfs can be
+  # mounted, else a simulated one; the long mode meets both.
+  return ['real', 'simulated'] if LONG else ['real or simulated']
+
+
+@pytest.mark.parametrize('way', _full_disk_ways())
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
-    tmp_path, env, train_reference):
-  """ENOSPC from Orbax's writes of the second checkpoint (simulated)."""
-  workdir = str(tmp_path / 'run')
-  result = _run(harness.train_flags(), workdir, env,
-                ['--full_disk_at_save=2'])
-  _assert_full_disk_refusal(
-      result, workdir, r"OSError: \[Errno 28\] No space left on device: "
-      r"'\S+/checkpoints/8\.orbax-checkpoint-tmp/\S+'")
-  # Space is back: the same command resumes from step 4.
-  harness.run_to_end(harness.train_flags(), workdir, workdir + '.ev', env)
-  harness.assert_same_results(workdir, train_reference[0])
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path, train_reference):
-  """A file system with room for one checkpoint of the run, not two."""
-  workdir = train_reference[0]
+    tmp_path, env, train_reference, way):
+  """The second checkpoint meets a full disk: a tmpfs with room for one
+  checkpoint, not two, or (simulated) ENOSPC from Orbax's writes."""
+  reference = train_reference[0]
+  disk = tmp_path / 'disk'
+  disk.mkdir()
   size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
-             os.walk(os.path.join(workdir, 'checkpoints')) for f in files)
-  path = tmp_path / 'disk'
-  path.mkdir()
-  mount = subprocess.run(
-      ['mount', '-t', 'tmpfs', '-o', f'size={int(size * 1.6) // 1024}k',
-       'tmpfs', str(path)], capture_output=True, check=False)
-  if mount.returncode:
-    pytest.skip(f'cannot mount a small tmpfs (needs root): '
-                f'{mount.stderr.decode().strip()}')
+             os.walk(os.path.join(reference, 'checkpoints')) for f in files)
+  real = way != 'simulated' and _mount_tmpfs(disk, int(size * 1.6))
+  if way == 'real' and not real:
+    pytest.skip('cannot mount a small tmpfs (needs root)')
   try:
-    yield str(path)
+    workdir = str(disk / 'run')
+    result = _run(harness.train_flags(), workdir, env,
+                  [] if real else ['--full_disk_at_save=2'])
+    assert result.returncode == faults.EXIT_WRITE_FAILED, (
+        result.stderr[-3000:])
+    errors = [l for l in result.stderr.splitlines()
+              if l.startswith('error:')]
+    assert len(errors) == 1, result.stderr[-3000:]
+    cause = (r'.*No space left on device.*' if real else
+             r"OSError: \[Errno 28\] No space left on device: "
+             r"'\S+/checkpoints/8\.orbax-checkpoint-tmp/\S+'")
+    before, after = ('error: ' + _FULL_DISK.format(workdir, '()')).split('()')
+    assert re.fullmatch(re.escape(before) + cause + re.escape(after),
+                        errors[0]), errors[0]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    # Checkpoint 4 kept, the epoch-2 row written before the failed save.
+    assert harness.checkpoint_dirs(workdir) == {'': [4]}
+    assert [r['epoch'] for r in harness.metrics_files(workdir)['.']] == [1, 2]
+    moved = str(tmp_path / 'moved')
+    shutil.copytree(workdir, moved)
   finally:
-    subprocess.run(['umount', str(path)], check=True)
-
-
-def test_really_full_disk_keeps_the_previous_checkpoint(
-    tmp_path, env, train_reference, small_tmpfs):
-  workdir = os.path.join(small_tmpfs, 'run')
-  result = _run(harness.train_flags(), workdir, env)
-  _assert_full_disk_refusal(result, workdir,
-                            r'.*No space left on device.*')
-  moved = str(tmp_path / 'moved')
-  shutil.copytree(workdir, moved)
+    if real:
+      subprocess.run(['umount', str(disk)], check=True)
+  # With space again, the same command resumes from step 4.
   harness.run_to_end(harness.train_flags(), moved, moved + '.ev', env)
-  harness.assert_same_results(moved, train_reference[0])
+  assert not harness.leftovers(moved), harness.leftovers(moved)
+  harness.assert_same_results(moved, reference)
 
 
 def test_metrics_write_failure_leaves_the_previous_file(tmp_path,
@@ -294,39 +293,102 @@ def _damage(checkpoint_dir):
         open(os.path.join(root, name), 'w').close()
 
 
+def _small_store(directory, steps):
+  """A CheckpointStore holding a small state at each of `steps`."""
+  store = checkpoints.CheckpointStore(directory, keep=3)
+  for step in steps:
+    state = {'w': jnp.full((64, 64), float(step)), 'step': jnp.int32(step)}
+    store.save(step, state, faults.LoopState().to_json())
+  return store, state
+
+
+def _check_loop(step, meta):
+  return faults.LoopState.from_json(meta, 1, step, 4)
+
+
+# Orbax's asyncio callbacks after a failed read end as "Event loop is closed".
+_ORBAX_LEFTOVERS = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+
+
+@_ORBAX_LEFTOVERS
 def test_unreadable_checkpoint_is_reported_and_the_previous_one_used(
-    tmp_path, env, train_reference):
-  flags = harness.train_flags(keep=3)
-  workdir = str(tmp_path / 'run')
-  harness.run_to_end(flags, workdir, workdir + '.ev', env)
-  assert harness.checkpoint_dirs(workdir) == {'': [4, 8, 12]}
-  _damage(os.path.join(workdir, 'checkpoints', '12'))
-  result = harness.run_to_end(flags, workdir, workdir + '.ev', env)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  assert re.search(rf'Checkpoint {re.escape(checkpoint_dir)}/12 is '
-                   r'unreadable \(.+\); trying the previous one\.',
-                   result.stderr), result.stderr[-3000:]
-  assert (f'Moved unreadable checkpoint {checkpoint_dir}/12 to '
-          f'{checkpoint_dir}/unreadable-12 (kept for inspection).'
-          in result.stderr)
-  assert 'Resumed from step 8 (end of epoch 2)' in result.stderr
-  # Epoch 3 redone from checkpoint 8: as if nothing had happened.
-  assert os.path.isdir(os.path.join(checkpoint_dir, 'unreadable-12'))
-  harness.assert_same_results(workdir, train_reference[0], same_kept=False)
+    tmp_path, caplog):
+  directory = str(tmp_path / 'checkpoints')
+  store, template = _small_store(directory, [4, 8, 12])
+  store.close()
+  _damage(os.path.join(directory, '12'))
+  store = checkpoints.CheckpointStore(directory, keep=3)
+  try:
+    step, state, loop = store.restore_latest(template, _check_loop)
+  finally:
+    store.close()
+  assert step == 8 and int(state['step']) == 8 and loop.steps_done == 0
+  assert float(state['w'][0, 0]) == 8.0
+  assert re.search(rf'Checkpoint {re.escape(directory)}/12 is unreadable '
+                   r'\(.+\); trying the previous one\.', caplog.text)
+  assert (f'Moved unreadable checkpoint {directory}/12 to '
+          f'{directory}/unreadable-12 (kept for inspection).' in caplog.text)
+  assert sorted(os.listdir(directory)) == ['4', '8', 'unreadable-12']
 
 
-def test_no_readable_checkpoint_is_refused_and_nothing_moved(
-    tmp_path, env, train_reference):
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(train_reference[0], workdir)
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  _damage(os.path.join(checkpoint_dir, '12'))
-  before = snapshot(checkpoint_dir)
-  result = _run(harness.train_flags(num_epochs=4), workdir, env)
-  assert result.returncode == faults.EXIT_REFUSED, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and re.fullmatch(
-      rf'error: none of the checkpoints in {re.escape(checkpoint_dir)} reads '
-      r'back \(step 12: .+\); not starting the run over on top of them: move '
-      r'the directory away to start afresh\.', errors[0]), errors
-  assert snapshot(checkpoint_dir) == before
+def test_mid_epoch_checkpoint_without_its_totals_is_skipped(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  store, template = _small_store(directory, [4])
+  # Step 6 is inside an epoch of 4 steps: its loop state must say so.
+  store.save(6, template, faults.LoopState().to_json())
+  store.close()
+  store = checkpoints.CheckpointStore(directory, keep=3)
+  try:
+    assert store.restore_latest(template, _check_loop)[0] == 4
+  finally:
+    store.close()
+  assert sorted(os.listdir(directory)) == ['4', 'unreadable-6']
+
+
+@_ORBAX_LEFTOVERS
+def test_no_readable_checkpoint_is_refused_and_nothing_moved(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  store, template = _small_store(directory, [4, 8])
+  store.close()
+  for step in ('4', '8'):
+    _damage(os.path.join(directory, step))
+  before = snapshot(directory)
+  store = checkpoints.CheckpointStore(directory, keep=3)
+  try:
+    with pytest.raises(checkpoints.CheckpointReadError) as info:
+      store.restore_latest(template, _check_loop)
+  finally:
+    store.close()
+  assert re.fullmatch(
+      rf'none of the checkpoints in {re.escape(directory)} reads back \(step '
+      r'8: .+; step 4: .+\); not starting the run over on top of them: move '
+      r'the directory away to start afresh\.', str(info.value)), info.value
+  assert snapshot(directory) == before
+
+
+def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  store, template = _small_store(directory, [4, 8])
+  # A kill left a half-written save and a half-done deletion behind.
+  os.makedirs(os.path.join(directory, '12.orbax-checkpoint-tmp', 'x'))
+  os.rename(os.path.join(directory, '4'),
+            os.path.join(directory, '.deleting-4'))
+  store.close()
+  store = checkpoints.CheckpointStore(directory, keep=1)
+  try:
+    assert sorted(os.listdir(directory)) == ['8']  # The leftovers went.
+    deleted = []
+    delete = store._delete_step  # pylint: disable=protected-access
+
+    def record(step):
+      # The new checkpoint is complete when the old one goes.
+      assert os.path.isdir(os.path.join(directory, '12'))
+      deleted.append(step)
+      delete(step)
+
+    store._delete_step = record  # pylint: disable=protected-access
+    store.save(12, template, faults.LoopState().to_json())
+    assert deleted == [8] and store.steps() == [12]
+  finally:
+    store.close()

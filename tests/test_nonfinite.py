@@ -6,7 +6,6 @@ is out of range (its cross-entropy is NaN) placed so that it falls in known
 batches, or a learning rate so large that the parameters overflow.
 """
 
-import functools
 import os
 import re
 import subprocess
@@ -113,19 +112,24 @@ def test_skip_drops_exactly_the_non_finite_update():
   config = make_config()
   optimizer = optimizers.create_optimizer(config, STEPS)
   model = models.create_model('tiny_cnn', 10)
-  state = train_lib.create_train_state(jax.random.key(0), model, optimizer)
+  # train.py's own jitted steps (the programs the runs below compile too).
+  skip = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer,
+                             nonfinite='skip')
+  stop = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer)
+  state = jax.jit(
+      lambda rng: train_lib.create_train_state(rng, model, optimizer),
+      out_shardings=skip.replicated)(jax.random.key(0))
+  copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # Donated.
   data = random_data()
-  batch = {'images': data.train.images[:BATCH],
-           'labels': data.train.labels[:BATCH].copy()}
-  skip = jax.jit(functools.partial(train_lib.train_step, model=model,
-                                   optimizer=optimizer, nonfinite='skip'))
-  stop = jax.jit(functools.partial(train_lib.train_step, model=model,
-                                   optimizer=optimizer))
-  moved, metrics = skip(state, batch)
+  images, labels = data.train.images[:BATCH], data.train.labels[:BATCH]
+  moved, metrics = skip.train_step(
+      copy(state), skip.shard({'images': images, 'labels': labels}))
   assert float(metrics['finite']) == 1.0 and float(metrics['skipped']) == 0
   assert float(metrics['count']) == BATCH
-  batch['labels'][3] = POISON
-  kept, metrics = skip(moved, batch)
+  poisoned = skip.shard({'images': images,
+                         'labels': np.where(np.arange(BATCH) == 3, POISON,
+                                            labels).astype(np.int32)})
+  kept, metrics = skip.train_step(copy(moved), poisoned)
   assert (float(metrics['finite']), float(metrics['skipped'])) == (0.0, 1.0)
   assert (float(metrics['loss_sum']), float(metrics['correct']),
           float(metrics['count'])) == (0.0, 0.0, 0.0)
@@ -135,7 +139,7 @@ def test_skip_drops_exactly_the_non_finite_update():
                     jax.tree.leaves(getattr(moved, name))):
       assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), name
   # 'stop' applies it (the host stops the run) and says it was not finite.
-  _, metrics = stop(moved, batch)
+  _, metrics = stop.train_step(copy(moved), poisoned)
   assert (float(metrics['finite']), float(metrics['skipped'])) == (0.0, 0.0)
   assert np.isnan(float(metrics['loss_sum']))
 
@@ -229,7 +233,7 @@ def test_train_py_diverging_exits_3_with_one_message(tmp_path,
 
 
 def sweep_config(learning_rates, **overrides):
-  config = make_config(**overrides)
+  config = make_config(num_epochs=2, **overrides)
   config.sweep = ml_collections.ConfigDict(dict(
       p=(0.25,), learning_rate=learning_rates, seed=(0,), own_batches=False,
       chunk=0))
@@ -255,7 +259,7 @@ def test_sweep_member_diverges_alone(tmp_path, tmp_path_factory, policy):
                    max_consecutive_skips=2),
       workdir, data=random_data(), progress=False)
   good, bad = summary
-  assert good['name'] == 'p0.25-lr0.05-seed0' and good['epochs'] == 3
+  assert good['name'] == 'p0.25-lr0.05-seed0' and good['epochs'] == 2
   assert (good['diverged_epoch'], good['diverged_step'],
           good['skipped_steps']) == (None, None, 0)
   # lr 1e30: step 1 is finite, step 2 is not (see the single-run test).
@@ -263,7 +267,7 @@ def test_sweep_member_diverges_alone(tmp_path, tmp_path_factory, policy):
             '2 steps in a row skipped for a non-finite loss or gradient')
   assert (bad['name'], bad['epochs'], bad['diverged_epoch'],
           bad['diverged_step'], bad['diverged_reason']) == (
-              'p0.25-lr1e+30-seed0', 3, 1, 2 if policy == 'stop' else 3,
+              'p0.25-lr1e+30-seed0', 2, 1, 2 if policy == 'stop' else 3,
               reason)
   with open(os.path.join(workdir, 'summary.md')) as f:
     text = f.read()
@@ -274,7 +278,7 @@ def test_sweep_member_diverges_alone(tmp_path, tmp_path_factory, policy):
   # ~1e28: the gradients gave it away). 'skip': every step after the first
   # was skipped and its state stayed finite.
   assert [r['skipped_steps'] for r in bad_rows] == (
-      [0, 0, 0] if policy == 'stop' else [STEPS - 1, STEPS, STEPS])
+      [0, 0] if policy == 'stop' else [STEPS - 1, STEPS])
   # The good member: bit for bit as in a sweep without the diverging one
   # (the same program: members of a vmap do not interact).
   calm = undisturbed(tmp_path_factory, policy)
@@ -282,9 +286,9 @@ def test_sweep_member_diverges_alone(tmp_path, tmp_path_factory, policy):
   calm_rows = harness.metrics_files(calm)[f'members/{good["name"]}']
   assert harness.without_timing(rows) == harness.without_timing(calm_rows)
   state = harness.restore_raw(os.path.join(workdir, 'checkpoints',
-                                           'chunk-000'), 3 * STEPS)
+                                           'chunk-000'), 2 * STEPS)
   calm_state = harness.restore_raw(os.path.join(calm, 'checkpoints',
-                                                'chunk-000'), 3 * STEPS)
+                                                'chunk-000'), 2 * STEPS)
   leaves = jax.tree.leaves(state)
   assert len(leaves) > 40
   for a, b in zip(leaves, jax.tree.leaves(calm_state)):

@@ -132,8 +132,9 @@ class CheckpointStore:
     self._prune()
 
   def _failed_save(self, step: int, previous: list, error) -> None:
-    # Orbax's writer threads may still be at it: closed first, then their
-    # tmp directory goes (space back on a full disk). The store is done.
+    # Closed first (its writer threads may still be at it), then its tmp
+    # directory goes, to give the space back on a full disk; a thread that
+    # writes on after that leaves some, removed when the store next opens.
     self.close()
     if jax.process_index() == 0:
       for name in os.listdir(self.directory):

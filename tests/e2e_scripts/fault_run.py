@@ -1,12 +1,13 @@
-"""`train.py` or `sweep.py` on mocked CIFAR, with fault injection points.
+"""`train.py` or `sweep.py` on random CIFAR-shaped data, with fault injection.
 
   python tests/e2e_scripts/fault_run.py --entry=train|sweep \
       --mock_num_train=128 --mock_num_test=64 --events=FILE \
       [--kill_at=KIND:N] [--term_at=KIND:N] [--step_delay=S] \
       [--full_disk_at_save=N] <the entry point's flags>
 
-Runs the entry point's `main` (with its own flag parsing and exit codes)
-inside `tests.data_fixtures.mock_cifar`, and appends one line per event to
+Runs the entry point's `main` (with its own flag parsing and exit codes),
+`load_cifar` serving small random splits (the config's data source is not
+read; no TFDS to import), and appends one line per event to
 --events, `KIND N TIME` (one write(2) each, so a line is whole even when
 the process is killed right after):
 
@@ -163,18 +164,36 @@ def _install_hooks() -> None:
   workdir.os = _Proxy(os, replace=replace)
 
 
+def _serve_random_cifar() -> None:
+  """load_cifar serves small random splits (seed 0): no TFDS to import."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from training import input_pipeline
+
+  def load_cifar(dataset, **kwargs):
+    del kwargs
+    rng = np.random.default_rng(0)
+    split = lambda n: input_pipeline.Split(
+        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, (n,)).astype(np.int32))
+    return input_pipeline.CifarData(
+        split(_NUM_TRAIN.value), split(_NUM_TEST.value),
+        input_pipeline.NUM_CLASSES[dataset], dataset, 'random test data')
+
+  input_pipeline.load_cifar = load_cifar
+
+
 def main(argv):
   global _events_fd
-  from tests.data_fixtures import mock_cifar  # pylint: disable=g-import-not-at-top
   if _EVENTS.value:
     _events_fd = os.open(_EVENTS.value,
                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   _install_hooks()
-  with mock_cifar(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value):
-    try:
-      entry_point.main(argv)
-    finally:
-      event('done')
+  _serve_random_cifar()
+  try:
+    entry_point.main(argv)
+  finally:
+    event('done')
 
 
 if __name__ == '__main__':

@@ -46,12 +46,9 @@ the average cores busy in this process and in all others (contention).
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -65,6 +62,7 @@ import jax
 import numpy as np
 
 import cpu_meter
+import run_info
 import models
 from configs import quick
 from training import input_pipeline, optimizers, train_lib, trainer
@@ -206,14 +204,6 @@ def measure(model_name, max_steps, data, batch_size, rounds):
   return rows
 
 
-def _git(*args):
-  try:
-    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return '?'
-
-
 def fmt(value, spec):
   return '-' if value is None else format(value, spec)
 
@@ -230,16 +220,8 @@ def main():
 
   data = input_pipeline.load_cifar('cifar10', source='local',
                                    data_dir=args.data_dir)
-  print(f'# {datetime.datetime.now().astimezone().isoformat(timespec="seconds")}'
-        f', {platform.node()}, {platform.platform()}, {os.cpu_count()} CPUs, '
-        f'load average {os.getloadavg()[0]:.2f} at start')
-  print(f'# Python {platform.python_version()}, jax {jax.__version__}, '
-        f'devices {[str(d) for d in jax.devices()]}')
-  # Read-only git queries: which code ran (training/ may be mid-change).
-  dirty = _git('status', '--porcelain', '--', 'models', 'training',
-               'configs', 'padax') or 'clean'
-  print(f'# code: git {_git("rev-parse", "--short", "HEAD")}; models/ '
-        f'training/ configs/ padax/: {dirty.replace(chr(10), "; ")}')
+  print('\n'.join(run_info.header_lines()))
+  print(f'# devices {[str(d) for d in jax.devices()]}')
   print(f'# data: {data.source}, {data.train.num_examples} training images, '
         f'batch {args.batch_size}; median of {args.rounds} rounds, cases '
         'interleaved', flush=True)

@@ -221,6 +221,19 @@ class _PadamBase(torch.optim.Optimizer):
       state['max_exp_avg_sq'] = torch.zeros_like(param)
     return state
 
+  @torch.no_grad()
+  def step(self, closure=None):
+    loss = None
+    if closure is not None:
+      with torch.enable_grad():
+        loss = closure()
+    for group in self.param_groups:
+      self._update_group(group)
+    return loss
+
+  def _update_group(self, group):
+    raise NotImplementedError
+
 
 class Padam(_PadamBase):
   """Padam, 'authors' formulation, every parameter of a group at once.
@@ -231,44 +244,37 @@ class Padam(_PadamBase):
   authors' code.
   """
 
-  @torch.no_grad()
-  def step(self, closure=None):
-    loss = None
-    if closure is not None:
-      with torch.enable_grad():
-        loss = closure()
-    for group in self.param_groups:
-      params = [p for p in group['params'] if p.grad is not None]
-      if not params:
-        continue
-      grads = [p.grad for p in params]
-      states = [self._state(p) for p in params]
-      exp_avgs = [s['exp_avg'] for s in states]
-      exp_avg_sqs = [s['exp_avg_sq'] for s in states]
-      b1, b2 = group['betas']
-      for s in states:
-        s['step'] += 1
-      t = states[0]['step']  # Every parameter of a group steps together.
+  def _update_group(self, group):
+    params = [p for p in group['params'] if p.grad is not None]
+    if not params:
+      return
+    grads = [p.grad for p in params]
+    states = [self._state(p) for p in params]
+    exp_avgs = [s['exp_avg'] for s in states]
+    exp_avg_sqs = [s['exp_avg_sq'] for s in states]
+    b1, b2 = group['betas']
+    for s in states:
+      s['step'] += 1
+    t = states[0]['step']  # Every parameter of a group steps together.
 
-      if group['weight_decay']:
-        # L2 added to a copy of the gradient: p.grad itself is left alone.
-        grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
-      torch._foreach_mul_(exp_avgs, b1)
-      torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
-      torch._foreach_mul_(exp_avg_sqs, b2)
-      torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
-      if group['amsgrad']:
-        second = [s['max_exp_avg_sq'] for s in states]
-        torch._foreach_maximum_(second, exp_avg_sqs)
-      else:
-        second = exp_avg_sqs
-      denom = torch._foreach_sqrt(second)
-      torch._foreach_add_(denom, group['eps'])
-      torch._foreach_pow_(denom, 2.0 * group['partial'])
-      step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
-                   (1.0 - b1 ** t))
-      torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
-    return loss
+    if group['weight_decay']:
+      # L2 added to a copy of the gradient: p.grad itself is left alone.
+      grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
+    torch._foreach_mul_(exp_avgs, b1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
+    torch._foreach_mul_(exp_avg_sqs, b2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
+    if group['amsgrad']:
+      second = [s['max_exp_avg_sq'] for s in states]
+      torch._foreach_maximum_(second, exp_avg_sqs)
+    else:
+      second = exp_avg_sqs
+    denom = torch._foreach_sqrt(second)
+    torch._foreach_add_(denom, group['eps'])
+    torch._foreach_pow_(denom, 2.0 * group['partial'])
+    step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
+                 (1.0 - b1 ** t))
+    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
 class PadamLoop(_PadamBase):
@@ -279,37 +285,30 @@ class PadamLoop(_PadamBase):
   tensor.
   """
 
-  @torch.no_grad()
-  def step(self, closure=None):
-    loss = None
-    if closure is not None:
-      with torch.enable_grad():
-        loss = closure()
-    for group in self.param_groups:
-      b1, b2 = group['betas']
-      for param in group['params']:
-        if param.grad is None:
-          continue
-        grad = param.grad
-        state = self._state(param)
-        state['step'] += 1
-        t = state['step']
-        if group['weight_decay']:
-          grad = grad.add(param, alpha=group['weight_decay'])
-        exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
-        exp_avg.mul_(b1).add_(grad, alpha=1.0 - b1)
-        exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-        if group['amsgrad']:
-          torch.maximum(state['max_exp_avg_sq'], exp_avg_sq,
-                        out=state['max_exp_avg_sq'])
-          denom = state['max_exp_avg_sq'].sqrt().add_(group['eps'])
-        else:
-          denom = exp_avg_sq.sqrt().add_(group['eps'])
-        step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
-                     (1.0 - b1 ** t))
-        param.addcdiv_(exp_avg, denom.pow_(2.0 * group['partial']),
-                       value=-step_size)
-    return loss
+  def _update_group(self, group):
+    b1, b2 = group['betas']
+    for param in group['params']:
+      if param.grad is None:
+        continue
+      grad = param.grad
+      state = self._state(param)
+      state['step'] += 1
+      t = state['step']
+      if group['weight_decay']:
+        grad = grad.add(param, alpha=group['weight_decay'])
+      exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
+      exp_avg.mul_(b1).add_(grad, alpha=1.0 - b1)
+      exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+      if group['amsgrad']:
+        torch.maximum(state['max_exp_avg_sq'], exp_avg_sq,
+                      out=state['max_exp_avg_sq'])
+        denom = state['max_exp_avg_sq'].sqrt().add_(group['eps'])
+      else:
+        denom = exp_avg_sq.sqrt().add_(group['eps'])
+      step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
+                   (1.0 - b1 ** t))
+      param.addcdiv_(exp_avg, denom.pow_(2.0 * group['partial']),
+                     value=-step_size)
 
 
 def _insertion_order_leaves(tree):

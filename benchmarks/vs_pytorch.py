@@ -51,10 +51,8 @@ PyTorch), then the same results as JSON lines.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -66,6 +64,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import cpu_meter  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TORCH_CASES = ('torch_padam', 'torch_padam_loop', 'torch_sgd', 'torch_padam_cl')
 JAX_CASES = ('jax_padam', 'jax_sgd', 'jax_padam_const', 'jax_sgd_plain')
@@ -353,40 +352,10 @@ def summarise(model, rows):
   return summary
 
 
-def _git(*args):
-  try:
-    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return '?'
-
-
 def header(args) -> str:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-  versions = []
-  for package in ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy'):
-    try:
-      versions.append(f'{package} {md.version(package)}')
-    except md.PackageNotFoundError:
-      versions.append(f'{package} (not installed)')
-  cpu = '?'
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(l.split(':', 1)[1].strip() for l in f
-                 if l.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  # Read-only git queries: which code the JAX cases ran (models/ and
-  # training/ may have uncommitted changes).
-  dirty = _git('status', '--porcelain', '--', 'models', 'training',
-               'configs', 'padax') or 'clean'
   return '\n'.join([
-      f'# {datetime.datetime.now().astimezone().isoformat(timespec="seconds")}',
-      f'# machine: {platform.node()}, {platform.platform()}, {cpu}, '
-      f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start',
-      f'# Python {platform.python_version()}; {", ".join(versions)}',
-      f'# code: git {_git("rev-parse", "--short", "HEAD")}; models/ training/ '
-      f'configs/ padax/: {dirty.replace(chr(10), "; ")}',
+      *run_info.header_lines(
+          ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy')),
       f'# batch {args.batch_size}, random 32x32x3 uint8 inputs, training '
       f'mode; median of {args.steps} steps per case after {args.warmup} '
       'warm-up step(s); cases interleaved one step at a time',

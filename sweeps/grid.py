@@ -513,7 +513,8 @@ def summary_markdown(config, members: list, summary: list) -> str:
       f'# Sweep: {base.model} on {base.dataset}, {base.optimizer.name}',
       '',
       f'{len(members)} members ({" x ".join(str(len({m.values[k] for m in members})) for k in keys)} '
-      f'over {", ".join(keys)}), {base.num_epochs} epochs at batch '
+      f'over {", ".join(keys)}), {base.num_epochs} '
+      f'epoch{"" if base.num_epochs == 1 else "s"} at batch '
       f'{base.batch_size}, ' + (
           f'lr x{base.optimizer.lr_factor} at epochs '
           f'{", ".join(map(str, base.optimizer.lr_milestones))}'

@@ -1,6 +1,9 @@
 """Shared test set-up: run from the repository root so `models`, `training` import."""
 import os
 import sys
+import tempfile
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -9,3 +12,20 @@ if ROOT not in sys.path:
 # Location of the genuine CIFAR-10 subset shipped beside the checkout.
 SHARED_CIFAR10_SUBSET = os.path.join(
     os.path.dirname(ROOT), 'shared', 'data', 'cifar10-subset')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _temporary_files_under_basetemp(tmp_path_factory):
+  """Libraries' own temporary files (TFDS leaves empty `tmp*tfds` folders
+  behind for every unprepared builder) go under pytest's basetemp, which
+  pytest prunes, not into /tmp; subprocesses inherit it through TMPDIR."""
+  path = str(tmp_path_factory.mktemp('tempfile'))
+  saved = tempfile.tempdir, os.environ.get('TMPDIR')
+  tempfile.tempdir = path
+  os.environ['TMPDIR'] = path
+  yield
+  tempfile.tempdir = saved[0]
+  if saved[1] is None:
+    os.environ.pop('TMPDIR', None)
+  else:
+    os.environ['TMPDIR'] = saved[1]

@@ -116,6 +116,8 @@ def env_with_cache(cache_dir):
       'JAX_COMPILATION_CACHE_DIR': cache_dir,
       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
       'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
+      # On a GPU machine the test process may already hold most of the
+      # memory; the tests run on the CPU anyway.
       'XLA_PYTHON_CLIENT_PREALLOCATE': 'false',
       'JAX_PLATFORMS': 'cpu',
   })

@@ -201,7 +201,7 @@ def test_skip_policy_stops_after_too_many_skips_in_a_row(tmp_path):
   assert str(info.value) == (
       'training stopped: 3 steps in a row skipped for a non-finite loss or '
       'gradient at step 4 (epoch 1, step 4 of 4) with '
-      "nonfinite_policy='skip' with max_consecutive_skips=3; there is no "
+      "nonfinite_policy='skip' and max_consecutive_skips=3; there is no "
       'checkpoint yet and nothing was saved after it. Use a new workdir with '
       'a smaller optimizer.learning_rate, or a larger max_consecutive_skips.')
   assert steps_in(workdir) == [] and not os.path.exists(

@@ -24,7 +24,6 @@ import sys
 import time
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -33,6 +32,8 @@ from configs import quick
 import models
 from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
 from tests.data_fixtures import mock_cifar
+from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
+from tests.fault_harness import env_with_cache
 from training import input_pipeline
 from training import trainer
 
@@ -63,32 +64,9 @@ SUBPROCESS_TIMEOUT = 300
 
 
 @pytest.fixture(scope='module', autouse=True)
-def jax_cache_dir(tmp_path_factory):
-  """A persistent compilation cache for this module's runs, then restored."""
-  path = str(tmp_path_factory.mktemp('jax_compilation_cache'))
-  values = {'jax_compilation_cache_dir': path,
-            'jax_persistent_cache_min_compile_time_secs': 0,
-            'jax_persistent_cache_min_entry_size_bytes': -1}
-  saved = {name: getattr(jax.config, name) for name in values}
-  for name, value in values.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  yield path
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-def subprocess_env(cache_dir):
-  env = dict(os.environ)
-  env.update({
-      'JAX_COMPILATION_CACHE_DIR': cache_dir,
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
-      # On a GPU machine this process may already hold most of the memory.
-      'XLA_PYTHON_CLIENT_PREALLOCATE': 'false',
-  })
-  return env
+def jax_cache_dir(compilation_cache_dir):
+  """The session's persistent compilation cache, for this module's runs."""
+  return compilation_cache_dir
 
 
 def make_config(**overrides):
@@ -120,7 +98,7 @@ def mocked_train_command(workdir, *, num_train, num_test, extra=(),
 
 
 def run_command(command, cache_dir, *, expect_rc=0):
-  result = subprocess.run(command, cwd=ROOT, env=subprocess_env(cache_dir),
+  result = subprocess.run(command, cwd=ROOT, env=env_with_cache(cache_dir),
                           capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT, check=False)
   assert result.returncode == expect_rc, (
@@ -320,7 +298,7 @@ def test_sigkilled_train_py_resumes_bit_identically(tmp_path, jax_cache_dir):
     return mocked_train_command(workdir, num_train=NUM_TRAIN, num_test=64,
                                 extra=extra, **overrides)
 
-  popen = dict(cwd=ROOT, env=subprocess_env(jax_cache_dir),
+  popen = dict(cwd=ROOT, env=env_with_cache(jax_cache_dir),
                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   # The uninterrupted reference runs meanwhile: the other one mostly sleeps.
   reference_proc = subprocess.Popen(command(reference), **popen)

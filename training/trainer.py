@@ -348,7 +348,7 @@ def diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
     kept = (f'the last good checkpoint, step {latest} (epoch '
             f'{latest / steps_per_epoch:g}), is intact in {store.directory}')
   if config.nonfinite_policy == 'skip':
-    policy = ("nonfinite_policy='skip' with max_consecutive_skips="
+    policy = ("nonfinite_policy='skip' and max_consecutive_skips="
               f'{config.max_consecutive_skips}')
     instead = 'a larger max_consecutive_skips'
   else:

@@ -60,12 +60,13 @@ def main(argv):
              '(--config, --workdir, --chunk, --config.KEY=VALUE, ...).')
   cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
+  cli.enable_compilation_cache()
   from sweeps import grid  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
-  # On a CPU host, one device per member trains the grid fastest
+  # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
   try:
-    host_devices.split_cpu(grid.members_at_once(
+    host_devices.split_cpu(grid.cpu_devices(
         _CONFIG.value, _parse_chunk(_CHUNK.value)))
   except ValueError:
     pass
@@ -73,7 +74,8 @@ def main(argv):
                jax.devices()[0].device_kind)
   cli.run(lambda: grid.run_sweep(
       _CONFIG.value, _WORKDIR.value, chunk=_parse_chunk(_CHUNK.value),
-      progress=_PROGRESS.value))
+      progress=_PROGRESS.value,
+      profile_steps=cli.profile_steps()))
   logging.info('Summary: %s', os.path.join(_WORKDIR.value, 'summary.md'))
 
 

@@ -40,6 +40,7 @@ def main(argv):
              '(--config, --workdir, --config.KEY=VALUE, ...).')
   cli.quiet_libraries()
   import jax  # pylint: disable=g-import-not-at-top
+  cli.enable_compilation_cache()
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   from training import trainer  # pylint: disable=g-import-not-at-top
@@ -47,7 +48,8 @@ def main(argv):
                jax.process_count(), jax.device_count(),
                jax.devices()[0].device_kind)
   cli.run(lambda: trainer.train_and_evaluate(
-      _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value))
+      _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
+      profile_steps=cli.profile_steps()))
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
   python benchmarks/sweep_throughput.py [--models tiny_cnn,resnet18]
       [--batch-sizes tiny_cnn=128,resnet18=32] [--members 9] [--steps 2]
-      [--repeats 3] [--virtual-devices 9]
+      [--repeats 3] [--virtual-devices 36]
 
 One process per model, started with `virtual_devices` simulated CPU devices
 (XLA_FLAGS set before JAX starts; on a GPU machine the real devices are used).
@@ -10,15 +10,17 @@ In that one process, interleaved `repeats` times so that machine drift hits
 every variant alike, the same K members (p x lr grid, Padam, shared batches of
 random CIFAR-shaped uint8 images already on the device) take `steps` steps:
 
-  sequential      train.py's jitted step (`training.train_lib.MeshSteps`) on
-                  one device, member after member; and the same step data
-                  parallel over up to 4 of the virtual devices (train.py on a
-                  CPU split into devices);
-  vmapped, 1 dev  the sweep's step (`sweeps.grid.GridSteps`: jax.vmap of the
-                  same train_step) with all K members on one device;
-  vmapped, K dev  the same GridSteps over a `grid` mesh of the virtual
-                  devices: each device vmaps over its own members
-                  (shard_map), here one member per device.
+  sequential        train.py's jitted step (`training.train_lib.MeshSteps`)
+                    on one device, member after member; and the same step
+                    data parallel over up to 4 of the virtual devices
+                    (train.py on a CPU split into devices);
+  vmapped, 1 dev    the sweep's step (`sweeps.grid.GridSteps`: jax.vmap of
+                    the same train_step) with all K members on one device;
+  vmapped, K dev    the same GridSteps over a (grid, data) mesh of K x 1
+                    virtual devices: each device vmaps over its own member
+                    (shard_map);
+  vmapped, K x D    K x D devices, each member's batch split over its own D
+                    devices (what sweep.py sets up on a CPU host, D = 4).
 
 Images/s counts every member's images (K * batch per grid step). The ratio
 column is each variant's images/s over that of the 1-device sequential run.
@@ -87,16 +89,18 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
           state, {key: v[k] for key, v in hyper.items()}))
     return steps_fns, states, steps_fns.shard(host_batch)
 
-  def grid_variant(devices):
-    mesh = grid_lib.make_grid_mesh(devices)
+  def grid_variant(devices, data=1):
+    mesh = grid_lib.make_grid_mesh(devices, data)
     steps_fns = grid_lib.GridSteps(mesh, model, optimizer)
-    size = -(-members // len(devices)) * len(devices)  # Padded, as sweeps do.
+    slices = len(devices) // data
+    size = -(-members // slices) * slices  # Padded, as sweeps do.
     keys = jnp.stack([jax.random.key(k % members) for k in range(size)])
     padded = {key: np.resize(v, size) for key, v in hyper.items()}
     state = jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
         out_shardings=NamedSharding(mesh, P(grid_lib.GRID_AXIS)))(keys, padded)
-    return steps_fns, state, steps_fns.replicate(host_batch)
+    return steps_fns, state, jax.tree.map(
+        lambda x: steps_fns.global_array(x, steps_fns.sharded), host_batch)
 
   sequential = {'sequential, 1 device': sequential_variant(jax.devices()[:1])}
   # train.py on the same virtual devices, data parallel (the batch must split).
@@ -106,9 +110,15 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     sequential[f'sequential, {split} devices'] = sequential_variant(
         jax.devices()[:split])
   variants = {'vmapped, 1 device': grid_variant(jax.devices()[:1])}
-  if jax.device_count() > 1:
-    variants[f'vmapped, {jax.device_count()} devices'] = grid_variant(
-        jax.devices())
+  if jax.device_count() >= members:
+    variants[f'vmapped, {members} devices (one member each)'] = grid_variant(
+        jax.devices()[:members])
+  # sweep.py's CPU default: each member data parallel over its own devices.
+  data = max(d for d in range(1, jax.device_count() // members + 1)
+             if batch_size % d == 0) if jax.device_count() >= members else 1
+  if data > 1:
+    variants[f'vmapped, {members}x{data} devices (grid x data)'] = (
+        grid_variant(jax.devices()[:members * data], data))
 
   def run_sequential(name):
     steps_fns, states, batch = sequential[name]
@@ -169,7 +179,7 @@ def main():
   parser.add_argument('--members', type=int, default=9)
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--virtual-devices', type=int, default=9,
+  parser.add_argument('--virtual-devices', type=int, default=36,
                       help='simulated CPU devices (ignored on a GPU)')
   parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()

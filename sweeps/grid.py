@@ -61,11 +61,18 @@ from training import checkpoints
 from training import faults
 from training import input_pipeline
 from training import optimizers
+from training import profiling
 from training import train_lib
 from training import trainer
 from training import workdir as workdir_lib
 
 GRID_AXIS = 'grid'
+DATA_AXIS = train_lib.DATA_AXIS
+# On a CPU host sweep.py splits the cores into this many XLA devices per
+# member, each member data parallel over its own: batch 32 per device ran
+# the 9-member tiny-CNN grid 1.9x faster than one member per device
+# (docs/benchmarks.md). XLA's CPU kernels run small batches more efficiently.
+CPU_DEVICES_PER_MEMBER = 4
 AUTO_CHUNK = -1
 ALL_MEMBERS = 0
 
@@ -229,16 +236,21 @@ def member_config(config: ml_collections.ConfigDict,
 class GridSteps(train_lib.MeshSteps):
   """`train_step` / `eval_step` vmapped over a leading member axis.
 
-  Jitted over a mesh whose one axis, `grid`, shards the member axis of the
-  stacked state (donated) and of the metrics. Training batches are shared by
-  all members (vmap in_axes=None, replicated) or one per member (in_axes=0,
-  sharded like the state); evaluation batches are always shared. Same
-  interface as MeshSteps, so trainer.py's epoch pieces drive it.
+  Jitted over a (`grid`, `data`) mesh (make_grid_mesh): `grid` shards the
+  member axis of the stacked state (donated) and of the metrics; each
+  member's batch is split over `data`, as train.py splits its batch, so
+  BatchNorm statistics are over the member's whole batch and never across
+  members. Training batches are shared by all members (vmap in_axes=None) or
+  one per member (in_axes=0, also sharded over `grid`); evaluation batches
+  are always shared. Same interface as MeshSteps, so trainer.py's epoch
+  pieces drive it.
 
-  Each device runs the vmap over its own members (`jax.shard_map`): members
-  never talk to each other, and left to the SPMD partitioner the vmapped
-  (grouped) convolutions were partitioned with collectives that made a
-  9-device CPU grid 20x slower than one device (docs/benchmarks.md).
+  Each `grid` slice of devices runs the vmap over its own members
+  (`jax.shard_map`, manual over `grid` only, `data` left to the SPMD
+  partitioner): members never talk to each other, and left to the
+  partitioner the vmapped (grouped) convolutions were partitioned with
+  collectives that made a 9-device CPU grid 20x slower than one device
+  (docs/benchmarks.md).
   """
 
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
@@ -248,15 +260,17 @@ class GridSteps(train_lib.MeshSteps):
     self.members = NamedSharding(mesh, P(GRID_AXIS))
     self.replicated = NamedSharding(mesh, P())
     self.metrics_sharding = self.members
-    # Where training batches (and their indices) live.
-    self.sharded = self.members if own_batches else self.replicated
+    # Where training batches (and their indices) live, and evaluation ones.
+    self.sharded = NamedSharding(
+        mesh, P(GRID_AXIS, DATA_AXIS) if own_batches else P(DATA_AXIS))
+    self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
     batch_axis = 0 if own_batches else None
     batch_spec = P(GRID_AXIS) if own_batches else P()
 
     def per_device(step, in_axes, data_spec):
       return jax.shard_map(jax.vmap(step, in_axes=in_axes), mesh=mesh,
                            in_specs=(P(GRID_AXIS), data_spec),
-                           out_specs=P(GRID_AXIS))
+                           out_specs=P(GRID_AXIS), axis_names={GRID_AXIS})
 
     self.train_step = jax.jit(
         per_device(functools.partial(train_lib.train_step, model=model,
@@ -268,18 +282,19 @@ class GridSteps(train_lib.MeshSteps):
     self.eval_step = jax.jit(
         per_device(functools.partial(train_lib.eval_step, model=model),
                    (0, None), P()),
-        in_shardings=(self.members, self.replicated),
+        in_shardings=(self.members, self.eval_sharded),
         out_shardings=self.members)
     self._build_batch_helpers()
 
   def shard(self, tree):
     """An evaluation batch: every member sees all of it."""
-    return self.replicate(tree)
+    return jax.tree.map(lambda x: self.global_array(x, self.eval_sharded),
+                        tree)
 
 
 @functools.lru_cache(maxsize=8)
 def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
-                device_ids: tuple):
+                device_ids: tuple, data: int):
   """Model, optimizer, grid mesh and jitted init of one base experiment.
 
   Memoised on the config (as JSON), as is `_build_steps`, so that chunks, and
@@ -291,7 +306,7 @@ def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
   model = models.create_model(base.model, num_classes,
                               dtype=trainer.DTYPES[base.dtype])
   devices = {d.id: d for d in jax.devices()}
-  mesh = make_grid_mesh([devices[i] for i in device_ids])
+  mesh = make_grid_mesh([devices[i] for i in device_ids], data)
 
   def init(keys, values):
     state = jax.vmap(
@@ -304,35 +319,58 @@ def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
 
 @functools.lru_cache(maxsize=8)
 def _build_steps(config_json: str, num_classes: int, steps_per_epoch: int,
-                 device_ids: tuple, own_batches: bool, nonfinite: str):
+                 device_ids: tuple, data: int, own_batches: bool,
+                 nonfinite: str):
   model, optimizer, mesh, _ = _build_base(config_json, num_classes,
-                                          steps_per_epoch, device_ids)
+                                          steps_per_epoch, device_ids, data)
   return GridSteps(mesh, model, optimizer, own_batches=own_batches,
                    nonfinite=nonfinite)
 
 
 def build(base: ml_collections.ConfigDict, num_classes: int,
-          steps_per_epoch: int, own_batches: bool, devices=None):
+          steps_per_epoch: int, own_batches: bool, devices=None,
+          data: int = 1):
   """(model, optimizer, GridSteps, init) for the base train config.
 
   init(keys, values) -> the stacked TrainState (see `init_grid`). The steps
   follow base.nonfinite_policy (default 'stop' for configs without it).
+  `data`: devices per member (make_grid_mesh).
   """
   devices = devices if devices is not None else jax.devices()
+  devices = devices[:len(devices) // data * data]
   # Only what the model and optimizer are built from: a longer run reuses them.
   key = {k: base[k] for k in ('model', 'dtype')}
   key['optimizer'] = base.optimizer.to_dict()
   args = (json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
-          tuple(d.id for d in devices))
+          tuple(d.id for d in devices), data)
   model, optimizer, _, init = _build_base(*args)
   nonfinite = base.get('nonfinite_policy', 'stop')
   return model, optimizer, _build_steps(*args, bool(own_batches),
                                         nonfinite), init
 
 
-def make_grid_mesh(devices=None) -> jax.sharding.Mesh:
+def make_grid_mesh(devices=None, data: int = 1) -> jax.sharding.Mesh:
+  """A (grid, data) mesh: `data` devices per slice of members."""
   devices = np.asarray(devices if devices is not None else jax.devices())
-  return jax.sharding.Mesh(devices.reshape(-1), (GRID_AXIS,))
+  return jax.sharding.Mesh(devices.reshape(-1, data), (GRID_AXIS, DATA_AXIS))
+
+
+def devices_per_member(base: ml_collections.ConfigDict, num_devices: int,
+                       num_members: int) -> int:
+  """The `data` size of the grid mesh: the devices left for each member
+  once every member has one, cut to what divides both batch sizes."""
+  most = max(1, num_devices // max(num_members, 1))
+  return max(d for d in range(1, most + 1)
+             if base.batch_size % d == 0 and base.eval_batch_size % d == 0)
+
+
+def cpu_devices(config: ml_collections.ConfigDict,
+                chunk: Optional[int] = None) -> int:
+  """XLA devices sweep.py splits a CPU host into: CPU_DEVICES_PER_MEMBER
+  for each member of a chunk, as far as the batch sizes divide."""
+  members = members_at_once(config, chunk)
+  return members * devices_per_member(
+      train_config(config), members * CPU_DEVICES_PER_MEMBER, members)
 
 
 def set_hyperparameters(state: train_lib.TrainState, values: dict):
@@ -601,15 +639,16 @@ def _stored_chunk(workdir: str) -> Optional[int]:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
               chunk: Optional[int] = None,
               data: input_pipeline.CifarData = None, progress: bool = True,
-              after_epoch: Optional[Callable[[int, int], None]] = None
-              ) -> list:
+              after_epoch: Optional[Callable[[int, int], None]] = None,
+              profile_steps: int = 0) -> list:
   """Trains every member of `config`'s grid; resumes from `workdir`.
 
   chunk: overrides config.sweep.chunk. Everything that can be refused (grid,
   config, optimizer values, data, a workdir holding another sweep) is checked
   before any file is written. `after_epoch(chunk_index, epoch)` (for tests)
   runs after an epoch's metrics are written, before its checkpoint. Returns
-  the summary: one dict per member.
+  the summary: one dict per member. `profile_steps` > 0 writes a profiler
+  trace of that many grid steps, after 5 warm-up steps, to WORKDIR/profile.
   """
   members = grid_members(config)
   options = sweep_options(config)
@@ -669,9 +708,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                      data_dir=base.data_dir or None)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, base.batch_size)
-  model, optimizer, steps, init = build(base, data.num_classes,
-                                        steps_per_epoch, options['own_batches'])
-  num_devices = steps.mesh.devices.size
+  first_chunk = (len(members) if requested_chunk in (AUTO_CHUNK, ALL_MEMBERS)
+                 else min(requested_chunk, len(members)))
+  model, optimizer, steps, init = build(
+      base, data.num_classes, steps_per_epoch, options['own_batches'],
+      data=devices_per_member(base, jax.device_count(), first_chunk))
+  num_devices = steps.mesh.shape[GRID_AXIS]
   if requested_chunk == AUTO_CHUNK:
     member_bytes = estimate_member_bytes(model, optimizer, base.batch_size)
     chunk_size = auto_chunk(len(members), member_bytes, free_memory_bytes(),
@@ -681,7 +723,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                  chunk_size, len(members), member_bytes / 2**20)
   sweep_dir, member_dirs = check_workdirs(chunk_size)
 
-  with lock, faults.StopRequests() as stop:
+  with lock, faults.StopRequests() as stop, profiling.step_trace(
+      os.path.join(workdir, 'profile'), profile_steps) as trace:
     sweep_dir.prepare()
     for d in member_dirs:
       d.prepare()
@@ -712,7 +755,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
           loop = _train_chunk(base, options['own_batches'], steps, init,
                               chunk_members, chunk_dirs, store,
                               steps_per_epoch, data, images, labels, ci,
-                              len(groups), progress, after_epoch, stop)
+                              len(groups), progress, after_epoch, stop, trace)
       finally:
         store.close()
       diverged.update({m.name: d for m, d in zip(chunk_members, loop.diverged)
@@ -760,13 +803,13 @@ def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
 
 def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
                  store, steps_per_epoch, data, images, labels, ci, num_chunks,
-                 progress, after_epoch, stop) -> faults.LoopState:
+                 progress, after_epoch, stop, trace) -> faults.LoopState:
   """Trains one chunk to base.num_epochs, resuming from `store`.
 
   Returns the loop state at the end (its `diverged` names the members the
   NonfiniteWatch gave up on; the others were not disturbed).
   """
-  num_devices = steps.mesh.devices.size
+  num_devices = steps.mesh.shape[GRID_AXIS]
   size = -(-len(chunk_members) // num_devices) * num_devices
   padded = _padded(chunk_members, size)
   real = len(chunk_members)
@@ -786,9 +829,10 @@ def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
     loop.totals = {k: np.concatenate([v, np.repeat(v[-1:], size - real)])
                    for k, v in loop.totals.items()}
   step = int(np.asarray(jax.device_get(state.step))[0])
-  logging.info('Chunk %d/%d: %d members (%s) at once on %d device(s)%s%s.',
-               ci + 1, num_chunks, real,
+  logging.info('Chunk %d/%d: %d members (%s) at once on %d x %d device(s) '
+               '(grid x data)%s%s.', ci + 1, num_chunks, real,
                ', '.join(m.name for m in chunk_members), num_devices,
+               steps.mesh.shape[DATA_AXIS],
                f', padded to {size}' if size > real else '',
                f', resumed from step {step}' if step else '')
   watch = faults.NonfiniteWatch(
@@ -807,7 +851,7 @@ def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
     state = trainer.run_epoch(steps, state, images, labels, order,
                               base.batch_size, epoch, loop,
                               steps_per_epoch=steps_per_epoch, watch=watch,
-                              stop=stop, bar=bar)
+                              stop=stop, bar=bar, trace=trace)
     step = int(np.asarray(jax.device_get(state.step))[0])
     if loop.steps_done < steps_per_epoch:
       trainer.stop_run(store, real_members(state), step, loop, stop,

@@ -366,6 +366,64 @@ def test_members_spread_over_a_grid_mesh_axis(tmp_path, straight):
       assert row_two[key] == row_one[key], key
 
 
+_GRID_BY_DATA = r"""
+import json, os, sys
+sys.path.insert(0, os.environ['ROOT'])
+import jax
+from tests import test_sweeps as t
+from sweeps import grid
+assert jax.device_count() == 4
+meshes = []
+make = grid.make_grid_mesh
+grid.make_grid_mesh = lambda *a: meshes.append(make(*a)) or meshes[-1]
+config = t.sweep_config(p=(0.25, 0.125), learning_rate=(0.05,))
+config.num_epochs = 1
+grid.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
+print(json.dumps([dict(m.shape) for m in meshes]))
+"""
+
+
+def test_each_member_data_parallel_over_its_own_devices(tmp_path, straight):
+  """2 members on 4 (simulated CPU) devices: a 2 x 2 (grid x data) mesh, as
+  sweep.py splits a CPU host; each member's batch is split over 2 devices,
+  BatchNorm over its whole batch. Epoch 1 equals the same members trained
+  on one device (`straight`) within the float tolerance (sums in another
+  order)."""
+  run = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-c', _GRID_BY_DATA, str(run)], capture_output=True,
+      text=True, timeout=300, cwd=ROOT,
+      env=dict(os.environ, ROOT=ROOT, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=4'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+      {'grid': 2, 'data': 2}]
+  for m in grid.grid_members(chunked_config())[:2]:
+    (row,), row_one = read_rows(str(run), m.name), read_rows(
+        straight[0], m.name)[0]
+    for key in ('train_loss', 'test_loss'):
+      assert math.isclose(row[key], row_one[key], rel_tol=1e-5), key
+    for key in ('train_error', 'test_error', 'test_top5_error', 'step', 'lr',
+                'p'):
+      assert row[key] == row_one[key], key
+
+
+def test_devices_per_member():
+  config = quick.get_config()
+  config.batch_size, config.eval_batch_size = 128, 500
+  assert grid.devices_per_member(config, 36, 9) == 4
+  assert grid.devices_per_member(config, 9, 9) == 1
+  assert grid.devices_per_member(config, 1, 9) == 1
+  assert grid.devices_per_member(config, 8, 3) == 2
+  # 4 does not divide an evaluation batch of 250 (nor 3 a batch of 128).
+  config.eval_batch_size = 250
+  assert grid.devices_per_member(config, 36, 9) == 2
+  sweep = sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.1, 0.01))
+  sweep.batch_size, sweep.eval_batch_size = 128, 100
+  assert grid.cpu_devices(sweep) == 6 * grid.CPU_DEVICES_PER_MEMBER
+  assert grid.cpu_devices(sweep, chunk=2) == 2 * grid.CPU_DEVICES_PER_MEMBER
+
+
 # 4. -------------------------------------------------------------------------
 
 

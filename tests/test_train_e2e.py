@@ -284,6 +284,37 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
   assert rows[-1]['test_loss'] == pytest.approx(loss, rel=1e-5)
 
 
+def test_train_py_caches_compilations_by_default_and_profiles(tmp_path,
+                                                              jax_cache_dir):
+  """No cache configured: train.py uses $XDG_CACHE_HOME/padax/jax, and a
+  second process loads its programs from there; --profile writes a trace."""
+  env = env_with_cache(jax_cache_dir)
+  del env['JAX_COMPILATION_CACHE_DIR']
+  env.update(XDG_CACHE_HOME=str(tmp_path / 'cache'), JAX_LOG_COMPILES='1')
+  cache = tmp_path / 'cache' / 'padax' / 'jax'
+  logs = []
+  for run, extra in (('first', ['--profile', '--profile_steps=2']),
+                     ('second', [])):
+    result = subprocess.run(
+        mocked_train_command(str(tmp_path / run), num_train=NUM_TRAIN,
+                             num_test=64, extra=extra, num_epochs=2),
+        cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=SUBPROCESS_TIMEOUT, check=False)
+    assert result.returncode == 0, result.stderr[-5000:]
+    logs.append(result.stderr)
+  # The first process compiled the train step and wrote it to the cache;
+  # the second loaded it.
+  hit = "Persistent compilation cache hit for 'jit_train_step'"
+  assert hit not in logs[0], logs[0][-5000:]
+  assert [n for n in os.listdir(cache) if n.startswith('jit_train_step-')]
+  assert hit in logs[1], logs[1][-5000:]
+  # Steps 6 and 7 of 8 (after 5 warm-up steps), in TensorBoard's layout.
+  traces = [name for _, _, names in os.walk(tmp_path / 'first' / 'profile')
+            for name in names if name.endswith('.xplane.pb')]
+  assert len(traces) == 1, traces
+  assert not os.path.exists(tmp_path / 'second' / 'profile')
+
+
 # ---------------------------------------------------------------------------
 # 2. Interrupted and resumed runs are bit-identical to uninterrupted ones.
 

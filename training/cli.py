@@ -26,6 +26,18 @@ from training import faults
 
 CONFIG_FLAG = 'config'
 
+# Flags of both entry points.
+PROFILE = flags.DEFINE_bool(
+    'profile', False, 'Write a JAX profiler trace of --profile_steps '
+    'training steps (after 5 warm-up steps) to WORKDIR/profile.')
+PROFILE_STEPS = flags.DEFINE_integer(
+    'profile_steps', 5, 'Steps in the --profile trace.', lower_bound=1)
+COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache_dir', None, "JAX's persistent compilation cache, "
+    'reused by the next run of the same programs. Default: '
+    '$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/padax/jax '
+    '(~/.cache/padax/jax); "" turns it off.')
+
 
 def fail(message: str, status: int = faults.EXIT_REFUSED):
   sys.stderr.write(f'error: {message}\n')
@@ -116,6 +128,37 @@ def parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     fail(_does_not_load(_config_spec(argv), e))
   return remaining
+
+
+def profile_steps() -> int:
+  """Steps to trace: 0 without --profile."""
+  return PROFILE_STEPS.value if PROFILE.value else 0
+
+
+def default_compilation_cache_dir() -> str:
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(cache_home, 'padax', 'jax')
+
+
+def enable_compilation_cache() -> None:
+  """Turns on JAX's persistent compilation cache (before the first compile).
+
+  The train step takes ~20-30 s to compile on a 2-core CPU (docs/
+  benchmarks.md); a resumed run, the next run of the same config, or a sweep's
+  next chunk then loads it instead. Results do not change: the cache holds
+  the same executables. A cache the user configured (flag, or JAX's own
+  JAX_COMPILATION_CACHE_DIR) wins.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  path = COMPILATION_CACHE.value
+  if path is None:
+    if jax.config.jax_compilation_cache_dir:
+      return  # Set through JAX_COMPILATION_CACHE_DIR or jax.config.
+    path = default_compilation_cache_dir()
+  if not path:
+    return
+  jax.config.update('jax_compilation_cache_dir', path)
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ written.
 import collections
 import difflib
 import logging
+import os
 import time
 
 import jax
@@ -26,6 +27,7 @@ from padax import _checks
 from training import faults
 from training import input_pipeline
 from training import optimizers
+from training import profiling
 from training import train_lib
 from training import workdir as workdir_lib
 
@@ -191,7 +193,8 @@ def validate(config: ml_collections.ConfigDict, *,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        *, data: input_pipeline.CifarData = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True,
+                       profile_steps: int = 0) -> dict:
   """Trains per `config`, resuming from `workdir`'s latest checkpoint.
 
   Everything that can be refused (config values, optimizer hyperparameters,
@@ -200,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises faults.RunStopped after a stop request (a checkpoint saved),
   faults.Diverged on a non-finite loss (nothing saved after it),
   faults.WriteError when a file cannot be written (the previous intact).
+  `profile_steps` > 0 writes a profiler trace of that many steps, after 5
+  warm-up steps, to WORKDIR/profile.
   """
   validate(config)
   run_dir = workdir_lib.Workdir(workdir, config)
@@ -217,19 +222,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer,
                               nonfinite=config.nonfinite_policy)
 
-  with lock, faults.StopRequests() as stop:
+  with lock, faults.StopRequests() as stop, profiling.step_trace(
+      os.path.join(workdir, 'profile'), profile_steps) as trace:
     run_dir.prepare()
     store = run_dir.checkpoint_store(config.keep_checkpoints)
     # Closed on every exit: an error must not leave a save thread behind.
     try:
       return _train(config, run_dir, store, steps, model, optimizer, data,
-                    steps_per_epoch, stop, progress)
+                    steps_per_epoch, stop, progress, trace)
     finally:
       store.close()
 
 
 def _train(config, run_dir, store, steps, model, optimizer, data,
-           steps_per_epoch, stop, progress) -> dict:
+           steps_per_epoch, stop, progress, trace) -> dict:
   state = jax.jit(
       lambda rng: train_lib.create_train_state(rng, model, optimizer),
       out_shardings=steps.replicated)(jax.random.key(config.seed))
@@ -253,7 +259,7 @@ def _train(config, run_dir, store, steps, model, optimizer, data,
       state = run_epoch(steps, state, train_images, train_labels, order,
                         config.batch_size, epoch, loop,
                         steps_per_epoch=steps_per_epoch, watch=watch,
-                        stop=stop, bar=bar)
+                        stop=stop, bar=bar, trace=trace)
     except faults.Diverged as e:
       raise diverged_error(e, store, steps_per_epoch, config) from None
     if loop.steps_done < steps_per_epoch:
@@ -415,12 +421,13 @@ def train_epoch(steps, state, batches, bar=None):
 def run_epoch(steps, state, images, labels, order, batch_size: int,
               epoch: int, loop: faults.LoopState, *, steps_per_epoch: int,
               watch: faults.NonfiniteWatch, stop: faults.StopRequests,
-              bar=None):
+              bar=None, trace=None):
   """Trains `epoch` from step `loop.steps_done` on; returns the state.
 
   Updates `loop` (steps done, device totals, seconds). Returns early, with
   loop.steps_done < steps_per_epoch, when a stop is requested. `watch` sees
   every step's `finite` flags (and raises Diverged in a single run).
+  `trace` (a profiling.StepTrace, or None) sees every step's metrics.
   """
   first_step = (epoch - 1) * steps_per_epoch
   totals = loop.totals
@@ -433,6 +440,8 @@ def run_epoch(steps, state, images, labels, order, batch_size: int,
   def on_step(metrics):
     loop.steps_done += 1
     watch.push(first_step + loop.steps_done, metrics['finite'])
+    if trace is not None:
+      trace.after_step(metrics)
 
   t0 = time.perf_counter()
   state, loop.totals = _step_loop(

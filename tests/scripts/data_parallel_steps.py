@@ -20,6 +20,7 @@ batch really split into 4 shards of a quarter of the batch.
 import functools
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -52,6 +53,22 @@ def flatten(prefix, tree):
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {f'{prefix}/{jax.tree_util.keystr(path)}': to_numpy(leaf)
           for path, leaf in flat}
+
+
+COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter',
+               'collective-permute', 'all-to-all')
+
+
+def collectives(hlo_text):
+  """{op: [result shape of each instance]} of the compiled program."""
+  found = {}
+  for line in hlo_text.splitlines():
+    for op in COLLECTIVES:
+      # `%name = f32[...] all-reduce(...)`, also the -start of async pairs.
+      m = re.search(rf'= (.+?) {op}(-start)?\(', line)
+      if m:
+        found.setdefault(op, []).append(m.group(1))
+  return found
 
 
 def indivisible_batch_errors(workdir):
@@ -127,6 +144,9 @@ def main(out_path, data_seed=0):
         assert s.data.shape == (GLOBAL_BATCH // len(devices), 32, 32, 3)
       np.testing.assert_array_equal(np.asarray(batch['images']),
                                     train_images[idx])
+      if i == 0:
+        report[f'{name}_collectives'] = collectives(
+            steps.train_step.lower(state, batch).compile().as_text())
       state, metrics = steps.train_step(state, batch)
       arrays.update(flatten(f'{name}/metrics{i}', metrics))
     assert len(jax.tree.leaves(state.params)[0].addressable_shards) == len(

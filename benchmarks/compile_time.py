@@ -1,0 +1,102 @@
+"""Compile time of train.py's train step, cold and from the persistent cache.
+
+  python benchmarks/compile_time.py [--models tiny_cnn,resnet18,vgg16,wrn16_4]
+      [--batch-size 128]
+
+For each model, two fresh processes in turn share one new, empty persistent
+compilation cache (the one train.py and sweep.py turn on by default,
+training/cli.py): the first compiles the jitted train step (`MeshSteps`, on
+one device, batch 128) and writes it to the cache; the second, a new process
+as a resumed or repeated run is, loads it. Each reports the seconds of
+`lower` and of `compile`, and whether JAX logged a cache hit.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _child(model_name: str, batch_size: int) -> dict:
+  sys.path.insert(0, ROOT)
+  # pylint: disable=g-import-not-at-top
+  import logging
+  import jax
+  import numpy as np
+  from configs import quick
+  import models
+  from training import optimizers, train_lib
+  # pylint: enable=g-import-not-at-top
+
+  hits = []
+
+  class Hits(logging.Handler):
+
+    def emit(self, record):
+      if 'Persistent compilation cache hit' in record.getMessage():
+        hits.append(record.getMessage())
+
+  logging.getLogger('jax._src.compiler').addHandler(Hits())
+  config = quick.get_config()
+  config.model = model_name
+  model = models.create_model(model_name, 10)
+  optimizer = optimizers.create_optimizer(config, 390)
+  steps = train_lib.MeshSteps(train_lib.make_mesh(jax.devices()[:1]), model,
+                              optimizer)
+  state = jax.eval_shape(
+      lambda: train_lib.create_train_state(jax.random.key(0), model,
+                                           optimizer))
+  batch = {'images': jax.ShapeDtypeStruct((batch_size, 32, 32, 3), np.uint8),
+           'labels': jax.ShapeDtypeStruct((batch_size,), np.int32)}
+  t0 = time.perf_counter()
+  lowered = steps.train_step.lower(state, batch)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2 = time.perf_counter()
+  return dict(model=model_name, lower_s=t1 - t0, compile_s=t2 - t1,
+              cache_hit=any('train_step' in h for h in hits))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='tiny_cnn,resnet18,vgg16,wrn16_4')
+  parser.add_argument('--batch-size', type=int, default=128)
+  parser.add_argument('--child', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    print(json.dumps(_child(args.child, args.batch_size)))
+    return
+
+  print('\n'.join(run_info.header_lines()))
+  print(f'# train step at batch {args.batch_size} on one CPU device; each '
+        'model: a fresh cache, then two processes in turn')
+  print('| model | cold: lower + compile (s) | second process: lower + load '
+        '(s) | cache hit | compile saved |')
+  print('|---|---:|---:|---|---:|')
+  for name in args.models.split(','):
+    with tempfile.TemporaryDirectory() as cache:
+      env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
+                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'),
+                 JAX_LOG_COMPILES='1')
+      runs = [json.loads(subprocess.run(
+          [sys.executable, __file__, '--child', name, '--batch-size',
+           str(args.batch_size)], env=env, check=True, capture_output=True,
+          text=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    cold, warm = runs
+    print(f'| {name} | {cold["lower_s"]:.1f} + {cold["compile_s"]:.1f} | '
+          f'{warm["lower_s"]:.1f} + {warm["compile_s"]:.1f} | '
+          f'{"yes" if warm["cache_hit"] and not cold["cache_hit"] else "no"} '
+          f'| {cold["compile_s"] - warm["compile_s"]:.1f} s |', flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -21,7 +21,10 @@ import jax
 
 # Operation names (with XLA's `.N` suffix removed) -> a coarse kind.
 KINDS = (
-    ('convolution', r'conv|convolution|onednn|xnn'),
+    # XLA:CPU runs convolutions, with the element-wise ops around them, as
+    # YNNPACK fusions (`ynn_fusion`), or as oneDNN/XNNPACK calls.
+    ('convolution (with fused element-wise ops)',
+     r'conv|convolution|onednn|xnn|ynn'),
     ('max pool (reduce-window, select-and-scatter)',
      r'reduce-window|reduce_window|select-and-scatter|select_and_scatter'),
     ('matmul (dot)', r'^dot|_dot|dot_'),
@@ -56,13 +59,15 @@ def newest_trace(folder: str) -> str:
   return max(found, key=os.path.getmtime)
 
 
-def operation_times(path: str) -> collections.Counter:
-  """{operation name without .N: total ns} over the compute threads."""
+def operation_times(path: str):
+  """({operation name without .N: total ns} over the compute threads, ns
+  from the first operation's start to the last one's end)."""
   data = jax.profiler.ProfileData.from_file(path)
   planes = [p for p in data.planes if p.name.startswith('/device:')]
   if not planes:
     planes = [p for p in data.planes if p.name == '/host:CPU']
   times = collections.Counter()
+  first, last = float('inf'), 0.0
   for plane in planes:
     for line in plane.lines:
       if plane.name == '/host:CPU' and not line.name.startswith('tf_XLA'):
@@ -70,7 +75,9 @@ def operation_times(path: str) -> collections.Counter:
       for event in line.events:
         if _is_operation(event.name):
           times[re.sub(r'\.\d+$', '', event.name)] += event.duration_ns
-  return times
+          first = min(first, event.start_ns)
+          last = max(last, event.end_ns)
+  return times, max(0.0, last - first)
 
 
 def main():
@@ -79,13 +86,13 @@ def main():
   parser.add_argument('--top', type=int, default=15)
   args = parser.parse_args()
   path = newest_trace(args.folder)
-  times = operation_times(path)
+  times, span = operation_times(path)
   total = sum(times.values())
   by_kind = collections.Counter()
   for name, ns in times.items():
     by_kind[kind(name)] += ns
   print(f'# {path}: {total / 1e9:.2f} s of operation time (summed over '
-        'threads)')
+        f'threads) in {span / 1e9:.2f} s from the first operation to the last')
   print('| kind | seconds | share |')
   print('|---|---:|---:|')
   for label, ns in by_kind.most_common():

@@ -144,8 +144,8 @@ def default_compilation_cache_dir() -> str:
 def enable_compilation_cache() -> None:
   """Turns on JAX's persistent compilation cache (before the first compile).
 
-  The train step takes ~20-30 s to compile on a 2-core CPU (docs/
-  benchmarks.md); a resumed run, the next run of the same config, or a sweep's
+  The train step takes 4-8 s to compile on a 2-core CPU, a vmapped grid
+  more (docs/benchmarks.md); a resumed run, the next run of the same config, or a sweep's
   next chunk then loads it instead. Results do not change: the cache holds
   the same executables. A cache the user configured (flag, or JAX's own
   JAX_COMPILATION_CACHE_DIR) wins.

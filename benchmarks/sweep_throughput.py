@@ -52,7 +52,7 @@ def _grid_config(members: int):
 
 
 def measure(model_name: str, batch_size: int, members: int, steps: int,
-            repeats: int) -> dict:
+            repeats: int, skip: tuple = ()) -> dict:
   # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
@@ -102,23 +102,29 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     return steps_fns, state, jax.tree.map(
         lambda x: steps_fns.global_array(x, steps_fns.sharded), host_batch)
 
-  sequential = {'sequential, 1 device': sequential_variant(jax.devices()[:1])}
+  # Built lazily: a skipped variant costs neither compile time nor memory.
+  sequential = {'sequential, 1 device':
+                lambda: sequential_variant(jax.devices()[:1])}
   # train.py on the same virtual devices, data parallel (the batch must split).
   split = max(d for d in range(1, min(jax.device_count(), 4) + 1)
               if batch_size % d == 0)
   if split > 1:
-    sequential[f'sequential, {split} devices'] = sequential_variant(
+    sequential[f'sequential, {split} devices'] = lambda: sequential_variant(
         jax.devices()[:split])
-  variants = {'vmapped, 1 device': grid_variant(jax.devices()[:1])}
+  variants = {'vmapped, 1 device': lambda: grid_variant(jax.devices()[:1])}
   if jax.device_count() >= members:
-    variants[f'vmapped, {members} devices (one member each)'] = grid_variant(
-        jax.devices()[:members])
+    variants[f'vmapped, {members} devices (one member each)'] = (
+        lambda: grid_variant(jax.devices()[:members]))
   # sweep.py's CPU default: each member data parallel over its own devices.
   data = max(d for d in range(1, jax.device_count() // members + 1)
              if batch_size % d == 0) if jax.device_count() >= members else 1
   if data > 1:
     variants[f'vmapped, {members}x{data} devices (grid x data)'] = (
-        grid_variant(jax.devices()[:members * data], data))
+        lambda: grid_variant(jax.devices()[:members * data], data))
+  kept = lambda name: name == 'sequential, 1 device' or not any(
+      k in name for k in skip)
+  sequential = {n: build() for n, build in sequential.items() if kept(n)}
+  variants = {n: build() for n, build in variants.items() if kept(n)}
 
   def run_sequential(name):
     steps_fns, states, batch = sequential[name]
@@ -165,7 +171,7 @@ def _in_subprocess(args, model: str, batch_size: int) -> dict:
   out = subprocess.run(
       [sys.executable, __file__, '--json', '--models', model, '--batch-sizes',
        f'{model}={batch_size}', '--members', str(args.members), '--steps',
-       str(args.steps), '--repeats', str(args.repeats)],
+       str(args.steps), '--repeats', str(args.repeats), '--skip', args.skip],
       env=env, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -179,6 +185,10 @@ def main():
   parser.add_argument('--members', type=int, default=9)
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--skip', default='',
+                      help='comma-separated parts of variant names to leave '
+                      'out (e.g. "1 device)" to skip the slow vmapped grid on '
+                      'one device); the 1-device sequential baseline stays')
   parser.add_argument('--virtual-devices', type=int, default=36,
                       help='simulated CPU devices (ignored on a GPU)')
   parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
@@ -192,7 +202,8 @@ def main():
   if args.json:
     name = names[0]
     print(json.dumps(measure(name, batch.get(name, 128), args.members,
-                             args.steps, args.repeats)))
+                             args.steps, args.repeats,
+                             tuple(filter(None, args.skip.split(','))))))
     return
 
   print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '

@@ -181,10 +181,17 @@ def without_timing(rows):
 
 
 def restore_raw(directory, step):
+  """The arrays of a checkpoint, on this process's first device (whatever
+  devices wrote it: sweep.py splits a CPU host into several)."""
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False))
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers=ocp.StandardCheckpointHandler())
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   try:
-    return manager.restore(step, args=ocp.args.StandardRestore())
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+        manager.item_metadata(step))
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
   finally:
     manager.close()
 

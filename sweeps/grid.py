@@ -59,6 +59,7 @@ from jax.sharding import PartitionSpec as P
 import models
 from training import checkpoints
 from training import faults
+from training import host_devices
 from training import input_pipeline
 from training import optimizers
 from training import profiling
@@ -70,9 +71,9 @@ GRID_AXIS = 'grid'
 DATA_AXIS = train_lib.DATA_AXIS
 # On a CPU host sweep.py splits the cores into this many XLA devices per
 # member, each member data parallel over its own: batch 32 per device ran
-# the 9-member tiny-CNN grid 1.9x faster than one member per device
+# the 9-member tiny-CNN grid 1.4x faster than one member per device
 # (docs/benchmarks.md). XLA's CPU kernels run small batches more efficiently.
-CPU_DEVICES_PER_MEMBER = 4
+CPU_DEVICES_PER_MEMBER = host_devices.CPU_DEVICES_PER_RUN
 AUTO_CHUNK = -1
 ALL_MEMBERS = 0
 
@@ -359,9 +360,8 @@ def devices_per_member(base: ml_collections.ConfigDict, num_devices: int,
                        num_members: int) -> int:
   """The `data` size of the grid mesh: the devices left for each member
   once every member has one, cut to what divides both batch sizes."""
-  most = max(1, num_devices // max(num_members, 1))
-  return max(d for d in range(1, most + 1)
-             if base.batch_size % d == 0 and base.eval_batch_size % d == 0)
+  return host_devices.largest_divisor(num_devices // max(num_members, 1),
+                                      base.batch_size, base.eval_batch_size)
 
 
 def cpu_devices(config: ml_collections.ConfigDict,

@@ -349,21 +349,35 @@ def test_members_spread_over_a_grid_mesh_axis(tmp_path, straight):
   the float tolerance.
   """
   two = tmp_path / 'two'
+  assert _run_on_devices(_TWO_DEVICES, two, 2) == [3, 3]
+  _assert_epoch_1_as_on_one_device(two, straight, 3)
+
+
+def _run_on_devices(script, workdir, num_devices):
+  """The last stdout line (JSON) of `script` run on `num_devices` simulated
+  CPU devices in a fresh process."""
   result = subprocess.run(
-      [sys.executable, '-c', _TWO_DEVICES, str(two)], capture_output=True,
+      [sys.executable, '-c', script, str(workdir)], capture_output=True,
       text=True, timeout=300, cwd=ROOT,
       env=dict(os.environ, ROOT=ROOT, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+               XLA_FLAGS=f'--xla_force_host_platform_device_count='
+               f'{num_devices}'))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert json.loads(result.stdout.strip().splitlines()[-1]) == [3, 3]
-  for m in grid.grid_members(chunked_config())[:3]:
-    (row_two,), row_one = read_rows(str(two), m.name), read_rows(
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _assert_epoch_1_as_on_one_device(workdir, straight, num_members):
+  """Epoch 1 of the first members equals the 1-device sweep's (`straight`):
+  losses within the float tolerance (sums in another order), the rest
+  exactly."""
+  for m in grid.grid_members(chunked_config())[:num_members]:
+    (row,), row_one = read_rows(str(workdir), m.name), read_rows(
         straight[0], m.name)[0]
     for key in ('train_loss', 'test_loss'):
-      assert math.isclose(row_two[key], row_one[key], rel_tol=1e-5), key
+      assert math.isclose(row[key], row_one[key], rel_tol=1e-5), key
     for key in ('train_error', 'test_error', 'test_top5_error', 'step', 'lr',
                 'p'):
-      assert row_two[key] == row_one[key], key
+      assert row[key] == row_one[key], key
 
 
 _GRID_BY_DATA = r"""
@@ -390,22 +404,8 @@ def test_each_member_data_parallel_over_its_own_devices(tmp_path, straight):
   on one device (`straight`) within the float tolerance (sums in another
   order)."""
   run = tmp_path / 'run'
-  result = subprocess.run(
-      [sys.executable, '-c', _GRID_BY_DATA, str(run)], capture_output=True,
-      text=True, timeout=300, cwd=ROOT,
-      env=dict(os.environ, ROOT=ROOT, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=4'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert json.loads(result.stdout.strip().splitlines()[-1]) == [
-      {'grid': 2, 'data': 2}]
-  for m in grid.grid_members(chunked_config())[:2]:
-    (row,), row_one = read_rows(str(run), m.name), read_rows(
-        straight[0], m.name)[0]
-    for key in ('train_loss', 'test_loss'):
-      assert math.isclose(row[key], row_one[key], rel_tol=1e-5), key
-    for key in ('train_error', 'test_error', 'test_top5_error', 'step', 'lr',
-                'p'):
-      assert row[key] == row_one[key], key
+  assert _run_on_devices(_GRID_BY_DATA, run, 4) == [{'grid': 2, 'data': 2}]
+  _assert_epoch_1_as_on_one_device(run, straight, 2)
 
 
 def test_devices_per_member():

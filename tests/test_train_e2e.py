@@ -25,7 +25,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import quick
@@ -34,6 +33,7 @@ from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
 from tests.data_fixtures import mock_cifar
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.fault_harness import env_with_cache
+from tests.fault_harness import restore_raw
 from training import input_pipeline
 from training import trainer
 
@@ -133,13 +133,7 @@ def checkpoint_entries(workdir):
 
 
 def restore(workdir, step):
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    return manager.restore(step, args=ocp.args.StandardRestore())
-  finally:
-    manager.close()
+  return restore_raw(os.path.join(workdir, 'checkpoints'), step)
 
 
 def _host_array(x):

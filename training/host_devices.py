@@ -1,12 +1,13 @@
 """Splitting a CPU host into several XLA devices before JAX starts.
 
 XLA's CPU backend runs one device's program with little parallelism inside an
-operation, and its working set is the whole batch. Several host devices run
-their programs side by side, each on a smaller working set: on the 2-core
-machine of docs/benchmarks.md, 9 sweep members spread one per device trained
-2-4x faster than the same 9 members vmapped on one device. On a GPU machine
-the CPU devices are not used (jax.devices() lists the GPUs), so the split is
-harmless there.
+operation (on the 2-core machine of docs/benchmarks.md its two compute
+threads were busy 56% of a ResNet18 step), and its working set is the whole
+batch. Several host devices run their programs side by side, each on a
+smaller working set: train.py's step data parallel over 4 virtual devices
+ran 1.9-2.2x as many images/s as on one, and sweep.py's grid likewise. On a
+GPU machine the CPU devices are not used (jax.devices() lists the GPUs), so
+the split is harmless there.
 """
 
 import os
@@ -32,3 +33,14 @@ def split_cpu(count: int) -> bool:
     return False
   jax.config.update('jax_num_cpu_devices', count)
   return True
+
+
+# Devices per data-parallel run on a CPU host (train.py, and each sweep
+# member): a quarter of a 128 batch per device (docs/benchmarks.md).
+CPU_DEVICES_PER_RUN = 4
+
+
+def largest_divisor(most: int, *sizes: int) -> int:
+  """The largest d <= most (at least 1) that divides every one of `sizes`."""
+  return max(d for d in range(1, max(most, 1) + 1)
+             if all(size % d == 0 for size in sizes))

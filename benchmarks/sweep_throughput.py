@@ -187,7 +187,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--skip', default='',
                       help='comma-separated parts of variant names to leave '
-                      'out (e.g. "1 device)" to skip the slow vmapped grid on '
+                      'out (e.g. " 1 device" to skip the slow vmapped grid on '
                       'one device); the 1-device sequential baseline stays')
   parser.add_argument('--virtual-devices', type=int, default=36,
                       help='simulated CPU devices (ignored on a GPU)')

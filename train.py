@@ -44,14 +44,12 @@ def main(argv):
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   else:
-    # On a CPU host, data parallel over a few devices trains ~2x faster
-    # (docs/benchmarks.md); a count the user set wins, and a batch size
-    # that does not parse is reported by train_and_evaluate.
+    # On a CPU host, data parallel over a few devices trains 1.2-2.8x
+    # faster (docs/benchmarks.md); a count the user set wins, and a batch
+    # size that does not parse is reported by train_and_evaluate.
     from training import host_devices  # pylint: disable=g-import-not-at-top
     try:
-      host_devices.split_cpu(host_devices.largest_divisor(
-          host_devices.CPU_DEVICES_PER_RUN, int(_CONFIG.value.batch_size),
-          int(_CONFIG.value.eval_batch_size)))
+      host_devices.split_cpu(host_devices.cpu_devices_per_run(_CONFIG.value))
     except (TypeError, ValueError, AttributeError):
       pass
   from training import trainer  # pylint: disable=g-import-not-at-top

@@ -69,11 +69,6 @@ from training import workdir as workdir_lib
 
 GRID_AXIS = 'grid'
 DATA_AXIS = train_lib.DATA_AXIS
-# On a CPU host sweep.py splits the cores into this many XLA devices per
-# member, each member data parallel over its own: batch 32 per device ran
-# the 9-member tiny-CNN grid 1.4x faster than one member per device
-# (docs/benchmarks.md). XLA's CPU kernels run small batches more efficiently.
-CPU_DEVICES_PER_MEMBER = host_devices.CPU_DEVICES_PER_RUN
 AUTO_CHUNK = -1
 ALL_MEMBERS = 0
 
@@ -366,11 +361,12 @@ def devices_per_member(base: ml_collections.ConfigDict, num_devices: int,
 
 def cpu_devices(config: ml_collections.ConfigDict,
                 chunk: Optional[int] = None) -> int:
-  """XLA devices sweep.py splits a CPU host into: CPU_DEVICES_PER_MEMBER
-  for each member of a chunk, as far as the batch sizes divide."""
-  members = members_at_once(config, chunk)
-  return members * devices_per_member(
-      train_config(config), members * CPU_DEVICES_PER_MEMBER, members)
+  """XLA devices sweep.py splits a CPU host into: each member of a chunk
+  data parallel over its own (host_devices.cpu_devices_per_run). Batch 32
+  per device ran the 9-member tiny-CNN grid 1.4x faster than one member per
+  device (docs/benchmarks.md)."""
+  return members_at_once(config, chunk) * host_devices.cpu_devices_per_run(
+      train_config(config))
 
 
 def set_hyperparameters(state: train_lib.TrainState, values: dict):
@@ -492,16 +488,21 @@ def chunks_of(members: list, chunk: int) -> list:
   return [members[i:i + chunk] for i in range(0, len(members), chunk)]
 
 
+def _first_chunk_size(num_members: int, chunk: int) -> int:
+  """Members in the first chunk (all for ALL_MEMBERS or AUTO_CHUNK)."""
+  return min(chunk, num_members) if chunk > 0 else num_members
+
+
 def members_at_once(config: ml_collections.ConfigDict,
                     chunk: Optional[int] = None) -> int:
   """Members in the first chunk (all for ALL_MEMBERS or AUTO_CHUNK).
 
   `chunk` overrides the config's sweep.chunk, as sweep.py's --chunk does.
   """
-  members = len(grid_members(config))
+  num_members = len(grid_members(config))  # Checks the grid first.
   if chunk is None:
     chunk = sweep_options(config)['chunk']
-  return min(chunk, members) if chunk > 0 else members
+  return _first_chunk_size(num_members, chunk)
 
 
 # ---------------------------------------------------------------------------
@@ -697,9 +698,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
       member_dirs[-1].check()
     return sweep_dir, member_dirs
 
+  # All members for AUTO_CHUNK until the memory estimate below.
+  chunk_size = _first_chunk_size(len(members), requested_chunk)
   if requested_chunk != AUTO_CHUNK:
-    chunk_size = (len(members) if requested_chunk == ALL_MEMBERS
-                  else min(requested_chunk, len(members)))
     check_workdirs(chunk_size)
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()
@@ -708,11 +709,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                      data_dir=base.data_dir or None)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, base.batch_size)
-  first_chunk = (len(members) if requested_chunk in (AUTO_CHUNK, ALL_MEMBERS)
-                 else min(requested_chunk, len(members)))
   model, optimizer, steps, init = build(
       base, data.num_classes, steps_per_epoch, options['own_batches'],
-      data=devices_per_member(base, jax.device_count(), first_chunk))
+      data=devices_per_member(base, jax.device_count(), chunk_size))
   num_devices = steps.mesh.shape[GRID_AXIS]
   if requested_chunk == AUTO_CHUNK:
     member_bytes = estimate_member_bytes(model, optimizer, base.batch_size)

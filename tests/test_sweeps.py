@@ -26,6 +26,7 @@ from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
 from tests.conftest import SHARED_CIFAR10_SUBSET
+from training import host_devices
 from training import input_pipeline
 from training import optimizers
 from training import train_lib
@@ -420,8 +421,9 @@ def test_devices_per_member():
   assert grid.devices_per_member(config, 36, 9) == 2
   sweep = sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.1, 0.01))
   sweep.batch_size, sweep.eval_batch_size = 128, 100
-  assert grid.cpu_devices(sweep) == 6 * grid.CPU_DEVICES_PER_MEMBER
-  assert grid.cpu_devices(sweep, chunk=2) == 2 * grid.CPU_DEVICES_PER_MEMBER
+  per_run = host_devices.CPU_DEVICES_PER_RUN
+  assert grid.cpu_devices(sweep) == 6 * per_run
+  assert grid.cpu_devices(sweep, chunk=2) == 2 * per_run
 
 
 # 4. -------------------------------------------------------------------------

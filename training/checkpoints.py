@@ -112,9 +112,9 @@ class CheckpointStore:
     A step already saved (e.g. at an epoch end, then a stop request before
     the next step) is left as it is.
     """
-    if step in self.steps():
-      return
     previous = self.steps()
+    if step in previous:
+      return
     error = None
     try:
       self._manager.save(step, args=ocp.args.StandardSave(state),

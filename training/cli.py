@@ -98,8 +98,7 @@ def _explain(argv, error: Exception) -> str:
   for key, value in _config_overrides(argv):
     if key not in keys:
       parent = key.rpartition('.')[0]
-      siblings = [k.rpartition('.')[2] for k in keys
-                  if k.rpartition('.')[0] == parent]
+      siblings = trainer.sibling_keys(key, keys)
       return (f'--{CONFIG_FLAG}.{key}={value!r}: {key} is not a key of the '
               f'config {spec}{trainer.closest_key(key, keys)}; allowed'
               f'{" under " + parent if parent else ""}: '

@@ -5,7 +5,7 @@ operation (on the 2-core machine of docs/benchmarks.md its two compute
 threads were busy 56% of a ResNet18 step), and its working set is the whole
 batch. Several host devices run their programs side by side, each on a
 smaller working set: train.py's step data parallel over 4 virtual devices
-ran 1.9-2.2x as many images/s as on one, and sweep.py's grid likewise. On a
+ran 1.2-2.8x as many images/s as on one, and sweep.py's grid likewise. On a
 GPU machine the CPU devices are not used (jax.devices() lists the GPUs), so
 the split is harmless there.
 """
@@ -44,3 +44,10 @@ def largest_divisor(most: int, *sizes: int) -> int:
   """The largest d <= most (at least 1) that divides every one of `sizes`."""
   return max(d for d in range(1, max(most, 1) + 1)
              if all(size % d == 0 for size in sizes))
+
+
+def cpu_devices_per_run(config) -> int:
+  """Devices for one data-parallel run of `config` on a CPU host: up to
+  CPU_DEVICES_PER_RUN, as far as both batch sizes divide."""
+  return largest_divisor(CPU_DEVICES_PER_RUN, int(config.batch_size),
+                         int(config.eval_batch_size))

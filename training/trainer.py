@@ -65,6 +65,13 @@ _ALIASES = {'lr': 'learning_rate', 'wd': 'weight_decay', 'mom': 'momentum',
             'bs': 'batch_size'}
 
 
+def sibling_keys(key: str, keys) -> dict:
+  """{leaf name: full key} of the `keys` under the same parent as `key`."""
+  parent = key.rpartition('.')[0]
+  return {k.rpartition('.')[2]: k for k in keys
+          if k.rpartition('.')[0] == parent}
+
+
 def closest_key(key: str, keys) -> str:
   """' (did you mean X?)' for the closest of `keys`, or ''.
 
@@ -72,10 +79,9 @@ def closest_key(key: str, keys) -> str:
   else a key of that name elsewhere, else any close key.
   """
   keys = list(keys)
-  parent, _, leaf = key.rpartition('.')
+  leaf = key.rpartition('.')[2]
   leaf = _ALIASES.get(leaf, leaf)
-  siblings = {k.rpartition('.')[2]: k for k in keys
-              if k.rpartition('.')[0] == parent}
+  siblings = sibling_keys(key, keys)
   match = [siblings[m] for m in difflib.get_close_matches(
       leaf, siblings, n=1, cutoff=0.6)]
   match = match or [k for k in keys if k.rpartition('.')[2] == leaf][:1]
@@ -111,8 +117,7 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
   for key, value in given.items():
     if key not in known:
       parent = key.rpartition('.')[0]
-      siblings = [k.rpartition('.')[2] for k in known
-                  if k.rpartition('.')[0] == parent]
+      siblings = sibling_keys(key, known)
       raise ValueError(
           f'{key}={value!r} is not a config key{closest_key(key, known)}; '
           f'allowed{" under " + parent if parent else ""}: '

@@ -44,6 +44,55 @@ def torch_dense(features: int, in_features: int, dtype: Dtype,
                   bias_init=torch_bias_init(in_features), name=name)
 
 
+# Output maps of at most this many positions (VGG16's 2x2 and 1x1 stages)
+# are convolved as one matmul over their patches: XLA:CPU's convolution
+# kernels took 1.8 s per 2x2x512 layer pass at batch 128, the matmul 26 ms
+# (docs/benchmarks.md). Larger maps keep XLA's convolution, which is faster
+# there.
+PATCHES_MATMUL_MAX_POSITIONS = 4
+
+
+def _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
+                 feature_group_count) -> bool:
+  """NHWC input, HWIO kernel, no dilation, no groups: the case we rewrite."""
+  nhwc = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1),
+                                        ('NHWC', 'HWIO', 'NHWC'))
+  return (dimension_numbers == nhwc and feature_group_count == 1 and
+          all(d == 1 for d in (lhs_dilation or (1, 1))) and
+          all(d == 1 for d in (rhs_dilation or (1, 1))))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding,
+                         lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1,
+                         precision=None):
+  """``lax.conv_general_dilated`` (as ``nn.Conv`` calls it), except that a
+  plain NHWC convolution with a tiny output map is one matmul of its patches
+  with the reshaped kernel: the same sums, in another order."""
+  if not _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
+                      feature_group_count):
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision)
+  kh, kw, cin, cout = rhs.shape
+  (top, bottom), (left, right) = padding
+  sh, sw = window_strides
+  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = (padded.shape[1] - kh) // sh + 1
+  out_w = (padded.shape[2] - kw) // sw + 1
+  if out_h * out_w > PATCHES_MATMUL_MAX_POSITIONS:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
+        precision=precision)
+  # Channels of the patch in (row, column, input channel) order: HWIO's.
+  patches = jnp.concatenate([
+      padded[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw]
+      for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout),
+                 precision=precision)
+
+
 def conv(features: int, kernel_size: int, in_features: int, *,
          strides: int = 1, use_bias: bool = False,
          kernel_init: Initializer = torch_kernel_init,
@@ -56,7 +105,8 @@ def conv(features: int, kernel_size: int, in_features: int, *,
       padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       kernel_init=kernel_init,
       bias_init=torch_bias_init(in_features * kernel_size * kernel_size),
-      dtype=dtype, param_dtype=jnp.float32, name=name)
+      dtype=dtype, param_dtype=jnp.float32,
+      conv_general_dilated=conv_general_dilated, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -106,3 +156,46 @@ class BatchNorm(nn.Module):
 
     y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     return y.astype(self.dtype)
+
+
+def _window_corners(x: jax.Array):
+  """The four positions of every 2x2 window, in row-major window order."""
+  return (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2],
+          x[:, 1::2, 1::2])
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """``nn.max_pool(x, (2, 2), strides=(2, 2))`` for NHWC ``x`` with even H, W.
+
+  Same values, and the same gradient: all of it to the first maximum of each
+  window in row-major order, as XLA's select-and-scatter (and PyTorch) give
+  it. Written with strided slices because XLA:CPU expanded the
+  select-and-scatter of the generic pool into gathers and scatters over
+  index arrays, ~200 ms per 32x32x64 layer at batch 128.
+  """
+  a, b, c, d = _window_corners(x)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_2x2_fwd(x):
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+  x, y = residuals
+  taken = jnp.zeros(y.shape, bool)
+  parts = []
+  for corner in _window_corners(x):
+    wins = (corner == y) & ~taken
+    parts.append(jnp.where(wins, g, jnp.zeros_like(g)))
+    taken = taken | wins
+  n, h, w, c = y.shape
+  # (corner row, corner column) back between the window rows and columns.
+  grad = jnp.stack(parts, axis=3).reshape(n, h, w, 2, 2, c)
+  grad = grad.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
+  return (grad,)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from models.layers import BatchNorm, Dtype, conv, torch_dense
+from models.layers import BatchNorm, Dtype, conv, max_pool_2x2, torch_dense
 
 
 class TinyCNN(nn.Module):
@@ -25,7 +25,7 @@ class TinyCNN(nn.Module):
       x = conv(width, 3, x.shape[-1], dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(BatchNorm(dtype=self.dtype, name=f'bn{i}')(x, train))
       if i < len(self.widths):
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
                     name='classifier')(x)

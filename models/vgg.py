@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from models.layers import BatchNorm, Dtype, conv, torch_dense
+from models.layers import BatchNorm, Dtype, conv, max_pool_2x2, torch_dense
 
 MAX_POOL = 'M'
 VGG16_LAYOUT = (64, 64, MAX_POOL, 128, 128, MAX_POOL, 256, 256, 256, MAX_POOL,
@@ -34,7 +34,7 @@ class VGG(nn.Module):
     stage, index = 1, 1
     for item in self.layout:
       if item == MAX_POOL:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
         stage, index = stage + 1, 1
         continue
       prefix = f'stage{stage}_'

@@ -59,10 +59,12 @@ def main(argv):
     cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
              '(--config, --workdir, --chunk, --config.KEY=VALUE, ...).')
   cli.quiet_libraries()
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  # XLA:CPU options that train faster (docs/benchmarks.md); the user's win.
+  host_devices.set_cpu_xla_flags()
   import jax  # pylint: disable=g-import-not-at-top
   cli.enable_compilation_cache()
   from sweeps import grid  # pylint: disable=g-import-not-at-top
-  from training import host_devices  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
   try:

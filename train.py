@@ -39,6 +39,9 @@ def main(argv):
     cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
              '(--config, --workdir, --config.KEY=VALUE, ...).')
   cli.quiet_libraries()
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  # XLA:CPU options that train faster (docs/benchmarks.md); the user's win.
+  host_devices.set_cpu_xla_flags()
   import jax  # pylint: disable=g-import-not-at-top
   cli.enable_compilation_cache()
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
@@ -47,7 +50,6 @@ def main(argv):
     # On a CPU host, data parallel over a few devices trains 1.2-2.8x
     # faster (docs/benchmarks.md); a count the user set wins, and a batch
     # size that does not parse is reported by train_and_evaluate.
-    from training import host_devices  # pylint: disable=g-import-not-at-top
     try:
       host_devices.split_cpu(host_devices.cpu_devices_per_run(_CONFIG.value))
     except (TypeError, ValueError, AttributeError):

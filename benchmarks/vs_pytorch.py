@@ -3,6 +3,8 @@
   python benchmarks/vs_pytorch.py [--models resnet18,vgg16,wrn16_4]
       [--batch-size 128] [--steps 5] [--warmup 1] [--torch-threads 0]
       [--cases torch_padam,torch_padam_loop,torch_sgd,jax_padam,jax_sgd]
+  python benchmarks/vs_pytorch.py --cases torch_padam,jax_padam,\
+      jax_padam@1-device,jax_padam@xla-defaults     # train.py's set-up vs others
 
 Needs PyTorch (`pip install -e .[benchmark]`, i.e. torch==2.13.0).
 
@@ -33,6 +35,19 @@ statistics, running averages updated):
   per-parameter loop; foreach matches torch_padam).
 * torch_padam_cl (not run by default): torch_padam with the model and the
   input in channels_last memory format.
+
+JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`), each in its
+own worker process since XLA reads its flags and device count at start-up:
+
+* train.py: as `train.py` sets up a CPU host: `training.host_devices`'
+  CPU_XLA_FLAGS and the batch data parallel over `cpu_devices_per_run`
+  devices (4 for batch 128).
+* 1-device: the same XLA flags, one device.
+* xla-defaults: neither (XLA's own CPU defaults, one device): what a plain
+  Flax + Optax program gets.
+
+Flags in the caller's XLA_FLAGS apply to every set-up and win over
+CPU_XLA_FLAGS.
 
 Reported per case: median step time (images/s = batch / median) over
 `--steps` steps after `--warmup` untimed ones (the first includes JAX's
@@ -69,6 +84,7 @@ import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 TORCH_CASES = ('torch_padam', 'torch_padam_loop', 'torch_sgd', 'torch_padam_cl')
 JAX_CASES = ('jax_padam', 'jax_sgd', 'jax_padam_const', 'jax_sgd_plain')
 DEFAULT_CASES = 'torch_padam,torch_padam_loop,torch_sgd,jax_padam,jax_sgd'
+JAX_SETUPS = ('train.py', '1-device', 'xla-defaults')
 DEFAULT_MODELS = 'resnet18,vgg16,wrn16_4'
 
 # Shared hyperparameters (configs/quick.py's Padam and the defaults' sgdm).
@@ -153,6 +169,26 @@ def make_torch_cases(model_name, batch_size, names, threads):
   return cases, info
 
 
+def apply_jax_setup(setup, batch_size):
+  """Before JAX starts: the XLA flags and CPU device count of `setup`."""
+  from configs import quick  # pylint: disable=g-import-not-at-top
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  if setup in ('train.py', '1-device'):
+    host_devices.set_cpu_xla_flags()
+  if setup == 'train.py':
+    config = quick.get_config()
+    config.batch_size = batch_size
+    host_devices.split_cpu(host_devices.cpu_devices_per_run(config))
+
+
+def split_case(case):
+  """'jax_padam@1-device' -> ('jax_padam', '1-device'); torch: setup ''."""
+  name, _, setup = case.partition('@')
+  if name in JAX_CASES and not setup:
+    setup = JAX_SETUPS[0]
+  return name, setup
+
+
 def make_jax_cases(model_name, batch_size, names):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -187,8 +223,8 @@ def make_jax_cases(model_name, batch_size, names):
       'images': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
       'labels': rng.integers(0, NUM_CLASSES, (batch_size,), np.int32)}
 
-  def make(name):
-    optimizer = optimizer_for(name)
+  def make(case):
+    optimizer = optimizer_for(split_case(case)[0])
     steps = train_lib.MeshSteps(mesh, model, optimizer)
     state = jax.jit(
         lambda r: train_lib.create_train_state(r, model, optimizer),
@@ -224,6 +260,7 @@ def worker_main(args):
     cases, info = make_torch_cases(args.models, args.batch_size, names,
                                    args.torch_threads)
   else:
+    apply_jax_setup(args.jax_setup, args.batch_size)
     cases, info = make_jax_cases(args.models, args.batch_size, names)
   info['build_s'] = time.perf_counter() - t0
   reply.write(json.dumps(dict(ready=True, info=info)) + '\n')
@@ -244,11 +281,11 @@ def worker_main(args):
 class Worker:
   """A worker subprocess for one framework and one model."""
 
-  def __init__(self, framework, model, cases, args):
+  def __init__(self, framework, setup, model, cases, args):
     command = [sys.executable, os.path.abspath(__file__), '--worker',
                framework, '--models', model, '--cases', ','.join(cases),
                '--batch-size', str(args.batch_size), '--torch-threads',
-               str(args.torch_threads)]
+               str(args.torch_threads), '--jax-setup', setup or JAX_SETUPS[0]]
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True,
                                     bufsize=1)
@@ -279,11 +316,12 @@ def measure_model(model, cases, args):
   """All cases of one model, interleaved; returns one result dict per case."""
   by_framework = {}
   for case in cases:
-    by_framework.setdefault('torch' if case in TORCH_CASES else 'jax',
-                            []).append(case)
+    by_framework.setdefault(
+        ('torch' if case in TORCH_CASES else 'jax', split_case(case)[1]),
+        []).append(case)
   # Started one after the other: building (and compiling) alone.
-  workers = {fw: Worker(fw, model, names, args)
-             for fw, names in by_framework.items()}
+  workers = {key: Worker(*key, model, names, args)
+             for key, names in by_framework.items()}
   owner = {case: workers[fw] for fw, names in by_framework.items()
            for case in names}
   try:
@@ -347,8 +385,11 @@ def summarise(model, rows):
   ratio('torch_padam_loop_over_torch_padam', 'torch_padam_loop',
         'torch_padam')
   # > 1: JAX's step takes longer than PyTorch's.
-  ratio('jax_padam_over_torch_padam', 'jax_padam', 'torch_padam')
-  ratio('jax_sgd_over_torch_sgd', 'jax_sgd', 'torch_sgd')
+  for case in by_case:
+    name, setup = split_case(case)
+    if name in ('jax_padam', 'jax_sgd'):
+      torch_case = name.replace('jax_', 'torch_')
+      ratio(f'{case}_over_{torch_case}', case, torch_case)
   return summary
 
 
@@ -384,13 +425,18 @@ def main():
                       help=f'comma-separated, of {", ".join(TORCH_CASES + JAX_CASES)}')
   parser.add_argument('--worker', choices=('torch', 'jax'),
                       help=argparse.SUPPRESS)
+  parser.add_argument('--jax-setup', choices=JAX_SETUPS,
+                      default=JAX_SETUPS[0], help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     worker_main(args)
     return
 
   cases = args.cases.split(',')
-  unknown = [c for c in cases if c not in TORCH_CASES + JAX_CASES]
+  unknown = [c for c in cases
+             if c not in TORCH_CASES and not (
+                 split_case(c)[0] in JAX_CASES and
+                 split_case(c)[1] in JAX_SETUPS)]
   if unknown or not cases:
     parser.error(f'unknown cases {unknown}')
   if args.warmup < 1 or args.steps < 1:
@@ -407,13 +453,17 @@ def main():
   info = {}
   for r in all_rows:
     info.setdefault(r['case'].split('_')[0], r['framework_info'])
+    if r['case'].startswith('jax'):
+      info.setdefault(('jax', split_case(r['case'])[1]), r['framework_info'])
   if 'torch' in info:
     print(f'# torch threads: {info["torch"]["threads"]} intra-op, '
           f'{info["torch"]["interop_threads"]} inter-op'
           f'{"" if args.torch_threads else " (PyTorch default)"}')
-  if 'jax' in info:
-    print(f'# jax devices: {info["jax"]["devices"]}, XLA_FLAGS='
-          f'{info["jax"]["xla_flags"]!r}')
+  for setup in JAX_SETUPS:
+    if ('jax', setup) in info:
+      jax_info = info['jax', setup]
+      print(f'# jax set-up {setup}: devices {jax_info["devices"]}, '
+            f'XLA_FLAGS={jax_info["xla_flags"]!r}')
   print(f'# load average at end {os.getloadavg()[0]:.2f}')
   print()
   print('| model | case | images/s | median step s | min-max s | own cores | '
@@ -429,10 +479,11 @@ def main():
   columns = [k for k in ('jax_padam_over_jax_sgd',
                          'jax_padam_const_over_jax_sgd_plain',
                          'torch_padam_over_torch_sgd',
-                         'torch_padam_loop_over_torch_padam',
-                         'jax_padam_over_torch_padam',
-                         'jax_sgd_over_torch_sgd')
+                         'torch_padam_loop_over_torch_padam')
              if any(k in s for s in summaries)]
+  columns += [f'{c}_over_{split_case(c)[0].replace("jax_", "torch_")}'
+              for c in cases if split_case(c)[0] in ('jax_padam', 'jax_sgd')]
+  columns = [k for k in columns if any(k in s for s in summaries)]
   print('Step-time ratios: median / median, and in brackets the median of '
         'the per-round ratios (jax over torch > 1: JAX slower)')
   print()

@@ -9,6 +9,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+# The XLA:CPU options train.py and sweep.py run with, for in-process tests
+# too (before any test starts JAX's backend).
+from training import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+host_devices.set_cpu_xla_flags()
+
 # Location of the genuine CIFAR-10 subset shipped beside the checkout.
 SHARED_CIFAR10_SUBSET = os.path.join(
     os.path.dirname(ROOT), 'shared', 'data', 'cifar10-subset')

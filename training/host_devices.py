@@ -35,6 +35,35 @@ def split_cpu(count: int) -> bool:
   return True
 
 
+# XLA:CPU options for training, as `--name=value` in XLA_FLAGS syntax.
+CPU_XLA_FLAGS = (
+    # No YNNPACK fusions: convolutions then run on XLA's own (Eigen) kernels.
+    # With YNNPACK (XLA:CPU's default in JAX 0.10) a convolution's weight
+    # gradient took 10-20x its forward pass, and ResNet18's train step ran
+    # 2.7-3.7x slower (docs/benchmarks.md). Ignored on GPU hosts.
+    '--xla_cpu_experimental_ynn_fusion_type=',
+)
+
+
+def _flag_name(flag: str) -> str:
+  return flag.split('=', 1)[0]
+
+
+def set_cpu_xla_flags(environ=os.environ) -> list:
+  """Adds CPU_XLA_FLAGS to XLA_FLAGS, except those the user's XLA_FLAGS
+  already names; returns the ones added.
+
+  XLA reads XLA_FLAGS when JAX starts its first backend, so this must run
+  before anything asks JAX for its devices.
+  """
+  current = environ.get('XLA_FLAGS', '')
+  named = {_flag_name(f) for f in current.split()}
+  added = [f for f in CPU_XLA_FLAGS if _flag_name(f) not in named]
+  if added:
+    environ['XLA_FLAGS'] = ' '.join([current] + added).strip()
+  return added
+
+
 # Devices per data-parallel run on a CPU host (train.py, and each sweep
 # member): a quarter of a 128 batch per device (docs/benchmarks.md).
 CPU_DEVICES_PER_RUN = 4

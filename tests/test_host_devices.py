@@ -1,4 +1,4 @@
-"""sweep.py splits a CPU host into one device per member, unless told a count."""
+"""CPU host set-up: the device split (train.py, sweep.py) and XLA:CPU flags."""
 
 import json
 import os
@@ -50,3 +50,48 @@ def test_sweep_members_at_once():
   assert grid.members_at_once(config) == 3
   assert grid.members_at_once(config, chunk=12) == 9
   assert grid.members_at_once(config, chunk=grid.AUTO_CHUNK) == 9
+
+
+@pytest.mark.parametrize('before, after', [
+    ('', '--xla_cpu_experimental_ynn_fusion_type='),
+    ('--xla_force_host_platform_device_count=4',
+     '--xla_force_host_platform_device_count=4 '
+     '--xla_cpu_experimental_ynn_fusion_type='),
+    # The user's own value wins.
+    ('--xla_cpu_experimental_ynn_fusion_type=individual_dot',
+     '--xla_cpu_experimental_ynn_fusion_type=individual_dot'),
+])
+def test_set_cpu_xla_flags(before, after):
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  environ = {'XLA_FLAGS': before} if before else {}
+  host_devices.set_cpu_xla_flags(environ)
+  assert environ['XLA_FLAGS'] == after
+
+
+_CONV_PROBE = '''
+import sys
+sys.path.insert(0, {root!r})
+from training import host_devices
+if {set_flags}:
+  host_devices.set_cpu_xla_flags()
+import jax, jax.numpy as jnp
+x, w = jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32))
+conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')).sum()
+print(jax.jit(jax.grad(conv, argnums=1)).lower(x, w).compile().as_text())
+'''
+
+
+def test_cpu_xla_flags_take_convolutions_off_ynnpack():
+  """What train.py's flags are for: XLA:CPU compiles a convolution's weight
+  gradient to its own kernel, not to a YNNPACK fusion (the default here)."""
+  def compiled(set_flags):
+    base = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    return subprocess.run(
+        [sys.executable, '-c',
+         _CONV_PROBE.format(root=ROOT, set_flags=set_flags)],
+        env=dict(base, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+        timeout=120, check=True).stdout
+  assert 'ynn' in compiled(False).lower()
+  with_flags = compiled(True)
+  assert 'convolution(' in with_flags and 'ynn' not in with_flags.lower()

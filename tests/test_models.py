@@ -240,3 +240,70 @@ def test_wrn_block_uses_authors_he_normal():
                                rtol=0.1)
     # Not truncated: tails beyond 2 std exist as for a true normal.
     assert float(jnp.abs(kernel).max()) > 2.5 * np.sqrt(2.0 / fan_out)
+
+
+# ------------------------------------------------ CPU-fast layer formulations
+
+@pytest.mark.parametrize('spatial, kernel, stride', [
+    (2, 3, 1),  # VGG16's stage 5: 2x2 map, padding 1.
+    (1, 3, 1),  # A 1x1 map.
+    (4, 3, 2),  # Stride 2 down to 2x2.
+    (2, 1, 1),  # 1x1 kernel.
+    (8, 3, 1),  # Larger maps keep lax.conv (checked below).
+])
+def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
+  """The patches-matmul form of tiny-map convolutions (models.layers) gives
+  lax.conv's values and gradients up to float32 rounding (the same sums in
+  another order)."""
+  from models import layers  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(keys[0], (3, spatial, spatial, 5))
+  w = jax.random.normal(keys[1], (kernel, kernel, 5, 7))
+  pad = kernel // 2
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape,
+                                      ('NHWC', 'HWIO', 'NHWC'))
+  args = ((stride, stride), ((pad, pad), (pad, pad)))
+
+  def ours(x, w):
+    return layers.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+
+  def reference(x, w):
+    return jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+
+  y, y_ref = ours(x, w), reference(x, w)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(keys[2], y.shape)
+  grads = jax.vjp(ours, x, w)[1](g)
+  grads_ref = jax.vjp(reference, x, w)[1](g)
+  for a, b in zip(grads, grads_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # Which form ran: a matmul for maps of <= 4 positions, else lax.conv.
+  jaxpr = str(jax.make_jaxpr(ours)(x, w))
+  small = y.shape[1] * y.shape[2] <= layers.PATCHES_MATMUL_MAX_POSITIONS
+  assert ('dot_general' in jaxpr) == small
+  assert ('conv_general_dilated' in jaxpr) == (not small)
+
+
+def test_max_pool_2x2_matches_flax_max_pool_exactly():
+  """Same values and the same gradient as nn.max_pool's select-and-scatter,
+  bit for bit, including ties (all of a window's gradient to its first
+  maximum in row-major order)."""
+  from models.layers import max_pool_2x2  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  # Small integers: most windows have tied maxima.
+  x = jnp.asarray(rng.integers(-2, 3, (3, 8, 6, 5)).astype(np.float32))
+  g = jnp.asarray(rng.standard_normal((3, 4, 3, 5)).astype(np.float32))
+
+  def reference(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+  np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+  ours = jax.vjp(max_pool_2x2, x)[1](g)[0]
+  np.testing.assert_array_equal(ours, jax.vjp(reference, x)[1](g)[0])
+  # Ties did occur, and a tied window sent its gradient to one element only.
+  windows = np.asarray(x).reshape(3, 4, 2, 3, 2, 5)
+  tied = (windows == windows.max(axis=(2, 4), keepdims=True)).sum(axis=(2, 4))
+  assert (tied > 1).sum() > 20
+  nonzero = (np.asarray(ours).reshape(3, 4, 2, 3, 2, 5) != 0).sum(axis=(2, 4))
+  assert nonzero.max() == 1

@@ -47,8 +47,8 @@ def main(argv):
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   else:
-    # On a CPU host, data parallel over a few devices trains 1.2-2.8x
-    # faster (docs/benchmarks.md); a count the user set wins, and a batch
+    # On a CPU host, small models train faster data parallel over a few
+    # devices (docs/benchmarks.md); a count the user set wins, and a batch
     # size that does not parse is reported by train_and_evaluate.
     try:
       host_devices.split_cpu(host_devices.cpu_devices_per_run(_CONFIG.value))

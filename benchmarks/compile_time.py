@@ -22,6 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
 
 import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -72,6 +73,9 @@ def main():
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  # train.py's XLA:CPU flags, for this process and the ones it starts.
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.set_cpu_xla_flags()
   if args.child:
     print(json.dumps(_child(args.child, args.batch_size)))
     return

@@ -217,6 +217,9 @@ def main():
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR)
   args = parser.parse_args()
+  # train.py's XLA:CPU flags, for this process and the ones it starts.
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.set_cpu_xla_flags()
 
   data = input_pipeline.load_cifar('cifar10', source='local',
                                    data_dir=args.data_dir)

@@ -193,6 +193,9 @@ def main():
                       help='simulated CPU devices (ignored on a GPU)')
   parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  # train.py's XLA:CPU flags, for this process and the ones it starts.
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.set_cpu_xla_flags()
   batch = dict(DEFAULT_BATCH)
   for item in filter(None, args.batch_sizes.split(',')):
     name, value = item.split('=')

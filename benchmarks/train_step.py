@@ -60,8 +60,9 @@ def measure(model_name: str, batch_size: int, steps: int) -> dict:
 
 
 def _in_subprocess(model, batch_size, steps, devices) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      os.environ.get('XLA_FLAGS', '') +
+      f' --xla_force_host_platform_device_count={devices}').strip())
   out = subprocess.run(
       [sys.executable, __file__, '--models', model, '--batch-size',
        str(batch_size), '--steps', str(steps), '--json'],
@@ -77,6 +78,9 @@ def main():
   parser.add_argument('--data-parallel', action='store_true')
   parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  # train.py's XLA:CPU flags, for this process and the ones it starts.
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.set_cpu_xla_flags()
   names = args.models.split(',')
 
   if args.json:

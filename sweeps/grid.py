@@ -363,7 +363,7 @@ def cpu_devices(config: ml_collections.ConfigDict,
                 chunk: Optional[int] = None) -> int:
   """XLA devices sweep.py splits a CPU host into: each member of a chunk
   data parallel over its own (host_devices.cpu_devices_per_run). Batch 32
-  per device ran the 9-member tiny-CNN grid 1.4x faster than one member per
+  per device ran the 9-member tiny-CNN grid 1.26x faster than one member per
   device (docs/benchmarks.md)."""
   return members_at_once(config, chunk) * host_devices.cpu_devices_per_run(
       train_config(config))

@@ -1,13 +1,12 @@
-"""Splitting a CPU host into several XLA devices before JAX starts.
+"""XLA:CPU set-up before JAX starts: flags, and splitting the host into devices.
 
-XLA's CPU backend runs one device's program with little parallelism inside an
-operation (on the 2-core machine of docs/benchmarks.md its two compute
-threads were busy 56% of a ResNet18 step), and its working set is the whole
-batch. Several host devices run their programs side by side, each on a
-smaller working set: train.py's step data parallel over 4 virtual devices
-ran 1.2-2.8x as many images/s as on one, and sweep.py's grid likewise. On a
-GPU machine the CPU devices are not used (jax.devices() lists the GPUs), so
-the split is harmless there.
+train.py and sweep.py call these first. `set_cpu_xla_flags` takes YNNPACK
+off XLA's convolutions, which made ResNet18's CPU train step 2.7-3.7x faster
+(docs/benchmarks.md). `split_cpu` makes several host devices that run their
+programs side by side, each on a smaller working set: for models whose
+operations are too small to keep the cores busy (the tiny CNN: 1.12x on 4
+devices), and for sweep.py's grid (members side by side). On a GPU machine
+neither matters (jax.devices() lists the GPUs; the flags are XLA:CPU's).
 """
 
 import os
@@ -65,8 +64,12 @@ def set_cpu_xla_flags(environ=os.environ) -> list:
 
 
 # Devices per data-parallel run on a CPU host (train.py, and each sweep
-# member): a quarter of a 128 batch per device (docs/benchmarks.md).
-CPU_DEVICES_PER_RUN = 4
+# member), by model; models not listed get 1. Under CPU_XLA_FLAGS XLA's
+# convolutions keep both cores busy by themselves: the paper's models ran
+# their batch-128 step 8-18% faster on one device than on 4, while the tiny
+# CNN, whose operations are too small for that, gained 1.12x from 4
+# (docs/benchmarks.md).
+CPU_DEVICES_PER_RUN = {'tiny_cnn': 4}
 
 
 def largest_divisor(most: int, *sizes: int) -> int:
@@ -77,6 +80,7 @@ def largest_divisor(most: int, *sizes: int) -> int:
 
 def cpu_devices_per_run(config) -> int:
   """Devices for one data-parallel run of `config` on a CPU host: up to
-  CPU_DEVICES_PER_RUN, as far as both batch sizes divide."""
-  return largest_divisor(CPU_DEVICES_PER_RUN, int(config.batch_size),
-                         int(config.eval_batch_size))
+  CPU_DEVICES_PER_RUN's count for its model, as far as both batch sizes
+  divide."""
+  return largest_divisor(CPU_DEVICES_PER_RUN.get(str(config.model), 1),
+                         int(config.batch_size), int(config.eval_batch_size))

@@ -1,0 +1,220 @@
+"""Per-layer CPU times behind train.py's XLA:CPU set-up and layer choices.
+
+  python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
+      [--parts conv,small,pool,torch]
+
+One process per XLA flag set (XLA reads XLA_FLAGS when it starts), each
+timing jitted functions on random float32 NHWC inputs (median of --repeats
+after one compiling call):
+
+* conv: the 3x3, stride-1, 'same' convolutions of ResNet18's four stages
+  (32x32x64, 16x16x128, 8x8x256, 4x4x512 in and out channels), forward, input
+  gradient (dx) and weight gradient (dw) timed separately, under XLA's CPU
+  defaults (YNNPACK fusions), training.host_devices.CPU_XLA_FLAGS (YNNPACK
+  off: XLA's own Eigen kernels), and the oneDNN and XNNPACK switches, alone
+  and with YNNPACK off.
+* small: VGG16's stage-5 convolution (2x2x512 -> 512) forward + both
+  gradients, as lax.conv and as models.layers' patches matmul, under
+  CPU_XLA_FLAGS.
+* pool: the 2x2 max pool of VGG16's first three stages, forward + gradient,
+  flax.linen.max_pool (reduce-window, select-and-scatter) vs
+  models.layers.max_pool_2x2, under CPU_XLA_FLAGS.
+* torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
+  on the `conv` shapes, for scale.
+
+Results: a markdown table per part, then JSON lines.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))  # (H = W, channels)
+YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
+FLAG_SETS = {
+    "XLA's defaults (YNNPACK)": '',
+    'CPU_XLA_FLAGS (YNNPACK off)': None,  # training.host_devices' own.
+    'oneDNN on': '--xla_cpu_use_onednn=true',
+    'XNNPACK on': '--xla_cpu_use_xnnpack=true',
+    'YNNPACK off + oneDNN on': f'{YNN_OFF} --xla_cpu_use_onednn=true',
+}
+
+
+def _timed(fn, *args, repeats):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _child(part, batch, repeats):
+  """Runs in a process whose XLA_FLAGS are already set; returns rows."""
+  sys.path.insert(0, ROOT)
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from models import layers
+  # pylint: enable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def lax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=dn)
+
+  def patches_conv(x, w):
+    numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, dn)
+    return layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=numbers)
+
+  def normal(*shape):
+    return jnp.asarray(rng.standard_normal(shape, np.float32))
+
+  def conv_parts(conv, x, w):
+    y = conv(x, w)
+    g = normal(*y.shape)
+    return dict(
+        forward=_timed(jax.jit(conv), x, w, repeats=repeats),
+        dx=_timed(jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g)[0]),
+                  x, w, g, repeats=repeats),
+        dw=_timed(jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g)[1]),
+                  x, w, g, repeats=repeats))
+
+  def forward_and_grads(fn, *args):
+    return _timed(jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2),
+                                   argnums=tuple(range(len(args))))),
+                  *args, repeats=repeats)
+
+  rows = []
+  if part == 'conv':
+    for size, channels in STAGES:
+      x, w = normal(batch, size, size, channels), normal(3, 3, channels,
+                                                         channels)
+      rows.append(dict(layer=f'{size}x{size}x{channels}',
+                       **conv_parts(lax_conv, x, w)))
+  elif part == 'small':
+    x, w = normal(batch, 2, 2, 512), normal(3, 3, 512, 512)
+    for name, conv in (('lax.conv', lax_conv),
+                       ('patches matmul (models.layers)', patches_conv)):
+      rows.append(dict(layer='2x2x512', form=name,
+                       forward_and_grads=forward_and_grads(conv, x, w)))
+  elif part == 'pool':
+    for size, channels in STAGES[:3]:
+      x = normal(batch, size, size, channels)
+      for name, pool in (
+          ('nn.max_pool', lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))),
+          ('max_pool_2x2 (models.layers)', layers.max_pool_2x2)):
+        rows.append(dict(layer=f'{size}x{size}x{channels}', form=name,
+                         forward=_timed(jax.jit(pool), x, repeats=repeats),
+                         forward_and_grads=forward_and_grads(pool, x)))
+  return rows
+
+
+def _torch_child(batch, repeats):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  rows = []
+  for size, channels in STAGES:
+    x = torch.randn(batch, channels, size, size, requires_grad=True)
+    w = torch.randn(channels, channels, 3, 3, requires_grad=True)
+    times = []
+    for i in range(repeats + 1):
+      start = time.perf_counter()
+      (F.conv2d(x, w, padding=1) ** 2).sum().backward()
+      if i:
+        times.append(time.perf_counter() - start)
+      x.grad = w.grad = None
+    rows.append(dict(layer=f'{size}x{size}x{channels}',
+                     forward_and_grads=statistics.median(times)))
+  return rows
+
+
+def _run(part, flags, args):
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  if flags is None:
+    sys.path.insert(0, ROOT)
+    from training import host_devices  # pylint: disable=g-import-not-at-top
+    host_devices.set_cpu_xla_flags(env)
+  elif flags:
+    env['XLA_FLAGS'] = flags
+  env['JAX_PLATFORMS'] = 'cpu'
+  out = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), '--child', part,
+       '--batch-size', str(args.batch_size), '--repeats', str(args.repeats)],
+      env=env, capture_output=True, text=True, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1]), env.get('XLA_FLAGS', '')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch-size', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--parts', default='conv,small,pool,torch')
+  parser.add_argument('--child', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    rows = (_torch_child(args.batch_size, args.repeats)
+            if args.child == 'torch' else
+            _child(args.child, args.batch_size, args.repeats))
+    print(json.dumps(rows))
+    return
+
+  print('\n'.join(run_info.header_lines(('jax', 'jaxlib', 'flax', 'torch'))))
+  print(f'# batch {args.batch_size}, float32, median of {args.repeats} '
+        'after one compiling call; milliseconds')
+  results = []
+  parts = args.parts.split(',')
+  if 'conv' in parts:
+    print('\n| XLA flags | layer | forward | dx | dw | all three |')
+    print('|---|---|---:|---:|---:|---:|')
+    for label, flags in FLAG_SETS.items():
+      rows, used = _run('conv', flags, args)
+      for r in rows:
+        total = r['forward'] + r['dx'] + r['dw']
+        print(f'| {label} | {r["layer"]} | {1e3 * r["forward"]:.0f} | '
+              f'{1e3 * r["dx"]:.0f} | {1e3 * r["dw"]:.0f} | '
+              f'{1e3 * total:.0f} |', flush=True)
+        results.append(dict(part='conv', flags=used, **r))
+  for part in ('small', 'pool'):
+    if part in parts:
+      rows, used = _run(part, None, args)
+      print(f'\n| {part}: form (XLA_FLAGS={used!r}) | layer | forward | '
+            'forward + gradients |')
+      print('|---|---|---:|---:|')
+      for r in rows:
+        forward = r.get('forward')
+        print(f'| {r["form"]} | {r["layer"]} | '
+              f'{"-" if forward is None else f"{1e3 * forward:.1f}"} | '
+              f'{1e3 * r["forward_and_grads"]:.1f} |', flush=True)
+        results.append(dict(part=part, flags=used, **r))
+  if 'torch' in parts:
+    rows, _ = _run('torch', '', args)
+    print('\n| PyTorch conv2d (NCHW) | layer | forward + gradients |')
+    print('|---|---|---:|')
+    for r in rows:
+      print(f'| torch | {r["layer"]} | {1e3 * r["forward_and_grads"]:.0f} |')
+      results.append(dict(part='torch', **r))
+  print()
+  for r in results:
+    print(json.dumps(r))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,8 +1,8 @@
 """XLA:CPU set-up before JAX starts: flags, and splitting the host into devices.
 
 train.py and sweep.py call these first. `set_cpu_xla_flags` takes YNNPACK
-off XLA's convolutions, which made ResNet18's CPU train step 2.7-3.7x faster
-(docs/benchmarks.md). `split_cpu` makes several host devices that run their
+off XLA's convolutions, which made the paper models' CPU train steps
+2.5-3.8x faster (docs/benchmarks.md). `split_cpu` makes several host devices that run their
 programs side by side, each on a smaller working set: for models whose
 operations are too small to keep the cores busy (the tiny CNN: 1.12x on 4
 devices), and for sweep.py's grid (members side by side). On a GPU machine
@@ -39,7 +39,8 @@ CPU_XLA_FLAGS = (
     # No YNNPACK fusions: convolutions then run on XLA's own (Eigen) kernels.
     # With YNNPACK (XLA:CPU's default in JAX 0.10) a convolution's weight
     # gradient took 10-20x its forward pass, and ResNet18's train step ran
-    # 2.7-3.7x slower (docs/benchmarks.md). Ignored on GPU hosts.
+    # 3.5x slower (WRN-16-4 3.8x, VGG16 2.5x; docs/benchmarks.md). Ignored
+    # on GPU hosts.
     '--xla_cpu_experimental_ynn_fusion_type=',
 )
 

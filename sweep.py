@@ -58,12 +58,9 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
              '(--config, --workdir, --chunk, --config.KEY=VALUE, ...).')
-  cli.quiet_libraries()
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  # XLA:CPU options that train faster (docs/benchmarks.md); the user's win.
-  host_devices.set_cpu_xla_flags()
+  cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
-  cli.enable_compilation_cache()
+  from training import host_devices  # pylint: disable=g-import-not-at-top
   from sweeps import grid  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.

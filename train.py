@@ -38,12 +38,9 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
              '(--config, --workdir, --config.KEY=VALUE, ...).')
-  cli.quiet_libraries()
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  # XLA:CPU options that train faster (docs/benchmarks.md); the user's win.
-  host_devices.set_cpu_xla_flags()
+  cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
-  cli.enable_compilation_cache()
+  from training import host_devices  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   else:

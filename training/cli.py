@@ -5,6 +5,8 @@
   wrong type, a config file that does not load) is ONE line `error: ...`
   naming the flag, the value and what is allowed, exit status 2: absl would
   print a FATAL message or a traceback.
+* `prepare_jax`: before JAX starts, `quiet_libraries`, the XLA:CPU flags of
+  training/host_devices.py and the persistent compilation cache.
 * `quiet_libraries`: one line per epoch stays readable: Orbax's INFO lines are
   dropped, and its warnings and errors lose their tracebacks, as do the
   asyncio leftovers of a failed save (padax reports the failure itself,
@@ -138,6 +140,17 @@ def default_compilation_cache_dir() -> str:
   cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(
       os.path.expanduser('~'), '.cache')
   return os.path.join(cache_home, 'padax', 'jax')
+
+
+def prepare_jax() -> None:
+  """What train.py and sweep.py set up before JAX starts a backend: quiet
+  library logs, training.host_devices' XLA:CPU flags (XLA reads XLA_FLAGS
+  at its start; a flag the user set wins) and the persistent compilation
+  cache."""
+  quiet_libraries()
+  from training import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.set_cpu_xla_flags()
+  enable_compilation_cache()
 
 
 def enable_compilation_cache() -> None:

@@ -41,7 +41,7 @@ own worker process since XLA reads its flags and device count at start-up:
 
 * train.py: as `train.py` sets up a CPU host: `training.host_devices`'
   CPU_XLA_FLAGS and the batch data parallel over `cpu_devices_per_run`
-  devices (4 for batch 128).
+  devices (by model: 4 for tiny_cnn, 1 for the paper's models).
 * 1-device: the same XLA flags, one device.
 * xla-defaults: neither (XLA's own CPU defaults, one device): what a plain
   Flax + Optax program gets.
@@ -169,7 +169,7 @@ def make_torch_cases(model_name, batch_size, names, threads):
   return cases, info
 
 
-def apply_jax_setup(setup, batch_size):
+def apply_jax_setup(setup, model_name, batch_size):
   """Before JAX starts: the XLA flags and CPU device count of `setup`."""
   from configs import quick  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
@@ -177,7 +177,7 @@ def apply_jax_setup(setup, batch_size):
     host_devices.set_cpu_xla_flags()
   if setup == 'train.py':
     config = quick.get_config()
-    config.batch_size = batch_size
+    config.model, config.batch_size = model_name, batch_size
     host_devices.split_cpu(host_devices.cpu_devices_per_run(config))
 
 
@@ -187,6 +187,11 @@ def split_case(case):
   if name in JAX_CASES and not setup:
     setup = JAX_SETUPS[0]
   return name, setup
+
+
+def worker_key(case):
+  """(framework, JAX set-up) of the worker process that runs `case`."""
+  return ('torch' if case in TORCH_CASES else 'jax', split_case(case)[1])
 
 
 def make_jax_cases(model_name, batch_size, names):
@@ -260,7 +265,7 @@ def worker_main(args):
     cases, info = make_torch_cases(args.models, args.batch_size, names,
                                    args.torch_threads)
   else:
-    apply_jax_setup(args.jax_setup, args.batch_size)
+    apply_jax_setup(args.jax_setup, args.models, args.batch_size)
     cases, info = make_jax_cases(args.models, args.batch_size, names)
   info['build_s'] = time.perf_counter() - t0
   reply.write(json.dumps(dict(ready=True, info=info)) + '\n')
@@ -316,9 +321,7 @@ def measure_model(model, cases, args):
   """All cases of one model, interleaved; returns one result dict per case."""
   by_framework = {}
   for case in cases:
-    by_framework.setdefault(
-        ('torch' if case in TORCH_CASES else 'jax', split_case(case)[1]),
-        []).append(case)
+    by_framework.setdefault(worker_key(case), []).append(case)
   # Started one after the other: building (and compiling) alone.
   workers = {key: Worker(*key, model, names, args)
              for key, names in by_framework.items()}
@@ -386,7 +389,7 @@ def summarise(model, rows):
         'torch_padam')
   # > 1: JAX's step takes longer than PyTorch's.
   for case in by_case:
-    name, setup = split_case(case)
+    name = split_case(case)[0]
     if name in ('jax_padam', 'jax_sgd'):
       torch_case = name.replace('jax_', 'torch_')
       ratio(f'{case}_over_{torch_case}', case, torch_case)
@@ -452,12 +455,11 @@ def main():
 
   info = {}
   for r in all_rows:
-    info.setdefault(r['case'].split('_')[0], r['framework_info'])
-    if r['case'].startswith('jax'):
-      info.setdefault(('jax', split_case(r['case'])[1]), r['framework_info'])
-  if 'torch' in info:
-    print(f'# torch threads: {info["torch"]["threads"]} intra-op, '
-          f'{info["torch"]["interop_threads"]} inter-op'
+    info.setdefault(worker_key(r['case']), r['framework_info'])
+  if ('torch', '') in info:
+    torch_info = info['torch', '']
+    print(f'# torch threads: {torch_info["threads"]} intra-op, '
+          f'{torch_info["interop_threads"]} inter-op'
           f'{"" if args.torch_threads else " (PyTorch default)"}')
   for setup in JAX_SETUPS:
     if ('jax', setup) in info:

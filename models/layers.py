@@ -46,8 +46,8 @@ def torch_dense(features: int, in_features: int, dtype: Dtype,
 
 # Output maps of at most this many positions (VGG16's 2x2 and 1x1 stages)
 # are convolved as one matmul over their patches: XLA:CPU's convolution
-# kernels took 1.8 s per 2x2x512 layer pass at batch 128, the matmul 26 ms
-# (docs/benchmarks.md). Larger maps keep XLA's convolution, which is faster
+# took 3.8 s for a 2x2x512 layer's forward and gradients at batch 128, the
+# matmul 94 ms (benchmarks/cpu_kernels.py, docs/benchmarks.md). Larger maps keep XLA's convolution, which is faster
 # there.
 PATCHES_MATMUL_MAX_POSITIONS = 4
 
@@ -69,28 +69,26 @@ def conv_general_dilated(lhs, rhs, window_strides, padding,
   """``lax.conv_general_dilated`` (as ``nn.Conv`` calls it), except that a
   plain NHWC convolution with a tiny output map is one matmul of its patches
   with the reshaped kernel: the same sums, in another order."""
-  if not _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
-                      feature_group_count):
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision)
-  kh, kw, cin, cout = rhs.shape
-  (top, bottom), (left, right) = padding
-  sh, sw = window_strides
-  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  out_h = (padded.shape[1] - kh) // sh + 1
-  out_w = (padded.shape[2] - kw) // sw + 1
-  if out_h * out_w > PATCHES_MATMUL_MAX_POSITIONS:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
-        precision=precision)
-  # Channels of the patch in (row, column, input channel) order: HWIO's.
-  patches = jnp.concatenate([
-      padded[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw]
-      for i in range(kh) for j in range(kw)], axis=-1)
-  return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout),
-                 precision=precision)
+  if _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
+                  feature_group_count):
+    kh, kw, cin, cout = rhs.shape
+    (top, bottom), (left, right) = padding
+    sh, sw = window_strides
+    out_h = (lhs.shape[1] + top + bottom - kh) // sh + 1
+    out_w = (lhs.shape[2] + left + right - kw) // sw + 1
+    if out_h * out_w <= PATCHES_MATMUL_MAX_POSITIONS:
+      padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+      # Channels of the patch in (row, column, input channel) order: HWIO's.
+      patches = jnp.concatenate([
+          padded[:, i:i + (out_h - 1) * sh + 1:sh,
+                 j:j + (out_w - 1) * sw + 1:sw]
+          for i in range(kh) for j in range(kw)], axis=-1)
+      return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout),
+                     precision=precision)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, precision=precision)
 
 
 def conv(features: int, kernel_size: int, in_features: int, *,

@@ -61,7 +61,7 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
   from jax.sharding import PartitionSpec as P
   import models
   from sweeps import grid as grid_lib
-  from training import optimizers, train_lib
+  from training import host_devices, optimizers, train_lib
   # pylint: enable=g-import-not-at-top
 
   config, values = _grid_config(members)
@@ -106,8 +106,8 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
   sequential = {'sequential, 1 device':
                 lambda: sequential_variant(jax.devices()[:1])}
   # train.py on the same virtual devices, data parallel (the batch must split).
-  split = max(d for d in range(1, min(jax.device_count(), 4) + 1)
-              if batch_size % d == 0)
+  split = host_devices.largest_divisor(min(jax.device_count(), 4),
+                                       batch_size)
   if split > 1:
     sequential[f'sequential, {split} devices'] = lambda: sequential_variant(
         jax.devices()[:split])
@@ -116,8 +116,8 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     variants[f'vmapped, {members} devices (one member each)'] = (
         lambda: grid_variant(jax.devices()[:members]))
   # sweep.py's CPU default: each member data parallel over its own devices.
-  data = max(d for d in range(1, jax.device_count() // members + 1)
-             if batch_size % d == 0) if jax.device_count() >= members else 1
+  data = host_devices.largest_divisor(jax.device_count() // members,
+                                      batch_size)
   if data > 1:
     variants[f'vmapped, {members}x{data} devices (grid x data)'] = (
         lambda: grid_variant(jax.devices()[:members * data], data))

@@ -19,13 +19,17 @@ print(json.dumps([chosen, jax.device_count()]))
 '''
 
 
-def _probe(count, **env):
+def _python(code, **env):
+  """stdout of `python -c code` in a fresh process, without our XLA set-up."""
   base = {k: v for k, v in os.environ.items()
           if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')}
-  out = subprocess.run(
-      [sys.executable, '-c', _PROBE.format(root=ROOT, count=count)],
-      env=dict(base, JAX_PLATFORMS='cpu', **env), capture_output=True,
-      text=True, timeout=120, check=True).stdout
+  return subprocess.run(
+      [sys.executable, '-c', code], env=dict(base, JAX_PLATFORMS='cpu', **env),
+      capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def _probe(count, **env):
+  out = _python(_PROBE.format(root=ROOT, count=count), **env)
   return json.loads(out.strip().splitlines()[-1])
 
 
@@ -86,12 +90,7 @@ def test_cpu_xla_flags_take_convolutions_off_ynnpack():
   """What train.py's flags are for: XLA:CPU compiles a convolution's weight
   gradient to its own kernel, not to a YNNPACK fusion (the default here)."""
   def compiled(set_flags):
-    base = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-    return subprocess.run(
-        [sys.executable, '-c',
-         _CONV_PROBE.format(root=ROOT, set_flags=set_flags)],
-        env=dict(base, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-        timeout=120, check=True).stdout
+    return _python(_CONV_PROBE.format(root=ROOT, set_flags=set_flags))
   assert 'ynn' in compiled(False).lower()
   with_flags = compiled(True)
   assert 'convolution(' in with_flags and 'ynn' not in with_flags.lower()

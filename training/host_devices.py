@@ -10,15 +10,22 @@ neither matters (jax.devices() lists the GPUs; the flags are XLA:CPU's).
 """
 
 import os
-import re
 
 import jax
 
-_COUNT_FLAG = re.compile(r'--xla_force_host_platform_device_count=')
+
+def _flag_name(flag: str) -> str:
+  return flag.split('=', 1)[0]
+
+
+def _named_flags(environ) -> set:
+  """Names (`--name`) of the flags in `environ`'s XLA_FLAGS."""
+  return {_flag_name(f) for f in environ.get('XLA_FLAGS', '').split()}
 
 
 def user_chose_count() -> bool:
-  return bool(_COUNT_FLAG.search(os.environ.get('XLA_FLAGS', '')) or
+  return bool('--xla_force_host_platform_device_count' in
+              _named_flags(os.environ) or
               os.environ.get('JAX_NUM_CPU_DEVICES'))
 
 
@@ -45,10 +52,6 @@ CPU_XLA_FLAGS = (
 )
 
 
-def _flag_name(flag: str) -> str:
-  return flag.split('=', 1)[0]
-
-
 def set_cpu_xla_flags(environ=os.environ) -> list:
   """Adds CPU_XLA_FLAGS to XLA_FLAGS, except those the user's XLA_FLAGS
   already names; returns the ones added.
@@ -56,11 +59,11 @@ def set_cpu_xla_flags(environ=os.environ) -> list:
   XLA reads XLA_FLAGS when JAX starts its first backend, so this must run
   before anything asks JAX for its devices.
   """
-  current = environ.get('XLA_FLAGS', '')
-  named = {_flag_name(f) for f in current.split()}
+  named = _named_flags(environ)
   added = [f for f in CPU_XLA_FLAGS if _flag_name(f) not in named]
   if added:
-    environ['XLA_FLAGS'] = ' '.join([current] + added).strip()
+    environ['XLA_FLAGS'] = ' '.join(
+        [environ.get('XLA_FLAGS', '')] + added).strip()
   return added
 
 

@@ -1,7 +1,7 @@
 """Per-layer CPU times behind train.py's XLA:CPU set-up and layer choices.
 
   python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
-      [--parts conv,small,pool,torch]
+      [--parts conv,small,pool,bn,torch]
 
 One process per XLA flag set (XLA reads XLA_FLAGS when it starts), each
 timing jitted functions on random float32 NHWC inputs (median of --repeats
@@ -19,6 +19,10 @@ after one compiling call):
 * pool: the 2x2 max pool of VGG16's first three stages, forward + gradient,
   flax.linen.max_pool (reduce-window, select-and-scatter) vs
   models.layers.max_pool_2x2, under CPU_XLA_FLAGS.
+* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as a
+  reduction (jnp.sum) vs as models.layers' matmul with a ones vector, and
+  the whole normalisation forward + gradients, autodiff of the formula vs
+  models.layers.batch_norm_train, under CPU_XLA_FLAGS.
 * torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
   on the `conv` shapes, for scale.
 
@@ -101,6 +105,11 @@ def _child(part, batch, repeats):
                                    argnums=tuple(range(len(args))))),
                   *args, repeats=repeats)
 
+  def batch_norm_formula(x, scale, bias):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+
   rows = []
   if part == 'conv':
     for size, channels in STAGES:
@@ -114,6 +123,24 @@ def _child(part, batch, repeats):
                        ('patches matmul (models.layers)', patches_conv)):
       rows.append(dict(layer='2x2x512', form=name,
                        forward_and_grads=forward_and_grads(conv, x, w)))
+  elif part == 'bn':
+    for size, channels in STAGES:
+      x = normal(batch, size, size, channels)
+      scale, bias = normal(channels), normal(channels)
+      flat = x.reshape(-1, channels)
+      rows.append(dict(
+          layer=f'{size}x{size}x{channels}', form='channel sums',
+          reduction=_timed(jax.jit(lambda x: jnp.sum(x, axis=0)), flat,
+                           repeats=repeats),
+          matmul=_timed(jax.jit(layers._channel_sums), flat,  # pylint: disable=protected-access
+                        repeats=repeats)))
+      rows.append(dict(
+          layer=f'{size}x{size}x{channels}',
+          form='normalisation, forward + gradients',
+          reduction=forward_and_grads(batch_norm_formula, x, scale, bias),
+          matmul=forward_and_grads(
+              lambda *a: layers.batch_norm_train(*a, 1e-5)[0], x, scale,
+              bias)))
   elif part == 'pool':
     for size, channels in STAGES[:3]:
       x = normal(batch, size, size, channels)
@@ -166,7 +193,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--parts', default='conv,small,pool,torch')
+  parser.add_argument('--parts', default='conv,small,pool,bn,torch')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -204,6 +231,16 @@ def main():
               f'{"-" if forward is None else f"{1e3 * forward:.1f}"} | '
               f'{1e3 * r["forward_and_grads"]:.1f} |', flush=True)
         results.append(dict(part=part, flags=used, **r))
+  if 'bn' in parts:
+    rows, used = _run('bn', None, args)
+    print(f'\n| bn (XLA_FLAGS={used!r}) | layer | as a reduction (autodiff) '
+          '| as a matmul (models.layers) | ratio |')
+    print('|---|---|---:|---:|---:|')
+    for r in rows:
+      print(f'| {r["form"]} | {r["layer"]} | {1e3 * r["reduction"]:.2f} | '
+            f'{1e3 * r["matmul"]:.2f} | '
+            f'{r["reduction"] / r["matmul"]:.1f}x |', flush=True)
+      results.append(dict(part='bn', flags=used, **r))
   if 'torch' in parts:
     rows, _ = _run('torch', '', args)
     print('\n| PyTorch conv2d (NCHW) | layer | forward + gradients |')

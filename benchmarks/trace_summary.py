@@ -27,12 +27,14 @@ KINDS = (
      r'conv|convolution|onednn|xnn|ynn'),
     ('max pool (reduce-window, select-and-scatter)',
      r'reduce-window|reduce_window|select-and-scatter|select_and_scatter'),
-    ('matmul (dot)', r'^dot|_dot|dot_'),
+    ('matmul (dot: BatchNorm channel sums, dense layer)', r'^dot|_dot|dot_'),
     ('collectives', r'all-reduce|all_reduce|all-gather|reduce-scatter|'
                     r'collective|all-to-all'),
     ('reduction fusions (BatchNorm statistics, loss, gradient sums)',
      r'reduce'),
-    ('transposes and copies', r'transpose|copy|bitcast'),
+    # Not 'bitcast': a bitcast is a free reshape, and fusions named after
+    # one are element-wise.
+    ('transposes and copies', r'transpose|copy'),
     ('other fusions (element-wise: BatchNorm apply, ReLU, optimizer)',
      r'fusion'),
 )
@@ -84,6 +86,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('folder', help='a --profile folder (WORKDIR/profile)')
   parser.add_argument('--top', type=int, default=15)
+  parser.add_argument('--cores', type=int, default=os.cpu_count(),
+                      help='cores of the traced machine (default: this '
+                      "machine's), for the time no named operation took")
   args = parser.parse_args()
   path = newest_trace(args.folder)
   times, span = operation_times(path)
@@ -97,6 +102,16 @@ def main():
   print('|---|---:|---:|')
   for label, ns in by_kind.most_common():
     print(f'| {label} | {ns / 1e9:.2f} | {100 * ns / total:.1f}% |')
+  # XLA:CPU's thunk profiler names fusions, dots and reduce-windows, but not
+  # the Eigen convolutions that run with YNNPACK off (CPU_XLA_FLAGS): their
+  # time shows only as the cores' time that no named operation took.
+  available = span * args.cores
+  print(f'\n{args.cores} cores x {span / 1e9:.2f} s = '
+        f'{available / 1e9:.2f} core-s; named operations took '
+        f'{100 * total / available:.1f}% of them, the rest '
+        f'({(available - total) / 1e9:.2f} core-s) went to operations the '
+        'trace does not name (most convolutions under CPU_XLA_FLAGS) and to idle '
+        'cores')
   print()
   print('| operation | seconds | share | kind |')
   print('|---|---:|---:|---|')

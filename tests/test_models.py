@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from models import MODEL_NAMES, create_model
-from models.layers import BatchNorm, torch_bias_init, torch_kernel_init
+from models.layers import (BatchNorm, batch_norm_train, torch_bias_init,
+                           torch_kernel_init)
 from models.resnet import BasicBlock
 from models.wide_resnet import he_normal_fan_out
 
@@ -164,6 +165,39 @@ def test_tiny_bn_running_stats_match_pytorch(tiny):
   np.testing.assert_allclose(stats['var'], 0.9 + 0.1 * unbiased_var,
                              rtol=1e-4, atol=1e-6)
   assert n == 8 * 32 * 32
+
+
+def test_batch_norm_gradient_matches_autodiff_of_the_formula():
+  """batch_norm_train's hand-written gradient (channel sums as matmuls)
+  against JAX's autodiff of the plain formula, through all three outputs:
+  y, and the batch mean and variance that feed the running statistics."""
+  rng = np.random.default_rng(3)
+  # A mean far from 0 (3 +- 2): the centred sums must not cancel.
+  x = jnp.asarray(3 + 2 * rng.standard_normal((6, 5, 5, 4)), jnp.float32)
+  scale = jnp.asarray(rng.standard_normal(4), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(4), jnp.float32)
+
+  def formula(x, scale, bias, epsilon):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return ((x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias,
+            mean, var)
+
+  weights = [jnp.asarray(rng.standard_normal(s), jnp.float32)
+             for s in (x.shape, (4,), (4,))]
+
+  def loss(fn):
+    return lambda *args: sum(jnp.sum(out * w) for out, w in
+                             zip(fn(*args, 1e-5), weights))
+
+  for ours, ref in zip(batch_norm_train(x, scale, bias, 1e-5),
+                       formula(x, scale, bias, 1e-5)):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  grads = jax.grad(loss(batch_norm_train), argnums=(0, 1, 2))(x, scale, bias)
+  expected = jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)
+  for ours, ref in zip(grads, expected):
+    assert float(jnp.max(jnp.abs(ref))) > 0.1  # Not vacuous.
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_batchnorm_against_flax_and_torch_formulas():

@@ -20,7 +20,8 @@ after one compiling call):
   flax.linen.max_pool (reduce-window, select-and-scatter) vs
   models.layers.max_pool_2x2, under CPU_XLA_FLAGS.
 * bn: training-mode BatchNorm at the `conv` shapes: the channel sums as a
-  reduction (jnp.sum) vs as models.layers' matmul with a ones vector, and
+  reduction (jnp.sum) vs as models.layers' per-example matmuls (time, and
+  the worst channel's rounding error relative to its sum of |x|), and
   the whole normalisation forward + gradients, autodiff of the formula vs
   models.layers.batch_norm_train, under CPU_XLA_FLAGS.
 * torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
@@ -127,13 +128,22 @@ def _child(part, batch, repeats):
     for size, channels in STAGES:
       x = normal(batch, size, size, channels)
       scale, bias = normal(channels), normal(channels)
-      flat = x.reshape(-1, channels)
+      per_example = x.reshape(batch, -1, channels)
+      reduction = jax.jit(lambda x: jnp.sum(x, axis=(0, 1)))
+      matmul = jax.jit(layers._channel_sums)  # pylint: disable=protected-access
+      exact = np.asarray(per_example, np.float64).sum(axis=(0, 1))
+      magnitude = np.abs(np.asarray(per_example, np.float64)).sum(axis=(0, 1))
+
+      def rounding(fn):  # Worst channel's error, relative to its sum of |x|.
+        out = np.asarray(fn(per_example), np.float64)
+        return float(np.max(np.abs(out - exact) / magnitude))
+
       rows.append(dict(
           layer=f'{size}x{size}x{channels}', form='channel sums',
-          reduction=_timed(jax.jit(lambda x: jnp.sum(x, axis=0)), flat,
-                           repeats=repeats),
-          matmul=_timed(jax.jit(layers._channel_sums), flat,  # pylint: disable=protected-access
-                        repeats=repeats)))
+          reduction=_timed(reduction, per_example, repeats=repeats),
+          matmul=_timed(matmul, per_example, repeats=repeats),
+          reduction_rounding=rounding(reduction),
+          matmul_rounding=rounding(matmul)))
       rows.append(dict(
           layer=f'{size}x{size}x{channels}',
           form='normalisation, forward + gradients',
@@ -234,12 +244,15 @@ def main():
   if 'bn' in parts:
     rows, used = _run('bn', None, args)
     print(f'\n| bn (XLA_FLAGS={used!r}) | layer | as a reduction (autodiff) '
-          '| as a matmul (models.layers) | ratio |')
-    print('|---|---|---:|---:|---:|')
+          '| as a matmul (models.layers) | ratio | rounding: reduction, '
+          'matmul |')
+    print('|---|---|---:|---:|---:|---:|')
     for r in rows:
+      errors = ('-' if 'matmul_rounding' not in r else
+                f'{r["reduction_rounding"]:.1e}, {r["matmul_rounding"]:.1e}')
       print(f'| {r["form"]} | {r["layer"]} | {1e3 * r["reduction"]:.2f} | '
             f'{1e3 * r["matmul"]:.2f} | '
-            f'{r["reduction"] / r["matmul"]:.1f}x |', flush=True)
+            f'{r["reduction"] / r["matmul"]:.1f}x | {errors} |', flush=True)
       results.append(dict(part='bn', flags=used, **r))
   if 'torch' in parts:
     rows, _ = _run('torch', '', args)

@@ -79,4 +79,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.use_fast_allocator()
   app.run(main, flags_parser=cli.parse_flags)

@@ -51,14 +51,16 @@ def main(argv):
       host_devices.split_cpu(host_devices.cpu_devices_per_run(_CONFIG.value))
     except (TypeError, ValueError, AttributeError):
       pass
-  from training import trainer  # pylint: disable=g-import-not-at-top
-  logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__,
-               jax.process_count(), jax.device_count(),
-               jax.devices()[0].device_kind)
+  from training import allocator, trainer  # pylint: disable=g-import-not-at-top
+  logging.info('JAX %s: %d processes, %d devices (%s); allocator: %s',
+               jax.__version__, jax.process_count(), jax.device_count(),
+               jax.devices()[0].device_kind,
+               'mimalloc' if allocator.active() else 'system malloc')
   cli.run(lambda: trainer.train_and_evaluate(
       _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
       profile_steps=cli.profile_steps()))
 
 
 if __name__ == '__main__':
+  cli.use_fast_allocator()
   app.run(main, flags_parser=cli.parse_flags)

@@ -194,7 +194,7 @@ def main():
   parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   # train.py's XLA:CPU flags, for this process and the ones it starts.
-  from training import host_devices  # pylint: disable=g-import-not-at-top
+  from training import allocator, host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()
   batch = dict(DEFAULT_BATCH)
   for item in filter(None, args.batch_sizes.split(',')):
@@ -212,7 +212,8 @@ def main():
   print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
         f'{os.cpu_count()} cores, {args.members} members (Padam, p x lr), '
         f'{args.steps} steps per member, median of {args.repeats} '
-        'interleaved repeats')
+        'interleaved repeats, allocator: '
+        f'{"mimalloc" if allocator.active() else "system malloc"}')
   print('| model | batch per member | variant | images/s | '
         'vs sequential, 1 device |')
   print('|---|---:|---|---:|---:|')
@@ -227,4 +228,7 @@ def main():
 
 
 if __name__ == '__main__':
+  # sweep.py's allocator (it restarts itself under mimalloc the same way).
+  from training import allocator  # pylint: disable=g-import-not-at-top
+  allocator.use_mimalloc()
   main()

@@ -39,10 +39,12 @@ statistics, running averages updated):
 JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`), each in its
 own worker process since XLA reads its flags and device count at start-up:
 
-* train.py: as `train.py` sets up a CPU host: `training.host_devices`'
-  CPU_XLA_FLAGS and the batch data parallel over `cpu_devices_per_run`
-  devices (by model: 4 for tiny_cnn, 1 for the paper's models).
-* 1-device: the same XLA flags, one device.
+* train.py: as `train.py` sets up a CPU host: mimalloc as the allocator
+  (`training.allocator`: the worker restarts itself under it, where
+  installed), `training.host_devices`' CPU_XLA_FLAGS and the batch data
+  parallel over `cpu_devices_per_run` devices (by model: 4 for tiny_cnn, 1
+  for the paper's models).
+* 1-device: the same XLA flags, one device, the system's malloc.
 * xla-defaults: neither (XLA's own CPU defaults, one device): what a plain
   Flax + Optax program gets.
 
@@ -248,8 +250,10 @@ def make_jax_cases(model_name, batch_size, names):
   cases, counts = {}, {}
   for name in names:
     cases[name], counts[name] = make(name)
+  from training import allocator  # pylint: disable=g-import-not-at-top
   info = dict(devices=[str(d) for d in jax.devices()], parameters=counts,
-              xla_flags=os.environ.get('XLA_FLAGS', ''))
+              xla_flags=os.environ.get('XLA_FLAGS', ''),
+              allocator='mimalloc' if allocator.active() else 'system malloc')
   return cases, info
 
 
@@ -431,6 +435,11 @@ def main():
   parser.add_argument('--jax-setup', choices=JAX_SETUPS,
                       default=JAX_SETUPS[0], help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.worker == 'jax' and args.jax_setup == 'train.py':
+    # Before anything else: may restart this worker under mimalloc, as
+    # train.py restarts itself.
+    from training import allocator  # pylint: disable=g-import-not-at-top
+    allocator.use_mimalloc()
   if args.worker:
     worker_main(args)
     return
@@ -465,7 +474,8 @@ def main():
     if ('jax', setup) in info:
       jax_info = info['jax', setup]
       print(f'# jax set-up {setup}: devices {jax_info["devices"]}, '
-            f'XLA_FLAGS={jax_info["xla_flags"]!r}')
+            f'XLA_FLAGS={jax_info["xla_flags"]!r}, '
+            f'{jax_info.get("allocator", "?")}')
   print(f'# load average at end {os.getloadavg()[0]:.2f}')
   print()
   print('| model | case | images/s | median step s | min-max s | own cores | '

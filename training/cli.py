@@ -142,6 +142,16 @@ def default_compilation_cache_dir() -> str:
   return os.path.join(cache_home, 'padax', 'jax')
 
 
+def use_fast_allocator() -> None:
+  """train.py's and sweep.py's first call: restarts them under mimalloc on a
+  Linux CPU host (training.allocator); a bad PADAX_ALLOCATOR is refused."""
+  from training import allocator  # pylint: disable=g-import-not-at-top
+  try:
+    allocator.use_mimalloc()
+  except ValueError as e:
+    fail(str(e))
+
+
 def prepare_jax() -> None:
   """What train.py and sweep.py set up before JAX starts a backend: quiet
   library logs, training.host_devices' XLA:CPU flags (XLA reads XLA_FLAGS

@@ -1,0 +1,88 @@
+"""training.allocator: when train.py restarts under mimalloc, and that the
+allocator changes speed only, not results."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.fault_harness import env_with_cache
+from tests.test_train_e2e import without_timing
+from training import allocator
+
+LINUX = sys.platform.startswith('linux')
+
+
+@pytest.fixture
+def no_plugins(monkeypatch):
+  monkeypatch.setattr(allocator, '_accelerator_plugin_installed',
+                      lambda: False)
+
+
+def test_restarts_with_mimalloc_preloaded_by_default(no_plugins):
+  if not LINUX:
+    pytest.skip('mimalloc is preloaded on Linux only')
+  library = allocator.mimalloc_library()
+  # The `train` extra installs it: CI must exercise the restart.
+  assert library and os.path.basename(library).startswith('libmimalloc.so')
+  env = allocator.mimalloc_environment({'PATH': '/bin', 'HOME': '/root'})
+  assert env == {'PATH': '/bin', 'HOME': '/root', 'LD_PRELOAD': library,
+                 'MIMALLOC_PURGE_DELAY': '-1'}
+  # The user's own mimalloc settings win.
+  env = allocator.mimalloc_environment({'MIMALLOC_PURGE_DELAY': '10'})
+  assert env['MIMALLOC_PURGE_DELAY'] == '10'
+
+
+@pytest.mark.parametrize('environ', [
+    {'PADAX_ALLOCATOR': 'system'},
+    {'LD_PRELOAD': '/usr/lib/libsomething.so'},  # The user's, or a restart.
+])
+def test_keeps_the_process_when_asked_or_already_preloaded(environ,
+                                                           no_plugins):
+  assert allocator.mimalloc_environment(environ) is None
+
+
+def test_keeps_the_process_on_accelerator_hosts(monkeypatch):
+  monkeypatch.setattr(allocator, '_accelerator_plugin_installed',
+                      lambda: True)
+  assert allocator.mimalloc_environment({}) is None
+
+
+def test_bad_choice_names_key_value_and_choices():
+  with pytest.raises(ValueError) as info:
+    allocator.mimalloc_environment({'PADAX_ALLOCATOR': 'jemalloc'})
+  assert str(info.value) == (
+      "PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system.")
+
+
+def _train(workdir, **env_overrides):
+  env = env_with_cache(os.path.join(os.path.dirname(workdir), 'jax-cache'))
+  env.pop('LD_PRELOAD', None)
+  env.update(env_overrides)
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--config', 'configs/quick.py',
+       f'--workdir={workdir}', '--progress=false', '--config.num_epochs=1',
+       '--config.data_source=local',
+       f'--config.data_dir={SHARED_CIFAR10_SUBSET}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert result.returncode == 0, result.stderr[-5000:]
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f]
+  return result.stderr, rows
+
+
+def test_train_py_runs_under_mimalloc_with_the_same_results(tmp_path):
+  if not LINUX or allocator.mimalloc_environment(dict(os.environ)) is None:
+    pytest.skip('no restart here (not Linux, PADAX_ALLOCATOR=system, '
+                'LD_PRELOAD set, or an accelerator plugin)')
+  log, rows = _train(str(tmp_path / 'mimalloc'))
+  system_log, system_rows = _train(str(tmp_path / 'system'),
+                                   PADAX_ALLOCATOR='system')
+  assert 'allocator: mimalloc' in log, log[-3000:]
+  assert 'allocator: system malloc' in system_log, system_log[-3000:]
+  # Bit for bit (JSON keeps every digit of a float32).
+  assert without_timing(rows) == without_timing(system_rows)
+  assert rows and rows[-1]['train_loss'] > 0

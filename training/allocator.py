@@ -1,0 +1,89 @@
+"""mimalloc under train.py and sweep.py on a Linux CPU host.
+
+XLA:CPU allocates each step's temporaries afresh (for ResNet18 at batch 128,
+several buffers of 76-302 MB a step). glibc's malloc maps buffers this large
+from the kernel and unmaps them when freed, so every step touches ~0.8 GB of
+new pages: ~190k page faults and 0.3 s of kernel time a ResNet18 step, more
+when another process (PyTorch, in benchmarks/vs_pytorch.py) works between
+the steps. mimalloc, told to keep freed memory (MIMALLOC_PURGE_DELAY=-1),
+reuses the same pages every step (docs/benchmarks.md).
+
+An allocator is chosen when a process starts, so `use_mimalloc` restarts the
+script (os.execve, same PID, arguments and open files) with mimalloc in
+LD_PRELOAD. It does nothing when mimalloc (the `cmeel-mimalloc` package, in
+the `train` extra) is not installed, on other systems than Linux, when an
+accelerator plugin for JAX is installed (GPU and TPU hosts: not measured
+there), when the user set LD_PRELOAD, or with PADAX_ALLOCATOR=system.
+Numerics do not depend on the allocator (tests/test_train_e2e.py).
+"""
+
+import importlib.metadata
+import os
+import sys
+from typing import Optional
+
+ENV_VAR = 'PADAX_ALLOCATOR'
+CHOICES = ('mimalloc', 'system')
+# Keep freed pages mapped for reuse instead of returning them to the kernel.
+MIMALLOC_SETTINGS = {'MIMALLOC_PURGE_DELAY': '-1'}
+_ACCELERATOR_PLUGINS = ('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm',
+                        'libtpu')
+
+
+def mimalloc_library() -> Optional[str]:
+  """Path of the installed libmimalloc.so, or None."""
+  try:
+    dist = importlib.metadata.distribution('cmeel-mimalloc')
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for file in dist.files or ():
+    if file.name.startswith('libmimalloc.so'):
+      path = str(dist.locate_file(file))
+      if os.path.exists(path):
+        return path
+  return None
+
+
+def _accelerator_plugin_installed() -> bool:
+  names = {(d.metadata['Name'] or '').lower()
+           for d in importlib.metadata.distributions()}
+  return any(n.startswith(_ACCELERATOR_PLUGINS) for n in names)
+
+
+def mimalloc_environment(environ) -> Optional[dict]:
+  """The environment to restart with, or None to keep this process as is."""
+  choice = environ.get(ENV_VAR, 'mimalloc')
+  if choice not in CHOICES:
+    raise ValueError(f'{ENV_VAR}={choice!r}; allowed: '
+                     f'{", ".join(CHOICES)}.')
+  if (choice == 'system' or not sys.platform.startswith('linux') or
+      environ.get('LD_PRELOAD') or _accelerator_plugin_installed()):
+    return None
+  library = mimalloc_library()
+  if library is None:
+    return None
+  env = dict(environ)
+  env['LD_PRELOAD'] = library  # Also marks the restart: no second one.
+  for key, value in MIMALLOC_SETTINGS.items():
+    env.setdefault(key, value)
+  return env
+
+
+def use_mimalloc(environ=os.environ) -> None:
+  """Restarts this script under mimalloc where `mimalloc_environment` says
+  so; call first thing in a script's `__main__` block."""
+  env = mimalloc_environment(environ)
+  if env is not None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # sys.executable, not orig_argv[0]: the same interpreter however named.
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def active() -> bool:
+  """Whether mimalloc is this process's allocator (mapped in memory)."""
+  try:
+    with open('/proc/self/maps', encoding='utf-8') as maps:
+      return any('libmimalloc' in line for line in maps)
+  except OSError:
+    return False

@@ -113,8 +113,8 @@ def _channel_sums(x: jax.Array) -> jax.Array:
   sums as a batched matrix-vector product, then a sum over the N examples.
 
   XLA:CPU splits a plain reduction this large into reduce-windows that read
-  the channels with a stride; the matmuls ran 3-11x faster at ResNet18's
-  shapes, with no more rounding error (benchmarks/cpu_kernels.py, `bn`).
+  the channels with a stride; the matmuls ran 3-13x faster at ResNet18's
+  shapes (three runs), with no more rounding error (benchmarks/cpu_kernels.py, `bn`).
   Per-example partial sums are also the same whether or not the batch is
   split over devices, which keeps data-parallel runs closer to 1-device
   ones (tests/test_data_parallel.py)."""

@@ -63,6 +63,30 @@ def _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
           all(d == 1 for d in (rhs_dilation or (1, 1))))
 
 
+def _materialized_on_cpu(x: jax.Array, weights: jax.Array) -> jax.Array:
+  """``x``, unchanged, but computed into a buffer of its own on XLA:CPU.
+
+  The weight gradient of a convolution reads its input in another layout.
+  XLA:CPU fuses that transpose with the element-wise ops that produced the
+  input (BatchNorm, ReLU, the residual adds of several blocks) and computes
+  them again, reading every tensor of the chain with a stride: 20% of a
+  ResNet18 step. XLA does not fuse across a conditional, so passing the
+  input through one makes the transpose read it once (ResNet18 step 1.9 ->
+  1.6 s, docs/benchmarks.md). Both branches return the same bits; they are
+  written differently (-(-x) is exact, NaN payloads and -0 included)
+  because XLA drops a conditional whose branches are identical.
+  ``optimization_barrier`` would say this directly, but XLA:CPU removes
+  barriers before fusion. The predicate comes from the (replicated)
+  weights, so a batch-sharded ``x`` needs no collective; under ``vmap`` the
+  conditional becomes a select between equal values. Not on GPUs, where a
+  conditional waits for its predicate on the host.
+  """
+  if jax.default_backend() != 'cpu':
+    return x
+  first = weights.reshape(-1)[0]
+  return jax.lax.cond(first == first, lambda x: x, lambda x: -(-x), x)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding,
                          lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1,
@@ -86,6 +110,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding,
           for i in range(kh) for j in range(kw)], axis=-1)
       return jnp.dot(patches, rhs.reshape(kh * kw * cin, cout),
                      precision=precision)
+  lhs = _materialized_on_cpu(lhs, rhs)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

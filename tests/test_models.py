@@ -319,6 +319,42 @@ def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
   assert ('conv_general_dilated' in jaxpr) == (not small)
 
 
+def test_conv_inputs_stay_materialized_for_the_weight_gradient():
+  """On the CPU each lax.conv input passes through a conditional that XLA
+  keeps in the compiled gradient (so the weight gradient's transpose reads
+  a buffer instead of recomputing BatchNorm-ReLU-residual chains), without
+  changing values or gradients; under vmap (sweeps) it is no conditional."""
+  from models import layers  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != 'cpu':
+    pytest.skip('CPU only')
+  keys = jax.random.split(jax.random.PRNGKey(4), 4)
+  x = jax.random.normal(keys[0], (2, 8, 8, 3))
+  w1 = jax.random.normal(keys[1], (3, 3, 3, 4))
+  w2 = jax.random.normal(keys[2], (3, 3, 4, 4))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w1.shape,
+                                      ('NHWC', 'HWIO', 'NHWC'))
+  args = ((1, 1), ((1, 1), (1, 1)))
+
+  def net(conv, x, w1, w2):
+    h = conv(x, w1, *args, dimension_numbers=dn)
+    h = jax.nn.relu(h * 0.5 + 1.0) + h  # An element-wise chain, as in a block.
+    return jnp.sum(conv(h, w2, *args, dimension_numbers=dn) ** 2)
+
+  ours = jax.grad(lambda *a: net(layers.conv_general_dilated, *a),
+                  argnums=(0, 1, 2))
+  plain = jax.grad(lambda *a: net(jax.lax.conv_general_dilated, *a),
+                   argnums=(0, 1, 2))
+  for a, b in zip(ours(x, w1, w2), plain(x, w1, w2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  compiled = jax.jit(ours).lower(x, w1, w2).compile().as_text()
+  # One per convolution input, and one per cotangent on the way back
+  # (JAX transposes the conditional too).
+  assert compiled.count(' conditional(') == 4, compiled
+  batched = jax.jit(jax.vmap(ours, in_axes=(None, 0, 0))).lower(
+      x, w1[None], w2[None]).compile().as_text()
+  assert ' conditional(' not in batched
+
+
 def test_max_pool_2x2_matches_flax_max_pool_exactly():
   """Same values and the same gradient as nn.max_pool's select-and-scatter,
   bit for bit, including ties (all of a window's gradient to its first

@@ -112,4 +112,7 @@ def main():
 
 
 if __name__ == '__main__':
+  # train.py's allocator (mimalloc on a Linux CPU host); children inherit it.
+  from training import allocator  # pylint: disable=g-import-not-at-top
+  allocator.use_mimalloc()
   main()

@@ -86,3 +86,16 @@ def test_train_py_runs_under_mimalloc_with_the_same_results(tmp_path):
   # Bit for bit (JSON keeps every digit of a float32).
   assert without_timing(rows) == without_timing(system_rows)
   assert rows and rows[-1]['train_loss'] > 0
+
+
+def test_train_py_refuses_a_bad_choice_before_any_file(tmp_path):
+  env = dict(os.environ, PADAX_ALLOCATOR='jemalloc')
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--config', 'configs/quick.py',
+       f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=120, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      "error: PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system."]
+  assert not workdir.exists()

@@ -55,7 +55,7 @@ def main(argv):
   logging.info('JAX %s: %d processes, %d devices (%s); allocator: %s',
                jax.__version__, jax.process_count(), jax.device_count(),
                jax.devices()[0].device_kind,
-               'mimalloc' if allocator.active() else 'system malloc')
+               allocator.describe())
   cli.run(lambda: trainer.train_and_evaluate(
       _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
       profile_steps=cli.profile_steps()))

@@ -212,8 +212,7 @@ def main():
   print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
         f'{os.cpu_count()} cores, {args.members} members (Padam, p x lr), '
         f'{args.steps} steps per member, median of {args.repeats} '
-        'interleaved repeats, allocator: '
-        f'{"mimalloc" if allocator.active() else "system malloc"}')
+        f'interleaved repeats, allocator: {allocator.describe()}')
   print('| model | batch per member | variant | images/s | '
         'vs sequential, 1 device |')
   print('|---|---:|---|---:|---:|')

@@ -110,8 +110,8 @@ def main():
         f'{available / 1e9:.2f} core-s; named operations took '
         f'{100 * total / available:.1f}% of them, the rest '
         f'({(available - total) / 1e9:.2f} core-s) went to operations the '
-        'trace does not name (most convolutions under CPU_XLA_FLAGS) and to idle '
-        'cores')
+        'trace does not name (most convolutions under CPU_XLA_FLAGS) and to '
+        'idle cores')
   print()
   print('| operation | seconds | share | kind |')
   print('|---|---:|---:|---|')

@@ -253,7 +253,7 @@ def make_jax_cases(model_name, batch_size, names):
   from training import allocator  # pylint: disable=g-import-not-at-top
   info = dict(devices=[str(d) for d in jax.devices()], parameters=counts,
               xla_flags=os.environ.get('XLA_FLAGS', ''),
-              allocator='mimalloc' if allocator.active() else 'system malloc')
+              allocator=allocator.describe())
   return cases, info
 
 

@@ -139,7 +139,8 @@ def _channel_sums(x: jax.Array) -> jax.Array:
 
   XLA:CPU splits a plain reduction this large into reduce-windows that read
   the channels with a stride; the matmuls ran 3-13x faster at ResNet18's
-  shapes (three runs), with no more rounding error (benchmarks/cpu_kernels.py, `bn`).
+  shapes (three runs), with no more rounding error
+  (benchmarks/cpu_kernels.py, `bn`).
   Per-example partial sums are also the same whether or not the batch is
   split over devices, which keeps data-parallel runs closer to 1-device
   ones (tests/test_data_parallel.py)."""
@@ -157,9 +158,14 @@ def batch_norm_train(x, scale, bias, epsilon):
   return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
+def _per_example(x):
+  """(N, positions, C) view of an (N, ..., C) array, and N * positions."""
   x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-  n = x3.shape[0] * x3.shape[1]
+  return x3, x3.shape[0] * x3.shape[1]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+  x3, n = _per_example(x)
   mean = _channel_sums(x3) / n
   centred = x3 - mean
   # Two-pass variance: no cancellation when |mean| >> std.
@@ -173,9 +179,8 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
   del epsilon
   x, mean, inv, scale = residuals
   dy, dmean, dvar = cotangents
-  x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+  x3, n = _per_example(x)
   dy3 = dy.reshape(x3.shape)
-  n = x3.shape[0] * x3.shape[1]
   centred = x3 - mean
   dbias = _channel_sums(dy3)
   dy_centred = _channel_sums(dy3 * centred)

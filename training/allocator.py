@@ -14,7 +14,7 @@ LD_PRELOAD. It does nothing when mimalloc (the `cmeel-mimalloc` package, in
 the `train` extra) is not installed, on other systems than Linux, when an
 accelerator plugin for JAX is installed (GPU and TPU hosts: not measured
 there), when the user set LD_PRELOAD, or with PADAX_ALLOCATOR=system.
-Numerics do not depend on the allocator (tests/test_train_e2e.py).
+Numerics do not depend on the allocator (tests/test_allocator.py).
 """
 
 import importlib.metadata
@@ -87,3 +87,8 @@ def active() -> bool:
       return any('libmimalloc' in line for line in maps)
   except OSError:
     return False
+
+
+def describe() -> str:
+  """This process's allocator, for logs and benchmark headers."""
+  return 'mimalloc' if active() else 'system malloc'

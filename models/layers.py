@@ -63,6 +63,45 @@ def _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
           all(d == 1 for d in (rhs_dilation or (1, 1))))
 
 
+def _through_conditional(x: jax.Array, first: jax.Array) -> jax.Array:
+  """``x`` through a conditional whose two branches give the same bits."""
+  # -(-x) is exact (NaN payloads and -0 included); the branches are written
+  # differently because XLA drops a conditional whose branches are identical.
+  return jax.lax.cond(first == first, lambda x: x, lambda x: -(-x), x)
+
+
+@jax.custom_batching.custom_vmap
+def _kept_conditional(x: jax.Array, first: jax.Array) -> jax.Array:
+  return _through_conditional(x, first)
+
+
+@_kept_conditional.def_vmap
+def _kept_conditional_vmap(axis_size, in_batched, x, first):
+  # vmap turns a conditional with a batched predicate into a select, which
+  # XLA drops. One conditional over all members' inputs, on one member's
+  # predicate, keeps the buffer (through _kept_conditional again, so that
+  # an outer vmap does the same).
+  del axis_size
+  return _kept_conditional(x, first.reshape(-1)[0]), in_batched[0]
+
+
+@jax.custom_vjp
+def _materialized(x: jax.Array, first: jax.Array) -> jax.Array:
+  return _kept_conditional(x, first)
+
+
+def _materialized_fwd(x, first):
+  return _kept_conditional(x, first), None
+
+
+def _materialized_bwd(_, cotangent):
+  # The identity's gradient; the predicate gets none.
+  return cotangent, None
+
+
+_materialized.defvjp(_materialized_fwd, _materialized_bwd)
+
+
 def _materialized_on_cpu(x: jax.Array, weights: jax.Array) -> jax.Array:
   """``x``, unchanged, but computed into a buffer of its own on XLA:CPU.
 
@@ -72,19 +111,16 @@ def _materialized_on_cpu(x: jax.Array, weights: jax.Array) -> jax.Array:
   them again, reading every tensor of the chain with a stride: 20% of a
   ResNet18 step. XLA does not fuse across a conditional, so passing the
   input through one makes the transpose read it once (ResNet18 step 1.9 ->
-  1.6 s, docs/benchmarks.md). Both branches return the same bits; they are
-  written differently (-(-x) is exact, NaN payloads and -0 included)
-  because XLA drops a conditional whose branches are identical.
-  ``optimization_barrier`` would say this directly, but XLA:CPU removes
-  barriers before fusion. The predicate comes from the (replicated)
-  weights, so a batch-sharded ``x`` needs no collective; under ``vmap`` the
-  conditional becomes a select between equal values. Not on GPUs, where a
-  conditional waits for its predicate on the host.
+  1.6 s, docs/benchmarks.md). ``optimization_barrier`` would say this
+  directly, but XLA:CPU removes barriers before fusion. The predicate comes
+  from the (replicated) weights, so a batch-sharded ``x`` needs no
+  collective. A custom batching rule keeps the conditional under ``vmap``
+  (sweeps), and a custom gradient passes the cotangent straight through.
+  Not on GPUs, where a conditional waits for its predicate on the host.
   """
   if jax.default_backend() != 'cpu':
     return x
-  first = weights.reshape(-1)[0]
-  return jax.lax.cond(first == first, lambda x: x, lambda x: -(-x), x)
+  return _materialized(x, jax.lax.stop_gradient(weights.reshape(-1)[0]))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding,

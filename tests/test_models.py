@@ -323,7 +323,7 @@ def test_conv_inputs_stay_materialized_for_the_weight_gradient():
   """On the CPU each lax.conv input passes through a conditional that XLA
   keeps in the compiled gradient (so the weight gradient's transpose reads
   a buffer instead of recomputing BatchNorm-ReLU-residual chains), without
-  changing values or gradients; under vmap (sweeps) it is no conditional."""
+  changing values or gradients, also under vmap over members (sweeps)."""
   from models import layers  # pylint: disable=g-import-not-at-top
   if jax.default_backend() != 'cpu':
     pytest.skip('CPU only')
@@ -347,12 +347,19 @@ def test_conv_inputs_stay_materialized_for_the_weight_gradient():
   for a, b in zip(ours(x, w1, w2), plain(x, w1, w2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   compiled = jax.jit(ours).lower(x, w1, w2).compile().as_text()
-  # One per convolution input, and one per cotangent on the way back
-  # (JAX transposes the conditional too).
-  assert compiled.count(' conditional(') == 4, compiled
-  batched = jax.jit(jax.vmap(ours, in_axes=(None, 0, 0))).lower(
-      x, w1[None], w2[None]).compile().as_text()
-  assert ' conditional(' not in batched
+  assert compiled.count(' conditional(') == 2, compiled  # One per conv input.
+
+  # Three members (a sweep's vmap over weights, shared batch): the same
+  # conditionals, and each member's gradients as if it were alone.
+  w1s = jnp.stack([w1, -2.0 * w1, 0.5 * w1])
+  w2s = jnp.stack([w2, 0.5 * w2, -w2])
+  batched = jax.jit(jax.vmap(ours, in_axes=(None, 0, 0)))
+  assert batched.lower(x, w1s, w2s).compile().as_text().count(
+      ' conditional(') == 2
+  member_grads = batched(x, w1s, w2s)
+  for k in range(3):
+    for a, b in zip(member_grads, plain(x, w1s[k], w2s[k])):
+      np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-4)
 
 
 def test_max_pool_2x2_matches_flax_max_pool_exactly():

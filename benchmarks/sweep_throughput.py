@@ -24,6 +24,9 @@ random CIFAR-shaped uint8 images already on the device) take `steps` steps:
 
 Images/s counts every member's images (K * batch per grid step). The ratio
 column is each variant's images/s over that of the 1-device sequential run.
+`cores busy` is the process's CPU time over the wall time of the variant's
+timed runs (benchmarks/cpu_meter.py): how far a variant fills the machine,
+so what it could still gain by filling it (2 cores here: 2.0 is full).
 """
 
 import argparse
@@ -35,8 +38,12 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import cpu_meter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_BATCH = {'tiny_cnn': 128, 'resnet18': 32}
 
@@ -150,17 +157,23 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     run()
     compile_s[name] = time.perf_counter() - t0
   times = {name: [] for name in runs}
+  cpu_s = {name: 0.0 for name in runs}
   for _ in range(repeats):
     for name, run in runs.items():
-      t0 = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - t0)
+      with cpu_meter.CpuMeter() as meter:
+        run()
+      times[name].append(meter.wall_s)
+      cpu_s[name] = (None if meter.own_cpu_s is None or cpu_s[name] is None
+                     else cpu_s[name] + meter.own_cpu_s)
   images = members * batch_size * steps
   result = {name: images / statistics.median(t) for name, t in times.items()}
+  cores_busy = {name: cpu_meter.cores(cpu_s[name], sum(times[name]))
+                for name in runs}
   return dict(model=model_name, batch_size=batch_size, members=members,
               steps=steps, repeats=repeats, devices=jax.device_count(),
               device_kind=jax.devices()[0].device_kind,
-              images_per_second=result, first_run_s=compile_s)
+              images_per_second=result, cores_busy=cores_busy,
+              first_run_s=compile_s)
 
 
 def _in_subprocess(args, model: str, batch_size: int) -> dict:
@@ -214,15 +227,16 @@ def main():
         f'{args.steps} steps per member, median of {args.repeats} '
         f'interleaved repeats, allocator: {allocator.describe()}')
   print('| model | batch per member | variant | images/s | '
-        'vs sequential, 1 device |')
-  print('|---|---:|---|---:|---:|')
+        'vs sequential, 1 device | cores busy |')
+  print('|---|---:|---|---:|---:|---:|')
   for name in names:
     r = _in_subprocess(args, name, batch.get(name, 128))
     ips = r['images_per_second']
     for variant, value in ips.items():
+      busy = r['cores_busy'][variant]
       print(f'| {name} ({r["device_kind"]}) | {r["batch_size"]} | {variant} | '
-            f'{value:.1f} | {value / ips["sequential, 1 device"]:.2f}x |',
-            flush=True)
+            f'{value:.1f} | {value / ips["sequential, 1 device"]:.2f}x | '
+            f'{"n/a" if busy is None else f"{busy:.2f}"} |', flush=True)
     print(json.dumps(r), file=sys.stderr)
 
 

@@ -88,21 +88,25 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     """train.py's step (data parallel over `devices`), one state per member."""
     steps_fns = train_lib.MeshSteps(train_lib.make_mesh(devices), model,
                                     optimizer)
-    states = []
-    for k in range(members):
-      state = jax.jit(init, out_shardings=steps_fns.replicated)(
-          jax.random.key(k))
-      states.append(grid_lib.set_hyperparameters(
-          state, {key: v[k] for key, v in hyper.items()}))
+    # Hyperparameters set inside the jit, so that the state's types are
+    # those the step returns: one compiled step for every call.
+    member_init = jax.jit(
+        lambda key, v: grid_lib.set_hyperparameters(init(key), v),
+        out_shardings=steps_fns.replicated)
+    states = [member_init(jax.random.key(k),
+                          {key: v[k] for key, v in hyper.items()})
+              for k in range(members)]
     return steps_fns, states, steps_fns.shard(host_batch)
 
   def grid_variant(devices, data=1):
     mesh = grid_lib.make_grid_mesh(devices, data)
     steps_fns = grid_lib.GridSteps(mesh, model, optimizer)
-    slices = len(devices) // data
-    size = -(-members // slices) * slices  # Padded, as sweeps do.
-    keys = jnp.stack([jax.random.key(k % members) for k in range(size)])
-    padded = {key: np.resize(v, size) for key, v in hyper.items()}
+    size = grid_lib.padded_size(members, len(devices) // data)
+    # Padded with the last member, as sweeps pad.
+    keys = jnp.stack([jax.random.key(min(k, members - 1))
+                      for k in range(size)])
+    padded = {key: np.concatenate([v, np.repeat(v[-1:], size - members)])
+              for key, v in hyper.items()}
     state = jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
         out_shardings=NamedSharding(mesh, P(grid_lib.GRID_AXIS)))(keys, padded)
@@ -156,6 +160,11 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     t0 = time.perf_counter()
     run()
     compile_s[name] = time.perf_counter() - t0
+  # A program compiled inside the timed runs would be timed as training.
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, _, **kw: compiles.append(event)
+      if event == '/jax/core/compile/backend_compile_duration' else None)
   times = {name: [] for name in runs}
   cpu_s = {name: 0.0 for name in runs}
   for _ in range(repeats):
@@ -165,6 +174,9 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
       times[name].append(meter.wall_s)
       cpu_s[name] = (None if meter.own_cpu_s is None or cpu_s[name] is None
                      else cpu_s[name] + meter.own_cpu_s)
+  if compiles:
+    raise RuntimeError(f'{len(compiles)} XLA compilation(s) during the timed '
+                       'runs: the warm-up did not compile everything')
   images = members * batch_size * steps
   result = {name: images / statistics.median(t) for name, t in times.items()}
   cores_busy = {name: cpu_meter.cores(cpu_s[name], sum(times[name]))

@@ -393,6 +393,12 @@ def init_grid(init, members: list):
   return init(keys, values)
 
 
+def padded_size(num_members: int, slices: int) -> int:
+  """Members once padded to a multiple of the `grid` slices (the padding
+  repeats the last member; its results are dropped)."""
+  return -(-num_members // slices) * slices
+
+
 def _padded(items: list, size: int) -> list:
   return list(items) + [items[-1]] * (size - len(items))
 
@@ -809,7 +815,7 @@ def _train_chunk(base, own_batches, steps, init, chunk_members, chunk_dirs,
   NonfiniteWatch gave up on; the others were not disturbed).
   """
   num_devices = steps.mesh.shape[GRID_AXIS]
-  size = -(-len(chunk_members) // num_devices) * num_devices
+  size = padded_size(len(chunk_members), num_devices)
   padded = _padded(chunk_members, size)
   real = len(chunk_members)
   # Checkpoints hold the real members only: a restart on another device count

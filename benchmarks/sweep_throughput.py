@@ -102,11 +102,10 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     mesh = grid_lib.make_grid_mesh(devices, data)
     steps_fns = grid_lib.GridSteps(mesh, model, optimizer)
     size = grid_lib.padded_size(members, len(devices) // data)
-    # Padded with the last member, as sweeps pad.
-    keys = jnp.stack([jax.random.key(min(k, members - 1))
-                      for k in range(size)])
-    padded = {key: np.concatenate([v, np.repeat(v[-1:], size - members)])
-              for key, v in hyper.items()}
+    # Padded as sweeps pad (the last member repeated).
+    index = grid_lib._padded(list(range(members)), size)  # pylint: disable=protected-access
+    keys = jnp.stack([jax.random.key(k) for k in index])
+    padded = {key: v[index] for key, v in hyper.items()}
     state = jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
         out_shardings=NamedSharding(mesh, P(grid_lib.GRID_AXIS)))(keys, padded)

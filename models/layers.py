@@ -63,16 +63,12 @@ def _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
           all(d == 1 for d in (rhs_dilation or (1, 1))))
 
 
-def _through_conditional(x: jax.Array, first: jax.Array) -> jax.Array:
+@jax.custom_batching.custom_vmap
+def _kept_conditional(x: jax.Array, first: jax.Array) -> jax.Array:
   """``x`` through a conditional whose two branches give the same bits."""
   # -(-x) is exact (NaN payloads and -0 included); the branches are written
   # differently because XLA drops a conditional whose branches are identical.
   return jax.lax.cond(first == first, lambda x: x, lambda x: -(-x), x)
-
-
-@jax.custom_batching.custom_vmap
-def _kept_conditional(x: jax.Array, first: jax.Array) -> jax.Array:
-  return _through_conditional(x, first)
 
 
 @_kept_conditional.def_vmap
@@ -120,7 +116,7 @@ def _materialized_on_cpu(x: jax.Array, weights: jax.Array) -> jax.Array:
   """
   if jax.default_backend() != 'cpu':
     return x
-  return _materialized(x, jax.lax.stop_gradient(weights.reshape(-1)[0]))
+  return _materialized(x, weights.reshape(-1)[0])
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding,

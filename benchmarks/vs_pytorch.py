@@ -119,7 +119,7 @@ def make_torch_cases(model_name, batch_size, names, threads):
   channel_index = torch.arange(3).view(1, 3, 1, 1)
 
   def augment(u8):
-    # training.input_pipeline.augment + normalize, batched: per image a crop
+    # training.augment.augment + normalize, batched: per image a crop
     # offset in [0, 8] of the zero-padded 40x40 image and a coin flip.
     padded = F.pad(u8, (pad, pad, pad, pad))
     offsets = torch.randint(0, 2 * pad + 1, (2, batch_size, 1), generator=gen)

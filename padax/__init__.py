@@ -5,6 +5,7 @@
 decay and the learning rate, like ``optax.adam`` and ``optax.adamw``.
 """
 
+from padax._checks import check_hyperparameters
 from padax.alias import padam
 from padax.alias import padamw
 from padax.transform import AUTHORS
@@ -22,6 +23,7 @@ __all__ = (
     'PAPER',
     'REPORT',
     'ScaleByPartialAdaptiveState',
+    'check_hyperparameters',
     'padam',
     'padamw',
     'scale_by_partial_adaptive',

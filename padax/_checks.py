@@ -64,6 +64,32 @@ def _describe(name, low, high, high_inclusive, schedule_allowed) -> str:
   return text
 
 
+# The allowed range of each numeric hyperparameter of padax's optimizers.
+HYPERPARAMETER_RANGES = {
+    'learning_rate': dict(low=0.0, schedule_allowed=True),
+    'p': dict(low=0.0, high=0.5, schedule_allowed=True),
+    'b1': dict(low=0.0, high=1.0, high_inclusive=False),
+    'b2': dict(low=0.0, high=1.0, high_inclusive=False),
+    'eps': dict(low=0.0),
+    'weight_decay': dict(low=0.0),
+}
+
+
+def check_hyperparameters(owner: str, **values: Any) -> None:
+  """Checks padax hyperparameters by name (see `HYPERPARAMETER_RANGES`).
+
+  Public as `padax.check_hyperparameters`, so that code building padax from a
+  config (or checking an optax optimizer's b1, b2, eps the same way) states no
+  range of its own. Raises ValueError naming `owner`, the argument, the value
+  and the allowed range; TypeError for a name padax does not know.
+  """
+  for name, value in values.items():
+    if name not in HYPERPARAMETER_RANGES:
+      raise TypeError(f'check_hyperparameters: unknown hyperparameter '
+                      f'{name!r}; known: {", ".join(HYPERPARAMETER_RANGES)}.')
+    check_range(owner, name, value, **HYPERPARAMETER_RANGES[name])
+
+
 def check_choice(owner: str, name: str, value: Any, allowed) -> None:
   if value not in allowed:
     choices = ', '.join(repr(a) for a in allowed)

@@ -85,9 +85,8 @@ def padamw(
 
 
 def _check_lr_and_decay(owner, learning_rate, weight_decay) -> None:
-  _checks.check_range(owner, 'learning_rate', learning_rate, low=0.0,
-                      schedule_allowed=True)
-  _checks.check_range(owner, 'weight_decay', weight_decay, low=0.0)
+  _checks.check_hyperparameters(owner, learning_rate=learning_rate,
+                                weight_decay=weight_decay)
 
 
 def _decay(weight_decay, mask) -> tuple:

@@ -95,10 +95,7 @@ def scale_by_partial_adaptive(
       and the allowed range.
   """
   owner = 'scale_by_partial_adaptive'
-  _checks.check_range(owner, 'b1', b1, low=0.0, high=1.0, high_inclusive=False)
-  _checks.check_range(owner, 'b2', b2, low=0.0, high=1.0, high_inclusive=False)
-  _checks.check_range(owner, 'eps', eps, low=0.0)
-  _checks.check_range(owner, 'p', p, low=0.0, high=0.5, schedule_allowed=True)
+  _checks.check_hyperparameters(owner, b1=b1, b2=b2, eps=eps, p=p)
   _checks.check_bool(owner, 'amsgrad', amsgrad)
   _checks.check_choice(owner, 'formulation', formulation, FORMULATIONS)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)

@@ -2,16 +2,10 @@
 
 The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
 dataset is loaded once on the host as uint8 numpy arrays and then held on the
-accelerator. Normalisation and augmentation are pure JAX functions meant to run
-inside the jitted train step:
-
-* host side: `load_cifar` (TFDS `data_source` or the canonical python layout /
-  official archive on local disk), `epoch_permutation`, `steps_per_epoch`,
-  `eval_batches`;
-* device side: `normalize` and `augment` (random 32x32 crop of the 4-pixel
-  zero-padded image + random horizontal flip, as torchvision's
-  `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()` in the Padam authors'
-  code).
+accelerator, where the train step augments and normalises it
+(`training/augment.py`). Here: `load_cifar` (TFDS `data_source` or the
+canonical python layout / official archive on local disk),
+`epoch_permutation`, `steps_per_epoch`, `eval_batches`.
 
 `tensorflow_datasets` is imported lazily, so `source='local'` works without it.
 """
@@ -26,8 +20,6 @@ import pickle
 import tarfile
 from typing import Any, Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 DATASETS = ('cifar10', 'cifar100')
@@ -35,14 +27,6 @@ SOURCES = ('tfds', 'local')
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 IMAGE_SHAPE = (32, 32, 3)
-
-# Per-channel statistics used by the Padam authors' CIFAR code (torchvision
-# `transforms.Normalize`), applied to images scaled to [0, 1].
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
-
-# Padding of the random crop (torchvision `RandomCrop(32, padding=4)`).
-CROP_PADDING = 4
 
 # Number of records requested per `__getitems__` call on a TFDS data source.
 _TFDS_READ_CHUNK = 4096
@@ -555,53 +539,3 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray
       labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
       mask[valid:] = 0.0
     yield {'images': images, 'labels': labels, 'mask': mask}
-
-
-# ---------------------------------------------------------------------------
-# Public API: device side (pure, jittable).
-
-
-def normalize(images_uint8: jax.Array) -> jax.Array:
-  """(x / 255 - MEAN) / STD per channel, float32; channels last."""
-  images = jnp.asarray(images_uint8)
-  if images.shape[-1] != 3:
-    raise ValueError(f'normalize expects channels last (..., 3), got shape '
-                     f'{images.shape}.')
-  mean = jnp.asarray(MEAN, jnp.float32)
-  std = jnp.asarray(STD, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
-
-
-def augment(rng: jax.Array, images_uint8: jax.Array) -> jax.Array:
-  """Random crop of the zero-padded image + random horizontal flip.
-
-  Equivalent to torchvision's RandomCrop(32, padding=4) followed by
-  RandomHorizontalFlip(p=0.5) on uint8 images (padding with 0 before
-  normalisation). Example i uses the i-th key of jax.random.split(rng, N), so
-  the result depends only on `rng` and the batch, not on how it is sharded.
-
-  Args:
-    rng: a PRNG key (typed `jax.random.key` or raw `jax.random.PRNGKey`).
-    images_uint8: (N, H, W, C) images, normally uint8.
-
-  Returns:
-    Augmented images, same shape and dtype as the input.
-  """
-  images = jnp.asarray(images_uint8)
-  if images.ndim != 4:
-    raise ValueError(f'augment expects a batch (N, H, W, C), got shape '
-                     f'{images.shape}.')
-  n, height, width, channels = images.shape
-  pad = CROP_PADDING
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  keys = jax.random.split(rng, n)
-
-  def one(key, padded_image):
-    crop_key, flip_key = jax.random.split(key)
-    offsets = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
-    crop = jax.lax.dynamic_slice(
-        padded_image, (offsets[0], offsets[1], 0), (height, width, channels))
-    flip = jax.random.bernoulli(flip_key, 0.5)
-    return jnp.where(flip, crop[:, ::-1, :], crop)
-
-  return jax.vmap(one)(keys, padded)

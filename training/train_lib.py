@@ -19,7 +19,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from training import input_pipeline
+from training import augment
 
 DATA_AXIS = 'data'
 
@@ -71,8 +71,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   the augmentation. Per member under vmap.
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  images = input_pipeline.normalize(
-      input_pipeline.augment(rng, batch['images']))
+  images = augment.normalize(
+      augment.augment(rng, batch['images']))
   labels = batch['labels']
 
   def loss_fn(params):
@@ -116,7 +116,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 def eval_step(state: TrainState, batch: dict, *, model: nn.Module):
   """Sums of loss, top-1 and top-5 correct over the unmasked examples."""
-  images = input_pipeline.normalize(batch['images'])
+  images = augment.normalize(batch['images'])
   logits = model.apply({'params': state.params,
                         'batch_stats': state.batch_stats}, images, train=False)
   labels, mask = batch['labels'], batch['mask']

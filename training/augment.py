@@ -1,0 +1,65 @@
+"""Device-side CIFAR augmentation and normalisation, run inside the train step.
+
+Pure JAX functions of uint8 images: a random 32x32 crop of the 4-pixel
+zero-padded image and a random horizontal flip, then per-channel
+normalisation, as torchvision's `RandomCrop(32, padding=4)`,
+`RandomHorizontalFlip()` and `Normalize` in the Padam authors' code.
+"""
+
+import jax
+import jax.numpy as jnp
+
+# Per-channel statistics used by the Padam authors' CIFAR code (torchvision
+# `transforms.Normalize`), applied to images scaled to [0, 1].
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+
+# Padding of the random crop (torchvision `RandomCrop(32, padding=4)`).
+CROP_PADDING = 4
+
+
+
+def normalize(images_uint8: jax.Array) -> jax.Array:
+  """(x / 255 - MEAN) / STD per channel, float32; channels last."""
+  images = jnp.asarray(images_uint8)
+  if images.shape[-1] != 3:
+    raise ValueError(f'normalize expects channels last (..., 3), got shape '
+                     f'{images.shape}.')
+  mean = jnp.asarray(MEAN, jnp.float32)
+  std = jnp.asarray(STD, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def augment(rng: jax.Array, images_uint8: jax.Array) -> jax.Array:
+  """Random crop of the zero-padded image + random horizontal flip.
+
+  Equivalent to torchvision's RandomCrop(32, padding=4) followed by
+  RandomHorizontalFlip(p=0.5) on uint8 images (padding with 0 before
+  normalisation). Example i uses the i-th key of jax.random.split(rng, N), so
+  the result depends only on `rng` and the batch, not on how it is sharded.
+
+  Args:
+    rng: a PRNG key (typed `jax.random.key` or raw `jax.random.PRNGKey`).
+    images_uint8: (N, H, W, C) images, normally uint8.
+
+  Returns:
+    Augmented images, same shape and dtype as the input.
+  """
+  images = jnp.asarray(images_uint8)
+  if images.ndim != 4:
+    raise ValueError(f'augment expects a batch (N, H, W, C), got shape '
+                     f'{images.shape}.')
+  n, height, width, channels = images.shape
+  pad = CROP_PADDING
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  keys = jax.random.split(rng, n)
+
+  def one(key, padded_image):
+    crop_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+    crop = jax.lax.dynamic_slice(
+        padded_image, (offsets[0], offsets[1], 0), (height, width, channels))
+    flip = jax.random.bernoulli(flip_key, 0.5)
+    return jnp.where(flip, crop[:, ::-1, :], crop)
+
+  return jax.vmap(one)(keys, padded)

@@ -5,7 +5,7 @@
   python sweep.py --config sweeps/configs/cpu_subset.py --workdir /tmp/sweep_cpu
 
 The config is a train config plus `sweep.p`, `sweep.learning_rate`,
-`sweep.seed` lists (see sweeps/grid.py). `--chunk N` trains N members at a
+`sweep.seed` lists (see sweeps/spec.py). `--chunk N` trains N members at a
 time (`auto`: as many as a memory estimate allows; default: the config's
 `sweep.chunk`, 0 = all at once). Writes per-member metrics under
 `WORKDIR/members/<name>/`, `summary.md`/`summary.json`, and checkpoints of
@@ -62,6 +62,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
   from sweeps import grid  # pylint: disable=g-import-not-at-top
+  from sweeps import run  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
   try:
@@ -71,7 +72,7 @@ def main(argv):
     pass
   logging.info('JAX %s: %d devices (%s)', jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
-  cli.run(lambda: grid.run_sweep(
+  cli.run(lambda: run.run_sweep(
       _CONFIG.value, _WORKDIR.value, chunk=_parse_chunk(_CHUNK.value),
       progress=_PROGRESS.value,
       profile_steps=cli.profile_steps()))

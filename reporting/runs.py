@@ -13,16 +13,13 @@ import re
 import sys
 from typing import Optional, Sequence
 
+from training import records
+
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 MEMBERS_DIR = 'members'
 
-# The same columns as training.workdir.METRIC_COLUMNS (a test checks they
-# agree); copied so that reporting does not import JAX.
-METRIC_COLUMNS = (
-    'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
-    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
-    'skipped_steps')
+METRIC_COLUMNS = records.COLUMNS
 
 # Optimizers for which optimizer.p means something.
 P_OPTIMIZERS = ('padam',)
@@ -272,16 +269,6 @@ def load_runs(paths: Sequence[str], labels: Optional[Sequence[str]] = None,
   return runs
 
 
-def flatten(config: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def base_label(config: dict) -> Optional[str]:
   """'padam p=0.125 lr=0.1', 'sgdm lr=0.1'; None without optimizer.name."""
   opt = config.get('optimizer') if isinstance(config, dict) else None
@@ -307,7 +294,7 @@ def default_labels(runs: Sequence[Run]) -> list:
   labels still equal get the config keys that tell them apart (seed=1, ...),
   and then the run's name.
   """
-  flat = [flatten(r.config) for r in runs]
+  flat = [records.flatten(r.config) for r in runs]
   labels = [base_label(r.config) or r.name for r in runs]
   prefix_keys = [k for k in ('model', 'dataset')
                  if len({repr(f.get(k)) for f in flat}) > 1]

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 from reporting.runs import NOT_IN_LABELS
 from reporting.runs import Run
-from reporting.runs import flatten
 from reporting.runs import fmt_number
+from training import records
 
 DEFAULT_EPOCHS = (50, 100, 150, 200)
 MISSING = '—'
@@ -182,7 +182,7 @@ _GRID_KEYS = ('optimizer.learning_rate', 'optimizer.p', 'seed',
 def other_differences(runs: Sequence[Run]) -> list:
   """Config keys, besides lr, p and the seed, whose values differ between
   the runs of the grid (those with a learning rate)."""
-  flat = [flatten(run.config) for run in runs if run.lr is not None]
+  flat = [records.flatten(run.config) for run in runs if run.lr is not None]
   keys = sorted({k for f in flat for k in f})
   return [k for k in keys
           if k not in _GRID_KEYS and k.split('.')[-1] not in NOT_IN_LABELS

@@ -23,7 +23,7 @@ import pytest
 
 import padax
 from configs import quick
-from sweeps import grid
+from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
 from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
 from tests.test_train_e2e import snapshot
@@ -200,10 +200,11 @@ CASES = [
     # sweep.py: the command line itself.
     Case('empty grid', (
         'sweep.p=() is not allowed (empty); allowed: a non-empty list of '
-        'distinct numbers in [0, 0.5].',), [*SWEEP, '--config.sweep.p=()']),
+        'distinct values of optimizer.p.',), [*SWEEP, '--config.sweep.p=()']),
     Case('grid of strings', (
         "sweep.learning_rate=('0.1',) is not allowed ('0.1' is not a "
-        'number); allowed: a non-empty list of distinct numbers > 0.',),
+        'number); allowed: a non-empty list of distinct values of '
+        'optimizer.learning_rate.',),
          [*SWEEP, "--config.sweep.learning_rate='0.1'"]),
     Case('unknown grid key', (
         'sweep.lr is not a key', 'did you mean sweep.learning_rate?'),
@@ -224,23 +225,23 @@ CASES = [
         'optimizer.learning_rate?)',), call=_train(learning_rate=0.1)),
     Case('api: float for an int', (
         'num_epochs=2.5 is not allowed (a float); allowed: an integer, as in '
-        'configs/default.py (num_epochs=200).',), call=_train(num_epochs=2.5)),
+        'training/configuration.py (num_epochs=200).',), call=_train(num_epochs=2.5)),
     Case('api: string for a number', (
         "optimizer.weight_decay='5e-4' is not allowed (a str); allowed: a "
         'number',), call=_train(**{'optimizer.weight_decay': '5e-4'})),
     Case('api: missing key', (
         'nonfinite_policy is missing from the config; allowed: a config with '
-        "every key of configs/default.py (there nonfinite_policy='stop').",),
+        "every key of training/configuration.py (there nonfinite_policy='stop').",),
          call=_train(nonfinite_policy=_DELETE)),
     Case('api: eps out of range', (
-        'optimizer.eps=-1e-08 is out of range; allowed: optimizer.eps >= 0.',),
+        'optimizer (padam): eps=-1e-08 is out of range; allowed: eps >= 0.',),
          call=_train(**{'optimizer.eps': -1e-8})),
     Case('api: b1 out of range (adam)', (
-        'optimizer.b1=1.0 is out of range; allowed: 0 <= optimizer.b1 < 1.',),
+        'optimizer (adam): b1=1.0 is out of range; allowed: 0 <= b1 < 1.',),
          call=_train(**{'optimizer.name': 'adam', 'optimizer.b1': 1.0})),
     Case('api: negative learning rate', (
-        'optimizer.learning_rate=-0.1 is out of range; allowed: '
-        'optimizer.learning_rate >= 0.',),
+        'optimizer (padam): learning_rate=-0.1 is out of range; allowed: '
+        'learning_rate >= 0',),
          call=_train(**{'optimizer.learning_rate': -0.1})),
     Case('api: bad milestones', (
         'optimizer.lr_milestones=(0, 3) is not allowed (0); allowed: epochs, '
@@ -280,19 +281,20 @@ CASES = [
         'exists and is not a directory; allowed: a directory',),
          call=_train(), setup=_file_as_workdir),
     Case('api: grid value out of range', (
-        'sweep.p=(0.25, 0.75) is not allowed (0.75 is not one of the numbers '
-        'in [0, 0.5])',),
-         call=lambda tmp: grid.run_sweep(_sweep_with(p=(0.25, 0.75)),
+        'sweep.p=(0.25, 0.75) is not allowed (optimizer (padam): p=0.75 is '
+        'out of range; allowed: 0 <= p <= 0.5)',),
+         call=lambda tmp: sweep_run.run_sweep(_sweep_with(p=(0.25, 0.75)),
                                          os.path.join(tmp, 'W'))),
     Case('api: sweep seeds', (
-        'sweep.seed=(0, 1.5) is not allowed (1.5 is not an integer); allowed: '
+        'sweep.seed=(0, 1.5) is not allowed (1.5 is not an integer >= 0); '
+        'allowed: '
         'a non-empty list of distinct integers >= 0.',),
-         call=lambda tmp: grid.run_sweep(_sweep_with(seed=(0, 1.5)),
+         call=lambda tmp: sweep_run.run_sweep(_sweep_with(seed=(0, 1.5)),
                                          os.path.join(tmp, 'W'))),
     Case('api: stored sweep chunks', (
         'sweep.chunk=1 is not allowed for workdir=', 'it holds a sweep '
         'trained 2 members at a time; allowed: 2 (--chunk 2)'),
-         call=lambda tmp: grid.run_sweep(cpu_subset.get_config(),
+         call=lambda tmp: sweep_run.run_sweep(cpu_subset.get_config(),
                                          os.path.join(tmp, 'W'), chunk=1),
          setup=_stored_sweep),
     # padax.

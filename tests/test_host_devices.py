@@ -45,15 +45,15 @@ def test_split_cpu(count, env, expected):
 
 
 def test_sweep_members_at_once():
-  from sweeps import grid  # pylint: disable=g-import-not-at-top
+  from sweeps import spec  # pylint: disable=g-import-not-at-top
   from sweeps.configs import cpu_subset  # pylint: disable=g-import-not-at-top
   config = cpu_subset.get_config()
-  assert grid.members_at_once(config) == 9
-  assert grid.members_at_once(config, chunk=4) == 4
+  assert spec.members_at_once(config) == 9
+  assert spec.members_at_once(config, chunk=4) == 4
   config.sweep.chunk = 3
-  assert grid.members_at_once(config) == 3
-  assert grid.members_at_once(config, chunk=12) == 9
-  assert grid.members_at_once(config, chunk=grid.AUTO_CHUNK) == 9
+  assert spec.members_at_once(config) == 3
+  assert spec.members_at_once(config, chunk=12) == 9
+  assert spec.members_at_once(config, chunk=spec.AUTO_CHUNK) == 9
 
 
 @pytest.mark.parametrize('before, after', [

@@ -6,7 +6,7 @@ through a coordinator on a free localhost port (CPU backend, gloo collectives,
 `train_lib.make_mesh()` and `MeshSteps`, and trains tiny_cnn with Padam for 3
 steps on the same global batches (built on both processes with
 `MeshSteps.global_array`; each process feeds only its own devices' rows),
-then evaluates with `trainer.evaluate`. A third process does the same on one
+then evaluates with `loop.evaluate_totals`. A third process does the same on one
 host with 4 devices, as a reference.
 """
 import json
@@ -166,7 +166,7 @@ def test_multihost_matches_one_host(results):
 
 
 def test_metrics_summed_over_the_global_batch(results):
-  # host_metrics / trainer.evaluate read replicated sums on every process: 3
+  # host_metrics / loop.evaluate_totals read replicated sums on every process: 3
   # training steps of 16 images, and 24 test images in 2 padded batches of 16
   # (the padding masked out).
   processes, _ = results

@@ -19,7 +19,7 @@ import pytest
 
 import models
 from configs import quick
-from sweeps import grid
+from sweeps import run as sweep_run
 from tests import fault_harness as harness
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
@@ -243,7 +243,7 @@ def sweep_config(learning_rates, **overrides):
 def undisturbed(tmp_path_factory, policy):
   """The workdir of a sweep where neither member diverges (once a session)."""
   def build(path):
-    grid.run_sweep(sweep_config((0.05, 0.01), nonfinite_policy=policy),
+    sweep_run.run_sweep(sweep_config((0.05, 0.01), nonfinite_policy=policy),
                    os.path.join(path, 'sweep'), data=random_data(),
                    progress=False)
   return os.path.join(harness.once(tmp_path_factory,
@@ -254,7 +254,7 @@ def undisturbed(tmp_path_factory, policy):
 @pytest.mark.parametrize('policy', ['stop', 'skip'])
 def test_sweep_member_diverges_alone(tmp_path, tmp_path_factory, policy):
   workdir = str(tmp_path / 'sweep')
-  summary = grid.run_sweep(
+  summary = sweep_run.run_sweep(
       sweep_config((0.05, 1e30), nonfinite_policy=policy,
                    max_consecutive_skips=2),
       workdir, data=random_data(), progress=False)

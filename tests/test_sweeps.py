@@ -1,4 +1,4 @@
-"""The sweep runner (sweeps/grid.py, sweep.py): a vmapped grid of train.py's step.
+"""The sweep runner (sweeps/, sweep.py): a vmapped grid of train.py's step.
 
 Small and CPU-fast: tiny_cnn, batches of 16, genuine CIFAR-10 images sliced
 from the shared subset (random images where it is absent). The compiled
@@ -20,7 +20,10 @@ import pytest
 
 import models
 from configs import quick
+from reporting import sweep_summary
 from sweeps import grid
+from sweeps import run as sweep_run
+from sweeps import spec
 from sweeps.configs import cpu_subset
 from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
@@ -29,6 +32,7 @@ from tests.conftest import SHARED_CIFAR10_SUBSET
 from training import host_devices
 from training import input_pipeline
 from training import optimizers
+from training import records
 from training import train_lib
 from training import workdir as workdir_lib
 
@@ -88,7 +92,7 @@ def sweep_config(**sweep):
 
 
 def members_of(*values):
-  return [grid.Member(i, f'm{i}', dict(v)) for i, v in enumerate(values)]
+  return [spec.Member(i, f'm{i}', dict(v)) for i, v in enumerate(values)]
 
 
 def host(tree):
@@ -127,7 +131,7 @@ def batches(data, seed, count=NUM_STEPS):
 def train_grid(data, members, *, own_batches=False):
   """Stacked states after NUM_STEPS vmapped steps; and the summed metrics."""
   config = sweep_config()
-  _, _, steps, init = grid.build(grid.train_config(config), 10,
+  _, _, steps, init = grid.build(spec.train_config(config), 10,
                                  STEPS_PER_EPOCH, own_batches)
   state = grid.init_grid(init, members)
   if own_batches:
@@ -150,7 +154,7 @@ def train_alone(data, values, batch_seeds):
   One run per batch seed (the batches of epoch_permutation(seed, 1)), with
   the same compiled step; returns [(state, summed metrics)].
   """
-  member_cfg = grid.member_config(sweep_config(), grid.Member(0, 'x', values))
+  member_cfg = spec.member_config(sweep_config(), spec.Member(0, 'x', values))
   optimizer = optimizers.create_optimizer(member_cfg, STEPS_PER_EPOCH)
   model = models.create_model(member_cfg.model, 10)
   steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer)
@@ -233,7 +237,7 @@ def read_rows(workdir, name):
 
 
 def final_states(workdir, num_chunks):
-  return [host(grid.restore_chunk(workdir, ci, num_classes=10,
+  return [host(sweep_run.restore_chunk(workdir, ci, num_classes=10,
                                   steps_per_epoch=STEPS_PER_EPOCH)[1])
           for ci in range(num_chunks)]
 
@@ -248,7 +252,7 @@ def chunked_config():
 def straight(data, tmp_path_factory):
   """An uninterrupted 3-epoch sweep of chunked_config(): (workdir, summary)."""
   workdir = str(tmp_path_factory.mktemp('straight') / 'a')
-  return workdir, grid.run_sweep(chunked_config(), workdir, data=data,
+  return workdir, sweep_run.run_sweep(chunked_config(), workdir, data=data,
                                  progress=False)
 
 
@@ -260,12 +264,12 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
   but before its checkpoint, then run again.
   """
   config = chunked_config()
-  names = [m.name for m in grid.grid_members(config)]
+  names = [m.name for m in spec.grid_members(config)]
   (a, summary_a), b = straight, str(tmp_path / 'b')
 
   short = chunked_config()
   short.num_epochs = 2
-  grid.run_sweep(short, b, data=data, progress=False)
+  sweep_run.run_sweep(short, b, data=data, progress=False)
   assert [len(read_rows(b, n)) for n in names] == [2, 2, 2, 2]
 
   def kill(chunk_index, epoch):
@@ -273,10 +277,10 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
       raise Killed()
 
   with pytest.raises(Killed):
-    grid.run_sweep(config, b, data=data, progress=False, after_epoch=kill)
+    sweep_run.run_sweep(config, b, data=data, progress=False, after_epoch=kill)
   # Chunk 2's epoch-3 rows were written after its last checkpoint (epoch 2).
   assert [len(read_rows(b, n)) for n in names] == [3, 3, 3, 3]
-  summary_b = grid.run_sweep(config, b, data=data, progress=False)
+  summary_b = sweep_run.run_sweep(config, b, data=data, progress=False)
 
   for state_a, state_b in zip(final_states(a, 2), final_states(b, 2)):
     leaves_a = jax.tree_util.tree_flatten_with_path(state_a)[0]
@@ -296,7 +300,7 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
   for name in names:
     member_dir = os.path.join(a, 'members', name)
     with open(os.path.join(member_dir, 'metrics.csv')) as f:
-      assert f.readline().strip() == ','.join(workdir_lib.METRIC_COLUMNS)
+      assert f.readline().strip() == ','.join(records.COLUMNS)
     with open(os.path.join(member_dir, 'config.json')) as f:
       member_cfg = json.load(f)
     assert member_cfg['model'] == 'tiny_cnn'
@@ -317,7 +321,7 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
   # Another chunking of the same workdir is refused, naming the key.
   with pytest.raises(ValueError, match=r'sweep\.chunk=3 is not allowed.*'
                      r'allowed: 2 \(--chunk 2\)'):
-    grid.run_sweep(config, b, data=data, progress=False, chunk=3)
+    sweep_run.run_sweep(config, b, data=data, progress=False, chunk=3)
 
 
 # Several devices. -------------------------------------------------------------
@@ -328,11 +332,12 @@ sys.path.insert(0, os.environ['ROOT'])
 import jax
 from tests import test_sweeps as t
 from sweeps import grid
+from sweeps import run as sweep_run
 assert jax.device_count() == 2
 config = t.sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.05,))
 config.num_epochs = 1
-grid.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
-members, state = grid.restore_chunk(sys.argv[1], 0, num_classes=10,
+sweep_run.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
+members, state = sweep_run.restore_chunk(sys.argv[1], 0, num_classes=10,
                                     steps_per_epoch=t.STEPS_PER_EPOCH)
 print(json.dumps([len(members), state.params['conv1']['kernel'].shape[0]]))
 """
@@ -371,7 +376,7 @@ def _assert_epoch_1_as_on_one_device(workdir, straight, num_members):
   """Epoch 1 of the first members equals the 1-device sweep's (`straight`):
   losses within the float tolerance (sums in another order), the rest
   exactly."""
-  for m in grid.grid_members(chunked_config())[:num_members]:
+  for m in spec.grid_members(chunked_config())[:num_members]:
     (row,), row_one = read_rows(str(workdir), m.name), read_rows(
         straight[0], m.name)[0]
     for key in ('train_loss', 'test_loss'):
@@ -387,13 +392,14 @@ sys.path.insert(0, os.environ['ROOT'])
 import jax
 from tests import test_sweeps as t
 from sweeps import grid
+from sweeps import run as sweep_run
 assert jax.device_count() == 4
 meshes = []
 make = grid.make_grid_mesh
 grid.make_grid_mesh = lambda *a: meshes.append(make(*a)) or meshes[-1]
 config = t.sweep_config(p=(0.25, 0.125), learning_rate=(0.05,))
 config.num_epochs = 1
-grid.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
+sweep_run.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
 print(json.dumps([dict(m.shape) for m in meshes]))
 """
 
@@ -432,20 +438,22 @@ def test_devices_per_member():
 
 @pytest.mark.parametrize('sweep, match', [
     (dict(p=()), r"sweep\.p=\(\) is not allowed \(empty\); allowed: a "
-                 r"non-empty list of distinct numbers in \[0, 0\.5\]"),
+                 r"non-empty list of distinct values of optimizer\.p\."),
     (dict(p=(0.25, 0.7)), r"sweep\.p=\(0\.25, 0\.7\) is not allowed \(0\.7 "
-                          r"is not one of the numbers in \[0, 0\.5\]\)"),
-    (dict(p=(-0.1,)), r"sweep\.p=\(-0\.1,\).*numbers in \[0, 0\.5\]"),
+                          r"\(optimizer \(padam\): p=0\.7 is out of range; allowed: "
+                          r"0 <= p <= 0\.5\)"),
+    (dict(p=(-0.1,)), r"sweep\.p=\(-0\.1,\).*allowed: 0 <= p <= 0\.5"),
     (dict(learning_rate=(0.1, -0.01)),
-     r"sweep\.learning_rate=\(0\.1, -0\.01\) is not allowed \(-0\.01 is not "
-     r"one of the numbers > 0\); allowed: a non-empty list"),
+     r"sweep\.learning_rate=\(0\.1, -0\.01\) is not allowed \(optimizer "
+     r"\(padam\): learning_rate=-0\.01 is out of range; allowed: "
+     r"learning_rate >= 0.*\); allowed: a non-empty list"),
     (dict(p=('a',)), r"sweep\.p=\('a',\) is not allowed \('a' is not a "
                      r"number\)"),
     (dict(learning_rate='0.1'), r"sweep\.learning_rate='0\.1' is not allowed "
                                 r"\(not a list\)"),
     (dict(p=(0.25, True)), r"sweep\.p=.*True is not a number"),
     (dict(seed=(0, 1.5)), r"sweep\.seed=\(0, 1\.5\) is not allowed \(1\.5 is "
-                          r"not an integer\); allowed: .*integers >= 0"),
+                          r"not an integer >= 0\); allowed: .*integers >= 0"),
     (dict(seed=(-1,)), r"sweep\.seed=\(-1,\).*integers >= 0"),
     (dict(p=(0.25, 0.25)), r"sweep\.p=\(0\.25, 0\.25\).*a value repeats"),
     (dict(lr=(0.1,)), r"sweep\.lr=\(0\.1,\) is not allowed \(not a grid "
@@ -453,14 +461,14 @@ def test_devices_per_member():
                       r"keys p, learning_rate"),
     (dict(momentum=(0.9,)), r"sweep\.momentum=.*optimizer\.name='padam' "
                             r"takes no momentum"),
-    (dict(b2=(0.999, 1.0)), r"sweep\.b2=.*numbers in \[0, 1\)"),
+    (dict(b2=(0.999, 1.0)), r"sweep\.b2=.*allowed: 0 <= b2 < 1"),
     (dict(chunk=-2), r"sweep\.chunk=-2 is not allowed"),
     (dict(own_batches='yes'), r"sweep\.own_batches='yes' is not allowed"),
 ])
 def test_bad_grid_is_refused_before_any_file(data, tmp_path, sweep, match):
   workdir = tmp_path / 'sweep'
   with pytest.raises(ValueError, match=match):
-    grid.run_sweep(sweep_config(**sweep), str(workdir), data=data,
+    sweep_run.run_sweep(sweep_config(**sweep), str(workdir), data=data,
                    progress=False)
   assert not workdir.exists()
 
@@ -474,8 +482,9 @@ def test_command_line_refuses_bad_grid(tmp_path):
       capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode == 2, result.stderr[-2000:]
-  assert ('error: sweep.p=(0.25, 0.75) is not allowed (0.75 is not one of '
-          'the numbers in [0, 0.5]); allowed:') in result.stderr
+  assert ('error: sweep.p=(0.25, 0.75) is not allowed (optimizer (padam): '
+          'p=0.75 is out of range; allowed: 0 <= p <= 0.5); allowed:'
+          ) in result.stderr
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
 
@@ -486,17 +495,17 @@ def test_command_line_refuses_bad_grid(tmp_path):
 def test_presets():
   p_grid = report_p_grid.get_config('cifar100')
   assert p_grid.dataset == 'cifar100' and p_grid.model == 'resnet18'
-  assert [m.values for m in grid.grid_members(p_grid)] == [
+  assert [m.values for m in spec.grid_members(p_grid)] == [
       dict(p=p, learning_rate=0.1, seed=0) for p in (0.25, 0.125, 0.0625)]
   assert tuple(p_grid.optimizer.lr_milestones) == (30, 60, 90)
   sensitivity = report_sensitivity.get_config()
   assert sensitivity.num_epochs == 30
   assert {(m.values['p'], m.values['learning_rate'])
-          for m in grid.grid_members(sensitivity)} == {
+          for m in spec.grid_members(sensitivity)} == {
               (p, lr) for p in (0.25, 0.125, 0.0625)
               for lr in (0.1, 0.01, 0.001)}
   cpu = cpu_subset.get_config()
-  assert len(grid.grid_members(cpu)) == 9 and cpu.model == 'tiny_cnn'
+  assert len(spec.grid_members(cpu)) == 9 and cpu.model == 'tiny_cnn'
   assert cpu.data_source == 'local'
   with pytest.raises(ValueError, match='cifar10, cifar100'):
     report_p_grid.get_config('mnist')
@@ -505,15 +514,15 @@ def test_presets():
 def test_member_names_configs_and_chunks():
   config = sweep_config(p=(0.25, 0.0625), learning_rate=(0.1, 1e-3),
                         seed=(0, 1), weight_decay=(0.0, 5e-4))
-  members = grid.grid_members(config)
+  members = spec.grid_members(config)
   assert len(members) == 16
   assert members[0].name == 'p0.25-lr0.1-wd0-seed0'
   assert members[-1].name == 'p0.0625-lr0.001-wd0.0005-seed1'
-  cfg = grid.member_config(config, members[-1])
+  cfg = spec.member_config(config, members[-1])
   assert (cfg.seed, cfg.optimizer.p, cfg.optimizer.learning_rate,
           cfg.optimizer.weight_decay) == (1, 0.0625, 1e-3, 5e-4)
   assert 'sweep' not in cfg
-  assert [len(c) for c in grid.chunks_of(members, 5)] == [5, 5, 5, 1]
+  assert [len(c) for c in spec.chunks_of(members, 5)] == [5, 5, 5, 1]
   # Automatic chunking: what fits in 70% of the free memory.
   assert grid.auto_chunk(16, member_bytes=100, free_bytes=1000) == 7
   assert grid.auto_chunk(16, 100, 1000, reserved_bytes=500) == 2
@@ -522,21 +531,22 @@ def test_member_names_configs_and_chunks():
   assert grid.auto_chunk(16, 100, 1000, num_devices=2) == 14
   # The estimate: 3 copies of the state (~24k params, 4 copies in Padam's
   # state) plus the compiled step's temporaries.
-  model, optimizer, _, _ = grid.build(grid.train_config(sweep_config()), 10,
+  model, optimizer, _, _ = grid.build(spec.train_config(sweep_config()), 10,
                                       STEPS_PER_EPOCH, False)
   estimate = grid.estimate_member_bytes(model, optimizer, BATCH)
   assert 3 * 4 * 4 * 20_000 < estimate < 100 * 2**20
 
 
 def test_summary_marks_diverged_member():
-  m = grid.Member(0, 'p0.5-lr10-seed0', dict(p=0.5, learning_rate=10.0,
+  m = spec.Member(0, 'p0.5-lr10-seed0', dict(p=0.5, learning_rate=10.0,
                                               seed=0))
   rows = [dict(epoch=1, test_error=0.8, train_loss=2.0),
           dict(epoch=2, test_error=0.7, train_loss=1.5),
           dict(epoch=3, test_error=0.9, train_loss=math.nan)]
-  s = grid.summarize_member(m, rows)
+  s = sweep_summary.summarize_member(m.name, m.values, rows)
   assert (s['best_test_error'], s['best_epoch'], s['final_test_error'],
           s['diverged_epoch'], s['epochs']) == (0.7, 2, 0.9, 3, 3)
-  text = grid.summary_markdown(sweep_config(p=(0.5,), learning_rate=(10.0,)),
-                               [m], [s])
+  text = sweep_summary.summary_markdown(
+      spec.train_config(sweep_config(p=(0.5,), learning_rate=(10.0,))
+                        ).to_dict(), ['p', 'learning_rate', 'seed'], [s])
   assert 'diverged at epoch 3' in text and '70.00' in text

@@ -87,7 +87,8 @@ def _does_not_load(spec: str, e: Exception) -> str:
 
 def _explain(argv, error: Exception) -> str:
   """One line on what is wrong with the command line."""
-  from training import trainer  # pylint: disable=g-import-not-at-top
+  from training import configuration  # pylint: disable=g-import-not-at-top
+  from training import records  # pylint: disable=g-import-not-at-top
   spec = _config_spec(argv)
   if spec is None:
     return _first_line(error)
@@ -96,20 +97,20 @@ def _explain(argv, error: Exception) -> str:
     config.keys()  # A file that did not load raises only when used.
   except Exception as e:  # pylint: disable=broad-except
     return _does_not_load(spec, e)
-  keys = trainer._leaves(config)  # pylint: disable=protected-access
+  keys = records.flatten(config, nodes=True)
   for key, value in _config_overrides(argv):
     if key not in keys:
       parent = key.rpartition('.')[0]
-      siblings = trainer.sibling_keys(key, keys)
+      siblings = configuration.sibling_keys(key, keys)
       return (f'--{CONFIG_FLAG}.{key}={value!r}: {key} is not a key of the '
-              f'config {spec}{trainer.closest_key(key, keys)}; allowed'
+              f'config {spec}{configuration.closest_key(key, keys)}; allowed'
               f'{" under " + parent if parent else ""}: '
               f'{", ".join(siblings)}.')
   m = re.search(rf'flag --{CONFIG_FLAG}\.([^=\s]+)=(.*?): (.*)',
                 _first_line(error))
   if m and m.group(1) in keys:
     key = m.group(1)
-    words, _ = trainer._kind(keys[key])  # pylint: disable=protected-access
+    words, _ = configuration.value_kind(keys[key])
     return (f'--{CONFIG_FLAG}.{key}={m.group(2)!r} is not allowed '
             f'({m.group(3)}); allowed: {words}, as in the config '
             f'({key}={keys[key]!r}).')

@@ -153,11 +153,8 @@ class LoopState:
     return {
         'version': 1,
         'steps_done': self.steps_done,
-        # A sweep's totals have one entry per member, then the padding.
         'totals': (None if self.totals is None else {
-            k: _encode_array(np.asarray(v)[:self.num_members]
-                             if np.ndim(v) else v)
-            for k, v in self.totals.items()}),
+            k: _encode_array(v) for k, v in self.totals.items()}),
         'train_seconds': self.train_seconds,
         'nonfinite_in_a_row': list(self.nonfinite_in_a_row),
         'diverged': list(self.diverged),

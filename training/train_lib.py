@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from training import augment
+from training import input_pipeline
 
 DATA_AXIS = 'data'
 
@@ -137,34 +138,54 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 class MeshSteps:
   """`train_step` and `eval_step` jitted over a mesh: batch sharded, state replicated.
 
-  Also holds the training images on the devices (uint8, replicated) so a batch
-  is gathered by index on device: no host-to-device copy of images per step.
+  Also what the epoch loop (training/loop.py) trains: the steps, where the
+  batches and metrics live, and the few facts that differ between one run and
+  a sweep's grid of members (sweeps/grid.py's GridSteps, whose state and
+  metrics carry a leading member axis): `num_members`, `member_names`,
+  `batch_order`, `member_values`, and `for_checkpoint` / `from_checkpoint`
+  between the trained state and what a checkpoint holds. Here, one member.
+
+  The training images stay on the devices (uint8, replicated) so a batch is
+  gathered by index on device: no host-to-device copy of images per step.
   """
+
+  num_members = 1
+  # None: one run, which a non-finite step stops (faults.NonfiniteWatch).
+  member_names = None
 
   def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop'):
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
-    self.sharded = NamedSharding(mesh, P(DATA_AXIS))
-    self.metrics_sharding = self.replicated
+    self.place(mesh)
     self.train_step = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer,
-                          nonfinite=nonfinite),
-        in_shardings=(self.replicated, self.sharded),
-        out_shardings=(self.replicated, self.replicated),
+        self.per_device(functools.partial(
+            train_step, model=model, optimizer=optimizer,
+            nonfinite=nonfinite), batch_axis=self.train_batch_axis),
+        in_shardings=(self.state_sharding, self.sharded),
+        out_shardings=(self.state_sharding, self.metrics_sharding),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(self.replicated, self.sharded),
-        out_shardings=self.replicated)
-    self._build_batch_helpers()
-
-  def _build_batch_helpers(self) -> None:
-    """`gather` (a batch by index, placed as `self.sharded`) and `add`."""
+        self.per_device(functools.partial(eval_step, model=model),
+                        batch_axis=None),
+        in_shardings=(self.state_sharding, self.eval_sharded),
+        out_shardings=self.metrics_sharding)
     self.gather = jax.jit(
         lambda images, labels, idx: {'images': images[idx],
                                      'labels': labels[idx]},
         out_shardings=self.sharded)
     self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+  def place(self, mesh) -> None:
+    """Sets where the state, the batches (and their indices) and the metrics
+    live: the state replicated, each batch split over `data`."""
+    self.state_sharding = self.metrics_sharding = self.replicated
+    self.sharded = self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    self.train_batch_axis = None
+
+  def per_device(self, step: Callable, batch_axis) -> Callable:
+    """`step` as each device runs it: here as it is."""
+    del batch_axis
+    return step
 
   def global_array(self, host_array: np.ndarray, sharding) -> jax.Array:
     """A global array from the same host array on every process."""
@@ -176,7 +197,27 @@ class MeshSteps:
     return jax.tree.map(lambda x: self.global_array(x, self.replicated), tree)
 
   def shard(self, tree):
-    return jax.tree.map(lambda x: self.global_array(x, self.sharded), tree)
+    """An evaluation batch, placed for `eval_step`."""
+    return jax.tree.map(lambda x: self.global_array(x, self.eval_sharded),
+                        tree)
+
+  # What differs between one run and a grid of members.
+
+  def batch_order(self, seed: int, epoch: int, num_examples: int):
+    """The epoch's order of the training examples (N,)."""
+    return input_pipeline.epoch_permutation(seed, epoch, num_examples)
+
+  def member_values(self, tree) -> list:
+    """[{key: float}] per member of a host tree of metrics or values."""
+    return [{k: float(v) for k, v in tree.items()}]
+
+  def for_checkpoint(self, tree):
+    """The state (or metric totals) as a checkpoint holds them."""
+    return tree
+
+  def from_checkpoint(self, tree):
+    """The inverse of `for_checkpoint`, placed as `state_sharding`."""
+    return tree
 
 
 def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:

@@ -31,6 +31,7 @@ import ml_collections
 
 from training import checkpoints
 from training import faults
+from training import records
 
 # Keys that may differ between a stored config and a resumed run's: extending
 # or shortening a run is allowed, anything else is another experiment.
@@ -40,36 +41,25 @@ RUN_LENGTH_KEYS = ('num_epochs',)
 # config that lacks one holds a run made with its value here.
 ADDED_KEYS = {'nonfinite_policy': 'stop', 'max_consecutive_skips': 10}
 
-METRIC_COLUMNS = (
-    'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
-    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
-    'skipped_steps')
-
 LOCK_FILE = 'lock'
 _TMP_PREFIX = '.tmp-'
 
 
-def flatten(config) -> dict:
-  """{'a.b': value} for a (nested) ConfigDict or dict."""
-  out = {}
-  items = config.items() if hasattr(config, 'items') else config
-  for key, value in items:
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      for sub, v in flatten(value).items():
-        out[f'{key}.{sub}'] = v
-    else:
-      out[key] = list(value) if isinstance(value, tuple) else value
-  return out
+def _json_flat(config) -> dict:
+  """A config as flat JSON values (tuples as lists), as config.json holds it."""
+  if hasattr(config, 'to_dict'):
+    config = config.to_dict()
+  return records.flatten(json.loads(json.dumps(config)))
 
 
 def config_conflicts(stored: dict, requested: dict) -> list:
   """Keys (dotted) whose values differ, ignoring the run length."""
-  a, b = {**ADDED_KEYS, **flatten(stored)}, flatten(requested)
+  a, b = {**ADDED_KEYS, **_json_flat(stored)}, _json_flat(requested)
   return sorted(k for k in set(a) | set(b)
                 if k not in RUN_LENGTH_KEYS and a.get(k) != b.get(k))
 
 
-def _atomic_write(path: str, text: str, *, newline=None) -> None:
+def atomic_write(path: str, text: str, *, newline=None) -> None:
   """Replaces `path` by `text`; faults.WriteError (path intact) on failure."""
   tmp = None
   try:
@@ -225,8 +215,8 @@ class Workdir:
       conflicts = config_conflicts(stored, self.config.to_dict())
       if conflicts:
         details = '; '.join(
-            f'{k}: stored {flatten(stored).get(k)!r}, requested '
-            f'{flatten(self.config.to_dict()).get(k)!r}' for k in conflicts)
+            f'{k}: stored {_json_flat(stored).get(k)!r}, requested '
+            f'{_json_flat(self.config).get(k)!r}' for k in conflicts)
         raise ValueError(
             f'workdir={self.path!r} holds a run with a different config '
             f'({details}). Only {", ".join(RUN_LENGTH_KEYS)} may change on '
@@ -239,7 +229,7 @@ class Workdir:
       for name in os.listdir(self.path):
         if name.startswith(_TMP_PREFIX):
           os.remove(os.path.join(self.path, name))
-      _atomic_write(self.config_path,
+      atomic_write(self.config_path,
                     json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
 
   def checkpoint_store(self, keep: int) -> checkpoints.CheckpointStore:
@@ -255,11 +245,11 @@ class Workdir:
     """Rewrites both metrics files with `rows` (atomically, from process 0)."""
     if jax.process_index() != 0:
       return
-    _atomic_write(self.jsonl_path,
+    atomic_write(self.jsonl_path,
                   ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
     table = io.StringIO(newline='')
-    writer = csv.DictWriter(table, fieldnames=METRIC_COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=records.COLUMNS)
     writer.writeheader()
     for r in rows:
-      writer.writerow({k: r.get(k) for k in METRIC_COLUMNS})
-    _atomic_write(self.csv_path, table.getvalue(), newline='')
+      writer.writerow({k: r.get(k) for k in records.COLUMNS})
+    atomic_write(self.csv_path, table.getvalue(), newline='')

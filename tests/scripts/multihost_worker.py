@@ -12,7 +12,7 @@ the global mesh over every process's devices with `train_lib.make_mesh()` and
 the way `trainer.train_and_evaluate` does: the same training images and the
 same batch indices on every process, made into global arrays with
 `MeshSteps.global_array`, each process feeding its own devices' shards. It
-evaluates 24 images as `trainer.evaluate` does (batches padded to 16 and
+evaluates 24 images as the epoch loop does (`loop.evaluate_totals`) (batches padded to 16 and
 made global with `MeshSteps.shard`). It then writes DIR/process_I.npz (its copy
 of the replicated params, before and after, the summed training metrics and the
 evaluation metrics) and DIR/process_I.json (a sha256 of the final
@@ -106,7 +106,7 @@ def main():
   from training import input_pipeline
   from training import optimizers
   from training import train_lib
-  from training import trainer
+  from training import loop
   # pylint: enable=g-import-not-at-top
 
   assert jax.default_backend() == 'cpu', jax.default_backend()
@@ -151,10 +151,11 @@ def main():
     totals = metrics if totals is None else steps.add(totals, metrics)
     log(f'step {i + 1} dispatched')
 
-  # Evaluation as trainer.evaluate: host batches made global with
+  # Evaluation as the epoch loop does: host batches made global with
   # MeshSteps.shard (global_array), metrics read with host_metrics.
   test = input_pipeline.Split(images=images[:24], labels=labels[:24])
-  eval_metrics = trainer.evaluate(steps, state, test, GLOBAL_BATCH)
+  eval_metrics = train_lib.host_metrics(
+      loop.evaluate_totals(steps, state, test, GLOBAL_BATCH))
   train_metrics = train_lib.host_metrics(totals)
   log('evaluated')
 

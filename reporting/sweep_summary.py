@@ -1,0 +1,115 @@
+"""The summary of a sweep: per member, its grid values and its errors.
+
+sweeps/run.py writes it after each chunk as summary.json and summary.md;
+nothing here imports JAX.
+"""
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from training import records
+
+
+def summarize_member(name: str, values: dict, rows: list,
+                     diverged: Optional[dict] = None) -> dict:
+  """Errors, skipped steps and divergence of member `name` (its grid values).
+
+  diverged: what the sweep's NonfiniteWatch recorded ({'step', 'epoch',
+  'reason'}), None if nothing; a member whose train loss is not finite in a
+  row counts as diverged too (workdirs from before the watch).
+  """
+  out = {'name': name, **values, 'epochs': len(rows)}
+  errors = [(r['test_error'], r['epoch']) for r in rows
+            if r['test_error'] is not None and math.isfinite(r['test_error'])]
+  best = min(errors) if errors else (None, None)
+  final = rows[-1] if rows else {}
+  nan_epochs = [r['epoch'] for r in rows if r['train_loss'] is None or
+                not math.isfinite(r['train_loss'])]
+  diverged = diverged or {}
+  out.update(
+      final_test_error=records.finite_or_none(final.get('test_error')),
+      best_test_error=best[0], best_epoch=best[1],
+      final_train_loss=records.finite_or_none(final.get('train_loss')),
+      skipped_steps=sum(r.get('skipped_steps') or 0 for r in rows),
+      diverged_epoch=diverged.get('epoch', nan_epochs[0] if nan_epochs
+                                  else None),
+      diverged_step=diverged.get('step'),
+      diverged_reason=diverged.get('reason'))
+  return out
+
+
+def _format(value) -> str:
+  return str(value) if isinstance(value, int) else f'{value:g}'
+
+
+def _percent(x):
+  return '—' if x is None else f'{100 * x:.2f}'
+
+
+def summary_markdown(base: dict, keys: list, summary: list) -> str:
+  """The markdown table of `summary` (summarize_member's, in grid order).
+
+  base: the train config the members share (a dict); keys: the grid keys.
+  """
+  opt = base['optimizer']
+  counts = ' x '.join(str(len({s[k] for s in summary})) for k in keys)
+  epochs = base['num_epochs']
+  lines = [
+      f'# Sweep: {base["model"]} on {base["dataset"]}, {opt["name"]}',
+      '',
+      f'{len(summary)} members ({counts} over {", ".join(keys)}), {epochs} '
+      f'epoch{"" if epochs == 1 else "s"} at batch {base["batch_size"]}, ' + (
+          f'lr x{opt["lr_factor"]} at epochs '
+          f'{", ".join(map(str, opt["lr_milestones"]))}'
+          if opt['lr_milestones'] else 'constant lr') +
+      '. Errors in %.',
+      '',
+      '| member | ' + ' | '.join(keys) + ' | epochs | final test error | '
+      'best test error | best epoch |',
+      '|---|' + '---:|' * (len(keys) + 4),
+  ]
+  for s in summary:
+    cells = [s['name']] + [_format(s[k]) for k in keys] + [
+        str(s['epochs']),
+        _percent(s['final_test_error']) + _divergence(s),
+        _percent(s['best_test_error']),
+        '—' if s['best_epoch'] is None else str(s['best_epoch'])]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  done = [s for s in summary if s['best_test_error'] is not None]
+  if done:
+    best = min(done, key=lambda s: s['best_test_error'])
+    lines += ['', f'Best: {best["name"]}, test error '
+              f'{_percent(best["best_test_error"])}% at epoch '
+              f'{best["best_epoch"]}.']
+  if 'seed' in keys and len({s['seed'] for s in summary}) > 1:
+    lines += _seed_means(keys, summary)
+  return '\n'.join(lines) + '\n'
+
+
+def _divergence(s: dict) -> str:
+  if s['diverged_epoch'] is None:
+    return (f' ({s["skipped_steps"]} steps skipped)'
+            if s.get('skipped_steps') else '')
+  at = f'epoch {s["diverged_epoch"]}'
+  if s.get('diverged_step') is not None:
+    at += f', step {s["diverged_step"]}: {s["diverged_reason"]}'
+  return f' (diverged at {at})'
+
+
+def _seed_means(keys, summary) -> list:
+  others = [k for k in keys if k != 'seed']
+  groups = {}
+  for s in summary:
+    if s['final_test_error'] is not None:
+      groups.setdefault(tuple(s[k] for k in others), []).append(
+          s['final_test_error'])
+  lines = ['', 'Mean ± std over seeds of the final test error (%):', '',
+           '| ' + ' | '.join(others) + ' | seeds | final test error |',
+           '|' + '---:|' * (len(others) + 2)]
+  for values, errors in groups.items():
+    e = 100 * np.asarray(errors)
+    lines.append('| ' + ' | '.join(map(_format, values)) +
+                 f' | {len(errors)} | {e.mean():.2f} ± {e.std():.2f} |')
+  return lines

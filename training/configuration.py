@@ -1,0 +1,230 @@
+"""The config that train.py and sweep.py read: its keys, and the one check of it.
+
+`base_config()` lists every key, with the reproducibility report's Table 1
+setting for Padam on ResNet18 / CIFAR-10 as defaults (configs/ hold the
+presets built on it). `validate` refuses a config, before anything is
+written, with one message naming the key, the value and what is allowed:
+keys and types against `base_config()`, choices against the registries of
+models, datasets and optimizers, and the optimizer's hyperparameters
+against padax's own ranges (`padax.check_hyperparameters`).
+"""
+
+import difflib
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import models
+import padax
+from training import faults
+from training import input_pipeline
+from training import optimizers
+from training import records
+from training import train_lib
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key train.py knows, with the report's Table 1 Padam setting."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = 'resnet18'
+  config.dataset = 'cifar10'
+  # 'tfds' (tensorflow-datasets, array_record) or 'local' (a directory in the
+  # canonical CIFAR python layout, or holding the official .tar.gz).
+  config.data_source = 'tfds'
+  config.data_dir = ''
+  config.dtype = 'float32'
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 200
+  config.checkpoint_every_epochs = 10
+  config.keep_checkpoints = 3
+  # A non-finite loss or gradient: 'stop' the run at once (the last
+  # checkpoint stays as it was), or 'skip' the update (as
+  # optax.apply_if_finite; counted in the metrics' skipped_steps) and stop
+  # after max_consecutive_skips in a row. In a sweep the member is marked
+  # diverged and the others go on.
+  config.nonfinite_policy = 'stop'
+  config.max_consecutive_skips = 10
+
+  config.optimizer = ml_collections.ConfigDict()
+  opt = config.optimizer
+  opt.name = 'padam'
+  opt.learning_rate = 0.1
+  # lr x lr_factor at each milestone epoch (the report: 50/100/150).
+  opt.lr_milestones = (50, 100, 150)
+  opt.lr_factor = 0.1
+  opt.momentum = 0.9
+  opt.b1 = 0.9
+  opt.b2 = 0.999
+  opt.eps = 1e-8
+  opt.weight_decay = 5e-4
+  opt.p = 0.125
+  # The report's proposal: p x p_decay_factor every p_decay_every_epochs
+  # (0: constant p).
+  opt.p_decay_every_epochs = 0
+  opt.p_decay_factor = 0.5
+  opt.formulation = 'authors'
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Keys and types.
+
+# Names people type for a key, and the sweep's short names for its values.
+_ALIASES = {'lr': 'learning_rate', 'wd': 'weight_decay', 'mom': 'momentum',
+            'beta1': 'b1', 'beta2': 'b2', 'epochs': 'num_epochs',
+            'bs': 'batch_size'}
+
+
+def sibling_keys(key: str, keys) -> dict:
+  """{leaf name: full key} of the `keys` under the same parent as `key`."""
+  parent = key.rpartition('.')[0]
+  return {k.rpartition('.')[2]: k for k in keys
+          if k.rpartition('.')[0] == parent}
+
+
+def closest_key(key: str, keys) -> str:
+  """' (did you mean X?)' for the closest of `keys`, or ''.
+
+  With an alias's name (lr: learning_rate): a key beside it (same parent),
+  else a key of that name elsewhere, else any close key.
+  """
+  keys = list(keys)
+  leaf = key.rpartition('.')[2]
+  leaf = _ALIASES.get(leaf, leaf)
+  siblings = sibling_keys(key, keys)
+  match = [siblings[m] for m in difflib.get_close_matches(
+      leaf, siblings, n=1, cutoff=0.6)]
+  match = match or [k for k in keys if k.rpartition('.')[2] == leaf][:1]
+  match = match or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+  return f' (did you mean {match[0]}?)' if match else ''
+
+
+def _is_number(v) -> bool:
+  return (isinstance(v, (int, float, np.integer, np.floating))
+          and not isinstance(v, (bool, np.bool_)))
+
+
+def value_kind(value) -> tuple:
+  """(words, check) of the type of a reference config value."""
+  if isinstance(value, (bool, np.bool_)):
+    return 'True or False', lambda v: isinstance(v, (bool, np.bool_))
+  if isinstance(value, int):
+    return 'an integer', lambda v: _is_number(v) and float(v).is_integer() and (
+        not isinstance(v, (float, np.floating)))
+  if isinstance(value, float):
+    return 'a number', _is_number
+  if isinstance(value, str):
+    return 'a string', lambda v: isinstance(v, str)
+  if isinstance(value, (tuple, list)):
+    return 'a tuple', lambda v: isinstance(v, (tuple, list))
+  return 'a ConfigDict', lambda v: isinstance(
+      v, (dict, ml_collections.ConfigDict))
+
+
+def check_keys_and_types(config: ml_collections.ConfigDict,
+                         reference: ml_collections.ConfigDict,
+                         what: str = 'training/configuration.py') -> None:
+  """ValueError on a key `reference` lacks, a key it has that `config`
+  lacks, or a value of another type than the reference's."""
+  given = records.flatten(config, nodes=True)
+  known = records.flatten(reference, nodes=True)
+  for key, value in given.items():
+    if key not in known:
+      parent = key.rpartition('.')[0]
+      raise ValueError(
+          f'{key}={value!r} is not a config key{closest_key(key, known)}; '
+          f'allowed{" under " + parent if parent else ""}: '
+          f'{", ".join(sibling_keys(key, known))}.')
+    words, check = value_kind(known[key])
+    if not check(value):
+      raise ValueError(f'{key}={value!r} is not allowed (a '
+                       f'{type(value).__name__}); allowed: {words}, as in '
+                       f'{what} ({key}={known[key]!r}).')
+  for key, value in known.items():
+    if key not in given:
+      raise ValueError(f'{key} is missing from the config; allowed: a config '
+                       f'with every key of {what} (there {key}={value!r}).')
+
+
+# ---------------------------------------------------------------------------
+# Values.
+
+
+def _choice(key, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f'{key}={value!r} is not known; allowed: '
+                     f'{", ".join(map(str, allowed))}.')
+
+
+def _integer(key, value, low=1) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer '
+                     f'>= {low}.')
+
+
+def _in_range(key, value, low, high=None) -> None:
+  # Written so that NaN fails too.
+  if not (value >= low and (high is None or value <= high)):
+    allowed = (f'{low:g} <= {key} <= {high:g}' if high is not None
+               else f'{key} >= {low:g}')
+    raise ValueError(f'config: {key}={value!r} is out of range; allowed: '
+                     f'{allowed}.')
+
+
+def padax_name(key: str) -> str:
+  """The padax argument whose range a config hyperparameter has: SGD's
+  momentum is the b1 of its gradient average."""
+  return 'b1' if key == 'momentum' else key
+
+
+def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
+  """ValueError unless `value` is in padax's range for hyperparameter `key`
+  (config keys optimizers.HYPERPARAMETERS names, and learning_rate)."""
+  if key == 'formulation':
+    _choice('optimizer.formulation', value, padax.FORMULATIONS)
+    return
+  owner = f'optimizer ({optimizer_name})'
+  if padax_name(key) != key:
+    owner += f', {key} checked as {padax_name(key)}'
+  padax.check_hyperparameters(owner, **{padax_name(key): value})
+
+
+def validate(config: ml_collections.ConfigDict, *,
+             num_devices: int = 1) -> None:
+  """Checks the config's keys and values; ValueError naming key, value, allowed.
+
+  num_devices: devices each batch is split over (train.py: all of them), so
+  the batch sizes must divide evenly.
+  """
+  check_keys_and_types(config, base_config())
+  _choice('model', config.model, models.MODEL_NAMES)
+  _choice('dataset', config.dataset, input_pipeline.DATASETS)
+  _choice('data_source', config.data_source, input_pipeline.SOURCES)
+  _choice('dtype', config.dtype, tuple(DTYPES))
+  _choice('nonfinite_policy', config.nonfinite_policy,
+          faults.NONFINITE_POLICIES)
+  opt = config.optimizer
+  _choice('optimizer.name', opt.name, optimizers.OPTIMIZERS)
+  for key in ('batch_size', 'eval_batch_size', 'num_epochs',
+              'checkpoint_every_epochs', 'keep_checkpoints',
+              'max_consecutive_skips'):
+    _integer(key, config[key])
+  _integer('seed', config.seed, low=0)
+  _integer('optimizer.p_decay_every_epochs', opt.p_decay_every_epochs, low=0)
+  for milestone in opt.lr_milestones:
+    if (not isinstance(milestone, int) or isinstance(milestone, bool) or
+        milestone < 1):
+      raise ValueError(f'optimizer.lr_milestones={tuple(opt.lr_milestones)!r}'
+                       f' is not allowed ({milestone!r}); allowed: epochs, '
+                       'integers >= 1, e.g. (50, 100, 150).')
+  _in_range('optimizer.lr_factor', opt.lr_factor, 0.0)
+  _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
+  for key in ('learning_rate',) + optimizers.HYPERPARAMETERS[opt.name]:
+    check_hyperparameter(opt.name, key, opt[key])
+  for key in ('batch_size', 'eval_batch_size'):
+    train_lib.check_batch_divides(config[key], num_devices, key)

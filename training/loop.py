@@ -1,0 +1,309 @@
+"""The epoch loop: one function, for a single run and for a sweep's members.
+
+`train_epochs` trains what a `steps` object describes (train_lib.MeshSteps:
+one run; sweeps/grid.py's GridSteps: the members of a chunk of a grid, vmapped
+and padded) from its newest checkpoint to `config.num_epochs`. Everything a
+run does around its steps lives here and only here:
+
+* resuming: the newest readable checkpoint and the loop state stored with it
+  (faults.LoopState), the metrics rows of the epochs it covers;
+* the epoch: batches gathered on device in the order `steps.batch_order`
+  gives, the progress bar, the non-finite policy (faults.NonfiniteWatch);
+* the end of an epoch: evaluation, one metrics row per member
+  (training/records.py), a log line, a checkpoint when due;
+* stop requests: a checkpoint at the next step boundary, then
+  faults.RunStopped; divergence: faults.Diverged with the whole story.
+"""
+
+import collections
+import dataclasses
+import logging
+import time
+from typing import Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from training import faults
+from training import input_pipeline
+from training import optimizers
+from training import records
+
+
+@dataclasses.dataclass
+class Result:
+  """What `train_epochs` leaves: each member's metrics rows (all epochs) and
+  the loop state (its `diverged` names the members a sweep gave up on)."""
+  rows: list
+  loop: faults.LoopState
+
+
+def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
+                 member_dirs: list, data: input_pipeline.CifarData,
+                 stop: faults.StopRequests, progress: bool = True,
+                 trace=None, after_epoch: Optional[Callable[[int], None]] = None,
+                 name: str = '') -> Result:
+  """Trains `state` (fresh) to config.num_epochs, resuming from `store`.
+
+  config: the train config (a sweep's base config). steps: see
+  train_lib.MeshSteps. member_dirs: one workdir_lib.Workdir per member,
+  where its rows go. trace: a profiling.StepTrace or None. after_epoch(epoch)
+  (for tests) runs once an epoch's rows are written, before its checkpoint.
+  name: what the log lines call this training (a sweep's chunk).
+  """
+  steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
+                                                   config.batch_size)
+  state, loop, rows = resume(store, steps, state, member_dirs,
+                             steps_per_epoch)
+  watch = faults.NonfiniteWatch(
+      config.nonfinite_policy, config.max_consecutive_skips, loop,
+      steps_per_epoch=steps_per_epoch, stop_run=steps.member_names is None,
+      member_names=steps.member_names)
+  step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+  train_arrays = None
+  for epoch in range(step // steps_per_epoch + 1, config.num_epochs + 1):
+    if train_arrays is None:
+      train_arrays = steps.replicate(
+          (data.train.images, data.train.labels.astype(np.int32)))
+    hyper = jax.device_get(optimizers.current_hyperparameters(
+        config, steps_per_epoch, state.opt_state,
+        (epoch - 1) * steps_per_epoch))
+    order = steps.batch_order(config.seed, epoch, data.train.num_examples)
+    bar = _progress_bar(progress, steps_per_epoch, epoch, config.num_epochs,
+                        initial=loop.steps_done)
+    try:
+      state = _run_epoch(steps, state, train_arrays, order, config.batch_size,
+                         epoch, loop, steps_per_epoch=steps_per_epoch,
+                         watch=watch, stop=stop, bar=bar, trace=trace)
+    except faults.Diverged as e:
+      raise _diverged_error(e, store, steps_per_epoch, config) from None
+    step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+    if loop.steps_done < steps_per_epoch:
+      _stop_run(store, steps, state, step, loop, stop, steps_per_epoch)
+    t0 = time.perf_counter()
+    train = jax.device_get(loop.totals)
+    test = jax.device_get(evaluate_totals(steps, state, data.test,
+                                          config.eval_batch_size))
+    epoch_seconds = loop.train_seconds + time.perf_counter() - t0
+    for member_rows, member_dir, h, tr, te in zip(
+        rows, member_dirs, steps.member_values(hyper),
+        steps.member_values(train), steps.member_values(test)):
+      # images/s: a member's images over the wall time of all the members
+      # trained at once (their throughput is the sum).
+      member_rows.append(records.epoch_row(
+          epoch, step, h, tr, te, loop.train_seconds, epoch_seconds,
+          config.batch_size))
+      member_dir.write_metrics(member_rows)
+    _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch)
+    if after_epoch is not None:
+      after_epoch(epoch)
+    loop.start_epoch()
+    if checkpoint_due(config, epoch):
+      store.save(step, steps.for_checkpoint(state), loop.to_json())
+  return Result(rows, loop)
+
+
+def resume(store, steps, state, member_dirs: list, steps_per_epoch: int):
+  """(state, LoopState, rows per member) from the newest readable checkpoint.
+
+  Rows of epochs after the checkpoint (a run killed in between) are dropped:
+  they are redone.
+  """
+  num_members = steps.num_members
+  loop = faults.LoopState(num_members)
+  restored = store.restore_latest(
+      steps.for_checkpoint(state),
+      lambda step, meta: faults.LoopState.from_json(
+          meta, num_members, step, steps_per_epoch))
+  completed_epochs = 0
+  if restored is not None:
+    step, checkpoint_state, loop = restored
+    state = steps.from_checkpoint(checkpoint_state)
+    if loop.totals is not None:
+      loop.totals = steps.from_checkpoint(loop.totals)
+    completed_epochs = step // steps_per_epoch
+    logging.info('Resumed from %s in %s',
+                 position(step, loop.steps_done, steps_per_epoch),
+                 store.directory)
+  rows = [[r for r in d.read_metrics() if r['epoch'] <= completed_epochs]
+          for d in member_dirs]
+  return state, loop, rows
+
+
+def position(step: int, steps_done: int, steps_per_epoch: int) -> str:
+  """'step 6 (epoch 2, 2 of its 4 steps done)' or 'step 8 (end of epoch 2)'."""
+  if not steps_done:
+    return f'step {step} (end of epoch {step // steps_per_epoch})'
+  return (f'step {step} (epoch {step // steps_per_epoch + 1}, {steps_done} of '
+          f'its {steps_per_epoch} steps done)')
+
+
+def checkpoint_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
+  return (epoch % config.checkpoint_every_epochs == 0 or
+          epoch == config.num_epochs)
+
+
+def _stop_run(store, steps, state, step: int, loop: faults.LoopState,
+              stop: faults.StopRequests, steps_per_epoch: int) -> None:
+  """Saves a checkpoint of a run stopped on request; raises RunStopped."""
+  where = position(step, loop.steps_done, steps_per_epoch)
+  if step == (store.latest_step() or 0):
+    saved = 'nothing trained since the last checkpoint, nothing to save'
+  else:
+    store.save(step, steps.for_checkpoint(state),
+               dataclasses.replace(
+                   loop, totals=steps.for_checkpoint(loop.totals)).to_json())
+    saved = f'checkpoint saved in {store.directory}'
+  raise faults.RunStopped(
+      f'Stopped by {stop.signal_name} at {where}: {saved}. Run the same '
+      'command again to resume.')
+
+
+def _diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
+                    config) -> faults.Diverged:
+  """`e` with the whole story: where, why, and the last good checkpoint."""
+  epoch = (e.step - 1) // steps_per_epoch + 1
+  latest = store.latest_step()
+  if latest is None:
+    kept = 'there is no checkpoint yet'
+  else:
+    kept = (f'the last good checkpoint, step {latest} (epoch '
+            f'{latest / steps_per_epoch:g}), is intact in {store.directory}')
+  if config.nonfinite_policy == 'skip':
+    policy = ("nonfinite_policy='skip' and max_consecutive_skips="
+              f'{config.max_consecutive_skips}')
+    instead = 'a larger max_consecutive_skips'
+  else:
+    policy, instead = "nonfinite_policy='stop'", "nonfinite_policy='skip'"
+  return faults.Diverged(e.step, e.reason, (
+      f'training stopped: {e.reason} at step {e.step} (epoch {epoch}, step '
+      f'{(e.step - 1) % steps_per_epoch + 1} of {steps_per_epoch}) with '
+      f'{policy}; {kept} and nothing was saved after it. Use a new workdir '
+      f'with a smaller optimizer.learning_rate, or {instead}.'))
+
+
+# ---------------------------------------------------------------------------
+# One epoch.
+
+
+def epoch_batches(steps, train_arrays, order: np.ndarray, batch_size: int,
+                  num_steps: int, start: int = 0):
+  """The epoch's training batches from batch `start` on, gathered on device.
+
+  `order` is a permutation (N,), or one per member (K, N); batch i holds the
+  examples order[..., i * batch_size:(i + 1) * batch_size].
+  """
+  images, labels = train_arrays
+  for i in range(start, num_steps):
+    idx = order[..., i * batch_size:(i + 1) * batch_size]
+    yield steps.gather(images, labels, steps.global_array(idx, steps.sharded))
+
+
+def _run_epoch(steps, state, train_arrays, order, batch_size: int,
+               epoch: int, loop: faults.LoopState, *, steps_per_epoch: int,
+               watch: faults.NonfiniteWatch, stop: faults.StopRequests,
+               bar=None, trace=None):
+  """Trains `epoch` from step `loop.steps_done` on; returns the state.
+
+  Updates `loop` (steps done, device totals, seconds). Returns early, with
+  loop.steps_done < steps_per_epoch, when a stop is requested. `watch` sees
+  every step's `finite` flags; `trace` every step's metrics.
+  """
+  first_step = (epoch - 1) * steps_per_epoch
+  totals = loop.totals
+  if totals is not None and not isinstance(
+      jax.tree.leaves(totals)[0], jax.Array):
+    # Restored from a checkpoint: the exact float32 sums, back on device.
+    totals = jax.tree.map(
+        lambda x: steps.global_array(x, steps.metrics_sharding), totals)
+  pending = collections.deque()
+  t0 = time.perf_counter()
+  for i, batch in enumerate(epoch_batches(
+      steps, train_arrays, order, batch_size, steps_per_epoch,
+      start=loop.steps_done)):
+    if stop.requested:
+      break
+    state, metrics = steps.train_step(state, batch)
+    totals = metrics if totals is None else steps.add(totals, metrics)
+    loop.steps_done += 1
+    watch.push(first_step + loop.steps_done, metrics['finite'])
+    if trace is not None:
+      trace.after_step(metrics)
+    pending.append(totals)
+    if bar is not None:
+      bar.update(1)
+    # Show the totals of an earlier step: the host never waits on the step
+    # it just dispatched.
+    if len(pending) > 1:
+      previous = pending.popleft()
+      if bar is not None and i % 10 == 0:
+        _show_metrics(bar, previous)
+  if bar is not None:
+    if totals is not None:
+      _show_metrics(bar, totals)
+    bar.close()
+  loop.totals = totals
+  watch.flush()
+  loop.train_seconds += time.perf_counter() - t0
+  return state
+
+
+def evaluate_totals(steps, state, split: input_pipeline.Split,
+                    batch_size: int):
+  """Device totals of `steps.eval_step` over the whole split."""
+  totals = None
+  for batch in input_pipeline.eval_batches(split, batch_size):
+    batch = steps.shard({'images': batch['images'],
+                         'labels': batch['labels'].astype(np.int32),
+                         'mask': batch['mask'].astype(np.float32)})
+    metrics = steps.eval_step(state, batch)
+    totals = metrics if totals is None else steps.add(totals, metrics)
+  return totals
+
+
+# ---------------------------------------------------------------------------
+# What the user sees.
+
+
+def _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch):
+  prefix = f'{name} ' if name else ''
+  if steps.member_names is None:
+    row = rows[0][-1]
+    logging.info(
+        '%sepoch %d/%d step %d lr %.4g p %s | train loss %.4f err %.4f | '
+        'test loss %.4f err %.4f top5 %.4f | %.1fs %.0f img/s%s', prefix,
+        epoch, config.num_epochs, row['step'], row['lr'], row['p'],
+        row['train_loss'], row['train_error'], row['test_loss'],
+        row['test_error'], row['test_top5_error'], row['epoch_seconds'],
+        row['images_per_second'],
+        f' | {row["skipped_steps"]} steps skipped (non-finite)'
+        if row['skipped_steps'] else '')
+    return
+  errors = [member_rows[-1]['test_error'] for member_rows in rows]
+  best = int(np.nanargmin(errors)) if not np.all(np.isnan(errors)) else 0
+  logging.info(
+      '%sepoch %d/%d | test error min %.4f (%s) max %.4f | %.1fs %.0f img/s '
+      '(all members)%s', prefix, epoch, config.num_epochs, errors[best],
+      steps.member_names[best], np.nanmax(errors),
+      rows[0][-1]['epoch_seconds'],
+      len(rows) * config.batch_size * steps_per_epoch / loop.train_seconds,
+      ''.join(f' | {n} diverged' for n, d in
+              zip(steps.member_names, loop.diverged) if d is not None))
+
+
+def _progress_bar(enabled, total, epoch, num_epochs, initial=0):
+  if not enabled or jax.process_index() != 0:
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial,
+                   desc=f'epoch {epoch}/{num_epochs}', leave=False,
+                   dynamic_ncols=True)
+
+
+def _show_metrics(bar, totals):
+  # Sums over the members of a sweep grid (a plain run: the one value).
+  m = {k: float(np.sum(v)) for k, v in jax.device_get(totals).items()}
+  count = max(m['count'], 1.0)
+  bar.set_postfix(loss=f'{m["loss_sum"] / count:.4f}',
+                  acc=f'{m["correct"] / count:.3f}')

@@ -1,0 +1,70 @@
+"""What a run records, as plain data: the metrics schema and the flat config.
+
+The epoch loop (training/loop.py) writes one row per epoch with `COLUMNS`
+through training/workdir.py; reporting/ reads the same rows and configs.
+Nothing here imports JAX, so reporting runs wherever numpy does.
+"""
+
+import math
+from typing import Optional
+
+COLUMNS = (
+    'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
+    'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
+    'skipped_steps')
+# Columns that measure the machine, not the training: they differ between
+# two runs that trained bit-identically.
+TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
+
+
+def flatten(config, prefix: str = '', *, nodes: bool = False) -> dict:
+  """{'a.b': value} of a nested dict or ConfigDict.
+
+  nodes: also list each nested dict under its own key ('a' as well as
+  'a.b'), as a config's keys are spelled on the command line.
+  """
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      if nodes:
+        out[prefix + key] = value
+      out.update(flatten(value, f'{prefix}{key}.', nodes=nodes))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _ratio(a: float, b: float) -> float:
+  return a / b if b else float('nan')
+
+
+def epoch_row(epoch: int, step: int, hyper: dict, train: dict, test: dict,
+              train_seconds: float, epoch_seconds: float,
+              batch_size: int) -> dict:
+  """One metrics row (`COLUMNS`) from one member's host sums and times.
+
+  hyper: the learning rate (and p) in use; train, test: the sums of the
+  epoch's train and eval steps. The train loss and error are over the steps
+  applied (all of them unless the 'skip' policy dropped some:
+  `skipped_steps`); images_per_second counts every step's images.
+  """
+  skipped = int(train.get('skipped', 0.0))
+  return {
+      'epoch': epoch,
+      'step': step,
+      'lr': float(hyper['learning_rate']),
+      'p': float(hyper['p']) if 'p' in hyper else None,
+      'train_loss': _ratio(train['loss_sum'], train['count']),
+      'train_error': 1.0 - _ratio(train['correct'], train['count']),
+      'test_loss': test['loss_sum'] / test['count'],
+      'test_error': 1.0 - test['top1_correct'] / test['count'],
+      'test_top5_error': 1.0 - test['top5_correct'] / test['count'],
+      'epoch_seconds': epoch_seconds,
+      'images_per_second': (train['count'] + skipped * batch_size) /
+                           train_seconds,
+      'skipped_steps': skipped,
+  }
+
+
+def finite_or_none(x) -> Optional[float]:
+  return None if x is None or not math.isfinite(x) else x

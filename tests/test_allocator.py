@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
 from tests.fault_harness import env_with_cache
-from tests.test_train_e2e import without_timing
+from tests.helpers import without_timing
 from training import allocator
 
 LINUX = sys.platform.startswith('linux')

@@ -26,7 +26,7 @@ from configs import quick
 from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
 from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
-from tests.test_train_e2e import snapshot
+from tests.helpers import snapshot
 from training import trainer
 from training import workdir as workdir_lib
 

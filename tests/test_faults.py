@@ -31,7 +31,7 @@ import pytest
 from tests import fault_harness as harness
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
-from tests.test_train_e2e import snapshot
+from tests.helpers import snapshot
 from training import checkpoints
 from training import faults
 from training import workdir as workdir_lib

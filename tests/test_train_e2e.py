@@ -13,7 +13,6 @@ schedules: the train step is compiled once per session.
 """
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,8 @@ from tests.data_fixtures import mock_cifar
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.fault_harness import env_with_cache
 from tests.fault_harness import restore_raw
+from tests.helpers import snapshot
+from tests.helpers import without_timing
 from training import augment
 from training import input_pipeline
 from training import trainer
@@ -45,7 +46,6 @@ QUICK = os.path.join(ROOT, 'configs', 'quick.py')
 COLUMNS = ('epoch', 'step', 'lr', 'p', 'train_loss', 'train_error',
            'test_loss', 'test_error', 'test_top5_error', 'epoch_seconds',
            'images_per_second', 'skipped_steps')
-TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
 
 # Shared by every run of this file. The lr and p schedules are constants of
 # the compiled train step, so with the same schedule and the same number of
@@ -159,11 +159,6 @@ def assert_bit_identical(tree_a, tree_b):
         f'{np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))}')
 
 
-def without_timing(rows):
-  return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS}
-          for r in rows]
-
-
 def expected_lr_p(config, epoch):
   """lr and p the optimizer uses in `epoch` (1-based), from the config alone."""
   opt = config.optimizer
@@ -205,22 +200,6 @@ def random_data(num_train, num_test, seed=0):
   return input_pipeline.CifarData(train=split(num_train), test=split(num_test),
                                   num_classes=10, name='cifar10',
                                   source='random test data')
-
-
-def snapshot(path):
-  """Every file and folder under `path`: mtime, and a digest of each file."""
-  out = {}
-  for root, dirs, files in os.walk(path):
-    for name in dirs + files:
-      full = os.path.join(root, name)
-      st = os.stat(full)
-      digest = None
-      if name in files:
-        with open(full, 'rb') as f:
-          digest = hashlib.sha256(f.read()).hexdigest()
-      out[os.path.relpath(full, path)] = (st.st_mtime_ns, st.st_size, digest)
-  out['.'] = os.stat(path).st_mtime_ns
-  return out
 
 
 def error_lines(stderr):

@@ -1,1 +1,19 @@
-"""Training code for padax: input pipeline and training loop."""
+"""Training a CIFAR model with padax: everything behind train.py.
+
+  configuration.py   the config's keys (base_config) and its one validator
+  input_pipeline.py  loading CIFAR on the host; augment.py: the device-side
+                     augmentation and normalisation the step runs
+  optimizers.py      the optimizers a config names, with their defaults
+  train_lib.py       the pure train and eval steps, jitted over a mesh
+                     (MeshSteps: also the loop's view of what it trains)
+  loop.py            the one epoch loop, for runs and sweeps alike
+  trainer.py         train_and_evaluate: one run, as train.py trains it
+  records.py         the metrics schema (JAX-free, read by reporting/)
+  workdir.py, checkpoints.py, faults.py
+                     a run's files, checkpoints, and what happens on faults
+  cli.py, host_devices.py, allocator.py, profiling.py
+                     process start-up and the command lines' shared flags
+
+May import: padax, models, numpy, JAX, Flax, Optax, Orbax, ml_collections;
+never configs/ presets, sweeps/ or reporting/.
+"""

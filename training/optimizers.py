@@ -27,6 +27,9 @@ DEFAULTS = {
     'adamw': dict(learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.05),
     'padam': dict(learning_rate=0.1, b1=0.9, b2=0.999, weight_decay=5e-4,
                   p=0.125),
+    # Ours, after the Lion paper's advice (arXiv 2302.06675): lr 10x smaller
+    # and decoupled decay 10x larger than AdamW's, so lr * wd stays 5e-5.
+    'lion': dict(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.5),
 }
 
 
@@ -59,8 +62,13 @@ def padam(learning_rate, p=0.125, b1=0.9, b2=0.999, eps=1e-8,
                      weight_decay=weight_decay, formulation=formulation)
 
 
+def lion(learning_rate, b1=0.9, b2=0.99, weight_decay=1e-3):
+  """optax.lion: the sign of an interpolated momentum, decoupled decay."""
+  return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
 _FACTORIES = dict(sgdm=sgdm, adam=adam, amsgrad=amsgrad, adamw=adamw,
-                  padam=padam)
+                  padam=padam, lion=lion)
 OPTIMIZERS = tuple(_FACTORIES)
 # Config keys each optimizer takes besides learning_rate: its factory's
 # arguments, e.g. ('momentum', 'weight_decay') for sgdm.

@@ -1,1 +1,1 @@
-"""Sweep presets: train configs plus a `sweep` grid (see sweeps/grid.py)."""
+"""Sweep presets: train configs plus a `sweep` grid (see sweeps/spec.py)."""

@@ -103,10 +103,10 @@ def _install_hooks() -> None:
   from training import train_lib
   from training import workdir
 
-  build = train_lib.MeshSteps._build_batch_helpers
+  init = train_lib.MeshSteps.__init__
 
-  def build_and_wrap(self):
-    build(self)
+  def init_and_wrap(self, *args, **kwargs):
+    init(self, *args, **kwargs)
     train_step, eval_step = self.train_step, self.eval_step
 
     def step(state, batch):
@@ -121,8 +121,8 @@ def _install_hooks() -> None:
 
     self.train_step, self.eval_step = step, evaluate
 
-  # MeshSteps and the sweep's GridSteps both end their __init__ with it.
-  train_lib.MeshSteps._build_batch_helpers = build_and_wrap
+  # The sweep's GridSteps builds its steps through MeshSteps.__init__ too.
+  train_lib.MeshSteps.__init__ = init_and_wrap
 
   save = checkpoints.CheckpointStore.save
 

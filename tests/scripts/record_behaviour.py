@@ -20,13 +20,15 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
+sys.path.insert(0, ROOT)
+
+from training import records  # pylint: disable=wrong-import-position
 
 
 def _rows(path: str) -> list:
   with open(path) as f:
     return [{k: v for k, v in json.loads(line).items()
-             if k not in TIMING_COLUMNS} for line in f if line.strip()]
+             if k not in records.TIMING_COLUMNS} for line in f if line.strip()]
 
 
 def _user_environment() -> dict:

@@ -367,7 +367,8 @@ def test_no_readable_checkpoint_is_refused_and_nothing_moved(tmp_path):
   assert snapshot(directory) == before
 
 
-def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
+def test_old_checkpoints_go_only_after_the_new_one_is_complete(
+    tmp_path, monkeypatch):
   directory = str(tmp_path / 'checkpoints')
   store, template = _small_store(directory, [4, 8])
   # A kill left a half-written save and a half-done deletion behind.
@@ -379,15 +380,17 @@ def test_old_checkpoints_go_only_after_the_new_one_is_complete(tmp_path):
   try:
     assert sorted(os.listdir(directory)) == ['8']  # The leftovers went.
     deleted = []
-    delete = store._delete_step  # pylint: disable=protected-access
+    rmtree = shutil.rmtree
 
-    def record(step):
-      # The new checkpoint is complete when the old one goes.
-      assert os.path.isdir(os.path.join(directory, '12'))
-      deleted.append(step)
-      delete(step)
+    def record(path, *args, **kwargs):
+      name = os.path.basename(path)
+      if name.startswith(checkpoints.DELETING_PREFIX):
+        # The new checkpoint is complete when the old one goes.
+        assert os.path.isdir(os.path.join(directory, '12'))
+        deleted.append(int(name[len(checkpoints.DELETING_PREFIX):]))
+      return rmtree(path, *args, **kwargs)
 
-    store._delete_step = record  # pylint: disable=protected-access
+    monkeypatch.setattr(shutil, 'rmtree', record)
     store.save(12, template, faults.LoopState().to_json())
     assert deleted == [8] and store.steps() == [12]
   finally:

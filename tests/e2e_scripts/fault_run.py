@@ -97,8 +97,10 @@ class _Proxy:
 def _install_hooks() -> None:
   # pylint: disable=g-import-not-at-top,protected-access
   import shutil
-  from orbax.checkpoint._src.path import async_path
-  from orbax.checkpoint._src.path import atomicity
+  # Orbax has no hook for "a checkpoint file is being written" or "about to
+  # finalize": its public path modules' functions are wrapped instead.
+  from orbax.checkpoint.path import atomicity
+  async_path = atomicity.async_path
   from training import checkpoints
   from training import train_lib
   from training import workdir

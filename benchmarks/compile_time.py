@@ -12,23 +12,22 @@ as a resumed or repeated run is, loads it. Each reports the seconds of
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import run_info
+import subprocess_case
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def _child(model_name: str, batch_size: int) -> dict:
-  sys.path.insert(0, ROOT)
+def compile_step(model_name: str, batch_size: int) -> dict:
+  """In a fresh process: lower and compile the train step."""
   # pylint: disable=g-import-not-at-top
   import logging
   import jax
@@ -46,7 +45,7 @@ def _child(model_name: str, batch_size: int) -> dict:
       if 'Persistent compilation cache hit' in record.getMessage():
         hits.append(record.getMessage())
 
-  logging.getLogger('jax._src.compiler').addHandler(Hits())
+  logging.getLogger('jax').addHandler(Hits())  # JAX's loggers' root
   config = quick.get_config()
   config.model = model_name
   model = models.create_model(model_name, 10)
@@ -71,15 +70,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='tiny_cnn,resnet18,vgg16,wrn16_4')
   parser.add_argument('--batch-size', type=int, default=128)
-  parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   # train.py's XLA:CPU flags, for this process and the ones it starts.
   from training import host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()
-  if args.child:
-    print(json.dumps(_child(args.child, args.batch_size)))
-    return
-
   print('\n'.join(run_info.header_lines()))
   print(f'# train step at batch {args.batch_size} on one CPU device; each '
         'model: a fresh cache, then two processes in turn')
@@ -88,14 +82,11 @@ def main():
   print('|---|---:|---:|---|---:|')
   for name in args.models.split(','):
     with tempfile.TemporaryDirectory() as cache:
-      env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
-                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'),
-                 JAX_LOG_COMPILES='1')
-      runs = [json.loads(subprocess.run(
-          [sys.executable, __file__, '--child', name, '--batch-size',
-           str(args.batch_size)], env=env, check=True, capture_output=True,
-          text=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
-    cold, warm = runs
+      env = dict(JAX_COMPILATION_CACHE_DIR=cache, JAX_LOG_COMPILES='1',
+                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
+      cold, warm = (subprocess_case.run(
+          compile_step, dict(model_name=name, batch_size=args.batch_size),
+          env=env) for _ in range(2))
     print(f'| {name} | {cold["lower_s"]:.1f} + {cold["compile_s"]:.1f} | '
           f'{warm["lower_s"]:.1f} + {warm["compile_s"]:.1f} | '
           f'{"yes" if warm["cache_hit"] and not cold["cache_hit"] else "no"} '

@@ -11,51 +11,50 @@ Data: the genuine CIFAR-10 subset (5085 training images, so 39 steps of 128),
 loaded with `training.input_pipeline.load_cifar('cifar10', source='local',
 data_dir=...)` and replicated on the device once, as `train.py` does before
 its first epoch. Model and optimizer as `configs/quick.py` (Padam p=1/8,
-injected); `--models name:N` cuts each epoch to its first N steps (for the
-big models, whose steps take seconds on a CPU).
+injected); `--models name:N` cuts each epoch to its first N steps (and the
+train_epochs cases' evaluation to one batch), for the big models, whose
+steps take seconds on a CPU.
 
 Cases, interleaved in rotating order for `--rounds` rounds after one untimed
 warm-up of each (which compiles):
 
-* epoch: exactly what `training.trainer.train_and_evaluate` timed as an
-  epoch's training at commits ea0ccba..5a09a10: `epoch_permutation`, `trainer.train_epoch` over
-  `trainer.epoch_batches` (indices copied to the device, batch gathered on
-  the device, metrics summed on the device), then `train_lib.host_metrics`
-  of the totals; no progress bar.
-* epoch_progress_bar: the same with the tqdm bar `train_and_evaluate` shows
-  (`trainer._progress_bar`, on stderr), which fetches the previous step's
-  metrics to the host every 10 steps.
-* epoch_no_metrics: (diagnostic) the same batches from `epoch_batches` and
-  the same steps, but the metrics are not summed: separates the gather from
-  the accumulation.
+* train_epochs: one epoch of `training.loop.train_epochs`, the loop train.py
+  runs (batches gathered on device by `loop.epoch_batches`, metrics summed
+  on device, the non-finite watch; no progress bar), in a fresh temporary
+  workdir. Timed: the epoch's training time as the loop itself measures it
+  and reports in its metrics row (steps x batch / images_per_second), not
+  the evaluation, metrics files and checkpoint that follow it.
+* train_epochs_progress_bar: the same with the tqdm bar train.py shows (on
+  stderr; it fetches an earlier step's totals every 10 steps).
+* epoch: `loop.epoch_batches` and `steps.train_step` with the metrics summed
+  on device (`steps.add`), then `train_lib.host_metrics` of the totals: the
+  loop's epoch without its non-finite watch.
+* epoch_no_metrics: (diagnostic) the same batches and steps, the metrics not
+  summed: separates the gather from the accumulation.
 * device_batch: the same number of `steps.train_step` calls on one batch
   already on the device, nothing else, then waiting for the result.
 * batches_only: (diagnostic) the epoch's batches from `epoch_batches` and
   nothing else, waiting for the last: the data path's own cost per step,
   an upper bound on what it can add to an epoch (it mostly overlaps with
   the steps, which JAX runs asynchronously).
-* run_epoch: only where `training.trainer` has `run_epoch` (the
-  fault-tolerant loop that train_and_evaluate was moving to when this was
-  written): `trainer.run_epoch` with a `faults.LoopState`, a
-  `faults.NonfiniteWatch` (which fetches each step's `finite` flag a few
-  steps late) and a `faults.StopRequests`, then `host_metrics` of the totals.
 
-Every case ends by waiting for the final state, so each measures complete
-work. Reported: the median time of each case, its ratio to device_batch, and
-the average cores busy in this process and in all others (contention).
+Every case ends by waiting for its results, so each measures complete work.
+Reported: the median time of each case, its ratio to device_batch, and the
+average cores busy in this process and in all others (contention; for the
+train_epochs cases over the whole call, evaluation and checkpoint included).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
-import time
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path[:0] = [ROOT, HERE]
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
@@ -65,122 +64,114 @@ import cpu_meter
 import run_info
 import models
 from configs import quick
-from training import input_pipeline, optimizers, train_lib, trainer
+from training import faults, input_pipeline, loop, optimizers, train_lib
+from training import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-CASES = ('epoch', 'epoch_progress_bar', 'epoch_no_metrics', 'device_batch',
-         'batches_only')
-# The newer epoch loop, where the checkout has it.
-HAS_RUN_EPOCH = hasattr(trainer, 'run_epoch')
-if HAS_RUN_EPOCH:
-  from training import faults  # pylint: disable=g-import-not-at-top
-  CASES += ('run_epoch',)
+CASES = ('train_epochs', 'train_epochs_progress_bar', 'epoch',
+         'epoch_no_metrics', 'device_batch', 'batches_only')
 DEFAULT_DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-subset')
 
 
 def measure(model_name, max_steps, data, batch_size, rounds):
   """Times every case on one model; returns one result dict per case."""
   config = quick.get_config()
-  config.model = model_name
-  config.batch_size = batch_size
+  config.model, config.batch_size, config.num_epochs = model_name, batch_size, 1
   n = data.train.num_examples
-  steps_per_epoch = input_pipeline.steps_per_epoch(n, batch_size)
-  num_steps = min(steps_per_epoch, max_steps) if max_steps else steps_per_epoch
-  optimizer = optimizers.create_optimizer(config, steps_per_epoch)
+  num_steps = input_pipeline.steps_per_epoch(n, batch_size)
+  if max_steps and max_steps < num_steps:
+    # An epoch of the first max_steps batches; one evaluation batch.
+    num_steps, n = max_steps, max_steps * batch_size
+    data = dataclasses.replace(
+        data, train=input_pipeline.Split(data.train.images[:n],
+                                         data.train.labels[:n]),
+        test=input_pipeline.Split(data.test.images[:config.eval_batch_size],
+                                  data.test.labels[:config.eval_batch_size]))
+  optimizer = optimizers.create_optimizer(config, num_steps)
   model = models.create_model(model_name, data.num_classes)
   steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer)
-  state = jax.jit(lambda r: train_lib.create_train_state(r, model, optimizer),
-                  out_shardings=steps.replicated)(jax.random.key(config.seed))
-  # On the device once, before the epochs, as in train_and_evaluate.
-  train_images = steps.replicate(data.train.images)
-  train_labels = steps.replicate(data.train.labels.astype(np.int32))
-  device_batch = steps.gather(
-      train_images, train_labels,
-      steps.global_array(input_pipeline.epoch_permutation(0, 0, n)[:batch_size],
-                         steps.sharded))
+  init = jax.jit(lambda r: train_lib.create_train_state(r, model, optimizer),
+                 out_shardings=steps.state_sharding)
+  state = init(jax.random.key(config.seed))
+  # On the device once, before the epochs, as train_epochs does.
+  train_arrays = steps.replicate(
+      (data.train.images, data.train.labels.astype(np.int32)))
+  device_batch = next(loop.epoch_batches(
+      steps, train_arrays, input_pipeline.epoch_permutation(0, 0, n),
+      batch_size, 1))
   jax.block_until_ready(device_batch)
   epoch_counter = [0]
 
   def batches():
     epoch_counter[0] += 1
-    order = input_pipeline.epoch_permutation(config.seed, epoch_counter[0], n)
-    return trainer.epoch_batches(steps, train_images, train_labels, order,
-                                 batch_size, num_steps)
+    order = steps.batch_order(config.seed, epoch_counter[0], n)
+    return loop.epoch_batches(steps, train_arrays, order, batch_size,
+                              num_steps)
 
-  # Epochs this benchmark runs, for the bar's "epoch i/N" label.
-  total_epochs = len(CASES) * (rounds + 1)
+  def run_train_epochs(state, progress):
+    """Seconds of one train_epochs epoch's training, from its metrics row."""
+    with tempfile.TemporaryDirectory() as workdir:
+      run_dir = workdir_lib.Workdir(workdir, config)
+      run_dir.prepare()
+      store = run_dir.checkpoint_store(config.keep_checkpoints)
+      try:
+        result = loop.train_epochs(
+            config, steps, init(jax.random.key(config.seed)), store=store,
+            member_dirs=[run_dir], data=data, stop=faults.StopRequests(),
+            progress=progress)
+      finally:
+        store.close()
+    return state, num_steps * batch_size / result.rows[0][-1][
+        'images_per_second']
 
-  def run_epoch(state, progress):
-    # The timed part of train_and_evaluate's epoch (its t0 .. train_seconds).
-    bar = trainer._progress_bar(  # pylint: disable=protected-access
-        progress, num_steps, epoch_counter[0] + 1, total_epochs)
-    state, totals = trainer.train_epoch(steps, state, batches(), bar)
+  def run_epoch(state):
+    totals = None
+    for batch in batches():
+      state, metrics = steps.train_step(state, batch)
+      totals = metrics if totals is None else steps.add(totals, metrics)
     train_lib.host_metrics(totals)
-    return state
+    return state, None
 
   def run_epoch_no_metrics(state):
     for batch in batches():
       state, metrics = steps.train_step(state, batch)
     jax.block_until_ready(metrics)
-    return state
+    return state, None
 
   def run_device_batch(state):
     for _ in range(num_steps):
       state, metrics = steps.train_step(state, device_batch)
     jax.block_until_ready(metrics)
-    return state
+    return state, None
 
   def run_batches_only(state):
     for batch in batches():
       pass
     jax.block_until_ready(batch)
-    return state
-
-  def run_fault_tolerant_epoch(state):
-    # As trainer._train: one LoopState and NonfiniteWatch for the run, the
-    # epoch's totals and timings reset at each epoch start.
-    loop.start_epoch()
-    epoch_counter[0] += 1
-    order = input_pipeline.epoch_permutation(config.seed, epoch_counter[0], n)
-    state = trainer.run_epoch(
-        steps, state, train_images, train_labels, order, batch_size,
-        epoch_counter[0], loop, steps_per_epoch=num_steps, watch=watch,
-        stop=stop, bar=None)
-    train_lib.host_metrics(loop.totals)
-    return state
-
-  if HAS_RUN_EPOCH:
-    loop = faults.LoopState()
-    watch = faults.NonfiniteWatch(
-        config.get('nonfinite_policy', 'stop'),
-        config.get('max_consecutive_skips', 10), loop,
-        steps_per_epoch=num_steps, stop_run=True)
-    stop = faults.StopRequests()  # Not entered: no signal handlers.
+    return state, None
 
   runners = {
-      'epoch': lambda s: run_epoch(s, progress=False),
-      'epoch_progress_bar': lambda s: run_epoch(s, progress=True),
+      'train_epochs': lambda s: run_train_epochs(s, progress=False),
+      'train_epochs_progress_bar': lambda s: run_train_epochs(s, True),
+      'epoch': run_epoch,
       'epoch_no_metrics': run_epoch_no_metrics,
       'device_batch': run_device_batch,
       'batches_only': run_batches_only,
-      'run_epoch': run_fault_tolerant_epoch,
   }
   results = {c: dict(model=model_name, case=c, steps=num_steps,
                      batch_size=batch_size, times=[], wall_s=0.0,
                      own_cpu_s=0.0, other_cpu_s=0.0) for c in CASES}
   for case in CASES:  # Warm-up: compiles the step, gather and add.
-    state = runners[case](state)
+    state, _ = runners[case](state)
     jax.block_until_ready(state)
   for round_index in range(rounds):
     shift = round_index % len(CASES)
     for case in CASES[shift:] + CASES[:shift]:
       with cpu_meter.CpuMeter() as meter:
-        state = runners[case](state)
-        # train_step's outputs come from one executable, so this waits for
-        # nothing more than the case itself already did: kept for symmetry.
+        state, seconds = runners[case](state)
         jax.block_until_ready(state)
       r = results[case]
-      r['times'].append(meter.wall_s)
+      r['times'].append(meter.wall_s if seconds is None else seconds)
       r['wall_s'] += meter.wall_s
       for key in ('own_cpu_s', 'other_cpu_s'):
         value = getattr(meter, key)

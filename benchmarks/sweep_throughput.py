@@ -34,52 +34,50 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
-import cpu_meter  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import cpu_meter
+import subprocess_case
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_BATCH = {'tiny_cnn': 128, 'resnet18': 32}
 
 
 def _grid_config(members: int):
+  """The Padam config and its first `members` (p, lr) members, seed k."""
   from configs import default  # pylint: disable=g-import-not-at-top
+  from sweeps import spec  # pylint: disable=g-import-not-at-top
   config = default.set_optimizer(default.get_config(), 'padam')
   config.optimizer.lr_milestones = ()
-  p_values = (0.25, 0.125, 0.0625)
-  lrs = (0.1, 0.01, 0.001, 0.0001)
-  grid = [(p, lr) for lr in lrs for p in p_values][:members]
-  return config, grid
+  grid = [(p, lr) for lr in (0.1, 0.01, 0.001, 0.0001)
+          for p in (0.25, 0.125, 0.0625)][:members]
+  return config, [spec.Member(k, f'p={p},lr={lr}',
+                              dict(seed=k, p=p, learning_rate=lr))
+                  for k, (p, lr) in enumerate(grid)]
 
 
 def measure(model_name: str, batch_size: int, members: int, steps: int,
             repeats: int, skip: tuple = ()) -> dict:
   # pylint: disable=g-import-not-at-top
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
   import models
   from sweeps import grid as grid_lib
   from training import host_devices, optimizers, train_lib
   # pylint: enable=g-import-not-at-top
 
-  config, values = _grid_config(members)
+  config, grid = _grid_config(members)
   model = models.create_model(model_name, 10)
   optimizer = optimizers.create_optimizer(config, steps_per_epoch=390)
   rng = np.random.default_rng(0)
   host_batch = {
       'images': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
       'labels': rng.integers(0, 10, (batch_size,), np.int32)}
-  hyper = {'p': np.asarray([p for p, _ in values], np.float32),
-           'learning_rate': np.asarray([lr for _, lr in values], np.float32)}
 
   def init(key):
     return train_lib.create_train_state(key, model, optimizer)
@@ -93,22 +91,17 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     member_init = jax.jit(
         lambda key, v: grid_lib.set_hyperparameters(init(key), v),
         out_shardings=steps_fns.replicated)
-    states = [member_init(jax.random.key(k),
-                          {key: v[k] for key, v in hyper.items()})
-              for k in range(members)]
+    states = [member_init(jax.random.key(m.seed), m.hyperparameters)
+              for m in grid]
     return steps_fns, states, steps_fns.shard(host_batch)
 
   def grid_variant(devices, data=1):
     mesh = grid_lib.make_grid_mesh(devices, data)
-    steps_fns = grid_lib.GridSteps(mesh, model, optimizer)
-    size = grid_lib.padded_size(members, len(devices) // data)
     # Padded as sweeps pad (the last member repeated).
-    index = grid_lib._padded(list(range(members)), size)  # pylint: disable=protected-access
-    keys = jnp.stack([jax.random.key(k) for k in index])
-    padded = {key: v[index] for key, v in hyper.items()}
-    state = jax.jit(
+    steps_fns = grid_lib.GridSteps(mesh, model, optimizer).for_members(grid)
+    state = grid_lib.init_grid(jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
-        out_shardings=NamedSharding(mesh, P(grid_lib.GRID_AXIS)))(keys, padded)
+        out_shardings=steps_fns.state_sharding), steps_fns.padded_members)
     return steps_fns, state, jax.tree.map(
         lambda x: steps_fns.global_array(x, steps_fns.sharded), host_batch)
 
@@ -187,19 +180,6 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
               first_run_s=compile_s)
 
 
-def _in_subprocess(args, model: str, batch_size: int) -> dict:
-  env = dict(os.environ)
-  if args.virtual_devices > 1:
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_force_host_'
-                        f'platform_device_count={args.virtual_devices}')
-  out = subprocess.run(
-      [sys.executable, __file__, '--json', '--models', model, '--batch-sizes',
-       f'{model}={batch_size}', '--members', str(args.members), '--steps',
-       str(args.steps), '--repeats', str(args.repeats), '--skip', args.skip],
-      env=env, check=True, capture_output=True, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='tiny_cnn,resnet18')
@@ -215,7 +195,6 @@ def main():
                       'one device); the 1-device sequential baseline stays')
   parser.add_argument('--virtual-devices', type=int, default=36,
                       help='simulated CPU devices (ignored on a GPU)')
-  parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   # train.py's XLA:CPU flags, for this process and the ones it starts.
   from training import allocator, host_devices  # pylint: disable=g-import-not-at-top
@@ -226,13 +205,6 @@ def main():
     batch[name] = int(value)
   names = args.models.split(',')
 
-  if args.json:
-    name = names[0]
-    print(json.dumps(measure(name, batch.get(name, 128), args.members,
-                             args.steps, args.repeats,
-                             tuple(filter(None, args.skip.split(','))))))
-    return
-
   print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
         f'{os.cpu_count()} cores, {args.members} members (Padam, p x lr), '
         f'{args.steps} steps per member, median of {args.repeats} '
@@ -241,7 +213,11 @@ def main():
         'vs sequential, 1 device | cores busy |')
   print('|---|---:|---|---:|---:|---:|')
   for name in names:
-    r = _in_subprocess(args, name, batch.get(name, 128))
+    r = subprocess_case.run(measure, dict(
+        model_name=name, batch_size=batch.get(name, 128),
+        members=args.members, steps=args.steps, repeats=args.repeats,
+        skip=list(filter(None, args.skip.split(',')))),
+        devices=args.virtual_devices if args.virtual_devices > 1 else None)
     ips = r['images_per_second']
     for variant, value in ips.items():
       busy = r['cores_busy'][variant]

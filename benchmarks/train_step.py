@@ -13,16 +13,16 @@ ratio measures the cost of partitioning and collectives, not a speed-up.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+
+import subprocess_case  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def measure(model_name: str, batch_size: int, steps: int) -> dict:
@@ -59,33 +59,17 @@ def measure(model_name: str, batch_size: int, steps: int) -> dict:
               compile_and_first_step_s=first)
 
 
-def _in_subprocess(model, batch_size, steps, devices) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      os.environ.get('XLA_FLAGS', '') +
-      f' --xla_force_host_platform_device_count={devices}').strip())
-  out = subprocess.run(
-      [sys.executable, __file__, '--models', model, '--batch-size',
-       str(batch_size), '--steps', str(steps), '--json'],
-      env=env, check=True, capture_output=True, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])[0]
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='vgg16,resnet18,wrn16_4')
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--data-parallel', action='store_true')
-  parser.add_argument('--json', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   # train.py's XLA:CPU flags, for this process and the ones it starts.
   from training import host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()
   names = args.models.split(',')
-
-  if args.json:
-    print(json.dumps([measure(n, args.batch_size, args.steps) for n in names]))
-    return
 
   import jax  # pylint: disable=g-import-not-at-top
   print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
@@ -97,8 +81,10 @@ def main():
           '4-device step time / 1-device |')
     print('|---|---:|---:|---:|')
     for name in names:
-      one = _in_subprocess(name, args.batch_size, args.steps, 1)
-      four = _in_subprocess(name, args.batch_size, args.steps, 4)
+      one, four = (subprocess_case.run(
+          measure, dict(model_name=name, batch_size=args.batch_size,
+                        steps=args.steps), devices=n,
+          env={'JAX_PLATFORMS': 'cpu'}) for n in (1, 4))
       print(f'| {name} | {one["images_per_second"]:.1f} | '
             f'{four["images_per_second"]:.1f} | '
             f'{four["median_s"] / one["median_s"]:.2f}x |', flush=True)

@@ -80,8 +80,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-import cpu_meter  # pylint: disable=g-import-not-at-top,wrong-import-position
-import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import cpu_meter
+import run_info
+import subprocess_case
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 TORCH_CASES = ('torch_padam', 'torch_padam_loop', 'torch_sgd', 'torch_padam_cl')
 JAX_CASES = ('jax_padam', 'jax_sgd', 'jax_padam_const', 'jax_sgd_plain')
@@ -259,10 +262,7 @@ def make_jax_cases(model_name, batch_size, names):
 
 def worker_main(args):
   """Serves 'run' requests on stdin with JSON replies on the real stdout."""
-  # Replies go to a private copy of stdout; anything a library prints goes to
-  # stderr, so it cannot corrupt the protocol.
-  reply = os.fdopen(os.dup(1), 'w', buffering=1)
-  os.dup2(2, 1)
+  reply = subprocess_case.reply_channel()
   names = args.cases.split(',')
   t0 = time.perf_counter()
   if args.worker == 'torch':
@@ -288,7 +288,12 @@ def worker_main(args):
 
 
 class Worker:
-  """A worker subprocess for one framework and one model."""
+  """A worker subprocess for one framework and one model.
+
+  Long-lived, unlike benchmarks/subprocess_case.run's one call per process:
+  the parent interleaves the cases one step at a time across workers, and a
+  process per step would rebuild and recompile every case each time.
+  """
 
   def __init__(self, framework, setup, model, cases, args):
     command = [sys.executable, os.path.abspath(__file__), '--worker',

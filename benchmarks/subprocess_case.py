@@ -1,0 +1,80 @@
+"""One benchmark case in a fresh Python process with its own environment.
+
+XLA reads XLA_FLAGS (the simulated CPU device count among them), and JAX its
+JAX_* variables, once, when the first backend starts: a case that needs other
+values than the running process runs in a new one.
+
+  result = subprocess_case.run(measure, dict(model='resnet18'), devices=4,
+                               env={'JAX_PLATFORMS': 'cpu'})
+
+runs `measure(model='resnet18')`, a module-level function of a benchmark
+script, in `python benchmarks/subprocess_case.py SCRIPT NAME KWARGS_JSON`,
+and returns what it returned (JSON-serialisable), read from the child's last
+line on stdout. The script is imported, not run: its `__main__` block does
+not run there. The child inherits this process's environment with `env`
+applied (a value of None removes the variable; LD_PRELOAD too, so a parent
+restarted under mimalloc, training/allocator.py, starts its children under
+it); its stderr is this process's.
+"""
+
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
+
+
+def environment(env: Optional[dict] = None,
+                devices: Optional[int] = None) -> dict:
+  """os.environ with `env` applied and, given `devices`, XLA_FLAGS asking for
+  that many CPU devices (replacing any count already there)."""
+  out = dict(os.environ)
+  for key, value in (env or {}).items():
+    if value is None:
+      out.pop(key, None)
+    else:
+      out[key] = str(value)
+  if devices is not None:
+    flags = [f for f in out.get('XLA_FLAGS', '').split()
+             if not f.startswith(DEVICE_COUNT_FLAG)]
+    out['XLA_FLAGS'] = ' '.join(flags + [f'{DEVICE_COUNT_FLAG}={devices}'])
+  return out
+
+
+def run(function: Callable, kwargs: Optional[dict] = None, *,
+        env: Optional[dict] = None, devices: Optional[int] = None):
+  """`function(**kwargs)` in a fresh process; returns its JSON result."""
+  command = [sys.executable, os.path.abspath(__file__),
+             os.path.abspath(inspect.getfile(function)), function.__name__,
+             json.dumps(kwargs or {})]
+  out = subprocess.run(command, env=environment(env, devices), check=True,
+                       stdout=subprocess.PIPE, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def reply_channel():
+  """A private copy of stdout for results; stdout itself then goes to stderr,
+  so that nothing a library prints can be taken for a result."""
+  reply = os.fdopen(os.dup(1), 'w', buffering=1)
+  os.dup2(2, 1)
+  return reply
+
+
+def _main(script: str, name: str, kwargs: str):
+  reply = reply_channel()
+  module_spec = importlib.util.spec_from_file_location('benchmark_case',
+                                                       script)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  reply.write(json.dumps(getattr(module, name)(**json.loads(kwargs))) + '\n')
+
+
+if __name__ == '__main__':
+  sys.path[:0] = [ROOT, HERE]
+  _main(*sys.argv[1:])

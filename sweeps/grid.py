@@ -68,8 +68,9 @@ class GridSteps(train_lib.MeshSteps):
     self.padded_members = []
 
   def place(self, mesh) -> None:
-    self.members = NamedSharding(mesh, P(GRID_AXIS))
-    self.state_sharding = self.metrics_sharding = self.members
+    # The member axis split over `grid`: the stacked state and the metrics.
+    self.state_sharding = self.metrics_sharding = NamedSharding(
+        mesh, P(GRID_AXIS))
     # Where training batches (and their indices) live, and evaluation ones.
     self.sharded = NamedSharding(
         mesh, P(GRID_AXIS, DATA_AXIS) if self.own_batches else P(DATA_AXIS))
@@ -117,7 +118,7 @@ class GridSteps(train_lib.MeshSteps):
     size = len(self.padded_members)
     if size == self.num_members:
       return tree
-    return jax.device_put(_pad(tree, size), self.members)
+    return jax.device_put(_pad(tree, size), self.state_sharding)
 
 
 @functools.lru_cache(maxsize=8)

@@ -251,7 +251,7 @@ CASES = [
          call=_train(dataset='mnist')),
     Case('api: unknown optimizer', (
         "optimizer.name='sgd' is not known; allowed: sgdm, adam, amsgrad, "
-        'adamw, padam.',), call=_train(**{'optimizer.name': 'sgd'})),
+        'adamw, padam, lion.',), call=_train(**{'optimizer.name': 'sgd'})),
     Case('api: unknown formulation', (
         "optimizer.formulation='pytorch' is not known; allowed: authors, "
         'paper, report.',), call=_train(**{'optimizer.formulation': 'pytorch'})),
@@ -282,7 +282,7 @@ CASES = [
          call=_train(), setup=_file_as_workdir),
     Case('api: grid value out of range', (
         'sweep.p=(0.25, 0.75) is not allowed (optimizer (padam): p=0.75 is '
-        'out of range; allowed: 0 <= p <= 0.5)',),
+        'out of range; allowed: 0 <= p <= 0.5',),
          call=lambda tmp: sweep_run.run_sweep(_sweep_with(p=(0.25, 0.75)),
                                          os.path.join(tmp, 'W'))),
     Case('api: sweep seeds', (

@@ -81,7 +81,9 @@ def padam(
     * github.com/uclaml/Padam, the authors' code; arXiv:1901.09878, the
       reproducibility report.
   """
-  _check_lr_and_decay('padam', learning_rate, weight_decay)
+  _checks.check_hyperparameters(
+      'padam', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
+      weight_decay=weight_decay)
   return optax.chain(
       *_decay(weight_decay, mask),
       transform.scale_by_partial_adaptive(
@@ -146,7 +148,9 @@ def padamw(
       arXiv:1901.09878.
     * Decoupled weight decay: Loshchilov & Hutter, arXiv:1711.05101.
   """
-  _check_lr_and_decay('padamw', learning_rate, weight_decay)
+  _checks.check_hyperparameters(
+      'padamw', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
+      weight_decay=weight_decay)
   return optax.chain(
       transform.scale_by_partial_adaptive(
           b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad,
@@ -154,11 +158,6 @@ def padamw(
       *_decay(weight_decay, mask),
       _learning_rate('padamw', learning_rate),
   )
-
-
-def _check_lr_and_decay(owner, learning_rate, weight_decay) -> None:
-  _checks.check_hyperparameters(owner, learning_rate=learning_rate,
-                                weight_decay=weight_decay)
 
 
 def _learning_rate(owner, learning_rate) -> optax.GradientTransformation:

@@ -160,6 +160,9 @@ def check_hyperparameters(owner: str, **values: Any) -> None:
     owner: who is checking, the start of the message (e.g. ``'padam'``).
     **values: hyperparameters by name.
 
+  Returns:
+    None, when every value is allowed.
+
   Raises:
     ValueError: ``"{owner}: {name}={value!r} is out of range; allowed: ..."``
       for a value out of range or not finite, and a message of the same shape
@@ -177,6 +180,10 @@ def check_hyperparameters(owner: str, **values: Any) -> None:
     Traceback (most recent call last):
     ...
     ValueError: config: eps=inf is out of range; allowed: eps >= 0, finite (a scalar).
+
+  References:
+    The range of p, [0, 1/2], is Padam's (arXiv:1806.06763, Algorithm 1: 0 is
+    SGD with momentum, 1/2 AMSGrad); the others are Adam's.
   """
   for name, value in values.items():
     if name not in HYPERPARAMETER_RANGES:

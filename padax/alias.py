@@ -125,11 +125,11 @@ def padamw(
       the parameters returning one), as in ``optax.add_decayed_weights``.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
-    ``params`` when weight decay is used.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
+    ``params`` (the decay needs them).
 
   Raises:
-    ValueError: for a bad argument, naming it, its value and what is allowed.
+    ValueError: as `padam`, for a bad argument.
 
   Examples:
     With zero gradients only the decay acts: each step multiplies the

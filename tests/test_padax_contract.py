@@ -371,10 +371,17 @@ def test_integer_parameters_are_refused():
   the updates (params [1, 2] move to [0, 1]); padax refuses them at init."""
   params = {'w': jnp.ones(2), 'step': jnp.array([1, 2])}
   for name, optimizer in OPTIMIZERS.items():
-    with pytest.raises(TypeError, match=r"\['step'\] has dtype int32"):
-      optimizer.init(params)
+    if name.endswith('injected'):
+      # inject_hyperparams casts the hyperparameters to the params' 'highest'
+      # dtype, which optax 0.2.5 takes to be int32 here: padax then refuses
+      # the int32 learning rate first. Refused either way.
+      with pytest.raises((TypeError, ValueError),
+                         match=r"\['step'\] has dtype int32|=0 has dtype int32"):
+        optimizer.init(params)
+    else:
+      with pytest.raises(TypeError, match=r"\['step'\] has dtype int32"):
+        optimizer.init(params)
     optimizer.init({'w': jnp.ones(2)})  # floating params are fine
-    del name
 
 
 # ----------------------------------------------------------- sharding

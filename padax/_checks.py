@@ -107,6 +107,9 @@ def check_range(
                                         else x < high)
   # NaN fails both comparisons; inf is refused whatever the bounds.
   if not (math.isfinite(x) and x >= low and upper_ok):
+    if not math.isfinite(x):
+      allowed = _describe(name, low, high, high_inclusive, schedule_allowed,
+                          finite=True)
     raise ValueError(
         f'{owner}: {name}={_shown(value)} is out of range; allowed: '
         f'{allowed}.')
@@ -121,16 +124,16 @@ def _shown(value: Any) -> str:
   return repr(value)
 
 
-def _describe(name, low, high, high_inclusive, schedule_allowed) -> str:
+def _describe(name, low, high, high_inclusive, schedule_allowed,
+              finite=False) -> str:
   if high is None:
-    text = f'{name} >= {low:g}, finite'
+    text = f'{name} >= {low:g}'
   else:
     text = f'{low:g} <= {name} {"<=" if high_inclusive else "<"} {high:g}'
+  if finite:
+    text += ', finite'
   if schedule_allowed:
-    text += (' (a scalar, or an optax schedule returning one, whose values '
-             'are not checked)')
-  else:
-    text += ' (a scalar)'
+    text += ' (a number, or an optax schedule whose values are not checked)'
   return text
 
 
@@ -175,11 +178,11 @@ def check_hyperparameters(owner: str, **values: Any) -> None:
     >>> padax.check_hyperparameters('config', p=0.75)
     Traceback (most recent call last):
     ...
-    ValueError: config: p=0.75 is out of range; allowed: 0 <= p <= 0.5 (a scalar, or an optax schedule returning one, whose values are not checked).
+    ValueError: config: p=0.75 is out of range; allowed: 0 <= p <= 0.5 (a number, or an optax schedule whose values are not checked).
     >>> padax.check_hyperparameters('config', eps=float('inf'))
     Traceback (most recent call last):
     ...
-    ValueError: config: eps=inf is out of range; allowed: eps >= 0, finite (a scalar).
+    ValueError: config: eps=inf is out of range; allowed: eps >= 0, finite.
 
   References:
     The range of p, [0, 1/2], is Padam's (arXiv:1806.06763, Algorithm 1: 0 is

@@ -1,6 +1,6 @@
 """Sphinx configuration of padax's API reference (built by tests/test_padax_docs.py).
 
-Build: sphinx-build -W -b html docs/api docs/api/_build
+Build: sphinx-build -W -b html docs/api build/api  (build/ is git-ignored)
 """
 
 import os

@@ -18,7 +18,7 @@ from padax import transform
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC_FUNCTIONS = (padax.padam, padax.padamw, padax.scale_by_partial_adaptive,
                     padax.check_hyperparameters)
-SECTIONS = ('Args:', 'Returns:' , 'Examples:', 'References:')
+SECTIONS = ('Args:', 'Returns:', 'Examples:', 'References:')
 
 
 @pytest.mark.parametrize('function', PUBLIC_FUNCTIONS,

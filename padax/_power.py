@@ -35,7 +35,8 @@ def dyadic_bits(e: float):
 
 def power(x: jax.Array, e) -> jax.Array:
   """x**e elementwise, with 0**0 == 1; e a Python number or a scalar array."""
-  if isinstance(e, (jax.Array, jax.core.Tracer)):
+  # A traced exponent is a jax.Array too (tracers are instances of it).
+  if isinstance(e, jax.Array):
     return _exp_log_power(x, e)
   e = float(e)
   if e == 0.0:

@@ -1,7 +1,7 @@
 """`scale_by_partial_adaptive`: Padam's rescaling as an Optax transformation."""
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,15 @@ class ScaleByPartialAdaptiveState(NamedTuple):
 
   Attributes:
     count: number of updates applied so far (int32).
-    mu: first moment, EMA of gradients, in `mu_dtype`.
-    nu: second moment, EMA of squared gradients (raw, not bias-corrected).
-    nu_max: running maximum of the second moment used by the denominator (of
-      the raw `nu` for 'authors' and 'report', of the bias-corrected `nu` for
-      'paper'); None when `amsgrad=False`.
+    mu: first moment, EMA of gradients, in ``mu_dtype``.
+    nu: second moment kept as its square root: the root mean square
+      ``r = sqrt(v)`` of the EMA ``v`` of squared gradients (raw, not
+      bias-corrected), in the parameters' dtype. Kept as ``r`` so that no
+      gradient whose square overflows (or underflows) the dtype can make it
+      ``inf`` (or 0); ``v`` itself is ``nu ** 2``.
+    nu_max: running maximum of ``r`` used by the denominator (of the raw
+      ``r`` for ``'authors'`` and ``'report'``, of the bias-corrected
+      ``r / sqrt(1 - b2^t)`` for ``'paper'``); None when ``amsgrad=False``.
   """
   count: jax.Array
   mu: optax.Updates
@@ -35,72 +39,128 @@ class ScaleByPartialAdaptiveState(NamedTuple):
 
 
 def scale_by_partial_adaptive(
-    b1: Any = 0.9,
-    b2: Any = 0.999,
-    eps: Any = 1e-8,
-    p: Any = 0.125,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    p: optax.ScalarOrSchedule = 0.125,
     amsgrad: bool = True,
     formulation: str = AUTHORS,
-    mu_dtype: Optional[Any] = None,
-) -> optax.GradientTransformation:
+    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Padam's partially adaptive denominator.
 
-  With gradient g, step t = 1, 2, ... and
-  m_t = b1 m_{t-1} + (1 - b1) g,  v_t = b2 v_{t-1} + (1 - b2) g^2,
-  bc1 = 1 - b1^t,  bc2 = 1 - b2^t, the update (before the learning rate) is:
+  With gradient :math:`g_t`, step :math:`t = 1, 2, \ldots` and
 
-  * ``'authors'`` (default): the authors' PyTorch code (github uclaml/Padam,
-    ``Padam.py``), which produced the paper's numbers.
-    vmax_t = max(vmax_{t-1}, v_t) over the raw v;
-    u = (sqrt(bc2) / bc1) * m_t / (sqrt(vmax_t) + eps)^(2p).
-    The sqrt(bc2) is applied whatever p is, and eps sits inside the power.
-  * ``'paper'``: Algorithm 1 of Chen & Gu (arXiv 1806.06763), as AMSGrad is
-    written in Optax: vmax_t = max(vmax_{t-1}, v_t / bc2) over the
-    bias-corrected v; u = (m_t / bc1) / (vmax_t^p + eps). At p = 1/2 this is
-    exactly ``optax.amsgrad``.
-  * ``'report'``: the reproducibility report's TensorFlow code (arXiv
-    1901.09878): vmax over the raw v;
-    u = (sqrt(bc2) / bc1) * m_t / (vmax_t^p + eps).
+  .. math::
 
-  With ``amsgrad=False`` each formulation uses v_t (bias-corrected for
-  'paper') in place of the running max. At p = 0 every formulation is SGD with
-  momentum, up to a factor: 'authors' and 'report' scale early steps by
-  sqrt(bc2) = bc2^(1/2 - p), an implicit warm-up that 'paper' lacks.
+    m_t = b_1 m_{t-1} + (1 - b_1) g_t, \quad
+    v_t = b_2 v_{t-1} + (1 - b_2) g_t^2, \quad
+    c_1 = 1 - b_1^t, \quad c_2 = 1 - b_2^t,
 
-  Every numeric argument may be a traced array, so the transformation works
-  under ``optax.inject_hyperparams`` and ``jax.vmap`` over hyperparameters.
-  For the paper's p values a constant p is computed with square roots rather
-  than ``jnp.power``, which on a CPU is about 3x faster; a traced or scheduled
-  p uses exp(e log x), about 1.5x faster than ``jnp.power``.
+  the update (before the learning rate) is, for each ``formulation``:
+
+  * ``'authors'`` (default): the authors' PyTorch code (``Padam.py`` of
+    github.com/uclaml/Padam), which produced the paper's numbers.
+    :math:`\hat v_t = \max(\hat v_{t-1}, v_t)` over the raw :math:`v`;
+    :math:`u_t = (\sqrt{c_2} / c_1)\, m_t / (\sqrt{\hat v_t} + \epsilon)^{2p}`.
+    The :math:`\sqrt{c_2}` is applied whatever p is, and eps sits inside the
+    power.
+  * ``'paper'``: Algorithm 1 of Chen & Gu, as AMSGrad is written in Optax:
+    :math:`\hat v_t = \max(\hat v_{t-1}, v_t / c_2)` over the bias-corrected
+    :math:`v`; :math:`u_t = (m_t / c_1) / (\hat v_t^{\,p} + \epsilon)`. At
+    p = 1/2 this is ``optax.amsgrad``.
+  * ``'report'``: the reproducibility report's TensorFlow code:
+    :math:`\hat v` over the raw :math:`v`;
+    :math:`u_t = (\sqrt{c_2} / c_1)\, m_t / (\hat v_t^{\,p} + \epsilon)`.
+
+  With ``amsgrad=False`` each formulation uses :math:`v_t` (bias-corrected for
+  ``'paper'``) in place of the running max. At p = 0 every formulation is SGD
+  with momentum up to a factor: ``'authors'`` and ``'report'`` scale early
+  steps by :math:`\sqrt{c_2} = c_2^{1/2 - p}` relative to ``'paper'``, an
+  implicit warm-up that Algorithm 1 lacks.
+
+  Numerics: the state keeps :math:`r_t = \sqrt{v_t}`, updated as
+  :math:`s \sqrt{b_2 (r_{t-1}/s)^2 + (1 - b_2)(g_t/s)^2}` with
+  :math:`s = \max(r_{t-1}, |g_t|)`, so :math:`g_t^2` is never formed: a
+  finite gradient whose square overflows the dtype (``1e20`` in float32,
+  ``300`` in float16) or underflows it cannot turn the second moment into
+  ``inf`` or 0. (``optax.amsgrad`` squares the gradient: one such gradient
+  makes its second moment ``inf`` and that parameter's updates 0 forever.)
+  A non-finite gradient still poisons the state; skip such steps with
+  ``optax.apply_if_finite``. For the paper's p values a constant p is
+  computed with square roots rather than ``jnp.power``; a traced or scheduled
+  p uses :math:`\exp(2p \log r)`.
+
+  Every numeric argument may be a traced scalar, so the transformation works
+  under ``optax.inject_hyperparams`` and ``jax.vmap`` over hyperparameters,
+  and changing an injected p does not retrace a jitted step.
 
   Args:
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
-    eps: non-negative stabiliser; where it enters depends on `formulation`.
+    eps: non-negative, finite stabiliser; where it enters depends on
+      ``formulation``.
     p: partially adaptive exponent in [0, 1/2] (0: SGD with momentum; 1/2:
-      AMSGrad), or an optax schedule of the update count, evaluated like a
-      learning-rate schedule (at 0 for the first update). A schedule's values
-      are not checked.
+      AMSGrad), or an optax schedule of the update count returning a scalar,
+      evaluated like a learning-rate schedule (at 0 for the first update).
+      A schedule's values are not checked.
     amsgrad: keep the running maximum of the second moment (Padam's default).
-    formulation: one of ``'authors'``, ``'paper'``, ``'report'`` (above).
-    mu_dtype: dtype of the first moment in the state (e.g. ``jnp.bfloat16``);
-      None keeps the dtype of the parameters. Bias corrections are computed in
-      at least float32 whatever this is.
+    formulation: one of ``'authors'``, ``'paper'``, ``'report'`` (above);
+      `padax.FORMULATIONS` lists them.
+    mu_dtype: floating dtype of the first moment in the state (e.g.
+      ``jnp.bfloat16``); None keeps the parameters' dtype. Bias corrections
+      are computed in at least float32 whatever this is.
 
   Returns:
-    An ``optax.GradientTransformation``.
+    An ``optax.GradientTransformationExtraArgs``: its ``update`` accepts (and
+    ignores) extra keyword arguments, and returns updates in the gradients'
+    dtype. ``init`` accepts arrays or ``jax.ShapeDtypeStruct`` leaves of a
+    floating dtype, and the state's arrays follow the parameters' shapes,
+    dtypes and shardings.
 
   Raises:
-    ValueError: for an argument out of range, naming the argument, the value
-      and the allowed range.
+    ValueError: at construction, for a hyperparameter that is not a real
+      scalar, not finite or out of range, an unknown formulation or a
+      non-floating ``mu_dtype``; the message names the argument, the value and
+      what is allowed.
+    TypeError: from ``init``, for a parameter of a non-floating dtype
+      (integer, bool, complex). Padam is not defined for them; pass such
+      leaves through with ``optax.partition`` or ``optax.masked``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import padax
+    >>> params = {'w': jnp.array([1.0, -2.0])}
+    >>> tx = optax.chain(padax.scale_by_partial_adaptive(p=0.125),
+    ...                  optax.scale(-0.1))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({'w': jnp.array([1.0, -2.0])}, state)
+    >>> [round(float(u), 4) for u in updates['w']]
+    [-0.0075, 0.0126]
+
+    At step 1 ``'authors'`` gives
+    :math:`\sqrt{c_2}/c_1 \cdot m_1 / \sqrt{v_1}^{\,2p}
+    = 0.001^{1/2 - p}\, \mathrm{sign}(g)\, |g|^{1-2p}` (eps aside), so for
+    g = -2 the update is ``0.1 * 0.001**0.375 * 2**0.75 = 0.0126``.
+
+  References:
+    * J. Chen, Q. Gu et al., "Closing the Generalization Gap of Adaptive
+      Gradient Methods in Training Deep Neural Networks", arXiv:1806.06763.
+    * The authors' code: https://github.com/uclaml/Padam (``Padam.py``).
+    * The reproducibility report on Padam, arXiv:1901.09878 (its TensorFlow
+      code is the ``'report'`` formulation).
   """
   owner = 'scale_by_partial_adaptive'
   _checks.check_hyperparameters(owner, b1=b1, b2=b2, eps=eps, p=p)
   _checks.check_bool(owner, 'amsgrad', amsgrad)
   _checks.check_choice(owner, 'formulation', formulation, FORMULATIONS)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = _checks.check_float_dtype(owner, 'mu_dtype', mu_dtype)
+  if callable(p):
+    p = _checks.checked_schedule(owner, 'p', p)
 
   def init_fn(params):
+    _checks.check_float_params(owner, params)
     mu = jax.tree.map(
         lambda t: jnp.zeros_like(t, dtype=mu_dtype or t.dtype), params)
     nu = jax.tree.map(jnp.zeros_like, params)
@@ -108,8 +168,8 @@ def scale_by_partial_adaptive(
     return ScaleByPartialAdaptiveState(
         count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     p_t = p(state.count) if callable(p) else p
     count_inc = optax.safe_increment(state.count)
     # Bias corrections in at least float32: b**t rounds to 1 in bfloat16.
@@ -120,10 +180,13 @@ def scale_by_partial_adaptive(
     bc2 = _bias_correction(b2, t)
 
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    nu = jax.tree.map(
+        lambda g, r: None if g is None else _rms_update(g, r, b2),
+        updates, state.nu, is_leaf=_is_none)
     if formulation == PAPER:
-      # As optax.amsgrad: divide in the moment's dtype by float32 corrections.
-      nu_eff = _map(lambda v: v / bc2.astype(v.dtype), nu)
+      # As optax.amsgrad: correct in the moment's dtype by float32 factors.
+      sqrt_bc2 = jnp.sqrt(bc2)
+      nu_eff = _map(lambda r: r / sqrt_bc2.astype(r.dtype), nu)
       numerator = _map(lambda m: m / bc1.astype(m.dtype), mu)
     else:
       nu_eff = nu
@@ -138,15 +201,17 @@ def scale_by_partial_adaptive(
       nu_max = None
       nu_denominator = nu_eff
 
-    eps_ = lambda v: jnp.asarray(eps, v.dtype)
+    eps_ = lambda r: jnp.asarray(eps, r.dtype)
     if formulation == AUTHORS:
       # (sqrt(v) + eps)^(2p): eps inside the power, as in the authors' code.
-      denominator = lambda v: _power.power(jnp.sqrt(v) + eps_(v), 2 * p_t)
+      denominator = lambda r: _power.power(r + eps_(r), 2 * p_t)
     else:
-      denominator = lambda v: _power.power(v, p_t) + eps_(v)
+      # v^p + eps = r^(2p) + eps.
+      denominator = lambda r: _power.power(r, 2 * p_t) + eps_(r)
     new_updates = jax.tree.map(
-        lambda n, v: None if n is None else n / denominator(v),
-        numerator, nu_denominator, is_leaf=_is_none)
+        lambda g, n, r: None if g is None else (
+            n / denominator(r)).astype(g.dtype),
+        updates, numerator, nu_denominator, is_leaf=_is_none)
     # The state keeps its dtypes (mu in mu_dtype) so a jitted step never
     # retraces; arithmetic above ran in the promoted dtype.
     mu = _cast_like(mu, state.mu)
@@ -156,7 +221,21 @@ def scale_by_partial_adaptive(
     return new_updates, ScaleByPartialAdaptiveState(
         count=count_inc, mu=mu, nu=nu, nu_max=nu_max)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _rms_update(g: jax.Array, r: jax.Array, b2) -> jax.Array:
+  """sqrt(b2 r^2 + (1 - b2) g^2) without forming g^2 or r^2.
+
+  Both are divided by s = max(r, |g|) first, so the squares lie in [0, 1]: no
+  overflow, and a term that underflows is below the dtype's resolution
+  relative to the other. s = 0 gives 0.
+  """
+  s = jnp.maximum(r, jnp.abs(g).astype(r.dtype))
+  safe = jnp.where(s > 0, s, jnp.ones_like(s))
+  x = r / safe
+  y = g.astype(r.dtype) / safe
+  return s * jnp.sqrt(b2 * (x * x) + (1 - b2) * (y * y))
 
 
 def _bias_correction(decay, t: jax.Array) -> jax.Array:
@@ -165,13 +244,13 @@ def _bias_correction(decay, t: jax.Array) -> jax.Array:
   For a Python number the log is taken in double precision, as the authors'
   code computes its corrections in Python floats: 1 - b2**t from a float32 b2
   is off by 1.3e-5 (relative) at t = 1 for b2 = 0.999, since float32(0.999)
-  itself is. A traced decay is used as given.
+  itself is. A JAX array (concrete or traced) is used in t's dtype.
   """
-  values = _checks.concrete_values(decay)
-  if values is not None and not isinstance(decay, jax.Array):
-    log_decay = math.log(float(decay)) if float(decay) > 0 else -math.inf
-  else:
+  if isinstance(decay, jax.Array):
     log_decay = jnp.log(jnp.asarray(decay, t.dtype))
+  else:
+    decay = float(decay)
+    log_decay = math.log(decay) if decay > 0 else -math.inf
   return -jnp.expm1(t * jnp.asarray(log_decay, t.dtype))
 
 

@@ -1,9 +1,15 @@
 """Runs Optax optimizers over a fixed gradient sequence, jitted once."""
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+# A context manager turning float64 on: public as jax.enable_x64 in recent
+# JAX, only jax.experimental.enable_x64 in the oldest padax supports.
+enable_x64 = (jax.enable_x64 if hasattr(jax, 'enable_x64')
+              else jax.experimental.enable_x64)
 
 
 def run_many(optimizers, params, grads, dtype=jnp.float32):

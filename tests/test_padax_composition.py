@@ -37,7 +37,7 @@ def test_paper_formulation_at_half_is_amsgrad(x64):
   they agree to 1e-12."""
   params, grads = _problem()
   dtype = jnp.float64 if x64 else jnp.float32
-  with jax.enable_x64(x64):
+  with optimizer_runner.enable_x64(x64):
     ours, theirs = optimizer_runner.run_many(
         [padax.padam(0.1, p=0.5, formulation='paper'),
          optax.amsgrad(0.1, b1=B1, b2=B2, eps=EPS)], params, grads, dtype)

@@ -49,7 +49,7 @@ def test_matches_numpy_float32(config):
 
 @pytest.mark.parametrize('config', CONFIGS, ids=_config_id)
 def test_matches_numpy_float64(config):
-  with jax.enable_x64(True):
+  with optimizer_runner.enable_x64(True):
     errors = _errors(P_VALUES, config, seed=1, dtype=jnp.float64)
   assert max(errors.values()) <= 1e-12, errors
 

@@ -23,14 +23,11 @@ class ScaleByPartialAdaptiveState(NamedTuple):
   Attributes:
     count: number of updates applied so far (int32).
     mu: first moment, EMA of gradients, in ``mu_dtype``.
-    nu: second moment kept as its square root: the root mean square
-      ``r = sqrt(v)`` of the EMA ``v`` of squared gradients (raw, not
-      bias-corrected), in the parameters' dtype. Kept as ``r`` so that no
-      gradient whose square overflows (or underflows) the dtype can make it
-      ``inf`` (or 0); ``v`` itself is ``nu ** 2``.
-    nu_max: running maximum of ``r`` used by the denominator (of the raw
-      ``r`` for ``'authors'`` and ``'report'``, of the bias-corrected
-      ``r / sqrt(1 - b2^t)`` for ``'paper'``); None when ``amsgrad=False``.
+    nu: second moment, EMA of squared gradients (raw, not bias-corrected),
+      in the parameters' dtype.
+    nu_max: running maximum of the second moment used by the denominator (of
+      the raw ``nu`` for ``'authors'`` and ``'report'``, of the
+      bias-corrected ``nu`` for ``'paper'``); None when ``amsgrad=False``.
   """
   count: jax.Array
   mu: optax.Updates
@@ -79,17 +76,20 @@ def scale_by_partial_adaptive(
   steps by :math:`\sqrt{c_2} = c_2^{1/2 - p}` relative to ``'paper'``, an
   implicit warm-up that Algorithm 1 lacks.
 
-  Numerics: the state keeps :math:`r_t = \sqrt{v_t}`, updated as
-  :math:`s \sqrt{b_2 (r_{t-1}/s)^2 + (1 - b_2)(g_t/s)^2}` with
-  :math:`s = \max(r_{t-1}, |g_t|)`, so :math:`g_t^2` is never formed: a
-  finite gradient whose square overflows the dtype (``1e20`` in float32,
-  ``300`` in float16) or underflows it cannot turn the second moment into
-  ``inf`` or 0. (``optax.amsgrad`` squares the gradient: one such gradient
-  makes its second moment ``inf`` and that parameter's updates 0 forever.)
-  A non-finite gradient still poisons the state; skip such steps with
-  ``optax.apply_if_finite``. For the paper's p values a constant p is
-  computed with square roots rather than ``jnp.power``; a traced or scheduled
-  p uses :math:`\exp(2p \log r)`.
+  Numerics: :math:`v_t` is computed as ``optax.amsgrad`` and the authors'
+  code compute it, except where a finite gradient's square overflows the
+  dtype (``|g| > 1.8e19`` in float32, ``> 256`` in float16): there the term
+  is :math:`(\sqrt{1 - b_2}\, g_t)^2`, exact up to
+  :math:`|g| \approx \sqrt{\max / (1 - b_2)}` (``5.8e20`` in float32 with
+  b2 = 0.999), beyond which :math:`v_t` saturates at the dtype's largest
+  finite value. So such a gradient never turns the second moment into
+  ``inf`` and the parameter keeps moving. (``optax.amsgrad`` squares the
+  gradient: one such gradient makes its second moment ``inf`` and that
+  parameter's updates 0 forever.) A square that underflows rounds to 0, as
+  in optax and the authors' code. A non-finite gradient still poisons the
+  state; skip such steps with ``optax.apply_if_finite``. For the paper's p
+  values a constant p is computed with square roots rather than
+  ``jnp.power``; a traced or scheduled p uses :math:`\exp(p \log v)`.
 
   Every numeric argument may be a traced scalar, so the transformation works
   under ``optax.inject_hyperparams`` and ``jax.vmap`` over hyperparameters,
@@ -181,12 +181,11 @@ def scale_by_partial_adaptive(
 
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     nu = jax.tree.map(
-        lambda g, r: None if g is None else _rms_update(g, r, b2),
+        lambda g, v: None if g is None else _second_moment(g, v, b2),
         updates, state.nu, is_leaf=_is_none)
     if formulation == PAPER:
-      # As optax.amsgrad: correct in the moment's dtype by float32 factors.
-      sqrt_bc2 = jnp.sqrt(bc2)
-      nu_eff = _map(lambda r: r / sqrt_bc2.astype(r.dtype), nu)
+      # As optax.amsgrad: divide in the moment's dtype by float32 corrections.
+      nu_eff = _map(lambda v: _capped(v / bc2.astype(v.dtype), v), nu)
       numerator = _map(lambda m: m / bc1.astype(m.dtype), mu)
     else:
       nu_eff = nu
@@ -201,13 +200,12 @@ def scale_by_partial_adaptive(
       nu_max = None
       nu_denominator = nu_eff
 
-    eps_ = lambda r: jnp.asarray(eps, r.dtype)
+    eps_ = lambda v: jnp.asarray(eps, v.dtype)
     if formulation == AUTHORS:
       # (sqrt(v) + eps)^(2p): eps inside the power, as in the authors' code.
-      denominator = lambda r: _power.power(r + eps_(r), 2 * p_t)
+      denominator = lambda v: _power.power(jnp.sqrt(v) + eps_(v), 2 * p_t)
     else:
-      # v^p + eps = r^(2p) + eps.
-      denominator = lambda r: _power.power(r, 2 * p_t) + eps_(r)
+      denominator = lambda v: _power.power(v, p_t) + eps_(v)
     new_updates = jax.tree.map(
         lambda g, n, r: None if g is None else (
             n / denominator(r)).astype(g.dtype),
@@ -224,18 +222,24 @@ def scale_by_partial_adaptive(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _rms_update(g: jax.Array, r: jax.Array, b2) -> jax.Array:
-  """sqrt(b2 r^2 + (1 - b2) g^2) without forming g^2 or r^2.
+def _second_moment(g: jax.Array, v: jax.Array, b2) -> jax.Array:
+  """b2 v + (1 - b2) g^2, finite for every finite g and v.
 
-  Both are divided by s = max(r, |g|) first, so the squares lie in [0, 1]: no
-  overflow, and a term that underflows is below the dtype's resolution
-  relative to the other. s = 0 gives 0.
+  Computed as optax.tree.update_moment_per_elem_norm does (bit for bit),
+  except where that overflows: there (sqrt(1 - b2) g)^2, capped at the
+  dtype's largest finite value.
   """
-  s = jnp.maximum(r, jnp.abs(g).astype(r.dtype))
-  safe = jnp.where(s > 0, s, jnp.ones_like(s))
-  x = r / safe
-  y = g.astype(r.dtype) / safe
-  return s * jnp.sqrt(b2 * (x * x) + (1 - b2) * (y * y))
+  plain = (1 - b2) * (g ** 2) + b2 * v
+  overflowed = jnp.isinf(plain) & jnp.isfinite(g) & jnp.isfinite(v)
+  scaled = jnp.square(jnp.sqrt(1 - b2) * g) + b2 * v
+  return jnp.where(overflowed, _capped(scaled, v), plain)
+
+
+def _capped(x: jax.Array, source: jax.Array) -> jax.Array:
+  """`x`, at most the dtype's largest finite value where `source` is finite
+  (a non-finite `source`, from a non-finite gradient, stays as it is)."""
+  largest = jnp.asarray(jnp.finfo(x.dtype).max, x.dtype)
+  return jnp.where(jnp.isfinite(source), jnp.minimum(x, largest), x)
 
 
 def _bias_correction(decay, t: jax.Array) -> jax.Array:

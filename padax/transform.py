@@ -77,13 +77,11 @@ def scale_by_partial_adaptive(
   implicit warm-up that Algorithm 1 lacks.
 
   Numerics: :math:`v_t` is computed as ``optax.amsgrad`` and the authors'
-  code compute it, except where a finite gradient's square overflows the
-  dtype (``|g| > 1.8e19`` in float32, ``> 256`` in float16): there the term
-  is :math:`(\sqrt{1 - b_2}\, g_t)^2`, exact up to
-  :math:`|g| \approx \sqrt{\max / (1 - b_2)}` (``5.8e20`` in float32 with
-  b2 = 0.999), beyond which :math:`v_t` saturates at the dtype's largest
-  finite value. So such a gradient never turns the second moment into
-  ``inf`` and the parameter keeps moving. (``optax.amsgrad`` squares the
+  code compute it, except that a gradient whose square would overflow the
+  dtype (``|g| > 1.8e19`` in float32, ``> 256`` in float16) enters
+  :math:`v_t` as if it were that large. So such a gradient never turns the
+  second moment into ``inf``: the parameter keeps moving (with a smaller
+  denominator than exact arithmetic would give). (``optax.amsgrad`` squares the
   gradient: one such gradient makes its second moment ``inf`` and that
   parameter's updates 0 forever.) A square that underflows rounds to 0, as
   in optax and the authors' code. A non-finite gradient still poisons the
@@ -223,16 +221,16 @@ def scale_by_partial_adaptive(
 
 
 def _second_moment(g: jax.Array, v: jax.Array, b2) -> jax.Array:
-  """b2 v + (1 - b2) g^2, finite for every finite g and v.
+  """b2 v + (1 - b2) g^2 with |g| at most sqrt(largest finite value).
 
-  Computed as optax.tree.update_moment_per_elem_norm does (bit for bit),
-  except where that overflows: there (sqrt(1 - b2) g)^2, capped at the
-  dtype's largest finite value.
+  The expression of optax.tree.update_moment_per_elem_norm: every gradient
+  whose square is finite gives the same bits (a fix-up applied after it
+  changed how XLA fused, and rounded, the ordinary case); a larger one
+  counts as that large, so g^2 never overflows to inf.
   """
-  plain = (1 - b2) * (g ** 2) + b2 * v
-  overflowed = jnp.isinf(plain) & jnp.isfinite(g) & jnp.isfinite(v)
-  scaled = jnp.square(jnp.sqrt(1 - b2) * g) + b2 * v
-  return jnp.where(overflowed, _capped(scaled, v), plain)
+  limit = jnp.sqrt(jnp.asarray(jnp.finfo(v.dtype).max, v.dtype))
+  g = jnp.clip(g, -limit, limit)
+  return (1 - b2) * (g ** 2) + b2 * v
 
 
 def _capped(x: jax.Array, source: jax.Array) -> jax.Array:

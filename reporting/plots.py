@@ -155,8 +155,10 @@ def metric_figure(runs: Sequence[Run], metric: str,
 
 def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
                   metrics: Sequence[str] = CURVE_METRICS) -> Figure:
-  """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend."""
-  ncol = min(len(runs), 4)
+  """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend
+  (for a p x lr grid, one column per p)."""
+  grid = grid_axes(runs)
+  ncol = len(grid[0]) if grid and len(grid[0]) <= 6 else min(len(runs), 4)
   legend_rows = math.ceil(len(runs) / max(ncol, 1))
   fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
   axes = fig.subplots(1, len(metrics))

@@ -190,7 +190,7 @@ def test_silent_host_fails_at_the_deadline(tmp_path):
 
 def test_train_py_offline_fails_fast_with_the_local_flags(tmp_path):
   """train.py, default data source, no server: one error line naming the
-  flags for a local copy and the archive's URL, within 10 s, nothing left."""
+  flags for a local copy and the archive's URL, at once, nothing left."""
   with contextlib.closing(socket.socket()) as s:
     s.bind(('127.0.0.1', 0))
     closed_port = s.getsockname()[1]  # Closed again: connections refused.
@@ -216,5 +216,8 @@ def test_train_py_offline_fails_fast_with_the_local_flags(tmp_path):
   assert 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz' in errors[0]
   assert 'Connection refused' in errors[0]
   assert 'Traceback' not in result.stderr and 'libtpu' not in result.stderr
-  assert seconds < 10, (seconds, result.stderr)
+  # About 5 s on an idle 2-core machine, all of it starting Python and JAX
+  # (the connection fails at once), 20 s on a busy one: the bound catches
+  # retries (TFDS tried for 210 s), not the machine's load.
+  assert seconds < 60, (seconds, result.stderr)
   assert files_under(home) == [] and not (tmp_path / 'workdirs').exists()

@@ -34,6 +34,7 @@ from tests.data_fixtures import mock_cifar
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.fault_harness import env_with_cache
 from tests.fault_harness import restore_raw
+from training import augment
 from training import input_pipeline
 from training import trainer
 

@@ -1,4 +1,4 @@
-"""Figures and tables from train.py workdirs and sweep dirs.
+r"""Figures and tables from train.py workdirs and sweep dirs.
 
   python report.py WORKDIR [WORKDIR ...] --out OUTDIR \
       [--epochs 50,100,150,200] [--labels L1 L2 ...] [--title TITLE]
@@ -7,12 +7,15 @@ Each WORKDIR is a train.py workdir (config.json, metrics.jsonl) or a sweep dir
 (its members/<name>/ workdirs, each one run). OUTDIR receives:
   train_loss.png, test_error.png, test_top5_error.png  one line per run
   curves.png   the three side by side (the report's Figures 2-5)
-  table.md     test accuracy at the epochs, best accuracy and its epoch
-               (the paper's Tables 2 and 3)
+  table.md     test top-1 and top-5 error after the epochs (default: four
+               evenly spaced up to the longest run's last), the lowest and
+               its epoch (the paper's Tables 2 and 3, in error)
   grid.md, grid.png  for a sweep, or runs varying both p and lr: the best
                test error per (p, lr) (the report's sensitivity study)
-Bad input (a path without metrics.jsonl, an empty metrics file): one error
-line naming the path, exit status 2, nothing written.
+Runs appear in the order given, a sweep's members ordered by p, then lr
+(by value). In the figures of a p x lr grid each p has one colour and each
+lr one line style. Bad input (a path without metrics.jsonl, an empty metrics
+file): one error line naming the path, exit status 2, nothing written.
 """
 
 import argparse
@@ -44,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help='train.py workdir or sweep dir (all its members)')
   parser.add_argument('--out', required=True, metavar='OUTDIR',
                       help='directory for the figures and tables')
-  parser.add_argument('--epochs', type=parse_epochs,
-                      default=list(tables.DEFAULT_EPOCHS),
-                      help='epochs of the accuracy table (default '
-                      '50,100,150,200)')
+  parser.add_argument('--epochs', type=parse_epochs, default=None,
+                      help='epochs of the error table, e.g. 50,100,150,200 '
+                      "(default: four evenly spaced up to the longest run's "
+                      'last epoch)')
   parser.add_argument('--labels', nargs='+', metavar='LABEL',
                       help='one legend label per run (sweep members count '
                       'one each); default: from the configs')
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def make_report(paths, outdir, epochs=tables.DEFAULT_EPOCHS, labels=None,
+def make_report(paths, outdir, epochs=None, labels=None,
                 title=None, warn=None) -> list:
   """Loads the runs, then writes everything to `outdir`; returns the paths.
 

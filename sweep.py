@@ -1,4 +1,4 @@
-"""Trains a grid of hyperparameters at once: one vmap of train.py's step.
+r"""Trains a grid of hyperparameters at once: one vmap of train.py's step.
 
   python sweep.py --config sweeps/configs/report_sensitivity.py:cifar10 \
       --workdir workdirs/sensitivity-c10 [--config.num_epochs=10 ...] [--chunk 3]
@@ -37,6 +37,7 @@ _CHUNK = flags.DEFINE_string(
     '"auto" (from a memory estimate). Default: the config\'s sweep.chunk.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.adopt_module_key_flags(cli)  # --profile etc. in --help.
 
 
 def _parse_chunk(value):
@@ -76,7 +77,7 @@ def main(argv):
       _CONFIG.value, _WORKDIR.value, chunk=_parse_chunk(_CHUNK.value),
       progress=_PROGRESS.value,
       profile_steps=cli.profile_steps()))
-  logging.info('Summary: %s', os.path.join(_WORKDIR.value, 'summary.md'))
+  cli.print_results(_WORKDIR.value, sweep=True)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Trains a CIFAR model with the configured optimizer (the paper's experiments).
+r"""Trains a CIFAR model with the configured optimizer (the paper's experiments).
 
   python train.py --config configs/paper.py:resnet18,cifar10,padam \
       --workdir workdirs/resnet18-cifar10-padam [--config.seed=1 ...]
@@ -32,6 +32,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.adopt_module_key_flags(cli)  # --profile etc. in --help.
 
 
 def main(argv):
@@ -59,6 +60,7 @@ def main(argv):
   cli.run(lambda: trainer.train_and_evaluate(
       _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
       profile_steps=cli.profile_steps()))
+  cli.print_results(_WORKDIR.value)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,11 @@
-"""A few minutes on a CPU: a small CNN with Padam on (a subset of) CIFAR-10.
+r"""A few minutes on a CPU: a small CNN with Padam on CIFAR-10.
 
 Real data, real model, a short schedule: for trying the pipeline end to end.
-  python train.py --config configs/quick.py --workdir /tmp/quick
-  python train.py --config configs/quick.py --workdir /tmp/quick \
-      --config.data_source=local --config.data_dir=../shared/data/cifar10-subset
+CIFAR-10 is downloaded on first use (configs/default.py: data_source).
+  python train.py --config configs/quick.py --workdir workdirs/quick
+Offline, from a local copy of the official archive or its extracted folder:
+  python train.py --config configs/quick.py --workdir workdirs/quick \
+      --config.data_source=local --config.data_dir=DIR
 """
 
 from configs import default

@@ -30,6 +30,7 @@ CURVE_METRICS = ('train_loss', 'test_error', 'test_top5_error')
 _TITLES = {'train_loss': 'Train loss', 'test_error': 'Test error (top-1)',
            'test_top5_error': 'Test error (top-5)'}
 _LINESTYLES = ('-', '--', ':', '-.')
+_MARKERS = ('o', 's', '^', 'D', 'v', 'P')
 
 
 class _PlainLogFormatter(ticker.LogFormatter):
@@ -54,6 +55,42 @@ def _style(index: int, count: int) -> dict:
   return style
 
 
+def grid_axes(runs: Sequence[Run]):
+  """(sorted p values, sorted lr values) when the runs form a p x lr grid
+  (every run has both; at least two of each), else None."""
+  if not runs or any(run.p is None or run.lr is None for run in runs):
+    return None
+  ps, lrs = sorted({run.p for run in runs}), sorted({run.lr for run in runs})
+  return (ps, lrs) if len(ps) > 1 and len(lrs) > 1 else None
+
+
+def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
+  """(draw order, style per run): in a p x lr grid one colour per p and one
+  line style (and marker) per lr, drawn p by p, then by lr, so that the
+  legend reads in that order; otherwise distinct colours, in the given
+  order."""
+  axes = grid_axes(runs)
+  if axes is None:
+    styles = [_style(i, len(runs)) for i in range(len(runs))]
+    if markers:
+      for style in styles:
+        style.update(marker='o', markersize=3)
+    return list(range(len(runs))), styles
+  ps, lrs = axes
+  cmap = matplotlib.colormaps['tab10']
+  styles = []
+  for run in runs:
+    i, j = ps.index(run.p), lrs.index(run.lr)
+    style = dict(color=cmap(i % cmap.N),
+                 linestyle=_LINESTYLES[j % len(_LINESTYLES)])
+    if markers:
+      style.update(marker=_MARKERS[j % len(_MARKERS)], markersize=4)
+    styles.append(style)
+  order = sorted(range(len(runs)), key=lambda k: (
+      ps.index(runs[k].p), lrs.index(runs[k].lr), k))
+  return order, styles
+
+
 def _series(run: Run, metric: str):
   _, percent, _ = METRICS[metric]
   x = np.asarray(run.epochs, dtype=float)
@@ -67,18 +104,18 @@ def _series(run: Run, metric: str):
 
 
 def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
-  """One line per run with values of `metric` on `ax`; returns the lines."""
+  """One line per run with values of `metric` on `ax` (styles and order:
+  `run_styles`); returns the lines."""
   ylabel, _, log = METRICS[metric]
   lines = []
   longest = max((len(r.rows) for r in runs), default=0)
-  for i, run in enumerate(runs):
-    x, y = _series(run, metric)
+  # Short runs get markers so that a run of one or two epochs shows.
+  order, styles = run_styles(runs, markers=longest <= 30)
+  for i in order:
+    x, y = _series(runs[i], metric)
     if not len(x):
       continue
-    # Short runs get markers so that a run of one or two epochs shows.
-    marker = dict(marker='o', markersize=3) if longest <= 30 else {}
-    (line,) = ax.plot(x, y, label=run.label, linewidth=1.4,
-                      **_style(i, len(runs)), **marker)
+    (line,) = ax.plot(x, y, label=runs[i].label, linewidth=1.4, **styles[i])
     lines.append(line)
   ax.set_xlabel('epoch')
   ax.set_ylabel(ylabel)
@@ -118,8 +155,10 @@ def metric_figure(runs: Sequence[Run], metric: str,
 
 def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
                   metrics: Sequence[str] = CURVE_METRICS) -> Figure:
-  """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend."""
-  ncol = min(len(runs), 4)
+  """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend
+  (for a p x lr grid, one column per p)."""
+  grid = grid_axes(runs)
+  ncol = len(grid[0]) if grid and len(grid[0]) <= 6 else min(len(runs), 4)
   legend_rows = math.ceil(len(runs) / max(ncol, 1))
   fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
   axes = fig.subplots(1, len(metrics))

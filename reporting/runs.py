@@ -190,12 +190,31 @@ def load_workdir(path: str, name: Optional[str] = None,
              path=os.path.abspath(path), sweep=sweep)
 
 
-def _natural_key(text: str):
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', text)]
+# A number in a name: 3, 0.001, 1e-05 (one token, so lr0.01 < lr0.1).
+_NUMBER = re.compile(r'(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)')
+
+
+def name_key(text: str) -> tuple:
+  """Sort key of a name with its numbers compared by value."""
+  return tuple((1, float(t), '') if i % 2 else (0, 0.0, t)
+               for i, t in enumerate(_NUMBER.split(text)))
+
+
+def hyperparameter_key(run: 'Run') -> tuple:
+  """Sort key of a run: model, dataset, optimizer, then p, lr and the seed
+  by value, then its name (numbers by value)."""
+  def number(value):
+    value = _as_number(value)
+    return (0, 0.0) if value is None else (1, value)
+  config = run.config
+  return (str(config.get('model', '')), str(config.get('dataset', '')),
+          str(run.optimizer_name or ''), number(run.p), number(run.lr),
+          number(config.get('seed')), name_key(run.name))
 
 
 def load_sweep(path: str, warn=None) -> list:
-  """The Runs of a sweep dir's members that have metrics.
+  """The Runs of a sweep dir's members that have metrics, ordered by their
+  hyperparameters' values (`hyperparameter_key`).
 
   Members without metrics yet (a sweep still running) are skipped, with a
   note to `warn`; a sweep with no member holding metrics is an error.
@@ -204,7 +223,7 @@ def load_sweep(path: str, warn=None) -> list:
   sweep_name = os.path.basename(os.path.normpath(os.path.abspath(path)))
   names = sorted((n for n in os.listdir(members_dir)
                   if os.path.isdir(os.path.join(members_dir, n))),
-                 key=_natural_key)
+                 key=name_key)
   runs, skipped = [], []
   for n in names:
     member = os.path.join(members_dir, n)
@@ -213,6 +232,7 @@ def load_sweep(path: str, warn=None) -> list:
       skipped.append(n)
       continue
     runs.append(load_workdir(member, name=f'{sweep_name}/{n}', sweep=path))
+  runs.sort(key=hyperparameter_key)
   if not runs:
     raise ReportInputError(
         f'{path} is a sweep dir but none of its {len(names)} members in '

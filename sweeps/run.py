@@ -115,8 +115,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()
   if data is None:
-    data = input_pipeline.load_cifar(base.dataset, source=base.data_source,
-                                     data_dir=base.data_dir or None)
+    data = input_pipeline.load(base)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, base.batch_size)
   model, optimizer, steps, init = grid.build(

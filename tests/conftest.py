@@ -14,9 +14,20 @@ if ROOT not in sys.path:
 from training import host_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
 host_devices.set_cpu_xla_flags()
 
-# Location of the genuine CIFAR-10 subset shipped beside the checkout.
-SHARED_CIFAR10_SUBSET = os.path.join(
-    os.path.dirname(ROOT), 'shared', 'data', 'cifar10-subset')
+from tests import data_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture
+def cifar10_subset():
+  """The folder of genuine CIFAR-10 images named by $PADAX_TEST_CIFAR10_SUBSET
+  (holding cifar-10-batches-py/ and cifar-10-batches-bin/; .ci/run sets it
+  where such a copy exists); the test is skipped when the variable is unset."""
+  path = data_fixtures.cifar10_subset_path()
+  if path is None:
+    pytest.skip(f'genuine CIFAR-10 images: set {data_fixtures.SUBSET_ENV} '
+                'to a folder holding cifar-10-batches-py/ and '
+                'cifar-10-batches-bin/')
+  return path
 
 
 @pytest.fixture(autouse=True, scope='session')

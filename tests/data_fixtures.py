@@ -1,4 +1,15 @@
-"""Test helpers: mocked TFDS CIFAR for `load_cifar(..., source='tfds')`.
+"""Test helpers: genuine CIFAR-10 images from the environment, official-format
+archives built from arrays, and mocked TFDS CIFAR.
+
+Genuine images: `cifar10_subset_path()` is the folder named by the
+environment variable PADAX_TEST_CIFAR10_SUBSET (None when unset); tests take
+it through conftest.py's `cifar10_subset` fixture, which skips without it.
+
+Archives: `write_python_layout` and `write_python_archive` write the official
+CIFAR python layout / `.tar.gz` from arrays (tests of loading and download).
+
+Mocked TFDS: `mock_cifar` serves small random splits to
+`load_cifar(..., source='tfds')`.
 
 Usage (from any test in tests/)::
 
@@ -28,12 +39,58 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterator
+import os
+import pickle
+import tarfile
+from typing import Iterator, Optional
 from unittest import mock
 
 import numpy as np
 
 _NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
+
+SUBSET_ENV = 'PADAX_TEST_CIFAR10_SUBSET'
+
+# Names in the official python releases.
+CIFAR10_FOLDER = 'cifar-10-batches-py'
+CIFAR10_FILES = tuple(f'data_batch_{i}' for i in range(1, 6)) + ('test_batch',)
+CIFAR10_ARCHIVE = 'cifar-10-python.tar.gz'
+
+
+def cifar10_subset_path() -> Optional[str]:
+  """$PADAX_TEST_CIFAR10_SUBSET, checked to hold the python and binary
+  layouts (a wrong path is an error, not a skip); None when unset."""
+  path = os.environ.get(SUBSET_ENV)
+  if not path:
+    return None
+  for folder in (CIFAR10_FOLDER, 'cifar-10-batches-bin'):
+    if not os.path.isdir(os.path.join(path, folder)):
+      raise FileNotFoundError(
+          f'{SUBSET_ENV}={path!r} has no {folder}/: expected a folder of '
+          'genuine CIFAR-10 images in the python and binary layouts.')
+  return path
+
+
+def write_python_layout(root, n_per_file: int = 3, seed: int = 0) -> str:
+  """Writes a small random cifar-10-batches-py/ under `root` (the official
+  pickled batches: bytes keys, uint8 (N, 3072) data); returns its path."""
+  folder = os.path.join(root, CIFAR10_FOLDER)
+  os.makedirs(folder)
+  rng = np.random.default_rng(seed)
+  for name in CIFAR10_FILES:
+    data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, n_per_file).tolist()
+    with open(os.path.join(folder, name), 'wb') as f:
+      pickle.dump({b'batch_label': b'synthetic', b'labels': labels,
+                   b'data': data}, f)
+  return folder
+
+
+def write_python_archive(folder, path) -> str:
+  """Packs a cifar-10-batches-py/ folder as the official .tar.gz does."""
+  with tarfile.open(path, 'w:gz', compresslevel=1) as tar:
+    tar.add(folder, arcname=CIFAR10_FOLDER)
+  return str(path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

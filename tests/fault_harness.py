@@ -63,6 +63,7 @@ def sweep_flags(num_epochs=3, every=1, keep=1, extra=()):
           os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py'), *_SMALL,
           '--config.sweep.p=(0.25,0.125)',
           '--config.sweep.learning_rate=(0.05,)', '--config.sweep.chunk=1',
+          '--config.train_examples=0',  # fault_run.py's few random images.
           f'--config.num_epochs={num_epochs}',
           f'--config.checkpoint_every_epochs={every}',
           f'--config.keep_checkpoints={keep}', *extra]

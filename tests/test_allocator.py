@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.conftest import ROOT
 from tests.fault_harness import env_with_cache
 from tests.helpers import without_timing
 from training import allocator
@@ -57,7 +57,7 @@ def test_bad_choice_names_key_value_and_choices():
       "PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system.")
 
 
-def _train(workdir, **env_overrides):
+def _train(workdir, data_dir, **env_overrides):
   env = env_with_cache(os.path.join(os.path.dirname(workdir), 'jax-cache'))
   env.pop('LD_PRELOAD', None)
   env.update(env_overrides)
@@ -65,7 +65,7 @@ def _train(workdir, **env_overrides):
       [sys.executable, 'train.py', '--config', 'configs/quick.py',
        f'--workdir={workdir}', '--progress=false', '--config.num_epochs=1',
        '--config.data_source=local',
-       f'--config.data_dir={SHARED_CIFAR10_SUBSET}'],
+       f'--config.data_dir={data_dir}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
       check=False)
   assert result.returncode == 0, result.stderr[-5000:]
@@ -74,12 +74,13 @@ def _train(workdir, **env_overrides):
   return result.stderr, rows
 
 
-def test_train_py_runs_under_mimalloc_with_the_same_results(tmp_path):
+def test_train_py_runs_under_mimalloc_with_the_same_results(tmp_path,
+                                                           cifar10_subset):
   if not LINUX or allocator.mimalloc_environment(dict(os.environ)) is None:
     pytest.skip('no restart here (not Linux, PADAX_ALLOCATOR=system, '
                 'LD_PRELOAD set, or an accelerator plugin)')
-  log, rows = _train(str(tmp_path / 'mimalloc'))
-  system_log, system_rows = _train(str(tmp_path / 'system'),
+  log, rows = _train(str(tmp_path / 'mimalloc'), cifar10_subset)
+  system_log, system_rows = _train(str(tmp_path / 'system'), cifar10_subset,
                                    PADAX_ALLOCATOR='system')
   assert 'allocator: mimalloc' in log, log[-3000:]
   assert 'allocator: system malloc' in system_log, system_log[-3000:]

@@ -25,7 +25,7 @@ import padax
 from configs import quick
 from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
-from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.conftest import ROOT
 from tests.helpers import snapshot
 from training import trainer
 from training import workdir as workdir_lib

@@ -13,21 +13,15 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, 'fixtures', 'behaviour', 'metrics.json')
-SUBSET_VARIABLE = 'PADAX_TEST_CIFAR10_SUBSET'
 
 
-@pytest.mark.skipif(not os.environ.get(SUBSET_VARIABLE),
-                    reason=f'{SUBSET_VARIABLE} is not set (the genuine CIFAR-10 '
-                    'subset that .ci/run points it at)')
-def test_metrics_rows_bit_identical_to_fixture(tmp_path):
+def test_metrics_rows_bit_identical_to_fixture(tmp_path, cifar10_subset):
   out = tmp_path / 'metrics.json'
   subprocess.run(
       [sys.executable, os.path.join(HERE, 'scripts', 'record_behaviour.py'),
-       f'--data_dir={os.environ[SUBSET_VARIABLE]}', f'--out={out}'],
+       f'--data_dir={cifar10_subset}', f'--out={out}'],
       check=True, capture_output=True)
   with open(FIXTURE) as f:
     expected = json.load(f)

@@ -11,20 +11,19 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+import ml_collections
+
+from configs import default as default_config
+from tests.data_fixtures import CIFAR10_FILES
 from tests.data_fixtures import mock_cifar
+from tests.data_fixtures import write_python_archive
+from tests.data_fixtures import write_python_layout as write_cifar10_layout
 from training import augment
 from training import input_pipeline as ip
 
-SUBSET_PY = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-py')
-SUBSET_BIN = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-bin')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Images per file of the genuine subset ($PADAX_TEST_CIFAR10_SUBSET).
 SUBSET_PER_FILE = 1017
-
-needs_subset = pytest.mark.skipif(
-    not os.path.isdir(SUBSET_PY) or not os.path.isdir(SUBSET_BIN),
-    reason=f'shared CIFAR-10 subset not found at {SHARED_CIFAR10_SUBSET}')
-
-CIFAR10_FILES = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
 
 
 # ---------------------------------------------------------------------------
@@ -47,18 +46,6 @@ def write_batch(path, data, labels, label_key=b'labels'):
                  b'data': data}, f)
 
 
-def write_cifar10_layout(root, n_per_file=3, seed=0):
-  """Writes a tiny synthetic cifar-10-batches-py/ under root; returns it."""
-  folder = os.path.join(root, 'cifar-10-batches-py')
-  os.makedirs(folder)
-  rng = np.random.default_rng(seed)
-  for name in CIFAR10_FILES:
-    data = rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8)
-    write_batch(os.path.join(folder, name), data,
-                rng.integers(0, 10, n_per_file).tolist())
-  return folder
-
-
 def expect_error(exc_type, fn, *fragments):
   with pytest.raises(exc_type) as info:
     fn()
@@ -72,9 +59,8 @@ def expect_error(exc_type, fn, *fragments):
 # Local loading.
 
 
-@needs_subset
-def test_load_shared_subset_python_layout():
-  data = ip.load_cifar('cifar10', source='local', data_dir=SHARED_CIFAR10_SUBSET)
+def test_load_shared_subset_python_layout(cifar10_subset):
+  data = ip.load_cifar('cifar10', source='local', data_dir=cifar10_subset)
   assert data.name == 'cifar10' and data.num_classes == 10
   assert 'cifar-10-batches-py' in data.source
   for split, n in ((data.train, 5 * SUBSET_PER_FILE), (data.test, SUBSET_PER_FILE)):
@@ -86,13 +72,14 @@ def test_load_shared_subset_python_layout():
     assert len(split) == n
 
   # Cross-check against the binary layout of the same images.
-  bin_train = [read_bin_layout(SUBSET_BIN, f'data_batch_{i}.bin')
+  subset_bin = os.path.join(cifar10_subset, 'cifar-10-batches-bin')
+  bin_train = [read_bin_layout(subset_bin, f'data_batch_{i}.bin')
                for i in range(1, 6)]
   bin_images = np.concatenate([b[0] for b in bin_train])
   bin_labels = np.concatenate([b[1] for b in bin_train])
   np.testing.assert_array_equal(data.train.images, bin_images)
   np.testing.assert_array_equal(data.train.labels, bin_labels)
-  test_images, test_labels = read_bin_layout(SUBSET_BIN, 'test_batch.bin')
+  test_images, test_labels = read_bin_layout(subset_bin, 'test_batch.bin')
   np.testing.assert_array_equal(data.test.images, test_images)
   np.testing.assert_array_equal(data.test.labels, test_labels)
   # A few spot checks by hand: image 1017 is the first of data_batch_2.
@@ -104,12 +91,12 @@ def test_load_shared_subset_python_layout():
   assert not np.array_equal(data.train.images[0], data.train.images[1])
 
 
-@needs_subset
-def test_load_subset_folder_itself_and_official_archive(tmp_path):
-  reference = ip.load_cifar('cifar10', source='local', data_dir=SUBSET_PY)
+def test_load_subset_folder_itself_and_official_archive(tmp_path,
+                                                       cifar10_subset):
+  subset_py = os.path.join(cifar10_subset, 'cifar-10-batches-py')
+  reference = ip.load_cifar('cifar10', source='local', data_dir=subset_py)
   archive = tmp_path / 'cifar-10-python.tar.gz'
-  with tarfile.open(archive, 'w:gz', compresslevel=1) as tar:
-    tar.add(SUBSET_PY, arcname='cifar-10-batches-py')
+  write_python_archive(subset_py, archive)
   for data_dir in (tmp_path, archive):
     data = ip.load_cifar('cifar10', source='local', data_dir=str(data_dir))
     assert 'archive' in data.source and str(archive) in data.source
@@ -163,23 +150,25 @@ def test_load_tfds_mocked(dataset, tmp_path):
 def test_load_tfds_mocked_reads_in_chunks(monkeypatch):
   monkeypatch.setattr(ip, '_TFDS_READ_CHUNK', 8)
   with mock_cifar(num_train=20, num_test=3) as expected:
-    data = ip.load_cifar('cifar10')
+    data = ip.load_cifar('cifar10', source='tfds')
   np.testing.assert_array_equal(data.train.images, expected.train_images)
 
 
 def test_load_tfds_validates_content():
   with mock_cifar(4, 2, image_shape=(28, 28, 1)):
-    expect_error(ValueError, lambda: ip.load_cifar('cifar10'),
+    expect_error(ValueError, lambda: ip.load_cifar('cifar10', source='tfds'),
                  'tfds cifar10', 'train', '(28, 28, 1)', '(32, 32, 3)')
   with mock_cifar(4, 2, label_offset=10):
-    expect_error(ValueError, lambda: ip.load_cifar('cifar10'),
+    expect_error(ValueError, lambda: ip.load_cifar('cifar10', source='tfds'),
                  'tfds cifar10', '[0, 9]')
 
 
 def _common_message_parts(dataset, data_dir):
-  return (dataset, repr(str(data_dir)), "source='local'", 'data_dir=',
-          'cifar-10-python.tar.gz', 'cifar-10-batches-py', 'tensorflow-cpu',
-          'manual_dir', 'cifar-10-binary.tar.gz')
+  return (dataset, repr(str(data_dir)), '--config.data_source=download',
+          '--config.data_source=local --config.data_dir=DATA_DIR',
+          'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+          'pip install -r requirements/tfds.txt', 'manual_dir',
+          'cifar-10-binary.tar.gz', 'DATA_DIR/downloads/manual')
 
 
 def test_tfds_not_prepared_without_tensorflow(tmp_path, monkeypatch):
@@ -213,14 +202,15 @@ def test_tfds_prepare_failure_is_wrapped(tmp_path, monkeypatch):
   manual_dir.mkdir()
   # manual_dir without the archive: refused before trying to prepare.
   expect_error(ip.DataNotFoundError,
-               lambda: ip.load_cifar('cifar10', data_dir=str(data_dir),
+               lambda: ip.load_cifar('cifar10', source='tfds',
+                                     data_dir=str(data_dir),
                                      manual_dir=str(manual_dir)),
                str(manual_dir), 'does not contain cifar-10-binary.tar.gz')
   assert not calls
   (manual_dir / 'cifar-10-binary.tar.gz').write_bytes(b'placeholder')
   err = expect_error(
       ip.DataNotFoundError,
-      lambda: ip.load_cifar('cifar10', data_dir=str(data_dir),
+      lambda: ip.load_cifar('cifar10', source='tfds', data_dir=str(data_dir),
                             manual_dir=str(manual_dir)),
       *_common_message_parts('cifar10', data_dir),
       'preparing it failed', 'ConnectionError', 'www.cs.toronto.edu')
@@ -232,8 +222,9 @@ def test_tfds_prepare_failure_is_wrapped(tmp_path, monkeypatch):
 
 def test_tfds_missing_package(monkeypatch):
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
-  expect_error(ImportError, lambda: ip.load_cifar('cifar10'),
-               'tensorflow-datasets', "source='local'")
+  expect_error(ImportError, lambda: ip.load_cifar('cifar10', source='tfds'),
+               'tensorflow_datasets', 'requirements/tfds.txt',
+               '--config.data_source=local --config.data_dir=DATA_DIR')
 
 
 # ---------------------------------------------------------------------------
@@ -243,8 +234,8 @@ def test_tfds_missing_package(monkeypatch):
 @pytest.mark.parametrize('kwargs, fragments', [
     (dict(dataset='mnist'), ('dataset', "'mnist'", "'cifar10'", "'cifar100'")),
     (dict(dataset='CIFAR10'), ('dataset', "'CIFAR10'", "'cifar10'")),
-    (dict(dataset='cifar10', source='gcs'), ('source', "'gcs'", "'tfds'",
-                                             "'local'")),
+    (dict(dataset='cifar10', source='gcs'), ('source', "'gcs'", "'download'",
+                                             "'tfds'", "'local'")),
 ])
 def test_unknown_dataset_or_source(kwargs, fragments):
   expect_error(ValueError, lambda: ip.load_cifar(**kwargs), *fragments)
@@ -252,7 +243,7 @@ def test_unknown_dataset_or_source(kwargs, fragments):
 
 def test_local_needs_data_dir():
   expect_error(ValueError, lambda: ip.load_cifar('cifar10', source='local'),
-               'data_dir', 'cifar-10-batches-py')
+               '--config.data_dir=DATA_DIR', 'cifar-10-batches-py')
 
 
 def test_local_missing_dir(tmp_path):
@@ -361,6 +352,53 @@ def test_manual_dir_only_for_tfds(tmp_path):
                                      data_dir=str(tmp_path),
                                      manual_dir=str(tmp_path)),
                'manual_dir', "source='tfds'")
+
+
+# ---------------------------------------------------------------------------
+# load(config): the one mapping from a config to its data.
+
+
+def _config(**changes):
+  config = default_config.get_config()
+  config.update(changes)
+  return config
+
+
+def test_default_config_downloads():
+  config = default_config.get_config()
+  assert config.data_source == 'download' and config.data_dir == ''
+  assert config.train_examples == 0
+  assert config.data_source in ip.SOURCES
+
+
+def test_load_reads_the_data_keys(tmp_path):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  full = ip.load(_config(data_source='local', data_dir=str(tmp_path)))
+  assert full.train.num_examples == 20 and full.test.num_examples == 4
+  part = ip.load(_config(data_source='local', data_dir=str(tmp_path),
+                         train_examples=7))
+  np.testing.assert_array_equal(part.train.images, full.train.images[:7])
+  np.testing.assert_array_equal(part.train.labels, full.train.labels[:7])
+  np.testing.assert_array_equal(part.test.images, full.test.images)
+  assert 'first 7 of 20 training images' in part.source
+  # A config without the key (built by hand) trains on everything.
+  bare = ml_collections.ConfigDict({'dataset': 'cifar10',
+                                    'data_source': 'local',
+                                    'data_dir': str(tmp_path)})
+  assert ip.load(bare).train.num_examples == 20
+
+
+@pytest.mark.parametrize('count, fragments', [
+    (21, ('train_examples=21', '20 training images', '0 (all) to 20')),
+    (-1, ('train_examples=-1', 'an integer >= 0')),
+    (2.5, ('train_examples=2.5', 'an integer >= 0')),
+])
+def test_load_refuses_bad_train_examples(tmp_path, count, fragments):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  config = ml_collections.ConfigDict(dict(
+      _config(data_source='local', data_dir=str(tmp_path)).to_dict(),
+      train_examples=count))
+  expect_error(ValueError, lambda: ip.load(config), *fragments)
 
 
 # ---------------------------------------------------------------------------

@@ -56,8 +56,9 @@ def test_every_public_function_is_doctested():
 
 def test_api_reference_builds_without_warnings(tmp_path):
   if importlib.util.find_spec('sphinx') is None:
-    pytest.skip('Sphinx is not installed: it comes with the docs extra '
-                "(pip install -e '.[docs]'), which the test extra includes")
+    pytest.skip('Sphinx is not installed: it comes with requirements/docs.txt '
+                '(pip install -r requirements/docs.txt), which '
+                'requirements/test.txt includes')
   out = subprocess.run(
       [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q', '-b', 'html',
        os.path.join(ROOT, 'docs', 'api'), str(tmp_path / 'html')],

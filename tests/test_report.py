@@ -65,7 +65,7 @@ def grid_offset(i, j):
   return 0.01 * ((i - 1) ** 2 + (j - 2) ** 2) + 0.001 * i
 
 
-def write_sweep(path, num_epochs=12):
+def write_sweep(path, num_epochs=12, name=lambda i, j, p, lr: f'p{i}_lr{j}'):
   """A 3 x 3 p x lr sweep; each member's best test error is known."""
   os.makedirs(path)
   with open(os.path.join(path, 'config.json'), 'w') as f:
@@ -74,7 +74,7 @@ def write_sweep(path, num_epochs=12):
   for i, p in enumerate(PS):
     for j, lr in enumerate(LRS):
       offset = grid_offset(i, j)
-      write_workdir(os.path.join(path, 'members', f'p{i}_lr{j}'),
+      write_workdir(os.path.join(path, 'members', name(i, j, p, lr)),
                     make_config(lr=lr, p=p, num_epochs=num_epochs),
                     make_rows(num_epochs, offset))
       best[(p, lr)] = error_at(num_epochs, offset)
@@ -160,6 +160,17 @@ def test_sweep_dir_expands_to_members(tmp_path):
   assert runs[5].label == 'padam p=0.125 lr=0.1'
 
 
+def test_sweep_members_ordered_by_value(tmp_path):
+  # Names as sweeps/grid.py writes them; a natural sort of the text put
+  # lr0.001, lr0.01 and lr0.1 in any order, and p0.0625 after p0.125.
+  sweep, _ = write_sweep(tmp_path / 'sweep',
+                         name=lambda i, j, p, lr: f'p{p:g}-lr{lr:g}')
+  runs = runs_lib.load_runs([sweep])
+  assert [(r.p, r.lr) for r in runs] == [(p, lr) for p in PS for lr in LRS]
+  assert runs_lib.name_key('lr0.001') < runs_lib.name_key('lr0.01') < (
+      runs_lib.name_key('lr0.1')) < runs_lib.name_key('lr1')
+
+
 def test_sweep_member_without_metrics_is_skipped(tmp_path):
   sweep, _ = write_sweep(tmp_path / 'sweep')
   os.remove(os.path.join(sweep, 'members', 'p2_lr2', 'metrics.jsonl'))
@@ -172,7 +183,7 @@ def test_sweep_member_without_metrics_is_skipped(tmp_path):
 # --- tables ----------------------------------------------------------------
 
 
-def test_accuracy_table_values(tmp_path):
+def test_error_table_values(tmp_path):
   long = write_workdir(tmp_path / 'long', make_config(lr=0.1), make_rows(200))
   short = write_workdir(tmp_path / 'short', make_config(lr=0.01),
                         make_rows(120, offset=0.05))
@@ -181,26 +192,39 @@ def test_accuracy_table_values(tmp_path):
   header, body = table_cells(text)
   assert header == ['run', 'epoch 50', 'epoch 100', 'epoch 150', 'epoch 200',
                     'best', 'best epoch', 'epochs run']
-  # Accuracy = 100 (1 - (0.9 - 0.004 e) - offset): 30 at epoch 50, ...
+  # Error = 100 (0.9 - 0.004 e + offset): 70 at epoch 50, ...
   assert body['padam p=0.125 lr=0.1'] == [
-      '30.00', '50.00', '70.00', '90.00', '90.00', '200', '200']
-  # offset 0.05, 120 epochs: the best is the last epoch, 100 (1 - 0.47).
+      '70.00', '50.00', '30.00', '10.00', '10.00', '200', '200']
+  # offset 0.05, 120 epochs: the best is the last epoch, 100 * 0.47.
   assert body['padam p=0.125 lr=0.01'] == [
-      '25.00', '45.00', '—', '—', '53.00', '120', '120']
+      '75.00', '55.00', '—', '—', '47.00', '120', '120']
   # Top-5 table: error / 4.
-  _, body5 = table_cells(text.split('Top-5')[1])
+  _, body5 = table_cells(text.split('top-5 error')[1])
   assert body5['padam p=0.125 lr=0.1'][:2] == [
-      f'{100 * (1 - (0.9 - 0.2) / 4):.2f}', f'{100 * (1 - 0.5 / 4):.2f}']
+      f'{100 * (0.9 - 0.2) / 4:.2f}', f'{100 * 0.5 / 4:.2f}']
+  assert 'accuracy' not in text.replace('accuracy = 100 − error', '')
 
 
-def test_accuracy_table_chosen_epochs_and_gaps(tmp_path):
+def test_error_table_chosen_epochs_and_gaps(tmp_path):
   rows = [r for r in make_rows(10) if r['epoch'] != 5]
   run = runs_lib.load_runs([write_workdir(tmp_path / 'r', make_config(),
                                           rows)])
-  _, body = table_cells(tables.accuracy_table(run, epochs=(1, 5, 10, 11)))
+  _, body = table_cells(tables.error_table(run, epochs=(1, 5, 10, 11)))
   (cells,) = body.values()
-  assert cells[:4] == [f'{100 * (1 - (0.9 - 0.004)):.2f}', '—',
-                       f'{100 * (1 - (0.9 - 0.04)):.2f}', '—']
+  assert cells[:4] == [f'{100 * (0.9 - 0.004):.2f}', '—',
+                       f'{100 * (0.9 - 0.04):.2f}', '—']
+
+
+@pytest.mark.parametrize('lengths, expected', [
+    ((200,), [50, 100, 150, 200]), ((3,), [1, 2, 3]), ((3, 12), [3, 6, 9, 12]),
+    ((1,), [1]), ((30, 10), [8, 15, 22, 30])])
+def test_default_epochs_follow_the_runs(tmp_path, lengths, expected):
+  paths = [write_workdir(tmp_path / f'r{k}', make_config(seed=k),
+                         make_rows(n)) for k, n in enumerate(lengths)]
+  runs = runs_lib.load_runs(paths)
+  assert tables.default_epochs(runs) == expected
+  header, _ = table_cells(tables.table_markdown(runs))
+  assert header[1:-3] == [f'epoch {e}' for e in expected]
 
 
 def test_grid_table_rows_columns_and_bold_best(tmp_path):
@@ -265,6 +289,30 @@ def test_figures_one_line_per_run(tmp_path):
   assert all(len(ax.get_lines()) == 3 for ax in axes)
 
 
+def test_grid_figures_colour_by_p_line_style_by_lr(tmp_path):
+  # Members in scrambled order of their names: the legend still reads p by
+  # p, lr by lr, both ascending.
+  sweep, _ = write_sweep(tmp_path / 'sweep', num_epochs=3,
+                         name=lambda i, j, p, lr: f'm{(4, 8, 0, 6, 2, 7, 1, 5, 3)[3 * i + j]}')
+  runs = runs_lib.load_runs([sweep])
+  for fig in (plots.metric_figure(runs, 'test_error'),
+              plots.curves_figure(runs)):
+    ax = next(ax for ax in fig.axes if ax.get_lines())
+    lines = ax.get_lines()
+    by_label = {r.label: r for r in runs}
+    drawn = [by_label[line.get_label()] for line in lines]
+    assert [(r.p, r.lr) for r in drawn] == [(p, lr) for p in PS for lr in LRS]
+    colour = {}
+    style = {}
+    for line, run in zip(lines, drawn):
+      assert colour.setdefault(run.p, line.get_color()) == line.get_color()
+      assert style.setdefault(run.lr, line.get_linestyle()) == (
+          line.get_linestyle())
+    assert len(set(colour.values())) == 3 and len(set(style.values())) == 3
+    legend = (ax.get_legend() or fig.legends[0]).get_texts()
+    assert [t.get_text() for t in legend] == [r.label for r in drawn]
+
+
 def test_make_report_writes_valid_pngs_and_tables(tmp_path):
   sweep, _ = write_sweep(tmp_path / 'sweep', num_epochs=4)
   out = tmp_path / 'out'
@@ -303,8 +351,8 @@ def test_cli_writes_report(tmp_path):
   assert result.returncode == 0, result.stderr
   assert (out / 'curves.png').exists() and not (out / 'grid.md').exists()
   _, body = table_cells((out / 'table.md').read_text())
-  assert body['mine'][:2] == [f'{100 * (1 - (0.9 - 0.004)):.2f}',
-                              f'{100 * (1 - (0.9 - 0.012)):.2f}']
+  assert body['mine'][:2] == [f'{100 * (0.9 - 0.004):.2f}',
+                              f'{100 * (0.9 - 0.012):.2f}']
 
 
 @pytest.mark.parametrize('case', ['not_workdir', 'empty_metrics', 'missing'])

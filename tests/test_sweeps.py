@@ -28,7 +28,7 @@ from sweeps.configs import cpu_subset
 from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
-from tests.conftest import SHARED_CIFAR10_SUBSET
+from tests.data_fixtures import cifar10_subset_path
 from training import host_devices
 from training import input_pipeline
 from training import optimizers
@@ -56,10 +56,10 @@ TIMING = ('epoch_seconds', 'images_per_second')
 
 
 def small_data():
-  path = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-py')
-  if os.path.isdir(path):
+  subset = cifar10_subset_path()
+  if subset is not None:
     full = input_pipeline.load_cifar('cifar10', source='local',
-                                     data_dir=SHARED_CIFAR10_SUBSET)
+                                     data_dir=subset)
     train = input_pipeline.Split(full.train.images[:NUM_TRAIN],
                                  full.train.labels[:NUM_TRAIN])
     test = input_pipeline.Split(full.test.images[:NUM_TEST],
@@ -505,7 +505,7 @@ def test_presets():
               for lr in (0.1, 0.01, 0.001)}
   cpu = cpu_subset.get_config()
   assert len(spec.grid_members(cpu)) == 9 and cpu.model == 'tiny_cnn'
-  assert cpu.data_source == 'local'
+  assert cpu.data_source == 'download' and cpu.train_examples == 5000
   with pytest.raises(ValueError, match='cifar10, cifar100'):
     report_p_grid.get_config('mnist')
 

@@ -28,7 +28,7 @@ import pytest
 
 from configs import quick
 import models
-from tests.conftest import ROOT, SHARED_CIFAR10_SUBSET
+from tests.conftest import ROOT
 from tests.data_fixtures import mock_cifar
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.fault_harness import env_with_cache
@@ -51,9 +51,10 @@ COLUMNS = ('epoch', 'step', 'lr', 'p', 'train_loss', 'train_error',
 # the compiled train step, so with the same schedule and the same number of
 # steps per epoch (NUM_TRAIN // 32) all mocked runs share one compilation.
 # lr x0.1 after epoch 1 and p halved every epoch: the logged lr and p change.
+# Data from TFDS, which the tests mock (tests/data_fixtures.py: mock_cifar).
 SMALL = {'model': 'tiny_cnn', 'batch_size': 32, 'eval_batch_size': 64,
          'optimizer.lr_milestones': (1,), 'optimizer.p_decay_every_epochs': 1,
-         'optimizer.p_decay_factor': 0.5}
+         'optimizer.p_decay_factor': 0.5, 'data_source': 'tfds'}
 NUM_TRAIN = 128
 STEPS_PER_EPOCH = NUM_TRAIN // 32
 
@@ -428,16 +429,11 @@ def test_resume_through_python_api_is_bit_identical(tmp_path):
 # ---------------------------------------------------------------------------
 # 3. Genuine CIFAR-10 images.
 
-SUBSET_FOLDER = os.path.join(SHARED_CIFAR10_SUBSET, 'cifar-10-batches-py')
-
-
-@pytest.mark.skipif(not os.path.isdir(SUBSET_FOLDER),
-                    reason=f'shared CIFAR-10 subset not found at {SUBSET_FOLDER}')
-def test_short_run_on_genuine_cifar10_learns(tmp_path):
+def test_short_run_on_genuine_cifar10_learns(tmp_path, cifar10_subset):
   # 5085 train / 1017 test images; measured (seeds 0, 1): test error 0.65
   # after 3 epochs, train loss 2.00 -> 1.69; chance is 0.9 / ln 10 = 2.30.
   config = make_config(num_epochs=3, data_source='local',
-                       data_dir=SHARED_CIFAR10_SUBSET,
+                       data_dir=cifar10_subset,
                        **{'optimizer.lr_milestones': (4,),
                           'optimizer.p_decay_every_epochs': 0})
   trainer.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)

@@ -4,13 +4,18 @@
   a bad command line (an unknown flag or `--config.` key, a value of the
   wrong type, a config file that does not load) is ONE line `error: ...`
   naming the flag, the value and what is allowed, exit status 2: absl would
-  print a FATAL message or a traceback.
+  print a FATAL message or a traceback. `--help` prints the entry point's
+  docstring and its flags (those defined here too, which the entry points
+  adopt as key flags) and exits 0 (absl: 1).
 * `prepare_jax`: before JAX starts, `quiet_libraries`, the XLA:CPU flags of
   training/host_devices.py and the persistent compilation cache.
 * `quiet_libraries`: one line per epoch stays readable: Orbax's INFO lines are
   dropped, and its warnings and errors lose their tracebacks, as do the
   asyncio leftovers of a failed save (padax reports the failure itself,
-  naming the step and the cause).
+  naming the step and the cause); so is JAX's INFO line on probing for a TPU
+  where there is none ("Failed to open libtpu.so").
+* `print_results`: the last line of a finished run, where its results are
+  and the report.py command that draws them.
 * `run`: calls main and turns the faults of a run into a message and an exit
   status (training/faults.py): 0 stopped on request after saving, 2 refused
   input, 3 diverged, 4 a write failed, 130 a second Ctrl-C.
@@ -19,6 +24,7 @@
 import logging as std_logging
 import os
 import re
+import shlex
 import sys
 
 from absl import flags
@@ -117,8 +123,30 @@ def _explain(argv, error: Exception) -> str:
   return _first_line(error)
 
 
+_HELP = ('-h', '-?', '-help', '--help', '-helpshort', '--helpshort')
+_HELP_FULL = ('-helpfull', '--helpfull')
+
+CONFIG_OVERRIDES_HELP = f'''\
+  --{CONFIG_FLAG}.KEY=VALUE: sets any key of the config (see configs/default.py
+    for every key and its meaning), e.g. --{CONFIG_FLAG}.seed=1,
+    --{CONFIG_FLAG}.optimizer.p=0.0625, --{CONFIG_FLAG}.num_epochs=10; data from a
+    local copy: --{CONFIG_FLAG}.data_source=local --{CONFIG_FLAG}.data_dir=DIR.'''
+
+
+def _print_help(full: bool) -> None:
+  doc = (sys.modules['__main__'].__doc__ or '').strip('\n')
+  listing = flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help()
+  more = ('' if full else
+          '\n\n--helpfull also lists the flags of JAX, absl and the libraries.')
+  sys.stdout.write(f'{doc}\n\nFlags:\n{listing}\n{CONFIG_OVERRIDES_HELP}'
+                   f'{more}\n')
+
+
 def parse_flags(argv):
   """absl's parsing of `argv`; a bad command line exits with one line."""
+  if any(arg in _HELP + _HELP_FULL for arg in argv[1:]):
+    _print_help(full=any(arg in _HELP_FULL for arg in argv[1:]))
+    sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -192,6 +220,11 @@ class _QuietLibraries(std_logging.Filter):
   """Drops Orbax's INFO lines and the tracebacks of its warnings/errors."""
 
   def filter(self, record):
+    if (record.levelno < std_logging.WARNING and
+        record.name.startswith('jax') and
+        str(record.msg).startswith("Unable to initialize backend 'tpu'")):
+      # JAX probing for a TPU on every host (Failed to open libtpu.so).
+      return False
     if record.name == 'asyncio' and 'never retrieved' in str(record.msg):
       # The futures of a failed Orbax save, collected at exit: padax has
       # reported the failure.
@@ -224,6 +257,23 @@ def quiet_libraries() -> None:
 
 # ---------------------------------------------------------------------------
 # Main.
+
+
+def print_results(workdir: str, *, sweep: bool = False) -> None:
+  """The last line of a finished run: where its metrics, checkpoints (and a
+  sweep's summary) are, and the command that draws its figures."""
+  join = os.path.join
+  if sweep:
+    where = (f'metrics in {join(workdir, "members", "<member>", "metrics.csv")}'
+             f' (and .jsonl), the grid in {join(workdir, "summary.md")} (and '
+             f'.json), checkpoints in {join(workdir, "checkpoints")}')
+  else:
+    where = (f'metrics in {join(workdir, "metrics.csv")} (and .jsonl), '
+             f'checkpoints in {join(workdir, "checkpoints")}')
+  command = (f'python report.py {shlex.quote(workdir)} --out '
+             f'{shlex.quote(join(workdir, "report"))}')
+  sys.stderr.flush()
+  print(f'Done: {where}; figures and tables: {command}', flush=True)
 
 
 def run(main) -> None:

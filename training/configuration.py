@@ -32,10 +32,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = 'resnet18'
   config.dataset = 'cifar10'
-  # 'tfds' (tensorflow-datasets, array_record) or 'local' (a directory in the
-  # canonical CIFAR python layout, or holding the official .tar.gz).
-  config.data_source = 'tfds'
+  # Where CIFAR comes from (training/input_pipeline.py):
+  # 'download': the official python archive from the authors' site, fetched
+  #   once (MD5-checked) and cached extracted in data_dir ('': the default
+  #   cache, ~/.cache/padax/datasets);
+  # 'local': data_dir holds the canonical python layout
+  #   (cifar-10-batches-py/, cifar-100-python/) or the official .tar.gz;
+  # 'tfds': a prepared tensorflow-datasets data source (array_record) in
+  #   data_dir ('': TFDS's default); preparing it needs TensorFlow.
+  config.data_source = 'download'
   config.data_dir = ''
+  # Train on the first N training images only (the official files are
+  # shuffled), e.g. for a CPU-sized run; 0: all of them. The test split stays
+  # whole.
+  config.train_examples = 0
   config.dtype = 'float32'
   config.batch_size = 128
   config.eval_batch_size = 500
@@ -215,6 +225,7 @@ def validate(config: ml_collections.ConfigDict, *,
               'max_consecutive_skips'):
     _integer(key, config[key])
   _integer('seed', config.seed, low=0)
+  _integer('train_examples', config.train_examples, low=0)
   _integer('optimizer.p_decay_every_epochs', opt.p_decay_every_epochs, low=0)
   for milestone in opt.lr_milestones:
     if (not isinstance(milestone, int) or isinstance(milestone, bool) or

@@ -3,11 +3,13 @@
 The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
 dataset is loaded once on the host as uint8 numpy arrays and then held on the
 accelerator, where the train step augments and normalises it
-(`training/augment.py`). Here: `load_cifar` (TFDS `data_source` or the
-canonical python layout / official archive on local disk),
+(`training/augment.py`). Here: `load` (the data a config asks for),
+`load_cifar` (by source: 'download', the official archive fetched once and
+cached, training/download.py; 'local', the canonical python layout or the
+official archive on local disk; 'tfds', a prepared TFDS data source),
 `epoch_permutation`, `steps_per_epoch`, `eval_batches`.
 
-`tensorflow_datasets` is imported lazily, so `source='local'` works without it.
+`tensorflow_datasets` is imported lazily: only `source='tfds'` needs it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 DATASETS = ('cifar10', 'cifar100')
-SOURCES = ('tfds', 'local')
+SOURCES = ('download', 'local', 'tfds')
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 IMAGE_SHAPE = (32, 32, 3)
@@ -76,6 +78,7 @@ class _PythonLayout:
   folder: str
   archive: str
   url: str
+  md5: str  # Published with the archive (and checked by torchvision, TFDS).
   train_files: tuple[str, ...]
   test_files: tuple[str, ...]
   label_key: bytes
@@ -95,6 +98,7 @@ _LAYOUTS = {
         folder='cifar-10-batches-py',
         archive='cifar-10-python.tar.gz',
         url='https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
+        md5='c58f30108f718f92721af3b95e74349a',
         train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
         test_files=('test_batch',),
         label_key=b'labels',
@@ -106,6 +110,7 @@ _LAYOUTS = {
         folder='cifar-100-python',
         archive='cifar-100-python.tar.gz',
         url='https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
+        md5='eb9058c3a382ffc7106e4002c42a8d85',
         train_files=('train',),
         test_files=('test',),
         label_key=b'fine_labels',
@@ -262,8 +267,8 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
   num_classes = NUM_CLASSES[dataset]
   if data_dir is None:
     raise ValueError(
-        f"source='local' needs data_dir: a directory containing "
-        f'{_describe_layout(layout)}.')
+        f"source='local' needs data_dir (--config.data_dir=DATA_DIR): a "
+        f'directory containing {_describe_layout(layout)}.')
   path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
   if not os.path.exists(path):
     raise DataNotFoundError(
@@ -302,6 +307,31 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
 
 
 # ---------------------------------------------------------------------------
+# The official archive, downloaded once (training/download.py).
+
+
+def _load_download(dataset: str, data_dir) -> CifarData:
+  from training import download  # pylint: disable=g-import-not-at-top
+  layout = _LAYOUTS[dataset]
+  cache_dir = (os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+               if data_dir else download.default_cache_dir())
+  try:
+    folder = download.fetch(layout.archive, layout.folder, layout.files,
+                            layout.md5, cache_dir)
+  except download.DownloadError as e:
+    raise DataNotFoundError(
+        f'{e} To use a copy instead (offline: fetched elsewhere), download '
+        f'{layout.url} (MD5 {layout.md5}) and run with '
+        '--config.data_source=local --config.data_dir=DATA_DIR, DATA_DIR '
+        f'holding {layout.archive} or its extracted {layout.folder}/.'
+    ) from None
+  data = _load_local(dataset, folder)
+  return dataclasses.replace(
+      data, source=f'{layout.title} from {download.archive_url(layout.archive)}'
+                   f', cached in {folder}')
+
+
+# ---------------------------------------------------------------------------
 # TFDS.
 
 
@@ -316,9 +346,11 @@ def _import_tfds():
   except ImportError as e:
     raise ImportError(
         "source='tfds' needs tensorflow_datasets and array_record "
-        '(pip install tensorflow-datasets array_record); or use '
-        "source='local' with data_dir pointing at the canonical CIFAR python "
-        f'layout or the official archive. ({e})') from None
+        '(pip install -r requirements/tfds.txt); or use the default '
+        "source='download' (--config.data_source=download), or "
+        "source='local' (--config.data_source=local "
+        '--config.data_dir=DATA_DIR) with DATA_DIR holding the canonical CIFAR '
+        f'python layout or the official archive. ({e})') from None
   return tfds
 
 
@@ -336,13 +368,16 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
       f'(data_dir={None if data_dir is None else os.fspath(data_dir)!r}, '
       f'looked in {looked_in}): {reason}\n'
       'Provide the data in one of these ways:\n'
-      f"  (1) load_cifar({dataset!r}, source='local', data_dir=DATA_DIR) "
-      f'with {_describe_layout(layout)};\n'
-      '  (2) pip install tensorflow-cpu and let TFDS download and prepare it '
-      "(file_format='array_record', needs internet), or, offline, put the "
-      f'official archive {layout.tfds_archive} ({layout.tfds_url}) in TFDS\'s '
-      f'manual_dir (load_cifar(..., manual_dir=DIR); by default '
-      f'{downloads_dir}/manual).')
+      "  (1) --config.data_source=download (source='download', the default): "
+      f'fetches the official {layout.archive} once (needs internet);\n'
+      "  (2) --config.data_source=local --config.data_dir=DATA_DIR "
+      f"(source='local') with {_describe_layout(layout)};\n"
+      "  (3) for TFDS, install TensorFlow (pip install -r requirements/tfds.txt)"
+      " and let TFDS download and prepare it (file_format='array_record', "
+      'needs internet), or, offline, also put the official archive '
+      f'{layout.tfds_archive} ({layout.tfds_url}) in TFDS\'s manual_dir '
+      f'({downloads_dir}/manual, i.e. DATA_DIR/downloads/manual with '
+      '--config.data_dir=DATA_DIR).')
   err.cause = cause  # Kept for debugging without printing a TFDS traceback.
   return err
 
@@ -452,21 +487,59 @@ def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:
 # Public API: host side.
 
 
-def load_cifar(dataset: str, *, source: str = 'tfds',
+def load(config) -> CifarData:
+  """The data a train or sweep config asks for (train.py, sweep.py).
+
+  Reads `config.dataset`, `config.data_source`, `config.data_dir` ('' for
+  the source's default) and `config.train_examples` (0: every training
+  image; N > 0: the first N, in the order of the official files, which are
+  shuffled; the test split stays whole). See `load_cifar`.
+  """
+  data = load_cifar(config.dataset, source=config.data_source,
+                    data_dir=config.data_dir or None)
+  return first_train_examples(data, config.get('train_examples', 0))
+
+
+def first_train_examples(data: CifarData, count: int) -> CifarData:
+  """`data` with only its first `count` training examples (0: all)."""
+  if (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or
+      count < 0):
+    raise ValueError(f'train_examples={count!r} is not allowed; allowed: an '
+                     'integer >= 0 (0: every training image).')
+  available = data.train.num_examples
+  if count == 0:
+    return data
+  if count > available:
+    raise ValueError(
+        f'train_examples={count} is not allowed: {data.source} has '
+        f'{available} training images; allowed: 0 (all) to {available}.')
+  train = Split(images=data.train.images[:count],
+                labels=data.train.labels[:count])
+  return dataclasses.replace(
+      data, train=train,
+      source=f'{data.source}, first {count} of {available} training images')
+
+
+def load_cifar(dataset: str, *, source: str = 'download',
                data_dir: str | os.PathLike | None = None,
                manual_dir: str | os.PathLike | None = None) -> CifarData:
   """Loads a whole CIFAR dataset into host memory.
 
   Args:
     dataset: 'cifar10' or 'cifar100' (CIFAR-100 uses the 100 fine labels).
-    source: 'tfds' reads the TFDS array_record data source (preparing it first
-      when TensorFlow is installed); 'local' reads the canonical CIFAR python
-      layout or the official python archive from `data_dir`.
-    data_dir: for 'tfds', TFDS's data_dir (None: TFDS's default); for 'local',
-      a directory holding `cifar-10-batches-py/` / `cifar-100-python/` (or
-      that folder itself) or the official `cifar-10-python.tar.gz` /
-      `cifar-100-python.tar.gz` (or the path of that archive). The python
-      layout is pickled, so only load files you trust.
+    source: 'download' fetches the official python archive from the authors'
+      site the first time (MD5-checked, training/download.py) and reads the
+      cached copy; 'local' reads the canonical CIFAR python layout or the
+      official python archive from `data_dir`; 'tfds' reads the TFDS
+      array_record data source (preparing it first when TensorFlow is
+      installed).
+    data_dir: for 'download', the cache directory (None:
+      $XDG_CACHE_HOME/padax/datasets, i.e. ~/.cache/padax/datasets); for
+      'local', a directory holding `cifar-10-batches-py/` /
+      `cifar-100-python/` (or that folder itself) or the official
+      `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` (or the path of
+      that archive); for 'tfds', TFDS's data_dir (None: TFDS's default). The
+      python layout is pickled, so only load files you trust.
     manual_dir: 'tfds' only: a directory holding the official *binary* archive
       (`cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`) for TFDS to
       prepare from without downloading (needs TensorFlow).
@@ -480,10 +553,12 @@ def load_cifar(dataset: str, *, source: str = 'tfds',
   """
   _check_choice('dataset', dataset, DATASETS)
   _check_choice('source', source, SOURCES)
+  if source != 'tfds' and manual_dir is not None:
+    raise ValueError("manual_dir is only used with source='tfds'.")
   if source == 'local':
-    if manual_dir is not None:
-      raise ValueError("manual_dir is only used with source='tfds'.")
     return _load_local(dataset, data_dir)
+  if source == 'download':
+    return _load_download(dataset, data_dir)
   return _load_tfds(dataset, data_dir, manual_dir)
 
 

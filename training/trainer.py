@@ -46,8 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()
   if data is None:
-    data = input_pipeline.load_cifar(config.dataset, source=config.data_source,
-                                     data_dir=config.data_dir or None)
+    data = input_pipeline.load(config)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, config.batch_size)
   optimizer = optimizers.create_optimizer(config, steps_per_epoch)

@@ -30,6 +30,14 @@ def get_config():
   config.dtype = 'float32'
   config.batch_size = 128
   config.eval_batch_size = 500
+  # XLA devices a CPU-only host is split into for one data-parallel run
+  # (train.py), and for each member of a sweep (sweep.py): an integer >= 1,
+  # cut to what divides both batch sizes. Ignored where JAX runs on a GPU or
+  # TPU, and where the user set XLA_FLAGS' device count or
+  # JAX_NUM_CPU_DEVICES (training/host_devices.py). 1: the paper models'
+  # convolutions keep the cores busy by themselves; small models gain from
+  # more (docs/benchmarks.md, "train.py on a CPU host: the device split").
+  config.cpu_devices = 1
   config.num_epochs = 200
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3

@@ -6,7 +6,6 @@ lowest optimisation level: compiling a paper model's gradient twice took
 10-40 s here at the default level, and the comparison needs no speed.
 """
 import functools
-import os
 import re
 
 import jax
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 import models
-from models import kernels, xla_cpu
+from models import kernels
 from training import optimizers, train_lib
 from configs import quick
 
@@ -98,3 +97,36 @@ def test_cpu_kernels_and_plain_kernels_agree(name, dtype):
     errors = _scaled_errors(ours[part], plain[part])
     print(name, dtype.__name__, part, f'{max(errors):.1e}')
     assert max(errors) <= tolerance, (part, max(errors))
+
+
+def _without_metadata(hlo: str) -> str:
+  """Compiled HLO text from its first computation on, without source
+  locations (which name the Python functions that traced each op)."""
+  lines = hlo.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith('%'))
+  return '\n'.join(
+      re.sub(r',? ?stack_frame_id=\d+', '',
+             re.sub(r', metadata=\{[^}]*\}', '', line))
+      for line in lines[start:])
+
+
+def test_per_platform_compiles_to_the_cpu_kernels_program_on_cpu():
+  """platform_dependent leaves XLA:CPU only the CPU branch: the tiny CNN's
+  train step compiles to the same program as with XLA_CPU forced."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('CPU only')
+  optimizer = optimizers.create_optimizer(quick.get_config(), 10)
+  batch = {'images': jnp.zeros((8, 32, 32, 3), jnp.uint8),
+           'labels': jnp.zeros((8,), jnp.int32)}
+  programs = []
+  for kernel_set in (kernels.PER_PLATFORM, kernels.XLA_CPU, kernels.PLAIN):
+    model = models.create_model('tiny_cnn', 10, kernels=kernel_set)
+    state = jax.eval_shape(lambda m=model: train_lib.create_train_state(
+        jax.random.key(0), m, optimizer))
+    step = jax.jit(functools.partial(train_lib.train_step, model=model,
+                                     optimizer=optimizer))
+    programs.append(_without_metadata(
+        step.lower(state, batch).compile().as_text()))
+  per_platform, cpu, plain = programs
+  assert per_platform == cpu
+  assert per_platform != plain  # The comparison can tell them apart.

@@ -246,33 +246,35 @@ def _mb(x):
   return '-' if x is None else f'{x / 2**20:.0f}'
 
 
+def _table(rows, part, header, cells):
+  """Markdown lines: `header` (columns, the first left-aligned), then
+  `cells(row)` for each row of `part`."""
+  return (['| ' + ' | '.join(header) + ' |',
+           '|---|' + '---:|' * (len(header) - 1)] +
+          ['| ' + ' | '.join(cells(r)) + ' |' for r in rows
+           if r['part'] == part])
+
+
 def markdown(rows):
-  lines = ['| model | dtype | batch | images/s | compile s | program MiB |'
-           ' peak device MiB |', '|---|---|---:|---:|---:|---:|---:|']
-  for r in rows:
-    if r['part'] == 'train_step':
-      lines.append(f'| {r["model"]} | {r["dtype"]} | {r["batch"]} | '
-                   f'{r["images_per_s"]:.0f} | {r["compile_s"]:.1f} | '
-                   f'{_mb(r["program_bytes"])} | {_mb(r["peak_bytes"])} |')
-  lines += ['', '| epoch | dtype | batch | train images | train s | eval '
-            'images | eval s | epoch s |', '|---|---|---:|---:|---:|---:|'
-            '---:|---:|']
-  for r in rows:
-    if r['part'] == 'epoch':
-      lines.append(f'| {r["model"]} | {r["dtype"]} | {r["batch"]} | '
-                   f'{r["train_images"]} | {r["train_s"]:.2f} | '
-                   f'{r["eval_images"]} | {r["eval_s"]:.2f} | '
-                   f'{r["epoch_s"]:.2f} |')
-  lines += ['', '| grid | members x steps | batch | seconds | images/s | '
-            'compile s | vs one after another |',
-            '|---|---|---:|---:|---:|---:|---:|']
-  for r in rows:
-    if r['part'] == 'grid':
-      lines.append(f'| {r["model"]}, {r["form"]} | {r["members"]} x '
-                   f'{r["steps"]} | {r["batch"]} | {r["seconds"]:.2f} | '
-                   f'{r["images_per_s"]:.0f} | {r["compile_s"]:.1f} | '
-                   f'{r.get("speedup", 1.0):.2f}x |')
-  return '\n'.join(lines)
+  steps = _table(rows, 'train_step', (
+      'model', 'dtype', 'batch', 'images/s', 'compile s', 'program MiB',
+      'peak device MiB'), lambda r: (
+          r['model'], r['dtype'], str(r['batch']),
+          f'{r["images_per_s"]:.0f}', f'{r["compile_s"]:.1f}',
+          _mb(r['program_bytes']), _mb(r['peak_bytes'])))
+  epoch = _table(rows, 'epoch', (
+      'epoch', 'dtype', 'batch', 'train images', 'train s', 'eval images',
+      'eval s', 'epoch s'), lambda r: (
+          r['model'], r['dtype'], str(r['batch']), str(r['train_images']),
+          f'{r["train_s"]:.2f}', str(r['eval_images']), f'{r["eval_s"]:.2f}',
+          f'{r["epoch_s"]:.2f}'))
+  grid_table = _table(rows, 'grid', (
+      'grid', 'members x steps', 'batch', 'seconds', 'images/s', 'compile s',
+      'vs one after another'), lambda r: (
+          f'{r["model"]}, {r["form"]}', f'{r["members"]} x {r["steps"]}',
+          str(r['batch']), f'{r["seconds"]:.2f}', f'{r["images_per_s"]:.0f}',
+          f'{r["compile_s"]:.1f}', f'{r.get("speedup", 1.0):.2f}x'))
+  return '\n'.join(steps + [''] + epoch + [''] + grid_table)
 
 
 def main(argv=None):

@@ -23,9 +23,9 @@ Numerical promise of `batch_norm_train`, held on XLA:CPU only (where these
 kernels run): each example's sum is one matmul row whatever the batch split,
 so a batch sharded over several CPU devices gets the same per-example sums as
 on one device and differs only in how the N of them are added
-(tests/test_kernels.py checks the per-example sums bit for bit;
-tests/test_data_parallel.py the closeness of whole steps). The plain kernels
-make no such promise: accelerators reduce as their compiler chooses.
+(tests/test_data_parallel.py checks the closeness of whole steps on CPU
+devices, where PER_PLATFORM runs these kernels). The plain kernels make no
+such promise: accelerators reduce as their compiler chooses.
 """
 import functools
 

@@ -45,13 +45,10 @@ def main(argv):
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
   else:
-    # On a CPU host, small models train faster data parallel over a few
-    # devices (docs/benchmarks.md); a count the user set wins, and a batch
-    # size that does not parse is reported by train_and_evaluate.
-    try:
-      host_devices.split_cpu(host_devices.cpu_devices_per_run(_CONFIG.value))
-    except (TypeError, ValueError, AttributeError):
-      pass
+    # On a CPU host, config.cpu_devices devices per run (docs/benchmarks.md);
+    # a count the user set wins. A bad value exits 2 with its message.
+    cli.run(lambda: host_devices.split_cpu(
+        host_devices.cpu_devices_per_run(_CONFIG.value)))
   from training import allocator, trainer  # pylint: disable=g-import-not-at-top
   logging.info('JAX %s: %d processes, %d devices (%s); allocator: %s',
                jax.__version__, jax.process_count(), jax.device_count(),

@@ -14,16 +14,16 @@ after one compiling call):
   off: XLA's own Eigen kernels), and the oneDNN and XNNPACK switches, alone
   and with YNNPACK off.
 * small: VGG16's stage-5 convolution (2x2x512 -> 512) forward + both
-  gradients, as lax.conv and as models.layers' patches matmul, under
+  gradients, as lax.conv and as models.xla_cpu's patches matmul, under
   CPU_XLA_FLAGS.
 * pool: the 2x2 max pool of VGG16's first three stages, forward + gradient,
   flax.linen.max_pool (reduce-window, select-and-scatter) vs
-  models.layers.max_pool_2x2, under CPU_XLA_FLAGS.
+  models.xla_cpu.max_pool_2x2, under CPU_XLA_FLAGS.
 * bn: training-mode BatchNorm at the `conv` shapes: the channel sums as a
-  reduction (jnp.sum) vs as models.layers' per-example matmuls (time, and
+  reduction (jnp.sum) vs as models.xla_cpu's per-example matmuls (time, and
   the worst channel's rounding error relative to its sum of |x|), and
   the whole normalisation forward + gradients, autodiff of the formula vs
-  models.layers.batch_norm_train, under CPU_XLA_FLAGS.
+  models.xla_cpu.batch_norm_train, under CPU_XLA_FLAGS.
 * torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
   on the `conv` shapes, for scale.
 
@@ -74,7 +74,7 @@ def _child(part, batch, repeats):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from models import layers
+  from models import xla_cpu
   # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
   dn = ('NHWC', 'HWIO', 'NHWC')
@@ -85,7 +85,7 @@ def _child(part, batch, repeats):
 
   def patches_conv(x, w):
     numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, dn)
-    return layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+    return xla_cpu.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                        dimension_numbers=numbers)
 
   def normal(*shape):
@@ -121,7 +121,7 @@ def _child(part, batch, repeats):
   elif part == 'small':
     x, w = normal(batch, 2, 2, 512), normal(3, 3, 512, 512)
     for name, conv in (('lax.conv', lax_conv),
-                       ('patches matmul (models.layers)', patches_conv)):
+                       ('patches matmul (models.xla_cpu)', patches_conv)):
       rows.append(dict(layer='2x2x512', form=name,
                        forward_and_grads=forward_and_grads(conv, x, w)))
   elif part == 'bn':
@@ -130,7 +130,7 @@ def _child(part, batch, repeats):
       scale, bias = normal(channels), normal(channels)
       per_example = x.reshape(batch, -1, channels)
       reduction = jax.jit(lambda x: jnp.sum(x, axis=(0, 1)))
-      matmul = jax.jit(layers._channel_sums)  # pylint: disable=protected-access
+      matmul = jax.jit(xla_cpu.channel_sums)
       exact = np.asarray(per_example, np.float64).sum(axis=(0, 1))
       magnitude = np.abs(np.asarray(per_example, np.float64)).sum(axis=(0, 1))
 
@@ -149,14 +149,14 @@ def _child(part, batch, repeats):
           form='normalisation, forward + gradients',
           reduction=forward_and_grads(batch_norm_formula, x, scale, bias),
           matmul=forward_and_grads(
-              lambda *a: layers.batch_norm_train(*a, 1e-5)[0], x, scale,
+              lambda *a: xla_cpu.batch_norm_train(*a, 1e-5)[0], x, scale,
               bias)))
   elif part == 'pool':
     for size, channels in STAGES[:3]:
       x = normal(batch, size, size, channels)
       for name, pool in (
           ('nn.max_pool', lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))),
-          ('max_pool_2x2 (models.layers)', layers.max_pool_2x2)):
+          ('max_pool_2x2 (models.xla_cpu)', xla_cpu.max_pool_2x2)):
         rows.append(dict(layer=f'{size}x{size}x{channels}', form=name,
                          forward=_timed(jax.jit(pool), x, repeats=repeats),
                          forward_and_grads=forward_and_grads(pool, x)))
@@ -244,7 +244,7 @@ def main():
   if 'bn' in parts:
     rows, used = _run('bn', None, args)
     print(f'\n| bn (XLA_FLAGS={used!r}) | layer | as a reduction (autodiff) '
-          '| as a matmul (models.layers) | ratio | rounding: reduction, '
+          '| as a matmul (models.xla_cpu) | ratio | rounding: reduction, '
           'matmul |')
     print('|---|---|---:|---:|---:|---:|')
     for r in rows:

@@ -14,6 +14,7 @@ whatever the computation ``dtype`` (params are always float32).
 import jax.numpy as jnp
 import flax.linen as nn
 
+from models.kernels import PER_PLATFORM, Kernels
 from models.resnet import resnet18
 from models.tiny_cnn import tiny_cnn
 from models.vgg import vgg16
@@ -28,13 +29,15 @@ _BUILDERS = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def create_model(name: str, num_classes: int,
-                 dtype=jnp.float32) -> nn.Module:
-  """Builds model ``name`` with ``num_classes`` outputs in ``dtype``."""
+def create_model(name: str, num_classes: int, dtype=jnp.float32,
+                 kernels: Kernels = PER_PLATFORM) -> nn.Module:
+  """Builds model ``name`` with ``num_classes`` outputs in ``dtype``,
+  computed by ``kernels`` (models/kernels.py: the default chooses per
+  platform when the program is lowered)."""
   if name not in _BUILDERS:
     raise ValueError(f'model={name!r} is not known; allowed: '
                      f'{", ".join(MODEL_NAMES)}')
-  return _BUILDERS[name](num_classes, dtype=dtype)
+  return _BUILDERS[name](num_classes, dtype=dtype, kernels=kernels)
 
 
 __all__ = ['MODEL_NAMES', 'create_model']

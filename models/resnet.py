@@ -10,12 +10,14 @@ Initialisation: PyTorch defaults, since the authors do not re-initialise:
 conv/dense weights ``variance_scaling(1/3, 'fan_in', 'uniform')``, dense bias
 U(+-1/sqrt(fan_in)), BatchNorm scale 1 / bias 0 (see ``models.layers``).
 """
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from models.kernels import PER_PLATFORM, Kernels
 from models.layers import (BatchNorm, Dtype, Initializer, conv, torch_dense,
                            torch_kernel_init)
 
@@ -26,25 +28,29 @@ class BasicBlock(nn.Module):
   strides: int = 1
   kernel_init: Initializer = torch_kernel_init
   dtype: Dtype = jnp.float32
+  kernels: Kernels = PER_PLATFORM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     in_features = x.shape[-1]
-    y = conv(self.features, 3, in_features, strides=self.strides,
-             kernel_init=self.kernel_init, dtype=self.dtype, name='conv1')(x)
-    y = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(y, train))
-    y = conv(self.features, 3, self.features, kernel_init=self.kernel_init,
-             dtype=self.dtype, name='conv2')(y)
-    y = BatchNorm(dtype=self.dtype, name='bn2')(y, train)
+    conv3x3 = functools.partial(conv, kernel_size=3,
+                                kernel_init=self.kernel_init,
+                                dtype=self.dtype, kernels=self.kernels)
+    norm = functools.partial(BatchNorm, dtype=self.dtype,
+                             kernels=self.kernels)
+    y = conv3x3(self.features, in_features=in_features, strides=self.strides,
+                name='conv1')(x)
+    y = nn.relu(norm(name='bn1')(y, train))
+    y = conv3x3(self.features, in_features=self.features, name='conv2')(y)
+    y = norm(name='bn2')(y, train)
 
     shortcut = x
     if self.strides != 1 or in_features != self.features:
       # Projection so the residual matches the new shape.
       shortcut = conv(self.features, 1, in_features, strides=self.strides,
                       kernel_init=self.kernel_init, dtype=self.dtype,
-                      name='shortcut_conv')(x)
-      shortcut = BatchNorm(dtype=self.dtype, name='shortcut_bn')(shortcut,
-                                                                 train)
+                      kernels=self.kernels, name='shortcut_conv')(x)
+      shortcut = norm(name='shortcut_bn')(shortcut, train)
     return nn.relu(y + shortcut)
 
 
@@ -54,17 +60,19 @@ class ResNet(nn.Module):
   num_classes: int
   stem_width: int = 64
   dtype: Dtype = jnp.float32
+  kernels: Kernels = PER_PLATFORM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = conv(self.stem_width, 3, x.shape[-1], dtype=self.dtype,
-             name='stem_conv')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='stem_bn')(x, train))
+             kernels=self.kernels, name='stem_conv')(x)
+    x = nn.relu(BatchNorm(dtype=self.dtype, kernels=self.kernels,
+                          name='stem_bn')(x, train))
     for stage, num_blocks in enumerate(self.blocks_per_stage):
       width = self.stem_width * 2 ** stage
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(width, strides, dtype=self.dtype,
+        x = BasicBlock(width, strides, dtype=self.dtype, kernels=self.kernels,
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
@@ -72,5 +80,6 @@ class ResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-def resnet18(num_classes: int, dtype: Dtype = jnp.float32) -> ResNet:
-  return ResNet((2, 2, 2, 2), num_classes, dtype=dtype)
+def resnet18(num_classes: int, dtype: Dtype = jnp.float32,
+             kernels: Kernels = PER_PLATFORM) -> ResNet:
+  return ResNet((2, 2, 2, 2), num_classes, dtype=dtype, kernels=kernels)

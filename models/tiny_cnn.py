@@ -11,26 +11,31 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from models.layers import BatchNorm, Dtype, conv, max_pool_2x2, torch_dense
+from models.kernels import PER_PLATFORM, Kernels
+from models.layers import BatchNorm, Dtype, conv, torch_dense
 
 
 class TinyCNN(nn.Module):
   num_classes: int
   widths: Sequence[int] = (16, 32, 64)
   dtype: Dtype = jnp.float32
+  kernels: Kernels = PER_PLATFORM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i, width in enumerate(self.widths, start=1):
-      x = conv(width, 3, x.shape[-1], dtype=self.dtype, name=f'conv{i}')(x)
-      x = nn.relu(BatchNorm(dtype=self.dtype, name=f'bn{i}')(x, train))
+      x = conv(width, 3, x.shape[-1], dtype=self.dtype, kernels=self.kernels,
+               name=f'conv{i}')(x)
+      x = nn.relu(BatchNorm(dtype=self.dtype, kernels=self.kernels,
+                            name=f'bn{i}')(x, train))
       if i < len(self.widths):
-        x = max_pool_2x2(x)
+        x = self.kernels.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
     x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
                     name='classifier')(x)
     return x.astype(jnp.float32)
 
 
-def tiny_cnn(num_classes: int, dtype: Dtype = jnp.float32) -> TinyCNN:
-  return TinyCNN(num_classes, dtype=dtype)
+def tiny_cnn(num_classes: int, dtype: Dtype = jnp.float32,
+             kernels: Kernels = PER_PLATFORM) -> TinyCNN:
+  return TinyCNN(num_classes, dtype=dtype, kernels=kernels)

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from models.layers import BatchNorm, Dtype, conv, max_pool_2x2, torch_dense
+from models.kernels import PER_PLATFORM, Kernels
+from models.layers import BatchNorm, Dtype, conv, torch_dense
 
 MAX_POOL = 'M'
 VGG16_LAYOUT = (64, 64, MAX_POOL, 128, 128, MAX_POOL, 256, 256, 256, MAX_POOL,
@@ -28,19 +29,21 @@ class VGG(nn.Module):
   layout: Sequence[Union[int, str]]
   num_classes: int
   dtype: Dtype = jnp.float32
+  kernels: Kernels = PER_PLATFORM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     stage, index = 1, 1
     for item in self.layout:
       if item == MAX_POOL:
-        x = max_pool_2x2(x)
+        x = self.kernels.max_pool(x, (2, 2), strides=(2, 2))
         stage, index = stage + 1, 1
         continue
       prefix = f'stage{stage}_'
       x = conv(item, 3, x.shape[-1], use_bias=True, dtype=self.dtype,
-               name=f'{prefix}conv{index}')(x)
-      x = BatchNorm(dtype=self.dtype, name=f'{prefix}bn{index}')(x, train)
+               kernels=self.kernels, name=f'{prefix}conv{index}')(x)
+      x = BatchNorm(dtype=self.dtype, kernels=self.kernels,
+                    name=f'{prefix}bn{index}')(x, train)
       x = nn.relu(x)
       index += 1
     x = x.reshape((x.shape[0], -1))
@@ -49,5 +52,6 @@ class VGG(nn.Module):
     return x.astype(jnp.float32)
 
 
-def vgg16(num_classes: int, dtype: Dtype = jnp.float32) -> VGG:
-  return VGG(VGG16_LAYOUT, num_classes, dtype)
+def vgg16(num_classes: int, dtype: Dtype = jnp.float32,
+          kernels: Kernels = PER_PLATFORM) -> VGG:
+  return VGG(VGG16_LAYOUT, num_classes, dtype, kernels)

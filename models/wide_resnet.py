@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from models.kernels import PER_PLATFORM, Kernels
 from models.layers import BatchNorm, Dtype, conv, torch_dense
 from models.resnet import BasicBlock
 
@@ -34,6 +35,7 @@ class WideResNet(nn.Module):
   widen_factor: int
   num_classes: int
   dtype: Dtype = jnp.float32
+  kernels: Kernels = PER_PLATFORM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -42,14 +44,15 @@ class WideResNet(nn.Module):
     blocks_per_stage = (self.depth - 4) // 6
     base = 16 * self.widen_factor
     x = conv(base, 3, x.shape[-1], kernel_init=he_normal_fan_out,
-             dtype=self.dtype, name='stem_conv')(x)
-    x = nn.relu(BatchNorm(dtype=self.dtype, name='stem_bn')(x, train))
+             dtype=self.dtype, kernels=self.kernels, name='stem_conv')(x)
+    x = nn.relu(BatchNorm(dtype=self.dtype, kernels=self.kernels,
+                          name='stem_bn')(x, train))
     for stage in range(3):
       for block in range(blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(base * 2 ** stage, strides,
                        kernel_init=he_normal_fan_out, dtype=self.dtype,
-                       name=f'stage{stage + 1}_block{block + 1}')(x, train)
+                       kernels=self.kernels, name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = nn.avg_pool(x, (8, 8), strides=(8, 8))
     x = x.reshape((x.shape[0], -1))
     x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
@@ -57,5 +60,6 @@ class WideResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-def wrn16_4(num_classes: int, dtype: Dtype = jnp.float32) -> WideResNet:
-  return WideResNet(16, 4, num_classes, dtype)
+def wrn16_4(num_classes: int, dtype: Dtype = jnp.float32,
+            kernels: Kernels = PER_PLATFORM) -> WideResNet:
+  return WideResNet(16, 4, num_classes, dtype, kernels)

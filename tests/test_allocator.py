@@ -11,14 +11,15 @@ from tests.conftest import ROOT
 from tests.fault_harness import env_with_cache
 from tests.helpers import without_timing
 from training import allocator
+from training import host_devices
 
 LINUX = sys.platform.startswith('linux')
 
 
 @pytest.fixture
 def no_plugins(monkeypatch):
-  monkeypatch.setattr(allocator, '_accelerator_plugin_installed',
-                      lambda: False)
+  monkeypatch.setattr(host_devices, 'installed_accelerator_plugins',
+                      lambda: [])
 
 
 def test_restarts_with_mimalloc_preloaded_by_default(no_plugins):
@@ -44,10 +45,23 @@ def test_keeps_the_process_when_asked_or_already_preloaded(environ,
   assert allocator.mimalloc_environment(environ) is None
 
 
-def test_keeps_the_process_on_accelerator_hosts(monkeypatch):
-  monkeypatch.setattr(allocator, '_accelerator_plugin_installed',
-                      lambda: True)
-  assert allocator.mimalloc_environment({}) is None
+@pytest.mark.parametrize('plugins, environ, restarts', [
+    (['jax-cuda12-plugin'], {}, False),
+    (['libtpu'], {}, False),
+    ([], {'JAX_PLATFORMS': 'cuda'}, False),
+    ([], {'JAX_PLATFORMS': 'tpu,cpu'}, False),
+    # The user asked for the CPU on an accelerator host: a CPU host then.
+    (['jax-cuda12-plugin'], {'JAX_PLATFORMS': 'cpu'}, True),
+    ([], {}, True),
+])
+def test_keeps_the_process_on_accelerator_hosts(monkeypatch, plugins,
+                                                environ, restarts):
+  if not LINUX or allocator.mimalloc_library() is None:
+    pytest.skip('mimalloc is preloaded on Linux only, where installed')
+  monkeypatch.setattr(host_devices, 'installed_accelerator_plugins',
+                      lambda: plugins)
+  env = allocator.mimalloc_environment(environ)
+  assert (env is not None) == restarts
 
 
 def test_bad_choice_names_key_value_and_choices():

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
+
+from training import host_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +45,69 @@ def _probe(count, **env):
 ])
 def test_split_cpu(count, env, expected):
   assert _probe(count, **env) == expected
+
+
+@pytest.mark.parametrize('plugins, environ, expected', [
+    ([], {}, False),
+    (['jax-cuda12-plugin'], {}, True),
+    (['libtpu'], {}, True),
+    ([], {'JAX_PLATFORMS': 'cuda'}, True),
+    ([], {'JAX_PLATFORMS': 'cpu,tpu'}, True),
+    (['jax-cuda12-plugin'], {'JAX_PLATFORMS': 'cpu'}, False),
+])
+def test_cpu_set_up_never_applies_on_accelerator_hosts(monkeypatch, plugins,
+                                                       environ, expected):
+  """The flags and the split are for XLA:CPU: none where JAX will run on a
+  GPU or TPU (simulated: the installed plugins and JAX_PLATFORMS are what
+  host_devices asks about)."""
+  monkeypatch.setattr(host_devices, 'installed_accelerator_plugins',
+                      lambda: plugins)
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
+  assert host_devices.accelerator_expected(environ) == expected
+  flags_env = dict(environ)
+  added = host_devices.set_cpu_xla_flags(flags_env)
+  assert bool(added) == (not expected)
+  assert ('XLA_FLAGS' in flags_env) == (not expected)
+  if expected:  # Refused before touching JAX: safe in this process.
+    assert not host_devices.split_cpu(4, environ)
+
+
+def _run_config(**values):
+  config = ml_collections.ConfigDict(
+      dict(model='tiny_cnn', batch_size=128, eval_batch_size=500,
+           cpu_devices=1))
+  config.update(values)
+  return config
+
+
+@pytest.mark.parametrize('values, devices', [
+    ({}, 1),
+    ({'cpu_devices': 4}, 4),
+    ({'cpu_devices': 4, 'model': 'resnet18'}, 4),  # The key, not the model.
+    ({'cpu_devices': 3}, 2),  # 3 divides neither batch size; 2 both.
+    ({'cpu_devices': 8, 'eval_batch_size': 100}, 4),
+])
+def test_cpu_devices_per_run_from_the_config_key(values, devices):
+  assert host_devices.cpu_devices_per_run(_run_config(**values)) == devices
+
+
+@pytest.mark.parametrize('value', [0, -2, 1.5, True, '4'])
+def test_cpu_devices_refuses_a_bad_value(value):
+  config = _run_config()
+  del config['cpu_devices']
+  config.cpu_devices = value  # A config file may give any type.
+  with pytest.raises(ValueError) as info:
+    host_devices.cpu_devices_per_run(config)
+  assert str(info.value) == (
+      f'cpu_devices={value!r} is not allowed; allowed: an integer >= 1 (XLA '
+      'devices per run on a CPU host).')
+
+
+def test_config_defaults():
+  from configs import default, quick  # pylint: disable=g-import-not-at-top
+  assert default.get_config().cpu_devices == 1
+  assert quick.get_config().cpu_devices == 4
 
 
 def test_sweep_members_at_once():

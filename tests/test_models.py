@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from models import MODEL_NAMES, create_model
-from models.layers import (BatchNorm, batch_norm_train, torch_bias_init,
-                           torch_kernel_init)
+from models import xla_cpu
+from models.layers import BatchNorm, torch_bias_init, torch_kernel_init
 from models.resnet import BasicBlock
 from models.wide_resnet import he_normal_fan_out
 
@@ -168,9 +168,10 @@ def test_tiny_bn_running_stats_match_pytorch(tiny):
 
 
 def test_batch_norm_gradient_matches_autodiff_of_the_formula():
-  """batch_norm_train's hand-written gradient (channel sums as matmuls)
-  against JAX's autodiff of the plain formula, through all three outputs:
-  y, and the batch mean and variance that feed the running statistics."""
+  """xla_cpu.batch_norm_train's hand-written gradient (channel sums as
+  matmuls) against JAX's autodiff of the plain formula, through all three
+  outputs: y, and the batch mean and variance that feed the running
+  statistics."""
   rng = np.random.default_rng(3)
   # A mean far from 0 (3 +- 2): the centred sums must not cancel.
   x = jnp.asarray(3 + 2 * rng.standard_normal((6, 5, 5, 4)), jnp.float32)
@@ -190,10 +191,11 @@ def test_batch_norm_gradient_matches_autodiff_of_the_formula():
     return lambda *args: sum(jnp.sum(out * w) for out, w in
                              zip(fn(*args, 1e-5), weights))
 
-  for ours, ref in zip(batch_norm_train(x, scale, bias, 1e-5),
+  for ours, ref in zip(xla_cpu.batch_norm_train(x, scale, bias, 1e-5),
                        formula(x, scale, bias, 1e-5)):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
-  grads = jax.grad(loss(batch_norm_train), argnums=(0, 1, 2))(x, scale, bias)
+  grads = jax.grad(loss(xla_cpu.batch_norm_train), argnums=(0, 1, 2))(
+      x, scale, bias)
   expected = jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)
   for ours, ref in zip(grads, expected):
     assert float(jnp.max(jnp.abs(ref))) > 0.1  # Not vacuous.
@@ -276,7 +278,7 @@ def test_wrn_block_uses_authors_he_normal():
     assert float(jnp.abs(kernel).max()) > 2.5 * np.sqrt(2.0 / fan_out)
 
 
-# ------------------------------------------------ CPU-fast layer formulations
+# ------------------------------------- models/xla_cpu.py's layer formulations
 
 @pytest.mark.parametrize('spatial, kernel, stride', [
     (2, 3, 1),  # VGG16's stage 5: 2x2 map, padding 1.
@@ -286,10 +288,9 @@ def test_wrn_block_uses_authors_he_normal():
     (8, 3, 1),  # Larger maps keep lax.conv (checked below).
 ])
 def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
-  """The patches-matmul form of tiny-map convolutions (models.layers) gives
+  """The patches-matmul form of tiny-map convolutions (models.xla_cpu) gives
   lax.conv's values and gradients up to float32 rounding (the same sums in
   another order)."""
-  from models import layers  # pylint: disable=g-import-not-at-top
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   x = jax.random.normal(keys[0], (3, spatial, spatial, 5))
   w = jax.random.normal(keys[1], (kernel, kernel, 5, 7))
@@ -299,7 +300,7 @@ def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
   args = ((stride, stride), ((pad, pad), (pad, pad)))
 
   def ours(x, w):
-    return layers.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+    return xla_cpu.conv_general_dilated(x, w, *args, dimension_numbers=dn)
 
   def reference(x, w):
     return jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
@@ -314,17 +315,17 @@ def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Which form ran: a matmul for maps of <= 4 positions, else lax.conv.
   jaxpr = str(jax.make_jaxpr(ours)(x, w))
-  small = y.shape[1] * y.shape[2] <= layers.PATCHES_MATMUL_MAX_POSITIONS
+  small = y.shape[1] * y.shape[2] <= xla_cpu.PATCHES_MATMUL_MAX_POSITIONS
   assert ('dot_general' in jaxpr) == small
   assert ('conv_general_dilated' in jaxpr) == (not small)
 
 
 def test_conv_inputs_stay_materialized_for_the_weight_gradient():
-  """On the CPU each lax.conv input passes through a conditional that XLA
-  keeps in the compiled gradient (so the weight gradient's transpose reads
-  a buffer instead of recomputing BatchNorm-ReLU-residual chains), without
-  changing values or gradients, also under vmap over members (sweeps)."""
-  from models import layers  # pylint: disable=g-import-not-at-top
+  """On the CPU each lax.conv input of xla_cpu's convolution passes through
+  a conditional that XLA keeps in the compiled gradient (so the weight
+  gradient's transpose reads a buffer instead of recomputing
+  BatchNorm-ReLU-residual chains), without changing values or gradients,
+  also under vmap over members (sweeps)."""
   if jax.default_backend() != 'cpu':
     pytest.skip('CPU only')
   keys = jax.random.split(jax.random.PRNGKey(4), 4)
@@ -340,7 +341,7 @@ def test_conv_inputs_stay_materialized_for_the_weight_gradient():
     h = jax.nn.relu(h * 0.5 + 1.0) + h  # An element-wise chain, as in a block.
     return jnp.sum(conv(h, w2, *args, dimension_numbers=dn) ** 2)
 
-  ours = jax.grad(lambda *a: net(layers.conv_general_dilated, *a),
+  ours = jax.grad(lambda *a: net(xla_cpu.conv_general_dilated, *a),
                   argnums=(0, 1, 2))
   plain = jax.grad(lambda *a: net(jax.lax.conv_general_dilated, *a),
                    argnums=(0, 1, 2))
@@ -366,7 +367,7 @@ def test_max_pool_2x2_matches_flax_max_pool_exactly():
   """Same values and the same gradient as nn.max_pool's select-and-scatter,
   bit for bit, including ties (all of a window's gradient to its first
   maximum in row-major order)."""
-  from models.layers import max_pool_2x2  # pylint: disable=g-import-not-at-top
+  max_pool_2x2 = xla_cpu.max_pool_2x2
   rng = np.random.default_rng(0)
   # Small integers: most windows have tied maxima.
   x = jnp.asarray(rng.integers(-2, 3, (3, 8, 6, 5)).astype(np.float32))

@@ -11,9 +11,10 @@ reuses the same pages every step (docs/benchmarks.md).
 An allocator is chosen when a process starts, so `use_mimalloc` restarts the
 script (os.execve, same PID, arguments and open files) with mimalloc in
 LD_PRELOAD. It does nothing when mimalloc (the `cmeel-mimalloc` package, in
-the `train` extra) is not installed, on other systems than Linux, when an
-accelerator plugin for JAX is installed (GPU and TPU hosts: not measured
-there), when the user set LD_PRELOAD, or with PADAX_ALLOCATOR=system.
+the `train` extra) is not installed, on other systems than Linux, where JAX
+will run on an accelerator (training.host_devices.accelerator_expected: GPU
+and TPU hosts, not measured there), when the user set LD_PRELOAD, or with
+PADAX_ALLOCATOR=system.
 Numerics do not depend on the allocator (tests/test_allocator.py).
 """
 
@@ -22,12 +23,12 @@ import os
 import sys
 from typing import Optional
 
+from training import host_devices
+
 ENV_VAR = 'PADAX_ALLOCATOR'
 CHOICES = ('mimalloc', 'system')
 # Keep freed pages mapped for reuse instead of returning them to the kernel.
 MIMALLOC_SETTINGS = {'MIMALLOC_PURGE_DELAY': '-1'}
-_ACCELERATOR_PLUGINS = ('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm',
-                        'libtpu')
 
 
 def mimalloc_library() -> Optional[str]:
@@ -44,12 +45,6 @@ def mimalloc_library() -> Optional[str]:
   return None
 
 
-def _accelerator_plugin_installed() -> bool:
-  names = {(d.metadata['Name'] or '').lower()
-           for d in importlib.metadata.distributions()}
-  return any(n.startswith(_ACCELERATOR_PLUGINS) for n in names)
-
-
 def mimalloc_environment(environ) -> Optional[dict]:
   """The environment to restart with, or None to keep this process as is."""
   choice = environ.get(ENV_VAR, 'mimalloc')
@@ -57,7 +52,8 @@ def mimalloc_environment(environ) -> Optional[dict]:
     raise ValueError(f'{ENV_VAR}={choice!r}; allowed: '
                      f'{", ".join(CHOICES)}.')
   if (choice == 'system' or not sys.platform.startswith('linux') or
-      environ.get('LD_PRELOAD') or _accelerator_plugin_installed()):
+      environ.get('LD_PRELOAD') or
+      host_devices.accelerator_expected(environ)):
     return None
   library = mimalloc_library()
   if library is None:

@@ -49,6 +49,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.dtype = 'float32'
   config.batch_size = 128
   config.eval_batch_size = 500
+  # XLA devices a CPU-only host is split into for one data-parallel run
+  # (train.py), and for each member of a sweep (sweep.py): an integer >= 1,
+  # cut to what divides both batch sizes. Ignored where JAX runs on a GPU or
+  # TPU, and where the user set XLA_FLAGS' device count or
+  # JAX_NUM_CPU_DEVICES (training/host_devices.py). 1: the paper models'
+  # convolutions keep the cores busy by themselves; small models gain from
+  # more (docs/benchmarks.md, "train.py on a CPU host: the device split").
+  config.cpu_devices = 1
   config.num_epochs = 200
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3
@@ -220,7 +228,7 @@ def validate(config: ml_collections.ConfigDict, *,
           faults.NONFINITE_POLICIES)
   opt = config.optimizer
   _choice('optimizer.name', opt.name, optimizers.OPTIMIZERS)
-  for key in ('batch_size', 'eval_batch_size', 'num_epochs',
+  for key in ('batch_size', 'eval_batch_size', 'cpu_devices', 'num_epochs',
               'checkpoint_every_epochs', 'keep_checkpoints',
               'max_consecutive_skips'):
     _integer(key, config[key])

@@ -5,13 +5,14 @@ off XLA's convolutions, which made the paper models' CPU train steps
 2.5-3.8x faster (docs/benchmarks.md). `split_cpu` makes several host devices that run their
 programs side by side, each on a smaller working set: for models whose
 operations are too small to keep the cores busy (the tiny CNN: 1.12x on 4
-devices), and for sweep.py's grid (members side by side). On a GPU machine
-neither matters (jax.devices() lists the GPUs; the flags are XLA:CPU's).
+devices), and for sweep.py's grid (members side by side); how many is
+`config.cpu_devices` (`cpu_devices_per_run`). Neither applies where JAX will
+run on an accelerator (`accelerator_expected`): the GPUs or TPUs are the
+devices there. Nothing here starts a JAX backend.
 """
 
+import importlib.metadata
 import os
-
-import jax
 
 
 def _flag_name(flag: str) -> str:
@@ -29,14 +30,45 @@ def user_chose_count() -> bool:
               os.environ.get('JAX_NUM_CPU_DEVICES'))
 
 
-def split_cpu(count: int) -> bool:
-  """Makes the host CPU `count` devices unless the user chose a count.
+# Distributions of JAX's accelerator plugins (CUDA, ROCm, TPU).
+ACCELERATOR_PLUGINS = ('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm',
+                       'libtpu')
+
+
+def installed_accelerator_plugins() -> list:
+  """Names of the installed distributions that are JAX accelerator plugins."""
+  names = {(d.metadata['Name'] or '').lower()
+           for d in importlib.metadata.distributions()}
+  return sorted(n for n in names if n.startswith(ACCELERATOR_PLUGINS))
+
+
+def accelerator_expected(environ=os.environ) -> bool:
+  """Whether JAX will run on an accelerator, decided before JAX starts (the
+  CPU set-up must be done before then): JAX_PLATFORMS, where set, names a
+  platform other than the CPU; unset, an accelerator plugin is installed.
+
+  A plugin without its device (a CUDA wheel on a CPU-only machine) counts as
+  an accelerator: that host then trains without the CPU set-up, correctly but
+  slower; JAX_PLATFORMS=cpu brings the set-up back.
+  """
+  platforms = [p.strip().lower()
+               for p in environ.get('JAX_PLATFORMS', '').split(',')
+               if p.strip()]
+  if platforms:
+    return any(p != 'cpu' for p in platforms)
+  return bool(installed_accelerator_plugins())
+
+
+def split_cpu(count: int, environ=os.environ) -> bool:
+  """Makes the host CPU `count` devices, except where the user chose a count
+  or an accelerator is expected.
 
   Must run before anything asks JAX for its devices; returns whether the
   split was set.
   """
-  if count <= 1 or user_chose_count():
+  if count <= 1 or user_chose_count() or accelerator_expected(environ):
     return False
+  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_num_cpu_devices', count)
   return True
 
@@ -54,26 +86,20 @@ CPU_XLA_FLAGS = (
 
 def set_cpu_xla_flags(environ=os.environ) -> list:
   """Adds CPU_XLA_FLAGS to XLA_FLAGS, except those the user's XLA_FLAGS
-  already names; returns the ones added.
+  already names, and none where an accelerator is expected; returns the ones
+  added.
 
   XLA reads XLA_FLAGS when JAX starts its first backend, so this must run
   before anything asks JAX for its devices.
   """
+  if accelerator_expected(environ):
+    return []
   named = _named_flags(environ)
   added = [f for f in CPU_XLA_FLAGS if _flag_name(f) not in named]
   if added:
     environ['XLA_FLAGS'] = ' '.join(
         [environ.get('XLA_FLAGS', '')] + added).strip()
   return added
-
-
-# Devices per data-parallel run on a CPU host (train.py, and each sweep
-# member), by model; models not listed get 1. Under CPU_XLA_FLAGS XLA's
-# convolutions keep both cores busy by themselves: the paper's models ran
-# their batch-128 step 8-18% faster on one device than on 4, while the tiny
-# CNN, whose operations are too small for that, gained 1.12x from 4
-# (docs/benchmarks.md).
-CPU_DEVICES_PER_RUN = {'tiny_cnn': 4}
 
 
 def largest_divisor(most: int, *sizes: int) -> int:
@@ -83,8 +109,12 @@ def largest_divisor(most: int, *sizes: int) -> int:
 
 
 def cpu_devices_per_run(config) -> int:
-  """Devices for one data-parallel run of `config` on a CPU host: up to
-  CPU_DEVICES_PER_RUN's count for its model, as far as both batch sizes
-  divide."""
-  return largest_divisor(CPU_DEVICES_PER_RUN.get(str(config.model), 1),
-                         int(config.batch_size), int(config.eval_batch_size))
+  """Devices for one data-parallel run of `config` on a CPU host (train.py,
+  and each member of a sweep): `config.cpu_devices` (configs/default.py), as
+  far as both batch sizes divide. A value below 1 is refused."""
+  count = config.cpu_devices
+  if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    raise ValueError(f'cpu_devices={count!r} is not allowed; allowed: an '
+                     'integer >= 1 (XLA devices per run on a CPU host).')
+  return largest_divisor(count, int(config.batch_size),
+                         int(config.eval_batch_size))

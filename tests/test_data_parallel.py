@@ -29,7 +29,7 @@ NUM_DEVICES = 4
 # of 8 and an all-reduce vs one sum of 32), so results differ by float32
 # rounding. Measured max |a - b| / max|b| per leaf, XLA:CPU with
 # host_devices.CPU_XLA_FLAGS, over data seeds 0-5 (2026-11-30, BatchNorm
-# sums per example, models.layers.batch_norm_train): 5.0e-6 (params),
+# sums per example, models.xla_cpu's BatchNorm): 5.0e-6 (params),
 # 1.6e-5 (Adam moments), 1.8e-7 (batch_stats), 2e-7 (metrics). Seed 3 also
 # had a near-tie flip (a max-pool or ReLU decision that the rounding turned):
 # up to 2% on a few conv/bn elements; the data seed here (0) has none.
@@ -123,7 +123,7 @@ def test_collectives_are_what_the_math_needs(runs):
 
   BatchNorm's two backward sums (of dy and of dy * (x - mean), per channel)
   are its bias gradient and, times 1/std, its scale gradient:
-  models.layers.batch_norm_train all-reduces each once and uses it for
+  models.xla_cpu's BatchNorm all-reduces each once and uses it for
   both. (Autodiff of the plain formula all-reduced them twice: 4 values per
   channel.) XLA combines many all-reduces (the gradients go in a few
   tuples). Measured on tiny_cnn (3 BatchNorm layers): 11 all-reduces, jax

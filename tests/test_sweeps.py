@@ -29,7 +29,6 @@ from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
 from tests.data_fixtures import cifar10_subset_path
-from training import host_devices
 from training import input_pipeline
 from training import optimizers
 from training import records
@@ -427,8 +426,8 @@ def test_devices_per_member():
   assert grid.devices_per_member(config, 36, 9) == 2
   sweep = sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.1, 0.01))
   sweep.batch_size, sweep.eval_batch_size = 128, 100
-  per_run = host_devices.CPU_DEVICES_PER_RUN[sweep.model]
-  assert per_run == 4, sweep.model  # The sweep tests' tiny CNN.
+  per_run = sweep.cpu_devices
+  assert per_run == 4, per_run  # configs/quick.py's, the sweep tests' base.
   assert grid.cpu_devices(sweep) == 6 * per_run
   assert grid.cpu_devices(sweep, chunk=2) == 2 * per_run
 

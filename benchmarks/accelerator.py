@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import models
 import run_info
@@ -201,7 +202,8 @@ def _members_state(model, optimizer, p, lr):
   hyper = dict(state.opt_state.hyperparams)
   hyper['p'] = jnp.asarray(p, hyper['p'].dtype)
   hyper['learning_rate'] = jnp.asarray(lr, hyper['learning_rate'].dtype)
-  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+  return state.replace(opt_state=optax.tree_utils.tree_set(
+      state.opt_state, hyperparams=hyper))
 
 
 def grid_rows(device, sizes, rng):
@@ -225,7 +227,7 @@ def grid_rows(device, sizes, rng):
                               optimizer)
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
       _members_state(model, optimizer, p, lr) for p, lr in members])
-  stacked = jax.device_put(stacked, grid_steps.members)
+  stacked = jax.device_put(stacked, grid_steps.state_sharding)
   grid_batch = jax.device_put(host_batch, grid_steps.sharded)
   vmapped, compile_grid = _compiled(grid_steps.train_step, stacked,
                                     grid_batch)

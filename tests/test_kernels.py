@@ -32,18 +32,17 @@ FLOOR = 1e-2
 # float32: the paths add the same terms in other orders (patch matmul vs
 # convolution, per-example matmuls vs reductions, a written-out BatchNorm
 # gradient vs autodiff): float32 rounding, ~1e-6 a layer, grown through the
-# network. bfloat16: each layer's output is rounded to 8 significant bits
-# (2^-9 relative) from different partial sums, ~20 layers forward and back.
-# Measured worst over the three models (2026-12, this CPU): float32 logits
-# 4.1e-6, gradients 1.2e-5, statistics 2.9e-6; bfloat16 logits 1.2e-2,
-# statistics 8.7e-3, gradients 0.62 (VGG16; ResNet18 0.32, WRN 0.17).
-# Tolerances ~3-10x those. A wrong kernel (a missing term, a transposed
-# patch) is an O(1) error in float32. The bfloat16 gradient bound is weak:
-# why VGG16's bfloat16 gradients differ this much between the paths at
-# batch 4 is not yet understood (rounding amplified by BatchNorm over 16
-# values per channel at the 2x2 stage is the suspicion, unverified).
-TOLERANCE = {jnp.float32: dict(logits=3e-5, grads=1e-4, stats=3e-5),
-             jnp.bfloat16: dict(logits=5e-2, grads=1.0, stats=3e-2)}
+# network. Measured worst over the three models (2026-12, this CPU): logits
+# 4.1e-6, gradients 1.2e-5, statistics 2.9e-6; tolerances ~3-10x those. A
+# wrong kernel (a missing term, a transposed patch) is an O(1) error.
+FLOAT32_TOLERANCE = dict(logits=3e-5, grads=1e-4, stats=3e-5)
+# bfloat16: each layer's output is rounded to 8 significant bits, and at
+# batch 4 BatchNorm over VGG16's last maps (4 values a channel) amplifies
+# that: the PLAIN path's own bfloat16 gradients differ from its float32 ones
+# by 1.1 (VGG16; measured 2026-12). So in bfloat16 the two paths must differ
+# by no more than bfloat16 rounding itself moves the PLAIN path (measured:
+# CPU vs plain 0.54 against 1.14 for VGG16's gradients, 9.6e-3 against
+# 3.4e-2 for its logits).
 
 
 def _scaled_errors(ours, reference):
@@ -73,30 +72,37 @@ def _forward_and_gradients(name, dtype, kernel_set, variables, x, labels):
   return dict(logits=(logits, eval_logits), grads=grads, stats=stats)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16],
-                         ids=['float32', 'bfloat16'])
 @pytest.mark.parametrize('name', ['vgg16', 'resnet18', 'wrn16_4'])
-def test_cpu_kernels_and_plain_kernels_agree(name, dtype):
+def test_cpu_kernels_and_plain_kernels_agree(name):
   """Forward outputs (train and eval mode), parameter gradients and the
-  updated BatchNorm statistics, XLA_CPU vs PLAIN, on the same inputs."""
+  updated BatchNorm statistics, XLA_CPU vs PLAIN on the same inputs, in
+  float32 and in bfloat16 (one program: one compilation per model)."""
   # Shifted and scaled so batch statistics are far from the fresh 0 / 1.
   x = 2.0 * jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3)) + 0.5
   labels = jnp.arange(BATCH) % 10
   variables = jax.jit(
       lambda k: models.create_model(name, 10).init(k, x[:1], train=False))(
           jax.random.key(0))
+  cases = [(dtype, k) for dtype in (jnp.float32, jnp.bfloat16)
+           for k in (kernels.XLA_CPU, kernels.PLAIN)]
 
-  def both(variables, x, labels):
+  def every_case(variables, x, labels):
     return [_forward_and_gradients(name, dtype, k, variables, x, labels)
-            for k in (kernels.XLA_CPU, kernels.PLAIN)]
+            for dtype, k in cases]
 
-  compiled = jax.jit(both).lower(variables, x, labels).compile(
+  compiled = jax.jit(every_case).lower(variables, x, labels).compile(
       compiler_options=FAST_COMPILE)
-  ours, plain = compiled(variables, x, labels)
-  for part, tolerance in TOLERANCE[dtype].items():
-    errors = _scaled_errors(ours[part], plain[part])
-    print(name, dtype.__name__, part, f'{max(errors):.1e}')
-    assert max(errors) <= tolerance, (part, max(errors))
+  cpu32, plain32, cpu16, plain16 = compiled(variables, x, labels)
+  for part, tolerance in FLOAT32_TOLERANCE.items():
+    error = max(_scaled_errors(cpu32[part], plain32[part]))
+    print(name, 'float32', part, f'{error:.1e}')
+    assert error <= tolerance, (part, error)
+  for part in FLOAT32_TOLERANCE:
+    error = max(_scaled_errors(cpu16[part], plain16[part]))
+    rounding = max(_scaled_errors(plain16[part], plain32[part]))
+    print(name, 'bfloat16', part, f'{error:.1e} (bfloat16 itself: '
+          f'{rounding:.1e})')
+    assert error <= rounding, (part, error, rounding)
 
 
 def _without_metadata(hlo: str) -> str:

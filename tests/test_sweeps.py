@@ -28,15 +28,14 @@ from sweeps.configs import cpu_subset
 from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
-from tests.data_fixtures import cifar10_subset_path
+from tests.sweep_helpers import BATCH, NUM_TEST, NUM_TRAIN, STEPS_PER_EPOCH
+from tests.sweep_helpers import small_data, sweep_config
 from training import input_pipeline
 from training import optimizers
 from training import records
 from training import train_lib
 from training import workdir as workdir_lib
 
-NUM_TRAIN, NUM_TEST, BATCH = 96, 40, 16
-STEPS_PER_EPOCH = NUM_TRAIN // BATCH
 NUM_STEPS = 4
 # Member X, and the others it shares a grid with: p AND lr differ.
 X = dict(p=0.25, learning_rate=0.05, seed=0)
@@ -54,40 +53,9 @@ RTOL, ATOL = 1e-5, 1e-6
 TIMING = ('epoch_seconds', 'images_per_second')
 
 
-def small_data():
-  subset = cifar10_subset_path()
-  if subset is not None:
-    full = input_pipeline.load_cifar('cifar10', source='local',
-                                     data_dir=subset)
-    train = input_pipeline.Split(full.train.images[:NUM_TRAIN],
-                                 full.train.labels[:NUM_TRAIN])
-    test = input_pipeline.Split(full.test.images[:NUM_TEST],
-                                full.test.labels[:NUM_TEST])
-  else:  # Without the shared subset: random images, same shapes.
-    rng = np.random.default_rng(0)
-    split = lambda n: input_pipeline.Split(
-        rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-        rng.integers(0, 10, (n,)).astype(np.int32))
-    train, test = split(NUM_TRAIN), split(NUM_TEST)
-  return input_pipeline.CifarData(train, test, 10, 'cifar10', 'test slice')
-
-
 @pytest.fixture(scope='module')
 def data():
   return small_data()
-
-
-def sweep_config(**sweep):
-  config = quick.get_config()
-  config.batch_size = BATCH
-  config.eval_batch_size = NUM_TEST
-  config.num_epochs = 3
-  config.checkpoint_every_epochs = 2
-  config.optimizer.lr_milestones = (2,)
-  defaults = dict(p=(0.25,), learning_rate=(0.05,), seed=(0,),
-                  own_batches=False, chunk=0)
-  config.sweep = ml_collections.ConfigDict({**defaults, **sweep})
-  return config
 
 
 def members_of(*values):
@@ -329,7 +297,7 @@ _TWO_DEVICES = r"""
 import json, os, sys
 sys.path.insert(0, os.environ['ROOT'])
 import jax
-from tests import test_sweeps as t
+from tests import sweep_helpers as t
 from sweeps import grid
 from sweeps import run as sweep_run
 assert jax.device_count() == 2
@@ -389,7 +357,7 @@ _GRID_BY_DATA = r"""
 import json, os, sys
 sys.path.insert(0, os.environ['ROOT'])
 import jax
-from tests import test_sweeps as t
+from tests import sweep_helpers as t
 from sweeps import grid
 from sweeps import run as sweep_run
 assert jax.device_count() == 4

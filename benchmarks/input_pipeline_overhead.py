@@ -2,14 +2,15 @@
 
   python benchmarks/input_pipeline_overhead.py [--models tiny_cnn,resnet18:4]
       [--rounds 5] [--batch-size 128]
-      [--data-dir ../shared/data/cifar10-subset]
+      [--data-dir DIR]
 
 Target (issue on speed): a real epoch on the genuine subset takes no more
 than 5% longer than the same number of steps on data already on the device.
 
-Data: the genuine CIFAR-10 subset (5085 training images, so 39 steps of 128),
-loaded with `training.input_pipeline.load_cifar('cifar10', source='local',
-data_dir=...)` and replicated on the device once, as `train.py` does before
+Data: CIFAR-10's first 5000 training images (39 steps of 128), downloaded
+once (`data_source='download'`), or a local copy in the canonical layout
+with --data-dir (the figures in docs/benchmarks.md: the development
+machine's genuine subset, 5085 images); replicated on the device once, as `train.py` does before
 its first epoch. Model and optimizer as `configs/quick.py` (Padam p=1/8,
 injected); `--models name:N` cuts each epoch to its first N steps (and the
 train_epochs cases' evaluation to one batch), for the big models, whose
@@ -70,7 +71,6 @@ from training import workdir as workdir_lib
 
 CASES = ('train_epochs', 'train_epochs_progress_bar', 'epoch',
          'epoch_no_metrics', 'device_batch', 'batches_only')
-DEFAULT_DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-subset')
 
 
 def measure(model_name, max_steps, data, batch_size, rounds):
@@ -206,14 +206,18 @@ def main():
                       'epoch to its first STEPS steps)')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--batch-size', type=int, default=128)
-  parser.add_argument('--data-dir', default=DEFAULT_DATA_DIR)
+  parser.add_argument('--data-dir', default='',
+                      help='a local CIFAR-10 copy; default: the download')
   args = parser.parse_args()
   # train.py's XLA:CPU flags, for this process and the ones it starts.
   from training import host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()
 
-  data = input_pipeline.load_cifar('cifar10', source='local',
-                                   data_dir=args.data_dir)
+  config = quick.get_config()
+  config.data_source = 'local' if args.data_dir else 'download'
+  config.data_dir = args.data_dir
+  config.train_examples = 0 if args.data_dir else 5000
+  data = input_pipeline.load(config)
   print('\n'.join(run_info.header_lines()))
   print(f'# devices {[str(d) for d in jax.devices()]}')
   print(f'# data: {data.source}, {data.train.num_examples} training images, '

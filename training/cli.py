@@ -117,16 +117,42 @@ def _explain(argv, error: Exception) -> str:
   return _first_line(error)
 
 
+def _exit_from_config_file(argv, e: SystemExit) -> bool:
+  """Whether the config file itself raised SystemExit (sys.exit, exit())."""
+  spec = _config_spec(argv)
+  if not spec:
+    return False
+  path = os.path.realpath(spec.split(':', 1)[0])
+  tb = e.__traceback__
+  while tb is not None:
+    if os.path.realpath(tb.tb_frame.f_code.co_filename) == path:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _config_file_exited(argv, e: SystemExit) -> str:
+  return (f'--{CONFIG_FLAG}={_config_spec(argv)} does not load: the config '
+          f'file called sys.exit({e.code!r}); allowed: a config file whose '
+          'get_config() returns a ConfigDict.')
+
+
 def parse_flags(argv):
   """absl's parsing of `argv`; a bad command line exits with one line."""
   try:
     remaining = flags.FLAGS(argv)
+  except SystemExit as e:  # --help, or the config file's own sys.exit.
+    if _exit_from_config_file(argv, e):
+      fail(_config_file_exited(argv, e))
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # absl raises flags.Error, config_flags also AttributeError, KeyError,
     # TypeError, or the config file's own exceptions.
     fail(_explain(argv, e))
   try:
     flags.FLAGS[CONFIG_FLAG].value.keys()
+  except SystemExit as e:
+    fail(_config_file_exited(argv, e))
   except Exception as e:  # pylint: disable=broad-except
     fail(_does_not_load(_config_spec(argv), e))
   return remaining
@@ -238,7 +264,13 @@ def run(main) -> None:
   except faults.Diverged as e:
     fail(str(e), faults.EXIT_DIVERGED)
   except faults.WriteError as e:
-    fail(str(e), faults.EXIT_WRITE_FAILED)
+    # At once: the writer threads of a failed Orbax save may never end, and
+    # the interpreter would wait for them (300 s) before exiting.
+    sys.stderr.write(f'error: {e}\n')
+    sys.stderr.flush()
+    sys.stdout.flush()
+    logging.flush()
+    os._exit(faults.EXIT_WRITE_FAILED)  # pylint: disable=protected-access
   except (ValueError, input_pipeline.DataNotFoundError) as e:
     # Bad input: one clear message, no stack trace.
     fail(str(e))

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reporting import runs as runs_lib  # pylint: disable=g-import-not-at-top
 from reporting import tables  # pylint: disable=g-import-not-at-top
-from training import paths  # pylint: disable=g-import-not-at-top
+from training import paths as paths_lib  # pylint: disable=g-import-not-at-top
 
 
 def parse_epochs(text: str) -> list:
@@ -71,7 +71,7 @@ def make_report(paths, outdir, epochs=tables.DEFAULT_EPOCHS, labels=None,
   try:
     # Empty (an unset shell variable), too long, a symlink loop, below a
     # file, not writable: refused before the first write.
-    paths.check_output_dir(outdir, '--out')
+    paths_lib.check_output_dir(outdir, '--out')
   except ValueError as e:
     raise runs_lib.ReportInputError(str(e)) from None
   any_sweep = any(run.sweep for run in runs)

@@ -23,7 +23,9 @@ def snapshot(path):
       full = os.path.join(root, name)
       st = os.lstat(full)
       digest = None
-      if name in files:
+      if os.path.islink(full):
+        digest = 'symlink to ' + os.readlink(full)
+      elif name in files:
         with open(full, 'rb') as f:
           digest = hashlib.sha256(f.read()).hexdigest()
       out[os.path.relpath(full, path)] = (st.st_mtime_ns, st.st_size,

@@ -185,11 +185,12 @@ INTEGER_RANGES = {
 
 
 def _integer(key, value, low=1, high=None) -> None:
-  if (not isinstance(value, int) or isinstance(value, bool) or value < low or
-      (high is not None and value > high)):
-    allowed = (f'an integer >= {low}' if high is None else
-               f'an integer, {low} <= {key} <= {high}')
-    raise ValueError(f'{key}={value!r} is not allowed; allowed: {allowed}.')
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer '
+                     f'>= {low}.')
+  if high is not None and value > high:
+    raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer, '
+                     f'{low} <= {key} <= {high}.')
 
 
 def _in_range(key, value, low, high=None) -> None:

@@ -340,7 +340,7 @@ class Workdir:
     if os.path.lexists(self.checkpoint_dir):
       if not os.path.isdir(self.checkpoint_dir):
         raise ValueError(
-            f'{self.checkpoint_dir} is a file, not a directory; allowed: the '
+            f'{self.checkpoint_dir} is not a directory; allowed: the '
             f'directory of the run\'s checkpoints: {_MOVE_AWAY}.')
       if not os.access(self.checkpoint_dir, os.W_OK | os.X_OK):
         raise ValueError(
@@ -409,11 +409,9 @@ class Workdir:
       for name in os.listdir(self.path):
         if name.startswith(_TMP_PREFIX):
           os.remove(os.path.join(self.path, name))
-      write_if_changed(self.config_path, json.dumps(
-          self.config.to_dict(), indent=2, sort_keys=True))
+      write_json_if_changed(self.config_path, self.config.to_dict())
       if data_identity is not None:
-        write_if_changed(self.data_path, json.dumps(
-            data_identity, indent=2, sort_keys=True))
+        write_json_if_changed(self.data_path, data_identity)
 
   def checkpoint_store(self, keep: int) -> checkpoints.CheckpointStore:
     return checkpoints.CheckpointStore(self.checkpoint_dir, keep)
@@ -440,12 +438,12 @@ def check_and_resolve(path) -> str:
   return paths.check_output_dir(path, 'workdir')
 
 
-def write_if_changed(path: str, text: str) -> None:
-  """atomic_write, unless `path` already holds exactly `text`."""
+def write_json_if_changed(path: str, value) -> None:
+  """atomic_write of `value` as JSON, unless `path` already holds it."""
   try:
     with open(path, encoding='utf-8') as f:
-      if f.read() == text:
+      if json.load(f) == json.loads(json.dumps(value)):
         return
-  except (OSError, UnicodeDecodeError):
+  except (OSError, ValueError):
     pass
-  atomic_write(path, text)
+  atomic_write(path, json.dumps(value, indent=2, sort_keys=True))

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reporting import runs as runs_lib  # pylint: disable=g-import-not-at-top
 from reporting import tables  # pylint: disable=g-import-not-at-top
+from training import paths as paths_lib  # pylint: disable=g-import-not-at-top
 
 
 def parse_epochs(text: str) -> list:
@@ -70,6 +71,12 @@ def make_report(paths, outdir, epochs=None, labels=None,
     raise runs_lib.ReportInputError(
         f'--out {outdir} exists and is not a directory; expected a directory '
         'for the figures and tables.')
+  try:
+    # Empty (an unset shell variable), too long, a symlink loop, below a
+    # file, not writable: refused before the first write.
+    paths_lib.check_output_dir(outdir, '--out')
+  except ValueError as e:
+    raise runs_lib.ReportInputError(str(e)) from None
   any_sweep = any(run.sweep for run in runs)
   grid = tables.wants_grid(runs, any_sweep)
   # matplotlib only now: bad input is reported without waiting for it.

@@ -37,16 +37,19 @@ from training import workdir as workdir_lib
 
 def _stored_chunk(workdir: str) -> Optional[int]:
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f).get('sweep', {}).get('chunk')
+  if not os.path.isfile(path):
+    return None  # Or not a file: Workdir.check says so.
+  sweep = workdir_lib.read_json_object(path).get('sweep')
+  return sweep.get('chunk') if isinstance(sweep, dict) else None
+
+
+def _chunk_dir(workdir: str, index: int) -> str:
+  return os.path.join(workdir, 'checkpoints', f'chunk-{index:03d}')
 
 
 def _chunk_store(workdir: str, index: int,
                  keep: int) -> checkpoints.CheckpointStore:
-  return checkpoints.CheckpointStore(
-      os.path.join(workdir, 'checkpoints', f'chunk-{index:03d}'), keep)
+  return checkpoints.CheckpointStore(_chunk_dir(workdir, index), keep)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
@@ -75,7 +78,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f'jax.process_count()={jax.process_count()} is not '
                      'allowed; allowed: 1 (a sweep runs in one process, its '
                      'members spread over that process\'s devices).')
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_lib.check_and_resolve(workdir)
   requested_chunk = options['chunk']
   if requested_chunk == spec.AUTO_CHUNK:
     requested_chunk = _stored_chunk(workdir) or spec.AUTO_CHUNK
@@ -105,7 +108,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                        else base.seed}
       member_dirs.append(workdir_lib.Workdir(
           os.path.join(workdir, 'members', m.name), cfg))
-      member_dirs[-1].check()
+      member_dirs[-1].check(data_file=sweep_dir.data_path)
     return sweep_dir, member_dirs
 
   # All members for AUTO_CHUNK until the memory estimate below.
@@ -116,6 +119,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   lock.check_free()
   if data is None:
     data = input_pipeline.load(base)
+  configuration.check_against_data(base, data)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, base.batch_size)
   model, optimizer, steps, init = grid.build(
@@ -132,13 +136,18 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info('Auto chunk: %d of %d members at once (~%.1f MiB each)',
                  chunk_size, len(members), member_bytes / 2**20)
   sweep_dir, member_dirs = check_workdirs(chunk_size)
+  identity = input_pipeline.fingerprint(data)
+  sweep_dir.check_data(identity, f' ({data.source})')
+  groups = spec.chunks_of(list(zip(members, member_dirs)), chunk_size)
+  for ci, group in enumerate(groups):
+    loop.check_history(base, [d for _, d in group],
+                       _chunk_dir(workdir, ci), data)
 
   with lock, faults.StopRequests() as stop, profiling.step_trace(
       os.path.join(workdir, 'profile'), profile_steps) as trace:
-    sweep_dir.prepare()
+    sweep_dir.prepare(identity)
     for d in member_dirs:
       d.prepare()
-    groups = spec.chunks_of(list(zip(members, member_dirs)), chunk_size)
     diverged = {}
     for ci, group in enumerate(groups):
       chunk_steps = steps.for_members([m for m, _ in group])

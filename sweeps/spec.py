@@ -82,6 +82,9 @@ def _check_values(key: str, values, optimizer_name: str) -> list:
     if key == 'seed':
       if not float(v).is_integer() or v < 0:
         _fail(name, values, f'{v!r} is not an integer >= 0', allowed)
+      if v > configuration.MAX_SEED:
+        _fail(name, values, f'{v!r} is above {configuration.MAX_SEED}',
+              f'{allowed}, each <= {configuration.MAX_SEED}')
       out.append(int(v))
       continue
     if not math.isfinite(v):

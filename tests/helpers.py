@@ -2,6 +2,9 @@
 
 import hashlib
 import os
+import pickle
+
+import numpy as np
 
 from training import records
 
@@ -18,11 +21,38 @@ def snapshot(path):
   for root, dirs, files in os.walk(path):
     for name in dirs + files:
       full = os.path.join(root, name)
-      st = os.stat(full)
+      st = os.lstat(full)
       digest = None
-      if name in files:
+      if os.path.islink(full):
+        digest = 'symlink to ' + os.readlink(full)
+      elif name in files:
         with open(full, 'rb') as f:
           digest = hashlib.sha256(f.read()).hexdigest()
-      out[os.path.relpath(full, path)] = (st.st_mtime_ns, st.st_size, digest)
+      out[os.path.relpath(full, path)] = (st.st_mtime_ns, st.st_size,
+                                          st.st_mode, digest)
   out['.'] = os.stat(path).st_mtime_ns
   return out
+
+
+CIFAR10_TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
+
+
+def write_cifar10(folder, num_train, num_test, seed=0, *, change=None):
+  """A small CIFAR-10 in the canonical python layout: `folder`/
+  cifar-10-batches-py/{data_batch_1..5,test_batch}, random images and labels
+  drawn from `seed`. change(dict of file name: batch dict) may alter the
+  batches before they are pickled. Returns `folder`."""
+  rng = np.random.default_rng(seed)
+  layout = os.path.join(folder, 'cifar-10-batches-py')
+  os.makedirs(layout, exist_ok=True)
+  sizes = [len(part) for part in np.array_split(np.arange(num_train), 5)]
+  batches = {}
+  for name, n in [*zip(CIFAR10_TRAIN_FILES, sizes), ('test_batch', num_test)]:
+    batches[name] = {b'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                     b'labels': [int(v) for v in rng.integers(0, 10, n)]}
+  if change is not None:
+    change(batches)
+  for name, batch in batches.items():
+    with open(os.path.join(layout, name), 'wb') as f:
+      pickle.dump(batch, f)
+  return folder

@@ -11,6 +11,8 @@
   records.py         the metrics schema (JAX-free, read by reporting/)
   workdir.py, checkpoints.py, faults.py
                      a run's files, checkpoints, and what happens on faults
+  paths.py           --workdir / --out checked before anything is written
+                     (JAX-free, also used by report.py)
   cli.py, host_devices.py, allocator.py, profiling.py
                      process start-up and the command lines' shared flags
 

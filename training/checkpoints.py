@@ -44,6 +44,19 @@ UNREADABLE_PREFIX = 'unreadable-'
 _ORBAX_TMP = re.compile(r'^\d+\.orbax-checkpoint-tmp')
 
 
+def stored_steps(directory: str) -> tuple:
+  """(steps of the checkpoints, steps set aside as unreadable) found in
+  `directory`, by their names, without opening them; ([], []) if none."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return [], []
+  steps = sorted(int(n) for n in names if n.isdigit())
+  aside = sorted(int(m.group(1)) for m in (
+      re.match(rf'^{UNREADABLE_PREFIX}(\d+)(-\d+)?$', n) for n in names) if m)
+  return steps, aside
+
+
 class CheckpointReadError(ValueError):
   """No checkpoint of the directory reads back."""
 
@@ -137,7 +150,11 @@ class CheckpointStore:
     # writes on after that leaves some, removed when the store next opens.
     self.close()
     if jax.process_index() == 0:
-      for name in os.listdir(self.directory):
+      try:
+        names = os.listdir(self.directory)
+      except OSError:  # The directory itself is gone or not one.
+        names = []
+      for name in names:
         if name.startswith(f'{step}.orbax-checkpoint-tmp'):
           shutil.rmtree(os.path.join(self.directory, name),
                         ignore_errors=True)

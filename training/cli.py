@@ -127,8 +127,8 @@ _HELP = ('-h', '-?', '-help', '--help', '-helpshort', '--helpshort')
 _HELP_FULL = ('-helpfull', '--helpfull')
 
 CONFIG_OVERRIDES_HELP = f'''\
-  --{CONFIG_FLAG}.KEY=VALUE: sets any key of the config (see configs/default.py
-    for every key and its meaning), e.g. --{CONFIG_FLAG}.seed=1,
+  --{CONFIG_FLAG}.KEY=VALUE: sets any key of the config (training/configuration.py
+    lists every key and its meaning), e.g. --{CONFIG_FLAG}.seed=1,
     --{CONFIG_FLAG}.optimizer.p=0.0625, --{CONFIG_FLAG}.num_epochs=10; data from a
     local copy: --{CONFIG_FLAG}.data_source=local --{CONFIG_FLAG}.data_dir=DIR.'''
 
@@ -142,6 +142,26 @@ def _print_help(full: bool) -> None:
                    f'{more}\n')
 
 
+def _exit_from_config_file(argv, e: SystemExit) -> bool:
+  """Whether the config file itself raised SystemExit (sys.exit, exit())."""
+  spec = _config_spec(argv)
+  if not spec:
+    return False
+  path = os.path.realpath(spec.split(':', 1)[0])
+  tb = e.__traceback__
+  while tb is not None:
+    if os.path.realpath(tb.tb_frame.f_code.co_filename) == path:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _config_file_exited(argv, e: SystemExit) -> str:
+  return (f'--{CONFIG_FLAG}={_config_spec(argv)} does not load: the config '
+          f'file called sys.exit({e.code!r}); allowed: a config file whose '
+          'get_config() returns a ConfigDict.')
+
+
 def parse_flags(argv):
   """absl's parsing of `argv`; a bad command line exits with one line."""
   if any(arg in _HELP + _HELP_FULL for arg in argv[1:]):
@@ -149,12 +169,18 @@ def parse_flags(argv):
     sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
+  except SystemExit as e:  # --help, or the config file's own sys.exit.
+    if _exit_from_config_file(argv, e):
+      fail(_config_file_exited(argv, e))
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # absl raises flags.Error, config_flags also AttributeError, KeyError,
     # TypeError, or the config file's own exceptions.
     fail(_explain(argv, e))
   try:
     flags.FLAGS[CONFIG_FLAG].value.keys()
+  except SystemExit as e:
+    fail(_config_file_exited(argv, e))
   except Exception as e:  # pylint: disable=broad-except
     fail(_does_not_load(_config_spec(argv), e))
   return remaining
@@ -288,7 +314,13 @@ def run(main) -> None:
   except faults.Diverged as e:
     fail(str(e), faults.EXIT_DIVERGED)
   except faults.WriteError as e:
-    fail(str(e), faults.EXIT_WRITE_FAILED)
+    # At once: the writer threads of a failed Orbax save may never end, and
+    # the interpreter would wait for them (300 s) before exiting.
+    sys.stderr.write(f'error: {e}\n')
+    sys.stderr.flush()
+    sys.stdout.flush()
+    logging.flush()
+    os._exit(faults.EXIT_WRITE_FAILED)  # pylint: disable=protected-access
   except (ValueError, input_pipeline.DataNotFoundError) as e:
     # Bad input: one clear message, no stack trace.
     fail(str(e))

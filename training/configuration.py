@@ -179,17 +179,48 @@ def _choice(key, value, allowed) -> None:
                      f'{", ".join(map(str, allowed))}.')
 
 
-def _integer(key, value, low=1) -> None:
+# Upper bounds of the integer keys: finite, and far beyond any sensible run.
+MAX_EPOCHS = 10_000          # the report trains 200
+# Larger than any CIFAR split (50,000 train images): a batch size above it
+# cannot be filled; after loading, check_against_data bounds it by the data.
+MAX_BATCH_SIZE = 65_536
+MAX_SEED = 2**32 - 1         # a uint32: what every PRNG here takes as is
+MAX_KEEP_CHECKPOINTS = 1_000
+MAX_CONSECUTIVE_SKIPS = 1_000_000
+# What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
+LR_FACTOR_RANGE = (0.0, 1.0)
+
+INTEGER_RANGES = {
+    'seed': (0, MAX_SEED),
+    'batch_size': (1, MAX_BATCH_SIZE),
+    'eval_batch_size': (1, MAX_BATCH_SIZE),
+    # More XLA devices than a CPU host has threads only adds partitioning.
+    'cpu_devices': (1, 256),
+    # CIFAR's training split has 50,000 images; 0: all of them.
+    'train_examples': (0, 50_000),
+    'num_epochs': (1, MAX_EPOCHS),
+    'checkpoint_every_epochs': (1, MAX_EPOCHS),
+    'keep_checkpoints': (1, MAX_KEEP_CHECKPOINTS),
+    'max_consecutive_skips': (1, MAX_CONSECUTIVE_SKIPS),
+    'optimizer.p_decay_every_epochs': (0, MAX_EPOCHS),
+}
+
+
+def _integer(key, value, low=1, high=None) -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < low:
     raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer '
                      f'>= {low}.')
+  if high is not None and value > high:
+    raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer, '
+                     f'{low} <= {key} <= {high}.')
 
 
 def _in_range(key, value, low, high=None) -> None:
-  # Written so that NaN fails too.
-  if not (value >= low and (high is None or value <= high)):
+  # Written so that NaN fails too; infinities fail: every range is finite.
+  if not (np.isfinite(value) and value >= low and
+          (high is None or value <= high)):
     allowed = (f'{low:g} <= {key} <= {high:g}' if high is not None
-               else f'{key} >= {low:g}')
+               else f'{key} >= {low:g}, finite')
     raise ValueError(f'config: {key}={value!r} is out of range; allowed: '
                      f'{allowed}.')
 
@@ -228,22 +259,42 @@ def validate(config: ml_collections.ConfigDict, *,
           faults.NONFINITE_POLICIES)
   opt = config.optimizer
   _choice('optimizer.name', opt.name, optimizers.OPTIMIZERS)
-  for key in ('batch_size', 'eval_batch_size', 'cpu_devices', 'num_epochs',
-              'checkpoint_every_epochs', 'keep_checkpoints',
-              'max_consecutive_skips'):
-    _integer(key, config[key])
-  _integer('seed', config.seed, low=0)
-  _integer('train_examples', config.train_examples, low=0)
-  _integer('optimizer.p_decay_every_epochs', opt.p_decay_every_epochs, low=0)
+  flat = records.flatten(config)
+  for key, (low, high) in INTEGER_RANGES.items():
+    _integer(key, flat[key], low, high)
   for milestone in opt.lr_milestones:
     if (not isinstance(milestone, int) or isinstance(milestone, bool) or
-        milestone < 1):
+        milestone < 1 or milestone > MAX_EPOCHS):
       raise ValueError(f'optimizer.lr_milestones={tuple(opt.lr_milestones)!r}'
                        f' is not allowed ({milestone!r}); allowed: epochs, '
-                       'integers >= 1, e.g. (50, 100, 150).')
-  _in_range('optimizer.lr_factor', opt.lr_factor, 0.0)
+                       f'integers >= 1 and <= {MAX_EPOCHS}, e.g. (50, 100, 150) '
+                       '(a repeated epoch compounds, as in MultiStepLR).')
+  _in_range('optimizer.lr_factor', opt.lr_factor, *LR_FACTOR_RANGE)
   _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
   for key in ('learning_rate',) + optimizers.HYPERPARAMETERS[opt.name]:
     check_hyperparameter(opt.name, key, opt[key])
   for key in ('batch_size', 'eval_batch_size'):
     train_lib.check_batch_divides(config[key], num_devices, key)
+
+
+def check_against_data(config: ml_collections.ConfigDict,
+                       data: input_pipeline.CifarData, *,
+                       num_devices: int = 1) -> None:
+  """ValueError unless the batch sizes fit the loaded data.
+
+  batch_size <= the training examples (an epoch has at least one step);
+  eval_batch_size <= the test examples, rounded up to a multiple of
+  num_devices: evaluation pads the last batch to eval_batch_size, so a larger
+  one only adds padding, and memory, without evaluating more.
+  """
+  train, test = data.train.num_examples, data.test.num_examples
+  if config.batch_size > train:
+    raise ValueError(
+        f'batch_size={config.batch_size} is larger than the {train} training '
+        f'examples of {data.source}; allowed: 1 <= batch_size <= {train}.')
+  most = -(-test // num_devices) * num_devices
+  if config.eval_batch_size > most:
+    raise ValueError(
+        f'eval_batch_size={config.eval_batch_size} is larger than the {test} '
+        f'test examples of {data.source} (a batch beyond them is only '
+        f'padding); allowed: 1 <= eval_batch_size <= {most}.')

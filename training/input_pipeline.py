@@ -15,6 +15,7 @@ official archive on local disk; 'tfds', a prepared TFDS data source),
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import operator
 import os
@@ -196,8 +197,16 @@ def _parse_batch(fileobj, where: str, layout: _PythonLayout,
     raise ValueError(
         f'{where}: not a CIFAR python batch file (expected a pickled dict, '
         f'got {type(obj).__name__}).')
-  data = np.asarray(_dict_get(obj, b'data', where))
-  labels = np.asarray(_dict_get(obj, layout.label_key, where))
+  try:
+    data = np.asarray(_dict_get(obj, b'data', where))
+    labels = np.asarray(_dict_get(obj, layout.label_key, where))
+  except ValueError as e:  # A ragged list: not one array.
+    if 'not a CIFAR python batch file' in str(e):
+      raise
+    raise ValueError(
+        f"{where}: not a CIFAR python batch file: b'data' or "
+        f'{layout.label_key!r} is not an array (rows of different lengths?); '
+        'expected uint8 (N, 3072) images and N integer labels.') from None
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
     raise ValueError(
         f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 "
@@ -270,6 +279,15 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
         f"source='local' needs data_dir (--config.data_dir=DATA_DIR): a "
         f'directory containing {_describe_layout(layout)}.')
   path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  if os.path.islink(path) and not os.path.exists(path):
+    try:
+      os.stat(path)
+    except OSError as e:
+      why = e.strerror
+    raise DataNotFoundError(
+        f'data_dir {path} is a symlink that cannot be followed ({why}: to '
+        f"{os.readlink(path)!r}); source='local' expects "
+        f'{_describe_layout(layout, path)}.')
   if not os.path.exists(path):
     raise DataNotFoundError(
         f"data_dir {path} does not exist; source='local' expects "
@@ -614,3 +632,31 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray
       labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
       mask[valid:] = 0.0
     yield {'images': images, 'labels': labels, 'mask': mask}
+
+
+# ---------------------------------------------------------------------------
+# What a run trained on.
+
+# Bytes of each image hashed into the fingerprint: every 12th (256 of 3072).
+_FINGERPRINT_STRIDE = 12
+
+
+def fingerprint(data: CifarData) -> dict:
+  """The identity of `data`, for a workdir to record (its data.json).
+
+  {'dataset', 'train_examples', 'test_examples', 'fingerprint'}: the
+  fingerprint is a sha256 over, per split, its shape, all its labels and
+  every 12th byte of every image (256 of each image's 3072: ~15 MB for
+  CIFAR's 60,000 images, tens of milliseconds). Any change to the number of
+  examples, a label, the order, or an image's sampled bytes changes it; the
+  same arrays from another path or source give the same one.
+  """
+  h = hashlib.sha256()
+  for split in (data.train, data.test):
+    images = np.ascontiguousarray(split.images).reshape(split.num_examples, -1)
+    h.update(repr(split.images.shape).encode())
+    h.update(np.ascontiguousarray(split.labels, dtype='<i4').tobytes())
+    h.update(np.ascontiguousarray(images[:, ::_FINGERPRINT_STRIDE]).tobytes())
+  return {'dataset': data.name, 'train_examples': data.train.num_examples,
+          'test_examples': data.test.num_examples,
+          'fingerprint': f'sha256:{h.hexdigest()}'}

@@ -18,6 +18,7 @@ run does around its steps lives here and only here:
 import collections
 import dataclasses
 import logging
+import os
 import time
 from typing import Callable, Optional
 
@@ -25,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from training import checkpoints
 from training import faults
 from training import input_pipeline
 from training import optimizers
@@ -129,6 +131,67 @@ def resume(store, steps, state, member_dirs: list, steps_per_epoch: int):
   rows = [[r for r in d.read_metrics() if r['epoch'] <= completed_epochs]
           for d in member_dirs]
   return state, loop, rows
+
+
+def check_history(config: ml_collections.ConfigDict, member_dirs: list,
+                  checkpoint_dir: str, data: input_pipeline.CifarData) -> None:
+  """Refuses (ValueError) checkpoints, metrics and config that do not tell
+  one story, before anything is written: resuming would rewrite history.
+
+  member_dirs: checked workdir_lib.Workdir's (their `rows`), whose state the
+  checkpoints in `checkpoint_dir` hold. What `resume` and the loop would do
+  with them must lose no row: the rows are at the steps this data gives; a
+  checkpoint's epochs have their rows (else they would never be written);
+  the rows after the newest checkpoint are only those a kill between a row
+  and its checkpoint leaves (else resuming would redo rows of epochs whose
+  checkpoint is gone); num_epochs is not below the epochs done.
+  """
+  steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
+                                                   config.batch_size)
+  steps, aside = checkpoints.stored_steps(checkpoint_dir)
+  newest = steps[-1] if steps else 0
+  completed = newest // steps_per_epoch
+  saved_epochs = {s // steps_per_epoch for s in steps + aside
+                  if s % steps_per_epoch == 0}
+  where = (f'{checkpoint_dir} holds step {newest} (epoch {completed})' if steps
+           else f'{checkpoint_dir} holds no checkpoint')
+  done = completed
+  for d in member_dirs:
+    rows = d.rows
+    last = rows[-1]['epoch'] if rows else 0
+    done = max(done, last)
+    for row in rows:
+      if row['step'] != row['epoch'] * steps_per_epoch:
+        raise ValueError(
+            f'{d.jsonl_path}: the row of epoch {row["epoch"]} ends at step '
+            f'{row["step"]}, but this data ({data.train.num_examples} training'
+            f' examples, batch_size {config.batch_size}: {steps_per_epoch} '
+            f'steps per epoch) puts it at step '
+            f'{row["epoch"] * steps_per_epoch}: the run was trained on other '
+            'data; allowed: the data it was trained on, or a new workdir.')
+    if completed > last:
+      raise ValueError(
+          f'{d.jsonl_path} has {f"rows up to epoch {last}" if rows else "no rows"}'
+          f' but {where}: the rows of epochs {last + 1}-{completed} are '
+          'missing and resuming would not redo them; allowed: restore '
+          f'{os.path.basename(d.jsonl_path)}, or move {checkpoint_dir} away '
+          'too to start over, or use a new workdir.')
+    lost = [e for e in range(completed + 1, last)
+            if e % config.checkpoint_every_epochs == 0 and
+            e not in saved_epochs]
+    if lost:
+      raise ValueError(
+          f'{where} but {d.jsonl_path} has rows up to epoch {last}, and the '
+          f'checkpoint of epoch {lost[-1]} is gone: resuming would start '
+          f'over from epoch {completed + 1} and rewrite the rows of epochs '
+          f'{completed + 1}-{last}; allowed: restore the checkpoints, or move '
+          'the metrics files away too to start over, or use a new workdir.')
+  if config.num_epochs < done:
+    raise ValueError(
+        f'num_epochs={config.num_epochs} is below the {done} epochs done in '
+        f'{os.path.dirname(checkpoint_dir.rstrip(os.sep))} ({where}; metrics '
+        f'up to epoch {max([0] + [len(d.rows) for d in member_dirs])}); '
+        f'allowed: num_epochs >= {done}, or a new workdir for a shorter run.')
 
 
 def position(step: int, steps_done: int, steps_per_epoch: int) -> str:

@@ -9,6 +9,7 @@ SGD-momentum, Adam, AMSGrad and Padam (PyTorch's `weight_decay`); AdamW decays
 decoupled, as `optax.adamw`.
 """
 
+import collections
 import inspect
 
 import ml_collections
@@ -78,9 +79,14 @@ HYPERPARAMETERS = {name: tuple(inspect.signature(f).parameters)[1:]
 
 def step_schedule(base: float, milestones_epochs, factor: float,
                   steps_per_epoch: int) -> optax.Schedule:
-  """`base`, multiplied by `factor` at each milestone epoch (MultiStepLR)."""
+  """`base`, multiplied by `factor` at each milestone epoch (MultiStepLR).
+
+  A milestone given twice multiplies twice (factor**2 from there), as
+  PyTorch's MultiStepLR does (it counts the milestones).
+  """
+  counts = collections.Counter(int(e) for e in milestones_epochs)
   return optax.piecewise_constant_schedule(
-      base, {int(e) * steps_per_epoch: factor for e in milestones_epochs})
+      base, {e * steps_per_epoch: factor ** n for e, n in counts.items()})
 
 
 def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):

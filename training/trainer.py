@@ -32,8 +32,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains per `config`, resuming from `workdir`'s latest checkpoint.
 
   Everything that can be refused (config values, optimizer hyperparameters,
-  data, a conflicting stored config, a workdir not writable or in use) is
-  checked before any file is written. Returns the last epoch's metrics row.
+  data, batch sizes the data cannot fill, a conflicting stored config or
+  data, a workdir not writable, in use, holding unreadable or inconsistent
+  files) is checked before any file is written. Returns the last epoch's metrics row.
   Raises faults.RunStopped after a stop request (a checkpoint saved),
   faults.Diverged on a non-finite loss (nothing saved after it),
   faults.WriteError when a file cannot be written (the previous intact).
@@ -43,10 +44,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   configuration.validate(config, num_devices=jax.device_count())
   run_dir = workdir_lib.Workdir(workdir, config)
   run_dir.check()
+  workdir = run_dir.path
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()
   if data is None:
     data = input_pipeline.load(config)
+  configuration.check_against_data(config, data,
+                                   num_devices=jax.device_count())
+  identity = input_pipeline.fingerprint(data)
+  run_dir.check_data(identity, f' ({data.source})')
+  loop.check_history(config, [run_dir], run_dir.checkpoint_dir, data)
   steps_per_epoch = input_pipeline.steps_per_epoch(
       data.train.num_examples, config.batch_size)
   optimizer = optimizers.create_optimizer(config, steps_per_epoch)
@@ -57,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   with lock, faults.StopRequests() as stop, profiling.step_trace(
       os.path.join(workdir, 'profile'), profile_steps) as trace:
-    run_dir.prepare()
+    run_dir.prepare(identity)
     store = run_dir.checkpoint_store(config.keep_checkpoints)
     # Closed on every exit: an error must not leave a save thread behind.
     try:

@@ -31,6 +31,7 @@ import ml_collections
 
 from training import checkpoints
 from training import faults
+from training import paths
 from training import records
 
 # Keys that may differ between a stored config and a resumed run's: extending
@@ -52,11 +53,24 @@ def _json_flat(config) -> dict:
   return records.flatten(json.loads(json.dumps(config)))
 
 
-def config_conflicts(stored: dict, requested: dict) -> list:
-  """Keys (dotted) whose values differ, ignoring the run length."""
+def config_conflicts(stored: dict, requested: dict, ignore=()) -> list:
+  """Keys (dotted) whose values differ, ignoring the run length and the
+  keys `ignore` names (a dotted key or its leaf, e.g. data_dir)."""
   a, b = {**ADDED_KEYS, **_json_flat(stored)}, _json_flat(requested)
+  for flat in (a, b):
+    # The same directory, however spelled (trailing /, relative, ~).
+    if flat.get('data_dir'):
+      flat['data_dir'] = os.path.realpath(os.path.expanduser(flat['data_dir']))
   return sorted(k for k in set(a) | set(b)
-                if k not in RUN_LENGTH_KEYS and a.get(k) != b.get(k))
+                if k not in RUN_LENGTH_KEYS and
+                k.rpartition('.')[2] not in ignore and a.get(k) != b.get(k))
+
+
+def current_umask() -> int:
+  """The process's umask (read by setting it, then putting it back)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def atomic_write(path: str, text: str, *, newline=None) -> None:
@@ -64,6 +78,8 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
   tmp = None
   try:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_TMP_PREFIX)
+    # mkstemp makes 0600 files; give the mode open() would (0666 - umask).
+    os.fchmod(fd, 0o666 & ~current_umask())
     with os.fdopen(fd, 'w', newline=newline) as f:
       f.write(text)
       f.flush()
@@ -78,32 +94,10 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
         'same command again to resume.') from None
 
 
-def _why_not_writable(path: str) -> str:
-  try:
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-      return 'a read-only file system'
-  except OSError:
-    pass
-  return 'permission denied'
-
-
 def check_writable(path: str, key: str = 'workdir') -> None:
-  """ValueError unless `path` can be created or written by this process."""
-  path = os.path.abspath(path)
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ValueError(
-        f'{key}={path!r} cannot be created: {existing} is a file; allowed: a '
-        'directory, existing or not, that this user can write to.')
-  for directory in (existing, os.path.join(path, 'checkpoints')):
-    if os.path.isdir(directory) and not os.access(directory,
-                                                  os.W_OK | os.X_OK):
-      raise ValueError(
-          f'{key}={path!r} is not writable ({directory}: '
-          f'{_why_not_writable(directory)}); allowed: a directory, existing '
-          'or not, that this user can write to.')
+  """ValueError unless `path` can be created or written by this process
+  (training/paths.py: empty, too long, symlink, file, permissions)."""
+  paths.check_output_dir(path, key)
 
 
 class WorkdirInUse(ValueError):
@@ -121,7 +115,7 @@ class RunLock:
   """
 
   def __init__(self, workdir: str):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = os.path.abspath(workdir) if workdir else ''
     self.path = os.path.join(self.workdir, LOCK_FILE)
     self._fd = None
 
@@ -150,7 +144,7 @@ class RunLock:
     error = None
     if jax.process_index() == 0:
       os.makedirs(self.workdir, exist_ok=True)
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
@@ -192,54 +186,238 @@ class RunLock:
     return False
 
 
+# What a workdir holds (besides checkpoints/): each must be a file if there.
+DATA_FILE = 'data.json'
+_RUN_FILES = ('config.json', 'metrics.jsonl', 'metrics.csv', DATA_FILE,
+              LOCK_FILE)
+# Keys that say where the data is, not what it is: once a run recorded its
+# data (data.json), the data's identity is compared, not its path.
+DATA_LOCATION_KEYS = ('data_dir',)
+
+_MOVE_AWAY = 'move it away, or use a new workdir'
+
+
+def read_json(path: str):
+  """The JSON value in `path`; ValueError naming the file and what is wrong."""
+  if os.path.isdir(path):
+    raise ValueError(f'{path} is a directory; allowed: the JSON file padax '
+                     f'writes there: {_MOVE_AWAY}.')
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except OSError as e:
+    raise ValueError(f'{path} cannot be read ({e.strerror or e}); allowed: '
+                     f'a readable file: fix its permissions, or '
+                     f'{_MOVE_AWAY}.') from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path} is not UTF-8 text (byte {e.start}: {e.reason});'
+                     f' allowed: the JSON padax writes: {_MOVE_AWAY}.'
+                     ) from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno} '
+                     f'column {e.colno}); allowed: the JSON padax writes: '
+                     f'{_MOVE_AWAY}.') from None
+
+
+def read_json_object(path: str) -> dict:
+  value = read_json(path)
+  if not isinstance(value, dict):
+    raise ValueError(
+        f'{path} holds a JSON {type(value).__name__} '
+        f'({json.dumps(value)[:40]}), not an object; allowed: the JSON '
+        f'object padax writes: {_MOVE_AWAY}.')
+  return value
+
+
+def read_rows(path: str) -> list:
+  """The metrics rows of `path`: objects of epochs 1, 2, ... in order, each
+  with its integer step. ValueError naming the file and line otherwise."""
+  if not os.path.lexists(path):
+    return []
+  if os.path.isdir(path):
+    raise ValueError(f'{path} is a directory; allowed: the metrics file padax '
+                     f'writes: {_MOVE_AWAY}.')
+  rows = []
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f'{path} cannot be read as text ({e}); allowed: the '
+                     f'metrics file padax writes: {_MOVE_AWAY}.') from None
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f'{path}: line {number} is not valid JSON ({e.msg} at column '
+          f'{e.colno}: {line[:40]!r}); allowed: one JSON object per epoch, as '
+          f'padax writes them: repair or remove the line, or '
+          f'{_MOVE_AWAY}.') from None
+    epoch = row.get('epoch') if isinstance(row, dict) else None
+    step = row.get('step') if isinstance(row, dict) else None
+    if not (isinstance(epoch, int) and isinstance(step, int) and
+            not isinstance(epoch, bool) and not isinstance(step, bool)):
+      raise ValueError(
+          f'{path}: line {number} ({line[:40]}) is not a metrics row; '
+          'allowed: a JSON object with an integer "epoch" and "step" (and '
+          f'the columns {", ".join(records.COLUMNS[2:5])}, ...): repair or '
+          f'remove the line, or {_MOVE_AWAY}.')
+    if epoch != len(rows) + 1:
+      raise ValueError(
+          f'{path}: line {number} is the row of epoch {epoch}, where epoch '
+          f'{len(rows) + 1} was due; allowed: the rows of epochs 1, 2, ... '
+          f'in order, as padax writes them: repair the file, or '
+          f'{_MOVE_AWAY}.')
+    rows.append(row)
+  return rows
+
+
+def _csv_epochs(path: str) -> int:
+  """The number of epoch rows of a metrics.csv (ValueError if unreadable)."""
+  if not os.path.lexists(path):
+    return 0
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      return sum(1 for row in csv.DictReader(f) if row.get('epoch'))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f'{path} cannot be read as CSV ({e}); allowed: the '
+                     f'metrics file padax writes: {_MOVE_AWAY}.') from None
+
+
+def data_summary(identity: dict) -> str:
+  return (f'{identity.get("dataset")}: {identity.get("train_examples")} train '
+          f'and {identity.get("test_examples")} test examples, fingerprint '
+          f'{str(identity.get("fingerprint"))[:19]}')
+
+
 class Workdir:
-  """Owns the files of one run. Nothing is written before `prepare()`."""
+  """Owns the files of one run. Nothing is written before `prepare()`.
+
+  `check()` reads and checks everything there before anything is written;
+  `check_data()` compares the data with the data the run was trained on
+  (data.json); `prepare()` writes config.json (and data.json).
+  """
 
   def __init__(self, path: str, config: ml_collections.ConfigDict):
-    self.path = os.path.abspath(path)
+    self.given = path
     self.config = config
+    # The metrics rows found by check().
+    self.rows = []
+    self._set_path(os.path.abspath(path) if path else '')
+
+  def _set_path(self, path: str) -> None:
+    self.path = path
     self.config_path = os.path.join(self.path, 'config.json')
     self.jsonl_path = os.path.join(self.path, 'metrics.jsonl')
     self.csv_path = os.path.join(self.path, 'metrics.csv')
+    self.data_path = os.path.join(self.path, DATA_FILE)
     self.checkpoint_dir = os.path.join(self.path, 'checkpoints')
 
-  def check(self) -> None:
-    """Refuses a workdir that cannot be written or holds another experiment."""
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
-      raise ValueError(f'workdir={self.path!r} exists and is not a directory; '
-                       'allowed: a directory, existing or not.')
-    check_writable(self.path)
-    if os.path.exists(self.config_path):
-      with open(self.config_path) as f:
-        stored = json.load(f)
-      conflicts = config_conflicts(stored, self.config.to_dict())
-      if conflicts:
-        details = '; '.join(
-            f'{k}: stored {_json_flat(stored).get(k)!r}, requested '
-            f'{_json_flat(self.config).get(k)!r}' for k in conflicts)
-        raise ValueError(
-            f'workdir={self.path!r} holds a run with a different config '
-            f'({details}). Only {", ".join(RUN_LENGTH_KEYS)} may change on '
-            'resume; use a new workdir for a new experiment.')
+  def _entry(self, name: str) -> str:
+    return os.path.join(self.path, name)
 
-  def prepare(self) -> None:
-    """Writes config.json; removes tmp files of writes a kill interrupted."""
+  def check(self, data_file: str = None) -> None:
+    """Refuses a workdir that cannot be written, holds another experiment or
+    another tool's files, or whose files padax cannot read (ValueError naming
+    the file, what is wrong and what is allowed). Writes nothing.
+
+    data_file: the data.json recording the run's data (default: its own; a
+    sweep member's: the sweep's); where there is one, data_dir may change.
+    """
+    self._set_path(check_and_resolve(self.given))
+    for name in _RUN_FILES:
+      path = self._entry(name)
+      if os.path.lexists(path) and not os.path.isfile(path):
+        kind = ('a directory' if os.path.isdir(path) else
+                'a broken symlink' if os.path.islink(path) else
+                'not a regular file')
+        raise ValueError(f'{path} is {kind}; allowed: the file padax writes '
+                         f'there: {_MOVE_AWAY}.')
+    if os.path.lexists(self.checkpoint_dir):
+      if not os.path.isdir(self.checkpoint_dir):
+        raise ValueError(
+            f'{self.checkpoint_dir} is not a directory; allowed: the '
+            f'directory of the run\'s checkpoints: {_MOVE_AWAY}.')
+      if not os.access(self.checkpoint_dir, os.W_OK | os.X_OK):
+        raise ValueError(
+            f'{self.checkpoint_dir} is not writable; allowed: a directory '
+            'this user can write to: fix its permissions.')
+    lock = self._entry(LOCK_FILE)
+    if os.path.isfile(lock) and not os.access(lock, os.R_OK | os.W_OK):
+      raise ValueError(f'{lock} is not writable; allowed: a file this user '
+                       'can write to: fix its permissions or remove it.')
+    if not os.path.lexists(self.config_path):
+      found = [n for n in ('metrics.jsonl', 'metrics.csv', DATA_FILE,
+                           'checkpoints', 'members', 'summary.json')
+               if os.path.lexists(self._entry(n))]
+      if found:
+        raise ValueError(
+            f'workdir={self.path!r} holds {", ".join(found)} but no '
+            'config.json: it is not a padax workdir (another tool\'s?), or '
+            'its config.json was removed; allowed: a new or empty directory, '
+            'or a padax workdir: use another workdir.')
+      return
+    stored = read_json_object(self.config_path)
+    ignore = ()
+    data_file = data_file or self.data_path
+    if os.path.lexists(data_file):
+      read_json_object(data_file)
+      ignore = DATA_LOCATION_KEYS
+    conflicts = config_conflicts(stored, self.config.to_dict(), ignore=ignore)
+    if conflicts:
+      details = '; '.join(
+          f'{k}: stored {_json_flat(stored).get(k)!r}, requested '
+          f'{_json_flat(self.config).get(k)!r}' for k in conflicts)
+      raise ValueError(
+          f'workdir={self.path!r} holds a run with a different config '
+          f'({details}). Only {", ".join(RUN_LENGTH_KEYS)} may change on '
+          'resume; use a new workdir for a new experiment.')
+    self.rows = read_rows(self.jsonl_path)
+    csv_rows = _csv_epochs(self.csv_path)
+    if csv_rows > len(self.rows):
+      raise ValueError(
+          f'{self.csv_path} has the rows of {csv_rows} epochs but '
+          f'{self.jsonl_path} only {len(self.rows)}: resuming would overwrite '
+          f'the rows of epochs {len(self.rows) + 1}-{csv_rows}; allowed: '
+          'restore metrics.jsonl, or move both metrics files (and '
+          'checkpoints/) away to start over, or use a new workdir.')
+
+  def check_data(self, identity: dict, where: str = '') -> None:
+    """ValueError unless `identity` (input_pipeline.fingerprint) is the data
+    recorded in data.json (if any); `where` says where the data is now."""
+    if not os.path.isfile(self.data_path):
+      return
+    stored = read_json_object(self.data_path)
+    keys = sorted(set(stored) | set(identity))
+    if any(stored.get(k) != identity.get(k) for k in keys):
+      raise ValueError(
+          f'workdir={self.path!r} was trained on other data: {self.data_path} '
+          f'records {data_summary(stored)}; the data now{where} has '
+          f'{data_summary(identity)}; allowed: the data the run was trained '
+          'on (the same data at a path spelled differently is fine), or a '
+          'new workdir for other data.')
+
+  def prepare(self, data_identity: dict = None) -> None:
+    """Writes config.json (when new or changed) and, given the data's
+    identity, data.json; removes tmp files of writes a kill interrupted."""
     if jax.process_index() == 0:
       os.makedirs(self.path, exist_ok=True)
       for name in os.listdir(self.path):
         if name.startswith(_TMP_PREFIX):
           os.remove(os.path.join(self.path, name))
-      atomic_write(self.config_path,
-                    json.dumps(self.config.to_dict(), indent=2, sort_keys=True))
+      write_json_if_changed(self.config_path, self.config.to_dict())
+      if data_identity is not None:
+        write_json_if_changed(self.data_path, data_identity)
 
   def checkpoint_store(self, keep: int) -> checkpoints.CheckpointStore:
     return checkpoints.CheckpointStore(self.checkpoint_dir, keep)
 
   def read_metrics(self) -> list:
-    if not os.path.exists(self.jsonl_path):
-      return []
-    with open(self.jsonl_path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read_rows(self.jsonl_path)
 
   def write_metrics(self, rows: list) -> None:
     """Rewrites both metrics files with `rows` (atomically, from process 0)."""
@@ -253,3 +431,19 @@ class Workdir:
     for r in rows:
       writer.writerow({k: r.get(k) for k in records.COLUMNS})
     atomic_write(self.csv_path, table.getvalue(), newline='')
+
+
+def check_and_resolve(path) -> str:
+  """The absolute workdir path; ValueError if it cannot be one."""
+  return paths.check_output_dir(path, 'workdir')
+
+
+def write_json_if_changed(path: str, value) -> None:
+  """atomic_write of `value` as JSON, unless `path` already holds it."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      if json.load(f) == json.loads(json.dumps(value)):
+        return
+  except (OSError, ValueError):
+    pass
+  atomic_write(path, json.dumps(value, indent=2, sort_keys=True))

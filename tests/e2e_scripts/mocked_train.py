@@ -3,7 +3,7 @@
   python tests/e2e_scripts/mocked_train.py --mock_num_train=256 \
       --mock_num_test=100 --config configs/quick.py --workdir DIR \
       [--config.key=value ...] [--progress=false] \
-      [--step_delay=0.2 --step_delay_after=10]
+      [--step_delay=0.2 --step_delay_after=10] [--break_checkpoints]
 
 Takes every flag of `train.py` and runs its `main` inside
 `tests.data_fixtures.mock_cifar(...)`, so `config.data_source='tfds'` reads
@@ -37,6 +37,23 @@ _STEP_DELAY = flags.DEFINE_float(
 _STEP_DELAY_AFTER = flags.DEFINE_integer(
     'step_delay_after', 0,
     'Number of training steps (of this process) run before the delay starts.')
+_BREAK_CHECKPOINTS = flags.DEFINE_bool(
+    'break_checkpoints', False, 'Replace WORKDIR/checkpoints by a plain file '
+    'just before the first checkpoint is saved (a save that must fail).')
+
+
+def _break_checkpoints_before_first_save() -> None:
+  import shutil  # pylint: disable=g-import-not-at-top
+  from training import checkpoints  # pylint: disable=g-import-not-at-top
+  original_save = checkpoints.CheckpointStore.save
+
+  def save(self, *args, **kwargs):
+    shutil.rmtree(self.directory)
+    with open(self.directory, 'w') as f:
+      f.write('not a directory\n')
+    return original_save(self, *args, **kwargs)
+
+  checkpoints.CheckpointStore.save = save
 
 
 def _slow_down_training_steps(seconds: float, after: int) -> None:
@@ -62,6 +79,8 @@ def _slow_down_training_steps(seconds: float, after: int) -> None:
 
 def main(argv):
   from tests.data_fixtures import mock_cifar  # pylint: disable=g-import-not-at-top
+  if _BREAK_CHECKPOINTS.value:
+    _break_checkpoints_before_first_save()
   if _STEP_DELAY.value > 0:
     _slow_down_training_steps(_STEP_DELAY.value, _STEP_DELAY_AFTER.value)
   with mock_cifar(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value,

@@ -10,6 +10,13 @@ Interface used by the training loop::
 
 ``x`` is float NHWC (N, 32, 32, 3), already normalised; logits are float32
 whatever the computation ``dtype`` (params are always float32).
+
+  layers.py     PyTorch-initialised convolutions, dense layers, BatchNorm
+  kernels.py    the kernels (convolution, BatchNorm, max pool), chosen per
+                platform when a program is lowered; xla_cpu.py: XLA:CPU's
+  vgg.py, resnet.py, wide_resnet.py, tiny_cnn.py   the models
+
+May import: JAX and Flax only (nothing of training/).
 """
 import jax.numpy as jnp
 import flax.linen as nn

@@ -3,6 +3,8 @@
 `scale_by_partial_adaptive` is the rescaling as a composable
 ``optax.GradientTransformation``; `padam` and `padamw` chain it with weight
 decay and the learning rate, like ``optax.adam`` and ``optax.adamw``.
+`check_hyperparameters` checks values against padax's ranges. Imports only
+jax, optax and numpy.
 """
 
 from padax._checks import check_hyperparameters

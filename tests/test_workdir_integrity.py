@@ -700,8 +700,9 @@ def test_a_failing_save_exits_4_promptly(tmp_path):
   result = run([MOCKED_TRAIN, '--mock_num_train=64', '--mock_num_test=32',
                 '--config', QUICK, '--config.model=tiny_cnn',
                 '--config.batch_size=16', '--config.eval_batch_size=32',
-                '--config.num_epochs=1', '--progress=false',
-                '--break_checkpoints', f'--workdir={tmp_path / "W"}'],
+                '--config.num_epochs=1', '--config.data_source=tfds',
+                '--progress=false', '--break_checkpoints',
+                f'--workdir={tmp_path / "W"}'],
                tmp_path)
   seconds = time.monotonic() - start
   assert_one_error(result, (

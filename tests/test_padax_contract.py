@@ -35,38 +35,8 @@ import pytest
 import padax
 from tests import optimizer_runner
 
-LR = 0.01
-P = 0.125
-KINDS = ('padam', 'padamw', 'scale_by_partial_adaptive')
-P_KINDS = ('constant', 'scheduled', 'injected')
-CASES = [(k, f, pk) for k in KINDS for f in padax.FORMULATIONS for pk in P_KINDS]
-IDS = ['-'.join(c) for c in CASES]
-
-
-def make(kind, formulation, p_kind, learning_rate=LR):
-  """The optimizer of one parameterization."""
-  if p_kind == 'scheduled':
-    # Starts at 1/4 and halves to 1/8: a p that really changes.
-    p = optax.piecewise_constant_schedule(0.25, {5: 0.5})
-  else:
-    p = P
-  if kind == 'scale_by_partial_adaptive':
-    factory = lambda p: optax.chain(
-        padax.scale_by_partial_adaptive(p=p, formulation=formulation),
-        optax.scale(-LR))
-    if p_kind == 'injected':
-      return optax.inject_hyperparams(factory)(p=p)
-    return factory(p)
-  factory = padax.padam if kind == 'padam' else padax.padamw
-  if p_kind == 'injected':
-    # Only lr and p injected: see test_injecting_b2_in_bfloat16_rounds_it_to_one.
-    return optax.inject_hyperparams(
-        factory, static_args=('b1', 'b2', 'eps', 'weight_decay'))(
-            learning_rate=learning_rate, p=p, formulation=formulation)
-  return factory(learning_rate, p=p, formulation=formulation)
-
-
-OPTIMIZERS = {name: make(*case) for name, case in zip(IDS, CASES)}
+from tests.padax_contract_cases import CASES, IDS, OPTIMIZERS, P
+from tests.padax_contract_cases import make, padax_state
 
 
 # ------------------------------------------------------------------ targets
@@ -179,22 +149,13 @@ def test_tree_map_params_maps_only_parameter_shaped_leaves(name):
   assert jax.tree.structure(same) == jax.tree.structure(state)
   sevens = optax.tree.map_params(optimizer, lambda v: jnp.full_like(v, 7.0),
                                  state)
-  inner = _padax_state(sevens)
+  inner = padax_state(sevens)
   for moment in (inner.mu, inner.nu, inner.nu_max):
     assert all(np.all(np.asarray(v) == 7.0) for v in jax.tree.leaves(moment))
   # The scalars (count, injected hyperparameters) are not parameters.
   assert int(inner.count) == 0
   if hasattr(sevens, 'hyperparams'):
     assert float(sevens.hyperparams['p']) == P
-
-
-def _padax_state(state):
-  """The ScaleByPartialAdaptiveState inside any of the optimizers' states."""
-  found = [s for s in jax.tree.leaves(
-      state, is_leaf=lambda s: isinstance(s, padax.ScaleByPartialAdaptiveState))
-           if isinstance(s, padax.ScaleByPartialAdaptiveState)]
-  assert len(found) == 1, state
-  return found[0]
 
 
 # ------------------------------------------------------------------ dtypes
@@ -390,7 +351,7 @@ _SHARDING_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, jax.numpy as jnp, optax
     sys.path.insert(0, {root!r})
-    from tests import test_padax_contract as contract
+    from tests import padax_contract_cases as contract
     results = {{}}
     mesh = jax.make_mesh((8,), ('x',),
                          axis_types=(jax.sharding.AxisType.Explicit,))
@@ -406,7 +367,7 @@ _SHARDING_SCRIPT = textwrap.dedent('''
           for n, o in contract.OPTIMIZERS.items()}})(params, states)
       for name, optimizer in contract.OPTIMIZERS.items():
         eager = optimizer.update(params, states[name], params)[1]
-        mu = contract._padax_state(states[name]).mu
+        mu = contract.padax_state(states[name]).mu
         results[name] = dict(
             init_vs_update=types(states[name]) == types(eager),
             init_vs_jit_init=types(states[name]) == types(jit_states[name]),

@@ -5,8 +5,9 @@
 Checks `--base` out into a temporary git worktree and times the step of
 train.py's set-up (the paper config's Padam, MeshSteps over the devices
 train.py would use for the model, XLA:CPU flags, mimalloc where installed)
-in the base and in this checkout, alternately, `--rounds` times each: a
-fresh process per measurement, each importing its own tree's code. Prints
+in the base and in this checkout, alternately (which goes first alternates
+too), `--rounds` times each: a fresh process per measurement, each
+importing its own tree's code. Prints
 images/s per round and the median ratio this/base per model. Uses only the
 API both trees share (models.create_model, training.optimizers,
 training.train_lib), so any two commits of the restructured history compare.
@@ -96,8 +97,12 @@ def main():
       for model in args.models.split(','):
         ratios = []
         for r in range(args.rounds):
-          this = _measure(run_info.ROOT, model, args.batch_size, args.steps)
-          then = _measure(base, model, args.batch_size, args.steps)
+          # Alternate which tree goes first: a process started right after
+          # another one's exit runs a little differently.
+          trees = [run_info.ROOT, base][::1 if r % 2 == 0 else -1]
+          measured = {t: _measure(t, model, args.batch_size, args.steps)
+                      for t in trees}
+          this, then = measured[run_info.ROOT], measured[base]
           ratios.append(this / then)
           print(f'{model} round {r + 1}: this {this:.1f} img/s, base '
                 f'{then:.1f} img/s, ratio {this / then:.3f}', flush=True)

@@ -133,19 +133,14 @@ def read_metrics(path: str) -> list:
   wins). Raises ReportInputError naming the file on anything unreadable."""
   rows = {}
   try:
-    with open(path) as f:
-      lines = f.readlines()
+    entries = records.read_json_lines(path)
   except (OSError, UnicodeDecodeError) as e:
     raise ReportInputError(f'{path}: cannot be read ({e}).') from None
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ReportInputError(
-          f'{path} line {number}: not JSON ({e}); expected one JSON object '
-          'per epoch, as train.py writes.') from None
+  except records.JsonLineError as e:
+    raise ReportInputError(
+        f'{path} line {e.number}: not JSON ({e.error}); expected one JSON '
+        'object per epoch, as train.py writes.') from None
+  for number, _, row in entries:
     if not isinstance(row, dict):
       raise ReportInputError(
           f'{path} line {number}: a {type(row).__name__}, expected a JSON '

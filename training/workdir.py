@@ -241,22 +241,17 @@ def read_rows(path: str) -> list:
                      f'writes: {_MOVE_AWAY}.')
   rows = []
   try:
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
+    entries = records.read_json_lines(path)
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f'{path} cannot be read as text ({e}); allowed: the '
                      f'metrics file padax writes: {_MOVE_AWAY}.') from None
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(
-          f'{path}: line {number} is not valid JSON ({e.msg} at column '
-          f'{e.colno}: {line[:40]!r}); allowed: one JSON object per epoch, as '
-          f'padax writes them: repair or remove the line, or '
-          f'{_MOVE_AWAY}.') from None
+  except records.JsonLineError as e:
+    raise ValueError(
+        f'{path}: line {e.number} is not valid JSON ({e.error.msg} at column '
+        f'{e.error.colno}: {e.line[:40]!r}); allowed: one JSON object per '
+        f'epoch, as padax writes them: repair or remove the line, or '
+        f'{_MOVE_AWAY}.') from None
+  for number, line, row in entries:
     epoch = row.get('epoch') if isinstance(row, dict) else None
     step = row.get('step') if isinstance(row, dict) else None
     if not (isinstance(epoch, int) and isinstance(step, int) and

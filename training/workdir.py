@@ -94,12 +94,6 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
         'same command again to resume.') from None
 
 
-def check_writable(path: str, key: str = 'workdir') -> None:
-  """ValueError unless `path` can be created or written by this process
-  (training/paths.py: empty, too long, symlink, file, permissions)."""
-  paths.check_output_dir(path, key)
-
-
 class WorkdirInUse(ValueError):
   """Another live process holds the workdir's lock."""
 

@@ -64,7 +64,6 @@ class GridSteps(train_lib.MeshSteps):
                nonfinite: str = 'stop'):
     self.own_batches = own_batches
     super().__init__(mesh, model, optimizer, nonfinite=nonfinite)
-    self.member_list = []
     self.padded_members = []
 
   def place(self, mesh) -> None:
@@ -75,9 +74,10 @@ class GridSteps(train_lib.MeshSteps):
     self.sharded = NamedSharding(
         mesh, P(GRID_AXIS, DATA_AXIS) if self.own_batches else P(DATA_AXIS))
     self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
-    self.train_batch_axis = 0 if self.own_batches else None
 
-  def per_device(self, step, batch_axis):
+  def per_device(self, step, train):
+    # A training batch per member (own_batches) or one for all of them.
+    batch_axis = 0 if train and self.own_batches else None
     return jax.shard_map(
         jax.vmap(step, in_axes=(0, batch_axis)), mesh=self.mesh,
         in_specs=(P(GRID_AXIS), P() if batch_axis is None else P(GRID_AXIS)),
@@ -87,10 +87,8 @@ class GridSteps(train_lib.MeshSteps):
     """These steps, for a chunk of `members` (spec.Member), padded to a
     multiple of the `grid` slices. The jitted steps are shared, not copied."""
     view = copy.copy(self)
-    view.member_list = list(members)
     size = padded_size(len(members), self.mesh.shape[GRID_AXIS])
-    view.padded_members = view.member_list + [members[-1]] * (
-        size - len(members))
+    view.padded_members = list(members) + [members[-1]] * (size - len(members))
     view.num_members = len(members)
     view.member_names = [m.name for m in members]
     return view

@@ -160,13 +160,13 @@ class MeshSteps:
     self.train_step = jax.jit(
         self.per_device(functools.partial(
             train_step, model=model, optimizer=optimizer,
-            nonfinite=nonfinite), batch_axis=self.train_batch_axis),
+            nonfinite=nonfinite), train=True),
         in_shardings=(self.state_sharding, self.sharded),
         out_shardings=(self.state_sharding, self.metrics_sharding),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
         self.per_device(functools.partial(eval_step, model=model),
-                        batch_axis=None),
+                        train=False),
         in_shardings=(self.state_sharding, self.eval_sharded),
         out_shardings=self.metrics_sharding)
     self.gather = jax.jit(
@@ -180,11 +180,11 @@ class MeshSteps:
     live: the state replicated, each batch split over `data`."""
     self.state_sharding = self.metrics_sharding = self.replicated
     self.sharded = self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
-    self.train_batch_axis = None
 
-  def per_device(self, step: Callable, batch_axis) -> Callable:
-    """`step` as each device runs it: here as it is."""
-    del batch_axis
+  def per_device(self, step: Callable, train: bool) -> Callable:
+    """`step` as each device runs it (train: the train step, else the eval
+    step): here as it is."""
+    del train
     return step
 
   def global_array(self, host_array: np.ndarray, sharding) -> jax.Array:

@@ -20,15 +20,14 @@ from reporting import tables
 from reporting.runs import Run
 from reporting.runs import fmt_number
 
-# metric key -> (axis label, in percent, log scale)
+# metric key -> (axis label, in percent, log scale, title), in the figures'
+# order.
 METRICS = {
-    'train_loss': ('train loss', False, True),
-    'test_error': ('test top-1 error (%)', True, False),
-    'test_top5_error': ('test top-5 error (%)', True, False),
+    'train_loss': ('train loss', False, True, 'Train loss'),
+    'test_error': ('test top-1 error (%)', True, False, 'Test error (top-1)'),
+    'test_top5_error': ('test top-5 error (%)', True, False,
+                        'Test error (top-5)'),
 }
-CURVE_METRICS = ('train_loss', 'test_error', 'test_top5_error')
-_TITLES = {'train_loss': 'Train loss', 'test_error': 'Test error (top-1)',
-           'test_top5_error': 'Test error (top-5)'}
 _LINESTYLES = ('-', '--', ':', '-.')
 _MARKERS = ('o', 's', '^', 'D', 'v', 'P')
 
@@ -46,15 +45,6 @@ def _new_figure(figsize) -> Figure:
   return fig
 
 
-def _style(index: int, count: int) -> dict:
-  """Distinct colours (tab10, then tab20) and, past 10 runs, line styles."""
-  cmap = matplotlib.colormaps['tab10' if count <= 10 else 'tab20']
-  style = dict(color=cmap(index % cmap.N))
-  if count > cmap.N:
-    style['linestyle'] = _LINESTYLES[(index // cmap.N) % len(_LINESTYLES)]
-  return style
-
-
 def grid_axes(runs: Sequence[Run]):
   """(sorted p values, sorted lr values) when the runs form a p x lr grid
   (every run has both; at least two of each), else None."""
@@ -67,13 +57,16 @@ def grid_axes(runs: Sequence[Run]):
 def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
   """(draw order, style per run): in a p x lr grid one colour per p and one
   line style (and marker) per lr, drawn p by p, then by lr, so that the
-  legend reads in that order; otherwise distinct colours, in the given
-  order."""
+  legend reads in that order; otherwise distinct colours (tab10, then
+  tab20, then line styles too), in the given order."""
   axes = grid_axes(runs)
   if axes is None:
-    styles = [_style(i, len(runs)) for i in range(len(runs))]
-    if markers:
-      for style in styles:
+    cmap = matplotlib.colormaps['tab10' if len(runs) <= 10 else 'tab20']
+    styles = [dict(color=cmap(i % cmap.N)) for i in range(len(runs))]
+    for i, style in enumerate(styles):
+      if len(runs) > cmap.N:
+        style['linestyle'] = _LINESTYLES[(i // cmap.N) % len(_LINESTYLES)]
+      if markers:
         style.update(marker='o', markersize=3)
     return list(range(len(runs))), styles
   ps, lrs = axes
@@ -92,10 +85,9 @@ def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
 
 
 def _series(run: Run, metric: str):
-  _, percent, _ = METRICS[metric]
   x = np.asarray(run.epochs, dtype=float)
   y = np.asarray(run.column(metric), dtype=float)
-  if percent:
+  if METRICS[metric][1]:  # in percent
     y = 100.0 * y
   keep = np.isfinite(y)
   if metric == 'train_loss':
@@ -106,7 +98,7 @@ def _series(run: Run, metric: str):
 def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
   """One line per run with values of `metric` on `ax` (styles and order:
   `run_styles`); returns the lines."""
-  ylabel, _, log = METRICS[metric]
+  ylabel, _, log, title = METRICS[metric]
   lines = []
   longest = max((len(r.rows) for r in runs), default=0)
   # Short runs get markers so that a run of one or two epochs shows.
@@ -119,7 +111,7 @@ def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
     lines.append(line)
   ax.set_xlabel('epoch')
   ax.set_ylabel(ylabel)
-  ax.set_title(_TITLES[metric])
+  ax.set_title(title)
   if log and lines:
     ax.set_yscale('log')
     # Plain numbers (2.2, 0.05), not 2.2x10^0, minor ticks labelled only
@@ -154,17 +146,16 @@ def metric_figure(runs: Sequence[Run], metric: str,
 
 
 def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
-                  metrics: Sequence[str] = CURVE_METRICS) -> Figure:
+                  metrics: Sequence[str] = tuple(METRICS)) -> Figure:
   """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend
   (for a p x lr grid, one column per p)."""
   grid = grid_axes(runs)
   ncol = len(grid[0]) if grid and len(grid[0]) <= 6 else min(len(runs), 4)
   legend_rows = math.ceil(len(runs) / max(ncol, 1))
   fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
-  axes = fig.subplots(1, len(metrics))
-  axes = np.atleast_1d(axes)
   handles = []
-  for ax, metric in zip(axes, metrics):
+  for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0],
+                        metrics):
     lines = draw_metric(ax, runs, metric)
     if len(lines) > len(handles):
       handles = lines
@@ -185,9 +176,8 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
   fig = _new_figure((1.6 + 1.3 * max(len(cols), 2),
                      1.4 + 0.8 * max(len(rows), 2)))
   ax = fig.add_subplot()
-  masked = np.ma.masked_invalid(values)
   cmap = matplotlib.colormaps['viridis_r'].with_extremes(bad='0.9')
-  image = ax.imshow(masked, cmap=cmap, aspect='auto')
+  image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect='auto')
   metric = 'top-5' if key == 'test_top5_error' else 'top-1'
   fig.colorbar(image, ax=ax, label=f'best test {metric} error (%)')
   ax.set_xticks(range(len(cols)), [fmt_number(c) for c in cols])
@@ -195,7 +185,6 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
   ax.set_xlabel('learning rate')
   ax.set_ylabel('p')
   finite = values[np.isfinite(values)]
-  best = finite.min() if finite.size else math.nan
   lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
   for i in range(len(rows)):
     for j in range(len(cols)):
@@ -206,7 +195,7 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
       text = f'{v:.2f}' + (f'\n(n={counts[i][j]})' if counts[i][j] > 1 else '')
       # viridis_r is dark at the top of the range: white text there.
       shade = (v - lo) / (hi - lo) if hi > lo else 0.0
-      is_best = f'{v:.2f}' == f'{best:.2f}'
+      is_best = f'{v:.2f}' == f'{lo:.2f}'
       ax.text(j, i, text, ha='center', va='center',
               color='white' if shade > 0.6 else 'black',
               fontweight='bold' if is_best else 'normal')
@@ -220,22 +209,15 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
   return fig
 
 
-def save(fig: Figure, path: str) -> str:
-  fig.savefig(path, format='png')
-  return path
-
-
 def write_figures(runs: Sequence[Run], outdir: str,
                   title: Optional[str] = None, grid: bool = False) -> list:
   """Writes <metric>.png per metric, curves.png (and grid.png); returns the
   paths written."""
-  written = []
-  for metric in CURVE_METRICS:
-    written.append(save(metric_figure(runs, metric, title),
-                        os.path.join(outdir, f'{metric}.png')))
-  written.append(save(curves_figure(runs, title),
-                      os.path.join(outdir, 'curves.png')))
+  figures = {f'{m}.png': metric_figure(runs, m, title) for m in METRICS}
+  figures['curves.png'] = curves_figure(runs, title)
   if grid:
-    written.append(save(grid_figure(runs, title),
-                        os.path.join(outdir, 'grid.png')))
-  return written
+    figures['grid.png'] = grid_figure(runs, title)
+  paths = [os.path.join(outdir, name) for name in figures]
+  for path, fig in zip(paths, figures.values()):
+    fig.savefig(path, format='png')
+  return paths

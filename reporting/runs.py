@@ -5,6 +5,7 @@ object per epoch with the columns of METRIC_COLUMNS. A sweep dir holds
 config.json, summary.json and members/<name>/, each member a workdir.
 """
 
+import collections
 import dataclasses
 import json
 import math
@@ -56,20 +57,11 @@ class Run:
     """The values of `key` per row, NaN where missing or null."""
     return [_as_float(r.get(key)) for r in self.rows]
 
-  def at_epoch(self, epoch: int) -> Optional[dict]:
-    for r in self.rows:
-      if r['epoch'] == epoch:
-        return r
-    return None
-
   def best(self, key: str = 'test_error'):
     """(smallest finite value of `key`, its epoch), or (nan, None)."""
-    best_value, best_epoch = math.nan, None
-    for r in self.rows:
-      v = _as_float(r.get(key))
-      if math.isfinite(v) and (best_epoch is None or v < best_value):
-        best_value, best_epoch = v, r['epoch']
-    return best_value, best_epoch
+    finite = [(v, epoch) for v, epoch in zip(self.column(key), self.epochs)
+              if math.isfinite(v)]
+    return min(finite, key=lambda pair: pair[0], default=(math.nan, None))
 
   @property
   def optimizer(self) -> dict:
@@ -108,24 +100,7 @@ def _as_number(value) -> Optional[float]:
 
 def fmt_number(value) -> str:
   """Short form of a hyperparameter: 0.1, 0.001, 1e-05, 0.0625."""
-  if isinstance(value, float):
-    return f'{value:g}'
-  return str(value)
-
-
-def is_sweep_dir(path: str) -> bool:
-  return (os.path.isdir(os.path.join(path, MEMBERS_DIR))
-          and not os.path.exists(os.path.join(path, METRICS_FILE)))
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, UnicodeDecodeError) as e:
-    raise ReportInputError(f'{path}: cannot be read ({e}).') from None
-  except json.JSONDecodeError as e:
-    raise ReportInputError(f'{path}: not valid JSON ({e}).') from None
+  return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def read_metrics(path: str) -> list:
@@ -176,7 +151,13 @@ def load_workdir(path: str, name: Optional[str] = None,
   config_path = os.path.join(path, CONFIG_FILE)
   config = {}
   if os.path.isfile(config_path):
-    config = _read_json(config_path)
+    try:
+      with open(config_path) as f:
+        config = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+      raise ReportInputError(f'{config_path}: cannot be read ({e}).') from None
+    except json.JSONDecodeError as e:
+      raise ReportInputError(f'{config_path}: not valid JSON ({e}).') from None
     if not isinstance(config, dict):
       raise ReportInputError(f'{config_path}: expected a JSON object.')
   if name is None:
@@ -195,7 +176,7 @@ def name_key(text: str) -> tuple:
                for i, t in enumerate(_NUMBER.split(text)))
 
 
-def hyperparameter_key(run: 'Run') -> tuple:
+def hyperparameter_key(run: Run) -> tuple:
   """Sort key of a run: model, dataset, optimizer, then p, lr and the seed
   by value, then its name (numbers by value)."""
   def number(value):
@@ -261,33 +242,29 @@ def load_runs(paths: Sequence[str], labels: Optional[Sequence[str]] = None,
     raise ReportInputError(f'no workdir given; {WORKDIR_EXPECTED}.')
   runs, seen = [], set()
   for path in paths:
-    loaded = (load_sweep(path, warn) if is_sweep_dir(path)
-              else [load_workdir(path)])
+    is_sweep = (os.path.isdir(os.path.join(path, MEMBERS_DIR))
+                and not os.path.exists(os.path.join(path, METRICS_FILE)))
+    loaded = load_sweep(path, warn) if is_sweep else [load_workdir(path)]
     for run in loaded:
       key = os.path.realpath(run.path)
       if key not in seen:
         seen.add(key)
         runs.append(run)
-  if labels is not None:
-    labels = list(labels)
-    if len(labels) != len(runs):
-      raise ReportInputError(
-          f'{len(labels)} labels given for {len(runs)} runs '
-          f'({", ".join(r.name for r in runs)}); expected one label per run, '
-          'sweep dirs counting one per member.')
-    for run, label in zip(runs, labels):
-      run.label = label
-    _make_unique([r.label for r in runs], runs)
-  else:
-    for run, label in zip(runs, default_labels(runs)):
-      run.label = label
+  labels = default_labels(runs) if labels is None else list(labels)
+  if len(labels) != len(runs):
+    raise ReportInputError(
+        f'{len(labels)} labels given for {len(runs)} runs '
+        f'({", ".join(r.name for r in runs)}); expected one label per run, '
+        'sweep dirs counting one per member.')
+  for run, label in zip(runs, _make_unique(labels, runs)):
+    run.label = label
   return runs
 
 
-def base_label(config: dict) -> Optional[str]:
+def base_label(run: Run) -> Optional[str]:
   """'padam p=0.125 lr=0.1', 'sgdm lr=0.1'; None without optimizer.name."""
-  opt = config.get('optimizer') if isinstance(config, dict) else None
-  if not isinstance(opt, dict) or not opt.get('name'):
+  opt = run.optimizer
+  if not opt.get('name'):
     return None
   parts = [str(opt['name'])]
   if opt['name'] in P_OPTIMIZERS and 'p' in opt:
@@ -301,18 +278,22 @@ def base_label(config: dict) -> Optional[str]:
   return ' '.join(parts)
 
 
+def differing_keys(flat: Sequence[dict]) -> list:
+  """The keys, sorted, whose values differ between the flat configs."""
+  keys = sorted({k for f in flat for k in f})
+  return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
 def default_labels(runs: Sequence[Run]) -> list:
-  """Unique labels from the configs.
+  """Labels from the configs (`_make_unique` makes them unique).
 
   'padam p=0.125 lr=0.1' (or the run's name without an optimizer in its
   config), prefixed by model/dataset where those differ between the runs;
-  labels still equal get the config keys that tell them apart (seed=1, ...),
-  and then the run's name.
+  labels still equal get the config keys that tell them apart (seed=1, ...).
   """
   flat = [records.flatten(r.config) for r in runs]
-  labels = [base_label(r.config) or r.name for r in runs]
-  prefix_keys = [k for k in ('model', 'dataset')
-                 if len({repr(f.get(k)) for f in flat}) > 1]
+  labels = [base_label(r) or r.name for r in runs]
+  prefix_keys = [k for k in ('model', 'dataset') if k in differing_keys(flat)]
   if prefix_keys:
     labels = ['/'.join(str(f.get(k, '?')) for k in prefix_keys) + ' ' + label
               for f, label in zip(flat, labels)]
@@ -321,12 +302,8 @@ def default_labels(runs: Sequence[Run]) -> list:
   for i, label in enumerate(labels):
     groups.setdefault(label, []).append(i)
   for label, members in groups.items():
-    if len(members) < 2:
-      continue
-    keys = sorted({k for i in members for k in flat[i]})
-    differing = [k for k in keys
-                 if k not in NOT_IN_LABELS
-                 and len({repr(flat[i].get(k)) for i in members}) > 1]
+    differing = [k for k in differing_keys([flat[i] for i in members])
+                 if k not in NOT_IN_LABELS]
     # The seed first, then the run length, then the rest.
     differing.sort(key=lambda k: (k != 'seed', k != 'num_epochs', k))
     for i in members:
@@ -334,25 +311,17 @@ def default_labels(runs: Sequence[Run]) -> list:
                        for k in differing[:3])
       if extra:
         labels[i] = f'{label} {extra}'
-  return _make_unique(labels, runs)
+  return labels
 
 
 def _make_unique(labels: list, runs: Sequence[Run]) -> list:
   """Appends the run's name, then #k, to labels that are still equal."""
-  def duplicates(ls):
-    return {l for l in ls if ls.count(l) > 1}
-  dup = duplicates(labels)
-  labels = [f'{l} [{r.name}]' if l in dup and l != r.name else l
+  counts = collections.Counter(labels)
+  labels = [f'{l} [{r.name}]' if counts[l] > 1 and l != r.name else l
             for l, r in zip(labels, runs)]
-  dup = duplicates(labels)
-  counts = {}
+  counts, seen = collections.Counter(labels), collections.Counter()
   out = []
   for l in labels:
-    if l in dup:
-      counts[l] = counts.get(l, 0) + 1
-      out.append(f'{l} #{counts[l]}')
-    else:
-      out.append(l)
-  for run, label in zip(runs, out):
-    run.label = label
+    seen[l] += 1
+    out.append(f'{l} #{seen[l]}' if counts[l] > 1 else l)
   return out

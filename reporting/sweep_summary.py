@@ -9,6 +9,10 @@ from typing import Optional
 
 import numpy as np
 
+from reporting.runs import fmt_number
+from reporting.tables import MISSING
+from reporting.tables import join_blocks
+from reporting.tables import markdown_table
 from training import records
 
 
@@ -40,12 +44,8 @@ def summarize_member(name: str, values: dict, rows: list,
   return out
 
 
-def _format(value) -> str:
-  return str(value) if isinstance(value, int) else f'{value:g}'
-
-
 def _percent(x):
-  return '—' if x is None else f'{100 * x:.2f}'
+  return MISSING if x is None else f'{100 * x:.2f}'
 
 
 def summary_markdown(base: dict, keys: list, summary: list) -> str:
@@ -56,36 +56,33 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
   opt = base['optimizer']
   counts = ' x '.join(str(len({s[k] for s in summary})) for k in keys)
   epochs = base['num_epochs']
-  lines = [
+  blocks = [
       f'# Sweep: {base["model"]} on {base["dataset"]}, {opt["name"]}',
-      '',
       f'{len(summary)} members ({counts} over {", ".join(keys)}), {epochs} '
       f'epoch{"" if epochs == 1 else "s"} at batch {base["batch_size"]}, ' + (
           f'lr x{opt["lr_factor"]} at epochs '
           f'{", ".join(map(str, opt["lr_milestones"]))}'
           if opt['lr_milestones'] else 'constant lr') +
       '. Errors in %.',
-      '',
-      '| member | ' + ' | '.join(keys) + ' | epochs | final test error | '
-      'best test error | best epoch |',
-      '|---|' + '---:|' * (len(keys) + 4),
-  ]
-  for s in summary:
-    cells = [s['name']] + [_format(s[k]) for k in keys] + [
-        str(s['epochs']),
-        _percent(s['final_test_error']) + _divergence(s),
-        _percent(s['best_test_error']),
-        '—' if s['best_epoch'] is None else str(s['best_epoch'])]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+      markdown_table(
+          ['member'] + keys + ['epochs', 'final test error', 'best test error',
+                               'best epoch'],
+          [[s['name']] + [fmt_number(s[k]) for k in keys] + [
+              str(s['epochs']),
+              _percent(s['final_test_error']) + _divergence(s),
+              _percent(s['best_test_error']),
+              MISSING if s['best_epoch'] is None else str(s['best_epoch'])]
+           for s in summary])]
   done = [s for s in summary if s['best_test_error'] is not None]
   if done:
     best = min(done, key=lambda s: s['best_test_error'])
-    lines += ['', f'Best: {best["name"]}, test error '
-              f'{_percent(best["best_test_error"])}% at epoch '
-              f'{best["best_epoch"]}.']
+    blocks.append(f'Best: {best["name"]}, test error '
+                  f'{_percent(best["best_test_error"])}% at epoch '
+                  f'{best["best_epoch"]}.')
   if 'seed' in keys and len({s['seed'] for s in summary}) > 1:
-    lines += _seed_means(keys, summary)
-  return '\n'.join(lines) + '\n'
+    blocks += ['Mean ± std over seeds of the final test error (%):',
+               _seed_means(keys, summary)]
+  return join_blocks(blocks)
 
 
 def _divergence(s: dict) -> str:
@@ -98,18 +95,16 @@ def _divergence(s: dict) -> str:
   return f' (diverged at {at})'
 
 
-def _seed_means(keys, summary) -> list:
+def _seed_means(keys, summary) -> str:
   others = [k for k in keys if k != 'seed']
   groups = {}
   for s in summary:
     if s['final_test_error'] is not None:
       groups.setdefault(tuple(s[k] for k in others), []).append(
           s['final_test_error'])
-  lines = ['', 'Mean ± std over seeds of the final test error (%):', '',
-           '| ' + ' | '.join(others) + ' | seeds | final test error |',
-           '|' + '---:|' * (len(others) + 2)]
+  rows = []
   for values, errors in groups.items():
     e = 100 * np.asarray(errors)
-    lines.append('| ' + ' | '.join(map(_format, values)) +
-                 f' | {len(errors)} | {e.mean():.2f} ± {e.std():.2f} |')
-  return lines
+    rows.append([fmt_number(v) for v in values] +
+                [str(len(errors)), f'{e.mean():.2f} ± {e.std():.2f}'])
+  return markdown_table(others + ['seeds', 'final test error'], rows, left=0)

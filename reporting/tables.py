@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from reporting.runs import NOT_IN_LABELS
 from reporting.runs import Run
+from reporting.runs import differing_keys
 from reporting.runs import fmt_number
 from training import records
 
@@ -24,14 +25,27 @@ def _pct(value: float, digits: int = 2) -> str:
   return f'{value:.{digits}f}' if math.isfinite(value) else MISSING
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   left: int = 1) -> str:
+  """A markdown table: its first `left` columns aligned left, the rest
+  right."""
+  align = '|' + '---|' * left + '---:|' * (len(header) - left)
+  lines = ['| ' + ' | '.join(header) + ' |', align]
+  lines += ['| ' + ' | '.join(cells) + ' |' for cells in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def join_blocks(blocks) -> str:
+  """Markdown blocks separated by one blank line."""
+  return '\n'.join(b.strip('\n') + '\n' for b in blocks)
+
+
 def error(run: Run, epoch: int, key: str = 'test_error') -> float:
   """100 * `key` (an error) at `epoch`, NaN when the run has no such epoch."""
-  row = run.at_epoch(epoch)
-  if row is None or row.get(key) is None:
-    return math.nan
+  row = next((r for r in run.rows if r['epoch'] == epoch), {})
   try:
-    return 100.0 * float(row[key])
-  except (TypeError, ValueError):
+    return 100.0 * float(row.get(key))
+  except (TypeError, ValueError):  # None, or not a number
     return math.nan
 
 
@@ -51,17 +65,15 @@ def error_table(runs: Sequence[Run], epochs: Sequence[int],
   shorter."""
   header = (['run'] + [f'epoch {e}' for e in epochs] +
             ['best', 'best epoch', 'epochs run'])
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '---|' + '---:|' * (len(header) - 1)]
+  rows = []
   for run in runs:
-    cells = [_cell_text(run.label)]
-    cells += [_pct(error(run, e, key), digits) for e in epochs]
     best_error, best_epoch = run.best(key)
-    cells.append(_pct(100.0 * best_error, digits))
-    cells.append(MISSING if best_epoch is None else str(best_epoch))
-    cells.append(str(run.epochs[-1]) if run.rows else MISSING)
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+    rows.append([_cell_text(run.label)] +
+                [_pct(error(run, e, key), digits) for e in epochs] +
+                [_pct(100.0 * best_error, digits),
+                 MISSING if best_epoch is None else str(best_epoch),
+                 str(run.epochs[-1]) if run.rows else MISSING])
+  return markdown_table(header, rows)
 
 
 def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
@@ -70,9 +82,7 @@ def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
   top-5 where logged."""
   if epochs is None:
     epochs = default_epochs(runs)
-  parts = []
-  if title:
-    parts.append(f'# {title}\n')
+  parts = [f'# {title}\n'] if title else []
   parts.append('Test top-1 error (%) after the given epochs; best: the lowest '
                f'over all epochs run. {MISSING}: the run is shorter. (The '
                "paper's tables give accuracy = 100 − error.)\n")
@@ -82,24 +92,15 @@ def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
     parts.append(error_table(runs, epochs, 'test_top5_error'))
   parts.append('Runs:\n\n' + ''.join(
       f'- {_cell_text(run.label)}: `{run.path or run.name}`\n' for run in runs))
-  return _join(parts)
-
-
-def _join(blocks) -> str:
-  """Markdown blocks separated by one blank line."""
-  return '\n'.join(b.strip('\n') + '\n' for b in blocks)
+  return join_blocks(parts)
 
 
 # --- The p x lr grid -------------------------------------------------------
 
 
-def grid_key_row(run: Run):
-  """The grid row of a run: its p (Padam), else its optimizer's name."""
-  return run.p if run.p is not None else (run.optimizer_name or run.name)
-
-
-def grid_values(runs: Sequence[Run], key: str = 'test_error'):
-  """(row keys, lr columns, {(row, lr): [best error of each run]}).
+def grid_matrix(runs: Sequence[Run], key: str = 'test_error'):
+  """(row keys, lr columns, matrix of the mean best error in %, NaN where no
+  run, the count of runs per cell).
 
   Rows: the p values in ascending order, then other optimizers by name
   (p means nothing for them). Runs without a learning rate are left out.
@@ -110,26 +111,15 @@ def grid_values(runs: Sequence[Run], key: str = 'test_error'):
       continue
     best, _ = run.best(key)
     if math.isfinite(best):
-      cells.setdefault((grid_key_row(run), run.lr), []).append(best)
+      row = run.p if run.p is not None else (run.optimizer_name or run.name)
+      cells.setdefault((row, run.lr), []).append(best)
   rows = sorted({r for r, _ in cells},
                 key=lambda r: (1, 0.0, r) if isinstance(r, str) else (0, r, ''))
   cols = sorted({c for _, c in cells})
-  return rows, cols, cells
-
-
-def grid_matrix(runs: Sequence[Run], key: str = 'test_error'):
-  """(row keys, lr columns, matrix of the mean best error in %, NaN where no
-  run, the count of runs per cell)."""
-  rows, cols, cells = grid_values(runs, key)
-  matrix = [[math.nan] * len(cols) for _ in rows]
-  counts = [[0] * len(cols) for _ in rows]
-  for i, r in enumerate(rows):
-    for j, c in enumerate(cols):
-      values = cells.get((r, c))
-      if values:
-        matrix[i][j] = 100.0 * sum(values) / len(values)
-        counts[i][j] = len(values)
-  return rows, cols, matrix, counts
+  values = [[cells.get((r, c), []) for c in cols] for r in rows]
+  matrix = [[100.0 * sum(v) / len(v) if v else math.nan for v in line]
+            for line in values]
+  return rows, cols, matrix, [[len(v) for v in line] for line in values]
 
 
 def row_name(row) -> str:
@@ -142,35 +132,27 @@ def grid_table(runs: Sequence[Run], key: str = 'test_error',
   cell in bold; a cell with several runs (seeds) shows their mean and (n)."""
   rows, cols, matrix, counts = grid_matrix(runs, key)
   finite = [v for line in matrix for v in line if math.isfinite(v)]
-  best = min(finite) if finite else math.nan
-  header = ['p \\ lr'] + [fmt_number(c) for c in cols]
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|---|' + '---:|' * len(cols)]
-  for i, r in enumerate(rows):
+  best = _pct(min(finite) if finite else math.nan, digits)
+  lines = []
+  for r, values, ns in zip(rows, matrix, counts):
     cells = [row_name(r)]
-    for j in range(len(cols)):
-      v = matrix[i][j]
-      if not math.isfinite(v):
-        cells.append(MISSING)
-        continue
+    for v, n in zip(values, ns):
       text = _pct(v, digits)
-      if counts[i][j] > 1:
-        text += f' (n={counts[i][j]})'
+      if math.isfinite(v) and n > 1:
+        text += f' (n={n})'
       # Bold every cell that rounds to the best value (ties).
-      if _pct(v, digits) == _pct(best, digits):
+      if math.isfinite(v) and _pct(v, digits) == best:
         text = f'**{text}**'
       cells.append(text)
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+    lines.append(cells)
+  return markdown_table(['p \\ lr'] + [fmt_number(c) for c in cols], lines)
 
 
 def grid_markdown(runs: Sequence[Run], title: Optional[str] = None,
                   key: str = 'test_error') -> str:
   """grid.md: the grid table with a caption."""
   metric = 'top-5' if key == 'test_top5_error' else 'top-1'
-  parts = []
-  if title:
-    parts.append(f'# {title}\n')
+  parts = [f'# {title}\n'] if title else []
   parts.append(
       f'Best test {metric} error (%) over all epochs run, per (p, lr): rows '
       'the (initial) p of Padam (other optimizers by name), columns the '
@@ -182,7 +164,7 @@ def grid_markdown(runs: Sequence[Run], title: Optional[str] = None,
   if others:
     parts.append('Note: the runs also differ in ' + ', '.join(
         f'`{k}`' for k in others) + ', so a cell may compare unlike runs.\n')
-  return _join(parts)
+  return join_blocks(parts)
 
 
 # Keys a p x lr grid is meant to vary (or average over).
@@ -195,10 +177,8 @@ def other_differences(runs: Sequence[Run]) -> list:
   """Config keys, besides lr, p and the seed, whose values differ between
   the runs of the grid (those with a learning rate)."""
   flat = [records.flatten(run.config) for run in runs if run.lr is not None]
-  keys = sorted({k for f in flat for k in f})
-  return [k for k in keys
-          if k not in _GRID_KEYS and k.split('.')[-1] not in NOT_IN_LABELS
-          and len({repr(f.get(k)) for f in flat}) > 1]
+  return [k for k in differing_keys(flat)
+          if k not in _GRID_KEYS and k.split('.')[-1] not in NOT_IN_LABELS]
 
 
 def wants_grid(runs: Sequence[Run], any_sweep: bool) -> bool:

@@ -59,26 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def make_report(paths, outdir, epochs=None, labels=None,
-                title=None, warn=None) -> list:
+def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
   """Loads the runs, then writes everything to `outdir`; returns the paths.
 
   All input is read and checked before `outdir` is created, so bad input
   (ReportInputError) leaves nothing behind.
   """
-  runs = runs_lib.load_runs(paths, labels=labels, warn=warn)
+  runs = runs_lib.load_runs(paths, labels=labels)
   if os.path.exists(outdir) and not os.path.isdir(outdir):
     raise runs_lib.ReportInputError(
         f'--out {outdir} exists and is not a directory; expected a directory '
         'for the figures and tables.')
   try:
-    # Empty (an unset shell variable), too long, a symlink loop, below a
-    # file, not writable: refused before the first write.
+    # Anything that would fail the first write is refused now.
     paths_lib.check_output_dir(outdir, '--out')
   except ValueError as e:
     raise runs_lib.ReportInputError(str(e)) from None
-  any_sweep = any(run.sweep for run in runs)
-  grid = tables.wants_grid(runs, any_sweep)
+  grid = tables.wants_grid(runs, any(run.sweep for run in runs))
   # matplotlib only now: bad input is reported without waiting for it.
   from reporting import plots  # pylint: disable=g-import-not-at-top
   os.makedirs(outdir, exist_ok=True)

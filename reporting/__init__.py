@@ -9,7 +9,3 @@ May import: numpy, matplotlib and training/records.py (the metrics schema
 the loop writes); nothing that imports JAX, so reporting runs anywhere
 matplotlib and numpy do.
 """
-
-from reporting.runs import ReportInputError
-from reporting.runs import Run
-from reporting.runs import load_runs

@@ -145,8 +145,7 @@ def metric_figure(runs: Sequence[Run], metric: str,
   return fig
 
 
-def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
-                  metrics: Sequence[str] = tuple(METRICS)) -> Figure:
+def curves_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
   """The 1 x 3 panel: train loss, test top-1 and top-5 error; one legend
   (for a p x lr grid, one column per p)."""
   grid = grid_axes(runs)
@@ -154,8 +153,7 @@ def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
   legend_rows = math.ceil(len(runs) / max(ncol, 1))
   fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
   handles = []
-  for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0],
-                        metrics):
+  for ax, metric in zip(fig.subplots(1, len(METRICS)), METRICS):
     lines = draw_metric(ax, runs, metric)
     if len(lines) > len(handles):
       handles = lines
@@ -168,18 +166,16 @@ def curves_figure(runs: Sequence[Run], title: Optional[str] = None,
   return fig
 
 
-def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
-                key: str = 'test_error') -> Figure:
+def grid_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
   """Heatmap of the best test error (%) per (p, lr); best cell outlined."""
-  rows, cols, matrix, counts = tables.grid_matrix(runs, key)
+  rows, cols, matrix, counts = tables.grid_matrix(runs)
   values = np.asarray(matrix, dtype=float).reshape(len(rows), len(cols))
   fig = _new_figure((1.6 + 1.3 * max(len(cols), 2),
                      1.4 + 0.8 * max(len(rows), 2)))
   ax = fig.add_subplot()
   cmap = matplotlib.colormaps['viridis_r'].with_extremes(bad='0.9')
   image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect='auto')
-  metric = 'top-5' if key == 'test_top5_error' else 'top-1'
-  fig.colorbar(image, ax=ax, label=f'best test {metric} error (%)')
+  fig.colorbar(image, ax=ax, label='best test top-1 error (%)')
   ax.set_xticks(range(len(cols)), [fmt_number(c) for c in cols])
   ax.set_yticks(range(len(rows)), [tables.row_name(r) for r in rows])
   ax.set_xlabel('learning rate')
@@ -203,7 +199,7 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None,
         ax.add_patch(patches.Rectangle(
             (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red',
             linewidth=2))
-  ax.set_title(f'Best test {metric} error (%) over p and lr')
+  ax.set_title('Best test top-1 error (%) over p and lr')
   if title:
     fig.suptitle(title)
   return fig

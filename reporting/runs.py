@@ -1,7 +1,7 @@
 """Loads train.py workdirs and sweep dirs into `Run`s.
 
 A workdir (training/workdir.py) holds config.json and metrics.jsonl, one JSON
-object per epoch with the columns of METRIC_COLUMNS. A sweep dir holds
+object per epoch with the columns of records.COLUMNS. A sweep dir holds
 config.json, summary.json and members/<name>/, each member a workdir.
 """
 
@@ -19,8 +19,6 @@ from training import records
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 MEMBERS_DIR = 'members'
-
-METRIC_COLUMNS = records.COLUMNS
 
 # Optimizers for which optimizer.p means something.
 P_OPTIMIZERS = ('padam',)
@@ -127,7 +125,7 @@ def read_metrics(path: str) -> list:
       raise ReportInputError(
           f'{path} line {number}: no integer "epoch" (got {epoch!r}); '
           'expected one JSON object per epoch with the keys '
-          f'{", ".join(METRIC_COLUMNS)}.')
+          f'{", ".join(records.COLUMNS)}.')
     rows[epoch] = dict(row, epoch=epoch)
   if not rows:
     raise ReportInputError(

@@ -21,8 +21,8 @@ def _cell_text(text: str) -> str:
   return str(text).replace('|', '\\|').replace('\n', ' ')
 
 
-def _pct(value: float, digits: int = 2) -> str:
-  return f'{value:.{digits}f}' if math.isfinite(value) else MISSING
+def _pct(value: float) -> str:
+  return f'{value:.2f}' if math.isfinite(value) else MISSING
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
@@ -59,7 +59,7 @@ def default_epochs(runs: Sequence[Run], count: int = 4) -> list:
 
 
 def error_table(runs: Sequence[Run], epochs: Sequence[int],
-                key: str = 'test_error', digits: int = 2) -> str:
+                key: str = 'test_error') -> str:
   """Markdown: one row per run, the test error (%) after each of `epochs`,
   then the lowest over all epochs run and its epoch. '—' where the run is
   shorter."""
@@ -69,8 +69,8 @@ def error_table(runs: Sequence[Run], epochs: Sequence[int],
   for run in runs:
     best_error, best_epoch = run.best(key)
     rows.append([_cell_text(run.label)] +
-                [_pct(error(run, e, key), digits) for e in epochs] +
-                [_pct(100.0 * best_error, digits),
+                [_pct(error(run, e, key)) for e in epochs] +
+                [_pct(100.0 * best_error),
                  MISSING if best_epoch is None else str(best_epoch),
                  str(run.epochs[-1]) if run.rows else MISSING])
   return markdown_table(header, rows)
@@ -98,7 +98,7 @@ def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
 # --- The p x lr grid -------------------------------------------------------
 
 
-def grid_matrix(runs: Sequence[Run], key: str = 'test_error'):
+def grid_matrix(runs: Sequence[Run]):
   """(row keys, lr columns, matrix of the mean best error in %, NaN where no
   run, the count of runs per cell).
 
@@ -109,7 +109,7 @@ def grid_matrix(runs: Sequence[Run], key: str = 'test_error'):
   for run in runs:
     if run.lr is None:
       continue
-    best, _ = run.best(key)
+    best, _ = run.best()
     if math.isfinite(best):
       row = run.p if run.p is not None else (run.optimizer_name or run.name)
       cells.setdefault((row, run.lr), []).append(best)
@@ -126,40 +126,37 @@ def row_name(row) -> str:
   return row if isinstance(row, str) else f'p={fmt_number(row)}'
 
 
-def grid_table(runs: Sequence[Run], key: str = 'test_error',
-               digits: int = 2) -> str:
+def grid_table(runs: Sequence[Run]) -> str:
   """Markdown: best test error (%) per (p, lr), rows p, columns lr; the best
   cell in bold; a cell with several runs (seeds) shows their mean and (n)."""
-  rows, cols, matrix, counts = grid_matrix(runs, key)
+  rows, cols, matrix, counts = grid_matrix(runs)
   finite = [v for line in matrix for v in line if math.isfinite(v)]
-  best = _pct(min(finite) if finite else math.nan, digits)
+  best = _pct(min(finite) if finite else math.nan)
   lines = []
   for r, values, ns in zip(rows, matrix, counts):
     cells = [row_name(r)]
     for v, n in zip(values, ns):
-      text = _pct(v, digits)
+      text = _pct(v)
       if math.isfinite(v) and n > 1:
         text += f' (n={n})'
       # Bold every cell that rounds to the best value (ties).
-      if math.isfinite(v) and _pct(v, digits) == best:
+      if math.isfinite(v) and _pct(v) == best:
         text = f'**{text}**'
       cells.append(text)
     lines.append(cells)
   return markdown_table(['p \\ lr'] + [fmt_number(c) for c in cols], lines)
 
 
-def grid_markdown(runs: Sequence[Run], title: Optional[str] = None,
-                  key: str = 'test_error') -> str:
+def grid_markdown(runs: Sequence[Run], title: Optional[str] = None) -> str:
   """grid.md: the grid table with a caption."""
-  metric = 'top-5' if key == 'test_top5_error' else 'top-1'
   parts = [f'# {title}\n'] if title else []
   parts.append(
-      f'Best test {metric} error (%) over all epochs run, per (p, lr): rows '
+      'Best test top-1 error (%) over all epochs run, per (p, lr): rows '
       'the (initial) p of Padam (other optimizers by name), columns the '
       'learning rate. Bold: the best cell. A cell with several runs '
       f'(seeds) shows the mean of their best errors and (n). {MISSING}: no '
       'run.\n')
-  parts.append(grid_table(runs, key))
+  parts.append(grid_table(runs))
   others = other_differences(runs)
   if others:
     parts.append('Note: the runs also differ in ' + ', '.join(

@@ -103,7 +103,7 @@ def table_cells(markdown, first_header='run'):
 # --- loading and labels ----------------------------------------------------
 
 
-def test_reporting_reads_the_loop_schema_without_jax():
+def test_reporting_reads_the_loop_schema_without_jax(tmp_path):
   # reporting/ reads the columns the loop writes (training/records.py) and
   # must run where JAX is not installed: importing it loads no JAX.
   probe = ('import sys, report, reporting.sweep_summary; '
@@ -111,7 +111,10 @@ def test_reporting_reads_the_loop_schema_without_jax():
   result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT,
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert runs_lib.METRIC_COLUMNS == records.COLUMNS
+  bad = write_workdir(tmp_path / 'bad', make_config(), [{'step': 1}])
+  with pytest.raises(runs_lib.ReportInputError,
+                     match=', '.join(records.COLUMNS)):
+    runs_lib.load_runs([bad])
 
 
 def test_load_workdir_and_default_labels(tmp_path):

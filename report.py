@@ -41,24 +41,6 @@ def parse_epochs(text: str) -> list:
   return epochs
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      description='Figures and tables from train.py workdirs and sweep dirs.')
-  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
-                      help='train.py workdir or sweep dir (all its members)')
-  parser.add_argument('--out', required=True, metavar='OUTDIR',
-                      help='directory for the figures and tables')
-  parser.add_argument('--epochs', type=parse_epochs, default=None,
-                      help='epochs of the error table, e.g. 50,100,150,200 '
-                      "(default: four evenly spaced up to the longest run's "
-                      'last epoch)')
-  parser.add_argument('--labels', nargs='+', metavar='LABEL',
-                      help='one legend label per run (sweep members count '
-                      'one each); default: from the configs')
-  parser.add_argument('--title', help='title of the figures and tables')
-  return parser
-
-
 def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
   """Loads the runs, then writes everything to `outdir`; returns the paths.
 
@@ -92,7 +74,21 @@ def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = argparse.ArgumentParser(
+      description='Figures and tables from train.py workdirs and sweep dirs.')
+  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
+                      help='train.py workdir or sweep dir (all its members)')
+  parser.add_argument('--out', required=True, metavar='OUTDIR',
+                      help='directory for the figures and tables')
+  parser.add_argument('--epochs', type=parse_epochs, default=None,
+                      help='epochs of the error table, e.g. 50,100,150,200 '
+                      "(default: four evenly spaced up to the longest run's "
+                      'last epoch)')
+  parser.add_argument('--labels', nargs='+', metavar='LABEL',
+                      help='one legend label per run (sweep members count '
+                      'one each); default: from the configs')
+  parser.add_argument('--title', help='title of the figures and tables')
+  args = parser.parse_args(argv)
   try:
     written = make_report(args.workdirs, args.out, epochs=args.epochs,
                           labels=args.labels, title=args.title)

@@ -134,12 +134,11 @@ def metric_figure(runs: Sequence[Run], metric: str,
   fig = _new_figure((9.0, 4.8) if many else (6.4, 4.8))
   ax = fig.add_subplot()
   lines = draw_metric(ax, runs, metric)
-  if lines:
-    if many:
-      ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small',
-                frameon=False)
-    else:
-      ax.legend(fontsize='small')
+  if lines and many:
+    ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small',
+              frameon=False)
+  elif lines:
+    ax.legend(fontsize='small')
   if title:
     fig.suptitle(title)
   return fig

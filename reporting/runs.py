@@ -186,7 +186,7 @@ def hyperparameter_key(run: Run) -> tuple:
           number(config.get('seed')), name_key(run.name))
 
 
-def load_sweep(path: str, warn=None) -> list:
+def load_sweep(path: str, warn) -> list:
   """The Runs of a sweep dir's members that have metrics, ordered by their
   hyperparameters' values (`hyperparameter_key`).
 
@@ -212,7 +212,7 @@ def load_sweep(path: str, warn=None) -> list:
         f'{path} is a sweep dir but none of its {len(names)} members in '
         f'{members_dir} has {METRICS_FILE} rows yet; expected members/<name>/ '
         'workdirs with metrics.')
-  if skipped and warn is not None:
+  if skipped:
     warn(f'{path}: skipped {len(skipped)} member(s) without metrics yet: '
          f'{", ".join(skipped)}')
   return runs

@@ -53,7 +53,7 @@ def default_epochs(runs: Sequence[Run], count: int = 4) -> list:
   """The table's epochs when none are asked for: `count` evenly spaced
   epochs ending at the longest run's last (50, 100, 150, 200 for the paper's
   200 epochs; 1, 2, 3 for 3)."""
-  last = max((run.epochs[-1] for run in runs if run.rows), default=0)
+  last = max((run.epochs[-1] for run in runs), default=0)
   return sorted({max(1, round(last * k / count)) for k in range(1, count + 1)}
                 ) if last else []
 
@@ -72,7 +72,7 @@ def error_table(runs: Sequence[Run], epochs: Sequence[int],
                 [_pct(error(run, e, key)) for e in epochs] +
                 [_pct(100.0 * best_error),
                  MISSING if best_epoch is None else str(best_epoch),
-                 str(run.epochs[-1]) if run.rows else MISSING])
+                 str(run.epochs[-1])])
   return markdown_table(header, rows)
 
 
@@ -180,10 +180,6 @@ def other_differences(runs: Sequence[Run]) -> list:
 
 def wants_grid(runs: Sequence[Run], any_sweep: bool) -> bool:
   """A grid is written for a sweep, or for runs varying both p and lr."""
-  if not any(run.lr is not None for run in runs):
-    return False
-  if any_sweep:
-    return True
-  ps = {run.p for run in runs if run.p is not None}
-  lrs = {run.lr for run in runs if run.p is not None}
-  return len(ps) > 1 and len(lrs) > 1
+  p_runs = [run for run in runs if run.p is not None]
+  varied = len({r.p for r in p_runs}) > 1 and len({r.lr for r in p_runs}) > 1
+  return any(run.lr is not None for run in runs) and (any_sweep or varied)

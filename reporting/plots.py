@@ -71,17 +71,15 @@ def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
     return list(range(len(runs))), styles
   ps, lrs = axes
   cmap = matplotlib.colormaps['tab10']
+  cells = [(ps.index(run.p), lrs.index(run.lr)) for run in runs]
   styles = []
-  for run in runs:
-    i, j = ps.index(run.p), lrs.index(run.lr)
+  for i, j in cells:
     style = dict(color=cmap(i % cmap.N),
                  linestyle=_LINESTYLES[j % len(_LINESTYLES)])
     if markers:
       style.update(marker=_MARKERS[j % len(_MARKERS)], markersize=4)
     styles.append(style)
-  order = sorted(range(len(runs)), key=lambda k: (
-      ps.index(runs[k].p), lrs.index(runs[k].lr), k))
-  return order, styles
+  return sorted(range(len(runs)), key=cells.__getitem__), styles
 
 
 def _series(run: Run, metric: str):
@@ -181,23 +179,20 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
   ax.set_ylabel('p')
   finite = values[np.isfinite(values)]
   lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-  for i in range(len(rows)):
-    for j in range(len(cols)):
-      v = values[i, j]
-      if not math.isfinite(v):
-        ax.text(j, i, tables.MISSING, ha='center', va='center', color='0.4')
-        continue
-      text = f'{v:.2f}' + (f'\n(n={counts[i][j]})' if counts[i][j] > 1 else '')
-      # viridis_r is dark at the top of the range: white text there.
-      shade = (v - lo) / (hi - lo) if hi > lo else 0.0
-      is_best = f'{v:.2f}' == f'{lo:.2f}'
-      ax.text(j, i, text, ha='center', va='center',
-              color='white' if shade > 0.6 else 'black',
-              fontweight='bold' if is_best else 'normal')
-      if is_best:
-        ax.add_patch(patches.Rectangle(
-            (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red',
-            linewidth=2))
+  for (i, j), v in np.ndenumerate(values):
+    if not math.isfinite(v):
+      ax.text(j, i, tables.MISSING, ha='center', va='center', color='0.4')
+      continue
+    text = f'{v:.2f}' + (f'\n(n={counts[i][j]})' if counts[i][j] > 1 else '')
+    # viridis_r is dark at the top of the range: white text there.
+    shade = (v - lo) / (hi - lo) if hi > lo else 0.0
+    is_best = f'{v:.2f}' == f'{lo:.2f}'
+    ax.text(j, i, text, ha='center', va='center',
+            color='white' if shade > 0.6 else 'black',
+            fontweight='bold' if is_best else 'normal')
+    if is_best:
+      ax.add_patch(patches.Rectangle(
+          (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=2))
   ax.set_title('Best test top-1 error (%) over p and lr')
   if title:
     fig.suptitle(title)

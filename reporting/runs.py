@@ -159,7 +159,7 @@ def load_workdir(path: str, name: Optional[str] = None,
     if not isinstance(config, dict):
       raise ReportInputError(f'{config_path}: expected a JSON object.')
   if name is None:
-    name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+    name = os.path.basename(os.path.abspath(path))
   return Run(name=name, label=name, config=config, rows=rows,
              path=os.path.abspath(path), sweep=sweep)
 
@@ -194,7 +194,7 @@ def load_sweep(path: str, warn) -> list:
   note to `warn`; a sweep with no member holding metrics is an error.
   """
   members_dir = os.path.join(path, MEMBERS_DIR)
-  sweep_name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+  sweep_name = os.path.basename(os.path.abspath(path))
   names = sorted((n for n in os.listdir(members_dir)
                   if os.path.isdir(os.path.join(members_dir, n))),
                  key=name_key)

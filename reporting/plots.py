@@ -1,8 +1,8 @@
 """Figures in the style of the report's Figures 2-5 and the grid heatmap.
 
 Matplotlib's object API with the Agg canvas (no pyplot, no display): each
-`*_figure` function returns the Figure, so its Axes and lines can be checked,
-and `save` writes it as PNG.
+`*_figure` function returns the Figure, so its Axes and lines can be checked;
+`write_figures` saves them as PNG.
 """
 
 import math

@@ -75,8 +75,7 @@ class _PythonLayout:
   """The official "python version" release of one CIFAR dataset."""
   title: str
   folder: str
-  archive: str
-  url: str
+  archive: str  # On the official site, download.BASE_URL.
   md5: str  # Published with the archive (and checked by torchvision, TFDS).
   train_files: tuple[str, ...]
   test_files: tuple[str, ...]
@@ -84,7 +83,6 @@ class _PythonLayout:
   # Archive of the official *binary* release, which TFDS downloads (and looks
   # for in its manual_dir).
   tfds_archive: str
-  tfds_url: str
 
   @property
   def files(self) -> tuple[str, ...]:
@@ -96,25 +94,21 @@ _LAYOUTS = {
         title='CIFAR-10',
         folder='cifar-10-batches-py',
         archive='cifar-10-python.tar.gz',
-        url='https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
         md5='c58f30108f718f92721af3b95e74349a',
         train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
         test_files=('test_batch',),
         label_key=b'labels',
         tfds_archive='cifar-10-binary.tar.gz',
-        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
     ),
     'cifar100': _PythonLayout(
         title='CIFAR-100',
         folder='cifar-100-python',
         archive='cifar-100-python.tar.gz',
-        url='https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
         md5='eb9058c3a382ffc7106e4002c42a8d85',
         train_files=('train',),
         test_files=('test',),
         label_key=b'fine_labels',
         tfds_archive='cifar-100-binary.tar.gz',
-        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
     ),
 }
 
@@ -122,7 +116,7 @@ _LAYOUTS = {
 def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
   return (f'{where}/{layout.folder}/ holding {", ".join(layout.files)} '
           f'(or that folder itself), or the official archive '
-          f'{where}/{layout.archive} ({layout.url})')
+          f'{where}/{layout.archive} ({download.BASE_URL}/{layout.archive})')
 
 
 # ---------------------------------------------------------------------------
@@ -309,15 +303,13 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
 
 def _load_download(dataset: str, data_dir) -> CifarData:
   layout = _LAYOUTS[dataset]
-  cache_dir = (os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-               if data_dir else download.default_cache_dir())
   try:
     folder = download.fetch(layout.archive, layout.folder, layout.files,
-                            layout.md5, cache_dir)
+                            layout.md5, data_dir)
   except download.DownloadError as e:
     raise DataNotFoundError(
         f'{e} To use a copy instead (offline: fetched elsewhere), download '
-        f'{layout.url} (MD5 {layout.md5}) and run with '
+        f'{download.BASE_URL}/{layout.archive} (MD5 {layout.md5}) and run with '
         '--config.data_source=local --config.data_dir=DATA_DIR, DATA_DIR '
         f'holding {layout.archive} or its extracted {layout.folder}/.'
     ) from None
@@ -371,7 +363,8 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
       "  (3) for TFDS, install TensorFlow (pip install -r requirements/tfds.txt)"
       " and let TFDS download and prepare it (file_format='array_record', "
       'needs internet), or, offline, also put the official archive '
-      f'{layout.tfds_archive} ({layout.tfds_url}) in TFDS\'s manual_dir '
+      f'{layout.tfds_archive} ({download.BASE_URL}/{layout.tfds_archive}) in '
+      f'TFDS\'s manual_dir '
       f'({downloads_dir}/manual, i.e. DATA_DIR/downloads/manual with '
       '--config.data_dir=DATA_DIR).')
   err.cause = cause  # Kept for debugging without printing a TFDS traceback.

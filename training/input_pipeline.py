@@ -67,7 +67,7 @@ class CifarData:
 
 
 # ---------------------------------------------------------------------------
-# Canonical layouts.
+# Canonical layouts; checks of what is read.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +119,6 @@ def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
           f'{where}/{layout.archive} ({download.BASE_URL}/{layout.archive})')
 
 
-# ---------------------------------------------------------------------------
-# Validation.
-
-
 def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
   if value not in allowed:
     raise ValueError(
@@ -138,24 +134,23 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         'this dataset?')
 
 
-def _cifar_data(dataset: str, splits: dict[str, Split],
-                source: str) -> CifarData:
-  """CifarData of {where: split} (train, then test); no split may be empty."""
-  for where, split in splits.items():
-    if not split.num_examples:
+def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
+               ) -> CifarData:
+  """CifarData of {where: (images, labels)}, train then test, as uint8 and
+  int32 arrays; no split may be empty."""
+  for where, (_, labels) in splits.items():
+    if not len(labels):
       raise DataNotFoundError(f'{where}: the split is empty.')
-  train, test = splits.values()
+  train, test = (Split(images=np.ascontiguousarray(images, dtype=np.uint8),
+                       labels=np.ascontiguousarray(labels, dtype=np.int32))
+                 for images, labels in splits.values())
   return CifarData(train=train, test=test, num_classes=NUM_CLASSES[dataset],
                    name=dataset, source=source)
 
 
-def _make_split(images: np.ndarray, labels: np.ndarray) -> Split:
-  return Split(images=np.ascontiguousarray(images, dtype=np.uint8),
-               labels=np.ascontiguousarray(labels, dtype=np.int32))
-
-
 # ---------------------------------------------------------------------------
-# Local python layout / official archive.
+# The python layout or official archive: local, or downloaded once
+# (training/download.py).
 
 
 def _dict_get(obj: dict, key: bytes, where: str) -> Any:
@@ -288,17 +283,13 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
   parsed = _read_batches(kind, location, layout, NUM_CLASSES[dataset])
 
   def concat(names):
-    return _make_split(np.concatenate([parsed[n][0] for n in names]),
-                       np.concatenate([parsed[n][1] for n in names]))
+    return (np.concatenate([parsed[n][0] for n in names]),
+            np.concatenate([parsed[n][1] for n in names]))
 
   return _cifar_data(
       dataset, {f'{location} (train)': concat(layout.train_files),
                 f'{location} (test)': concat(layout.test_files)},
       f'local {layout.title} python {kind} {location}')
-
-
-# ---------------------------------------------------------------------------
-# The official archive, downloaded once (training/download.py).
 
 
 def _load_download(dataset: str, data_dir) -> CifarData:
@@ -364,9 +355,8 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
       " and let TFDS download and prepare it (file_format='array_record', "
       'needs internet), or, offline, also put the official archive '
       f'{layout.tfds_archive} ({download.BASE_URL}/{layout.tfds_archive}) in '
-      f'TFDS\'s manual_dir '
-      f'({downloads_dir}/manual, i.e. DATA_DIR/downloads/manual with '
-      '--config.data_dir=DATA_DIR).')
+      f"TFDS's manual_dir ({downloads_dir}/manual, i.e. "
+      'DATA_DIR/downloads/manual with --config.data_dir=DATA_DIR).')
   err.cause = cause  # Kept for debugging without printing a TFDS traceback.
   return err
 
@@ -377,7 +367,7 @@ def _open_tfds(tfds, dataset: str, data_dir):
       builder_kwargs={'file_format': 'array_record'})
 
 
-def _read_tfds_split(source, num_classes: int, where: str) -> Split:
+def _read_tfds_split(source, num_classes: int, where: str):
   n = len(source)
   images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int64)
@@ -406,7 +396,7 @@ def _read_tfds_split(source, num_classes: int, where: str) -> Split:
     images[start:start + len(keys)] = np.stack(chunk_images)
     labels[start:start + len(keys)] = chunk_labels
   _check_labels(labels, num_classes, where)
-  return _make_split(images, labels)
+  return images, labels
 
 
 def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
@@ -599,10 +589,6 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray
     yield {'images': images, 'labels': labels, 'mask': mask}
 
 
-# ---------------------------------------------------------------------------
-# What a run trained on.
-
-# Bytes of each image hashed into the fingerprint: every 12th (256 of 3072).
 _FINGERPRINT_STRIDE = 12
 
 

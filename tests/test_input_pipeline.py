@@ -19,6 +19,7 @@ from tests.data_fixtures import mock_cifar
 from tests.data_fixtures import write_python_archive
 from tests.data_fixtures import write_python_layout as write_cifar10_layout
 from training import augment
+from training import configuration
 from training import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -391,14 +392,20 @@ def test_load_reads_the_data_keys(tmp_path):
 @pytest.mark.parametrize('count, fragments', [
     (21, ('train_examples=21', '20 training images', '0 (all) to 20')),
     (-1, ('train_examples=-1', 'an integer >= 0')),
-    (2.5, ('train_examples=2.5', 'an integer >= 0')),
+    (2.5, ('train_examples=2.5', 'an integer')),
 ])
 def test_load_refuses_bad_train_examples(tmp_path, count, fragments):
+  # What train.py and sweep.py do: validate the config, then load.
   write_cifar10_layout(tmp_path, n_per_file=4)
   config = ml_collections.ConfigDict(dict(
       _config(data_source='local', data_dir=str(tmp_path)).to_dict(),
       train_examples=count))
-  expect_error(ValueError, lambda: ip.load(config), *fragments)
+
+  def validate_and_load():
+    configuration.validate(config)
+    ip.load(config)
+
+  expect_error(ValueError, validate_and_load, *fragments)
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ STD = (0.2023, 0.1994, 0.2010)
 CROP_PADDING = 4
 
 
-
 def normalize(images_uint8: jax.Array) -> jax.Array:
   """(x / 255 - MEAN) / STD per channel, float32; channels last."""
   images = jnp.asarray(images_uint8)
@@ -33,17 +32,10 @@ def normalize(images_uint8: jax.Array) -> jax.Array:
 def augment(rng: jax.Array, images_uint8: jax.Array) -> jax.Array:
   """Random crop of the zero-padded image + random horizontal flip.
 
-  Equivalent to torchvision's RandomCrop(32, padding=4) followed by
-  RandomHorizontalFlip(p=0.5) on uint8 images (padding with 0 before
-  normalisation). Example i uses the i-th key of jax.random.split(rng, N), so
-  the result depends only on `rng` and the batch, not on how it is sharded.
-
-  Args:
-    rng: a PRNG key (typed `jax.random.key` or raw `jax.random.PRNGKey`).
-    images_uint8: (N, H, W, C) images, normally uint8.
-
-  Returns:
-    Augmented images, same shape and dtype as the input.
+  `rng` is a typed or raw PRNG key; `images_uint8` (N, H, W, C), padded with
+  0 before normalisation; same shape and dtype out. Example i uses the i-th
+  key of jax.random.split(rng, N), so the result depends only on `rng` and
+  the batch, not on how it is sharded.
   """
   images = jnp.asarray(images_uint8)
   if images.ndim != 4:

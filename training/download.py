@@ -1,25 +1,21 @@
 """Fetches an official CIFAR archive once: checked, extracted, cached.
 
-`fetch(...)` returns the folder of a dataset's canonical python layout
-(`cifar-10-batches-py/`, `cifar-100-python/`) in a cache directory. The first
-call downloads the official archive, checks it against its published MD5,
-extracts the layout's files and moves the folder into place with one rename:
-the folder is there complete, or not at all. Later calls find the folder and
-download nothing. Whatever fails (no network, a wrong checksum, a cut
-connection, Ctrl-C) leaves nothing behind: no partial file, and no directory
-that the call created.
+`fetch(...)` returns the folder of a dataset's canonical python layout in a
+cache directory. The first call downloads the official archive, checks its
+published MD5, extracts the layout's files and moves the folder into place
+with one rename: the folder is there complete, or not at all. Whatever fails
+(no network, a wrong checksum, a cut connection, Ctrl-C) leaves nothing
+behind: no partial file, and no directory that the call created.
 
 Plain `urllib`, not TFDS's download manager: TFDS needs TensorFlow to prepare
-CIFAR, retries an unreachable host for minutes, and leaves empty folders in
-~/tensorflow_datasets and /tmp on every failed attempt; here the connection
-gets a few seconds (`CONNECT_TIMEOUT_S`, DNS included) and a failure is one
-`DownloadError`. urllib honours the usual `https_proxy` variables.
+CIFAR, retries an unreachable host for minutes, and leaves empty folders on
+every failed attempt; here the connection gets a few seconds
+(`CONNECT_TIMEOUT_S`, DNS included) and a failure is one `DownloadError`.
 
 Overrides, for a mirror or for tests: the `base_url` and `md5` arguments, or
 the environment variables `PADAX_CIFAR_BASE_URL` (a URL under which the
 archives lie by their official names) and `PADAX_CIFAR_MD5` (the expected MD5
-of the archive, replacing the published one; for archives other than the
-official ones, such as the tests' small ones).
+of the archive, replacing the published one).
 """
 
 from __future__ import annotations
@@ -92,57 +88,41 @@ def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
   url = archive_url(archive, base_url)
   md5 = os.environ.get(MD5_ENV) or md5
   response = _open(url, connect_timeout)
-  created = _make_dirs(cache_dir)
-  staging = None
+  created = _missing_dirs(cache_dir)
   try:
-    with response:
-      staging = tempfile.mkdtemp(prefix=f'.{folder}.partial-', dir=cache_dir)
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+      raise DownloadError(f'cannot create the cache directory {e.filename} '
+                          f'({e.strerror or e}).') from None
+    with response, tempfile.TemporaryDirectory(
+        prefix=f'.{folder}.partial-', dir=cache_dir,
+        ignore_cleanup_errors=True) as staging:
       path = os.path.join(staging, archive)
       _save(response, path, md5, url)
-    _extract(path, folder, files, os.path.join(staging, folder), url)
-    try:
-      os.rename(os.path.join(staging, folder), target)
-    except OSError:
-      if not os.path.isdir(target):  # Else another process was first.
-        raise
+      _extract(path, folder, files, os.path.join(staging, folder), url)
+      try:
+        os.rename(os.path.join(staging, folder), target)
+      except OSError:
+        if not os.path.isdir(target):  # Else another process was first.
+          raise
   except BaseException:
-    if staging is not None:
-      shutil.rmtree(staging, ignore_errors=True)
-      staging = None
-    for directory in reversed(created):
+    for directory in created:
       try:
         os.rmdir(directory)
       except OSError:
         break
     raise
-  finally:
-    if staging is not None:
-      shutil.rmtree(staging, ignore_errors=True)
   return target
 
 
-def _make_dirs(path: str) -> list:
-  """Creates `path` and its missing parents; returns those created."""
+def _missing_dirs(path: str) -> list:
+  """`path` and those of its parents that do not exist, deepest first."""
   missing = []
-  while not os.path.isdir(path):
+  while not os.path.isdir(path) and path not in missing:
     missing.append(path)
-    parent = os.path.dirname(path)
-    if parent == path:
-      break
-    path = parent
-  created = []
-  for directory in reversed(missing):
-    try:
-      os.mkdir(directory)
-    except FileExistsError:
-      continue
-    except OSError as e:
-      for done in reversed(created):
-        os.rmdir(done)
-      raise DownloadError(f'cannot create the cache directory {directory} '
-                          f'({e.strerror or e}).') from None
-    created.append(directory)
-  return created
+    path = os.path.dirname(path)
+  return missing
 
 
 def _reason(e: BaseException) -> str:
@@ -232,25 +212,31 @@ def _save(response, path: str, md5: str, url: str) -> None:
            size / 2**20, time.monotonic() - start)
 
 
-def _extract(path: str, folder: str, files: Sequence[str], destination: str,
-             url: str) -> None:
-  """Writes the archive's `folder/<file>` members into `destination`.
+def archive_files(path: str, folder: str, files: Sequence[str]):
+  """Yields (name, file object) for each regular file `folder/<name>` of the
+  archive at `path`, name in `files`: no other path is trusted.
 
-  Only those regular files, by name: no path from the archive is trusted.
+  Streamed in archive order: a .tar.gz has no index, so random access would
+  decompress the archive again for every member.
   """
   wanted = {f'{folder}/{name}': name for name in files}
+  with tarfile.open(path, mode='r:*') as tar:
+    for member in tar:
+      name = wanted.get(member.name.removeprefix('./'))
+      if name is not None and member.isfile():
+        yield name, tar.extractfile(member)
+
+
+def _extract(path: str, folder: str, files: Sequence[str], destination: str,
+             url: str) -> None:
+  """Writes the archive's `folder/<file>` members into `destination`."""
   os.mkdir(destination)
   found = set()
   try:
-    with tarfile.open(path, mode='r:*') as tar:
-      for member in tar:
-        name = wanted.get(member.name.removeprefix('./'))
-        if name is None or not member.isfile():
-          continue
-        source = tar.extractfile(member)
-        with open(os.path.join(destination, name), 'wb') as out:
-          shutil.copyfileobj(source, out, _CHUNK)
-        found.add(name)
+    for name, source in archive_files(path, folder, files):
+      with open(os.path.join(destination, name), 'wb') as out:
+        shutil.copyfileobj(source, out, _CHUNK)
+      found.add(name)
   except (tarfile.TarError, EOFError, OSError) as e:
     raise DownloadError(f'cannot extract {url}: {_reason(e)}.') from None
   missing = [f'{folder}/{name}' for name in files if name not in found]

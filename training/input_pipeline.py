@@ -3,18 +3,14 @@
 The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
 dataset is loaded once on the host as uint8 numpy arrays and then held on the
 accelerator, where the train step augments and normalises it
-(`training/augment.py`). Here: `load` (the data a config asks for),
-`load_cifar` (by source: 'download', the official archive fetched once and
-cached, training/download.py; 'local', the canonical python layout or the
-official archive on local disk; 'tfds', a prepared TFDS data source),
-`epoch_permutation`, `steps_per_epoch`, `eval_batches`.
-
-`tensorflow_datasets` is imported lazily: only `source='tfds'` needs it.
+(`training/augment.py`). `tensorflow_datasets` is imported lazily: only
+`source='tfds'` needs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import operator
@@ -24,6 +20,8 @@ import tarfile
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from training import download
 
 DATASETS = ('cifar10', 'cifar100')
 SOURCES = ('download', 'local', 'tfds')
@@ -69,7 +67,7 @@ class CifarData:
 
 
 # ---------------------------------------------------------------------------
-# Canonical layouts.
+# Canonical layouts; checks of what is read.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +75,7 @@ class _PythonLayout:
   """The official "python version" release of one CIFAR dataset."""
   title: str
   folder: str
-  archive: str
-  url: str
+  archive: str  # On the official site, download.BASE_URL.
   md5: str  # Published with the archive (and checked by torchvision, TFDS).
   train_files: tuple[str, ...]
   test_files: tuple[str, ...]
@@ -86,7 +83,6 @@ class _PythonLayout:
   # Archive of the official *binary* release, which TFDS downloads (and looks
   # for in its manual_dir).
   tfds_archive: str
-  tfds_url: str
 
   @property
   def files(self) -> tuple[str, ...]:
@@ -98,25 +94,21 @@ _LAYOUTS = {
         title='CIFAR-10',
         folder='cifar-10-batches-py',
         archive='cifar-10-python.tar.gz',
-        url='https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
         md5='c58f30108f718f92721af3b95e74349a',
         train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
         test_files=('test_batch',),
         label_key=b'labels',
         tfds_archive='cifar-10-binary.tar.gz',
-        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
     ),
     'cifar100': _PythonLayout(
         title='CIFAR-100',
         folder='cifar-100-python',
         archive='cifar-100-python.tar.gz',
-        url='https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
         md5='eb9058c3a382ffc7106e4002c42a8d85',
         train_files=('train',),
         test_files=('test',),
         label_key=b'fine_labels',
         tfds_archive='cifar-100-binary.tar.gz',
-        tfds_url='https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
     ),
 }
 
@@ -124,11 +116,7 @@ _LAYOUTS = {
 def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
   return (f'{where}/{layout.folder}/ holding {", ".join(layout.files)} '
           f'(or that folder itself), or the official archive '
-          f'{where}/{layout.archive} ({layout.url})')
-
-
-# ---------------------------------------------------------------------------
-# Validation.
+          f'{where}/{layout.archive} ({download.BASE_URL}/{layout.archive})')
 
 
 def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
@@ -146,31 +134,23 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         'this dataset?')
 
 
-def _validate_split(split: Split, num_classes: int, where: str) -> None:
-  """Checks shapes, dtypes and label range of a loaded split."""
-  images, labels = split.images, split.labels
-  if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or
-      images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE):
-    raise ValueError(
-        f'{where}: images must be uint8 (N, 32, 32, 3), got '
-        f'{getattr(images, "dtype", type(images))} {getattr(images, "shape", "")}.')
-  if (not isinstance(labels, np.ndarray) or labels.dtype != np.int32 or
-      labels.shape != images.shape[:1]):
-    raise ValueError(
-        f'{where}: labels must be int32 ({images.shape[0]},), got '
-        f'{getattr(labels, "dtype", type(labels))} {getattr(labels, "shape", "")}.')
-  if images.shape[0] == 0:
-    raise DataNotFoundError(f'{where}: the split is empty.')
-  _check_labels(labels, num_classes, where)
-
-
-def _make_split(images: np.ndarray, labels: np.ndarray) -> Split:
-  return Split(images=np.ascontiguousarray(images, dtype=np.uint8),
-               labels=np.ascontiguousarray(labels, dtype=np.int32))
+def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
+               ) -> CifarData:
+  """CifarData of {where: (images, labels)}, train then test, as uint8 and
+  int32 arrays; no split may be empty."""
+  for where, (_, labels) in splits.items():
+    if not len(labels):
+      raise DataNotFoundError(f'{where}: the split is empty.')
+  train, test = (Split(images=np.ascontiguousarray(images, dtype=np.uint8),
+                       labels=np.ascontiguousarray(labels, dtype=np.int32))
+                 for images, labels in splits.values())
+  return CifarData(train=train, test=test, num_classes=NUM_CLASSES[dataset],
+                   name=dataset, source=source)
 
 
 # ---------------------------------------------------------------------------
-# Local python layout / official archive.
+# The python layout or official archive: local, or downloaded once
+# (training/download.py).
 
 
 def _dict_get(obj: dict, key: bytes, where: str) -> Any:
@@ -220,43 +200,37 @@ def _parse_batch(fileobj, where: str, layout: _PythonLayout,
   return images, labels
 
 
-def _read_folder(root: str, layout: _PythonLayout, num_classes: int):
-  missing = [f for f in layout.files if not os.path.isfile(os.path.join(root, f))]
-  if missing:
-    raise DataNotFoundError(
-        f'Incomplete {layout.title} python layout at {root}: missing '
-        f'{", ".join(missing)} (expected {", ".join(layout.files)}).')
+def _read_batches(kind: str, location: str, layout: _PythonLayout,
+                  num_classes: int) -> dict:
+  """{file name: (images, labels)} of the layout's batch files in `location`,
+  a folder ('folder') or the official archive ('archive')."""
   parsed = {}
-  for name in layout.files:
-    path = os.path.join(root, name)
-    with open(path, 'rb') as f:
-      parsed[name] = _parse_batch(f, path, layout, num_classes)
-  return parsed
-
-
-def _read_archive(path: str, layout: _PythonLayout, num_classes: int):
-  wanted = {f'{layout.folder}/{name}': name for name in layout.files}
-  parsed = {}
+  if kind == 'folder':
+    missing = [f for f in layout.files
+               if not os.path.isfile(os.path.join(location, f))]
+    if missing:
+      raise DataNotFoundError(
+          f'Incomplete {layout.title} python layout at {location}: missing '
+          f'{", ".join(missing)} (expected {", ".join(layout.files)}).')
+    for name in layout.files:
+      path = os.path.join(location, name)
+      with open(path, 'rb') as f:
+        parsed[name] = _parse_batch(f, path, layout, num_classes)
+    return parsed
   try:
-    # Stream through the members in order: a .tar.gz has no index, so random
-    # access would decompress the archive again for every member.
-    with tarfile.open(path, mode='r:*') as tar:
-      for member in tar:
-        member_name = member.name.removeprefix('./')
-        if member_name in wanted and member.isfile():
-          name = wanted[member_name]
-          parsed[name] = _parse_batch(tar.extractfile(member),
-                                      f'{path}:{member_name}', layout,
-                                      num_classes)
+    for name, f in download.archive_files(location, layout.folder,
+                                          layout.files):
+      parsed[name] = _parse_batch(f, f'{location}:{layout.folder}/{name}',
+                                  layout, num_classes)
   except (tarfile.TarError, EOFError, OSError) as e:
     raise DataNotFoundError(
-        f'{path}: cannot read the {layout.title} archive '
+        f'{location}: cannot read the {layout.title} archive '
         f'({type(e).__name__}: {e}); expected the official {layout.archive}.'
     ) from None
-  missing = [m for m, name in wanted.items() if name not in parsed]
+  missing = [f'{layout.folder}/{n}' for n in layout.files if n not in parsed]
   if missing:
     raise DataNotFoundError(
-        f'Incomplete {layout.title} archive {path}: missing members '
+        f'Incomplete {layout.title} archive {location}: missing members '
         f'{", ".join(missing)}; expected the official {layout.archive}.')
   return parsed
 
@@ -273,7 +247,6 @@ def _other_dataset_hint(path: str, dataset: str) -> str:
 
 def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
   layout = _LAYOUTS[dataset]
-  num_classes = NUM_CLASSES[dataset]
   if data_dir is None:
     raise ValueError(
         f"source='local' needs data_dir (--config.data_dir=DATA_DIR): a "
@@ -307,39 +280,27 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
         f'No {layout.title} data found in {path}: expected '
         f'{_describe_layout(layout, path)}.{_other_dataset_hint(path, dataset)}')
 
-  if kind == 'folder':
-    parsed = _read_folder(location, layout, num_classes)
-  else:
-    parsed = _read_archive(location, layout, num_classes)
+  parsed = _read_batches(kind, location, layout, NUM_CLASSES[dataset])
 
   def concat(names):
-    return _make_split(np.concatenate([parsed[n][0] for n in names]),
-                       np.concatenate([parsed[n][1] for n in names]))
+    return (np.concatenate([parsed[n][0] for n in names]),
+            np.concatenate([parsed[n][1] for n in names]))
 
-  train, test = concat(layout.train_files), concat(layout.test_files)
-  _validate_split(train, num_classes, f'{location} (train)')
-  _validate_split(test, num_classes, f'{location} (test)')
-  return CifarData(
-      train=train, test=test, num_classes=num_classes, name=dataset,
-      source=f'local {layout.title} python {kind} {location}')
-
-
-# ---------------------------------------------------------------------------
-# The official archive, downloaded once (training/download.py).
+  return _cifar_data(
+      dataset, {f'{location} (train)': concat(layout.train_files),
+                f'{location} (test)': concat(layout.test_files)},
+      f'local {layout.title} python {kind} {location}')
 
 
 def _load_download(dataset: str, data_dir) -> CifarData:
-  from training import download  # pylint: disable=g-import-not-at-top
   layout = _LAYOUTS[dataset]
-  cache_dir = (os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-               if data_dir else download.default_cache_dir())
   try:
     folder = download.fetch(layout.archive, layout.folder, layout.files,
-                            layout.md5, cache_dir)
+                            layout.md5, data_dir)
   except download.DownloadError as e:
     raise DataNotFoundError(
         f'{e} To use a copy instead (offline: fetched elsewhere), download '
-        f'{layout.url} (MD5 {layout.md5}) and run with '
+        f'{download.BASE_URL}/{layout.archive} (MD5 {layout.md5}) and run with '
         '--config.data_source=local --config.data_dir=DATA_DIR, DATA_DIR '
         f'holding {layout.archive} or its extracted {layout.folder}/.'
     ) from None
@@ -393,9 +354,9 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
       "  (3) for TFDS, install TensorFlow (pip install -r requirements/tfds.txt)"
       " and let TFDS download and prepare it (file_format='array_record', "
       'needs internet), or, offline, also put the official archive '
-      f'{layout.tfds_archive} ({layout.tfds_url}) in TFDS\'s manual_dir '
-      f'({downloads_dir}/manual, i.e. DATA_DIR/downloads/manual with '
-      '--config.data_dir=DATA_DIR).')
+      f'{layout.tfds_archive} ({download.BASE_URL}/{layout.tfds_archive}) in '
+      f"TFDS's manual_dir ({downloads_dir}/manual, i.e. "
+      'DATA_DIR/downloads/manual with --config.data_dir=DATA_DIR).')
   err.cause = cause  # Kept for debugging without printing a TFDS traceback.
   return err
 
@@ -406,7 +367,7 @@ def _open_tfds(tfds, dataset: str, data_dir):
       builder_kwargs={'file_format': 'array_record'})
 
 
-def _read_tfds_split(source, num_classes: int, where: str) -> Split:
+def _read_tfds_split(source, num_classes: int, where: str):
   n = len(source)
   images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int64)
@@ -435,70 +396,68 @@ def _read_tfds_split(source, num_classes: int, where: str) -> Split:
     images[start:start + len(keys)] = np.stack(chunk_images)
     labels[start:start + len(keys)] = chunk_labels
   _check_labels(labels, num_classes, where)
-  return _make_split(images, labels)
+  return images, labels
+
+
+def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
+  """The sources TFDS could not open (`open_error`), once it has prepared the
+  dataset; else the DataNotFoundError saying why it cannot."""
+  layout = _LAYOUTS[dataset]
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir,
+                           file_format='array_record')
+    looked_in = os.fspath(builder.data_dir)
+    downloads_dir = os.path.join(os.fspath(builder.data_dir_root), 'downloads')
+    prepared = builder.is_prepared()
+  except Exception as e:
+    root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
+    raise _tfds_error(dataset, data_dir, root, os.path.join(root, 'downloads'),
+                      f'TFDS cannot build it ({_first_line(e)}).', e) from None
+  error = functools.partial(_tfds_error, dataset, data_dir, looked_in,
+                            downloads_dir)
+  if prepared:
+    raise error(
+        'it is prepared there but cannot be opened for random access '
+        f"({_first_line(open_error)}); it may have been prepared in another "
+        "file format (tfds.load writes tfrecord): prepare it with "
+        "file_format='array_record' in another data_dir.", open_error
+    ) from None
+  if not _tensorflow_available():
+    raise error('it is not prepared there, and TensorFlow, which TFDS needs '
+                'to prepare it, is not installed.', open_error) from None
+  download_config = None
+  if manual_dir is not None:
+    manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+    if not os.path.isfile(os.path.join(manual_dir, layout.tfds_archive)):
+      raise error(f'manual_dir {manual_dir} does not contain '
+                  f'{layout.tfds_archive}.', None) from None
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  try:
+    builder.download_and_prepare(file_format='array_record',
+                                 download_config=download_config)
+    return _open_tfds(tfds, dataset, data_dir)
+  except Exception as e:
+    raise error(f'it is not prepared there and preparing it failed '
+                f'({_first_line(e)}).', e) from None
 
 
 def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:
   tfds = _import_tfds()
-  num_classes = NUM_CLASSES[dataset]
-  layout = _LAYOUTS[dataset]
   try:
     sources = _open_tfds(tfds, dataset, data_dir)
-  except Exception as open_error:  # Diagnosed below.
-    sources = None
-    first_error = open_error
-  if sources is None:
-    try:
-      builder = tfds.builder(dataset, data_dir=data_dir,
-                             file_format='array_record')
-      looked_in = os.fspath(builder.data_dir)
-      downloads_dir = os.path.join(os.fspath(builder.data_dir_root),
-                                   'downloads')
-      prepared = builder.is_prepared()
-    except Exception as e:
-      root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
-      raise _tfds_error(dataset, data_dir, root, os.path.join(root, 'downloads'),
-                        f'TFDS cannot build it ({_first_line(e)}).', e) from None
-
-    def error(reason, cause):
-      return _tfds_error(dataset, data_dir, looked_in, downloads_dir, reason,
-                         cause)
-
-    if prepared:
-      raise error(
-          'it is prepared there but cannot be opened for random access '
-          f"({_first_line(first_error)}); it may have been prepared in another "
-          "file format (tfds.load writes tfrecord): prepare it with "
-          "file_format='array_record' in another data_dir.", first_error
-      ) from None
-    if not _tensorflow_available():
-      raise error('it is not prepared there, and TensorFlow, which TFDS needs '
-                  'to prepare it, is not installed.', first_error) from None
-    download_config = None
-    if manual_dir is not None:
-      manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
-      if not os.path.isfile(os.path.join(manual_dir, layout.tfds_archive)):
-        raise error(f'manual_dir {manual_dir} does not contain '
-                    f'{layout.tfds_archive}.', None) from None
-      download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    try:
-      builder.download_and_prepare(file_format='array_record',
-                                   download_config=download_config)
-      sources = _open_tfds(tfds, dataset, data_dir)
-    except Exception as e:
-      raise error(f'it is not prepared there and preparing it failed '
-                  f'({_first_line(e)}).', e) from None
-
+  except Exception as e:  # pylint: disable=broad-except
+    sources = _prepare_tfds(tfds, dataset, data_dir, manual_dir, e)
   train_source, test_source = sources
   where = f'tfds {dataset} (data_dir={data_dir})'
-  train = _read_tfds_split(train_source, num_classes, f'{where} train')
-  test = _read_tfds_split(test_source, num_classes, f'{where} test')
-  _validate_split(train, num_classes, f'{where} train')
-  _validate_split(test, num_classes, f'{where} test')
-  return CifarData(
-      train=train, test=test, num_classes=num_classes, name=dataset,
-      source=f"tfds {dataset} array_record (data_dir="
-             f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
+  num_classes = NUM_CLASSES[dataset]
+  return _cifar_data(
+      dataset,
+      {f'{where} train': _read_tfds_split(train_source, num_classes,
+                                          f'{where} train'),
+       f'{where} test': _read_tfds_split(test_source, num_classes,
+                                         f'{where} test')},
+      f"tfds {dataset} array_record (data_dir="
+      f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
 
 
 # ---------------------------------------------------------------------------
@@ -519,11 +478,10 @@ def load(config) -> CifarData:
 
 
 def first_train_examples(data: CifarData, count: int) -> CifarData:
-  """`data` with only its first `count` training examples (0: all)."""
-  if (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or
-      count < 0):
-    raise ValueError(f'train_examples={count!r} is not allowed; allowed: an '
-                     'integer >= 0 (0: every training image).')
+  """`data` with only its first `count` training examples (0: all).
+
+  `count` is an integer >= 0, as configuration.validate checks.
+  """
   available = data.train.num_examples
   if count == 0:
     return data
@@ -619,25 +577,18 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray
   batch_size = operator.index(batch_size)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  n = split.images.shape[0]
-  for start in range(0, n, batch_size):
+  for start in range(0, len(split.images), batch_size):
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
-    valid = images.shape[0]
+    pad = batch_size - len(images)
     mask = np.ones((batch_size,), np.float32)
-    if valid < batch_size:
-      pad = batch_size - valid
-      images = np.concatenate(
-          [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-      mask[valid:] = 0.0
+    if pad:
+      images = np.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
+      labels = np.pad(labels, (0, pad))
+      mask[-pad:] = 0.0
     yield {'images': images, 'labels': labels, 'mask': mask}
 
 
-# ---------------------------------------------------------------------------
-# What a run trained on.
-
-# Bytes of each image hashed into the fingerprint: every 12th (256 of 3072).
 _FINGERPRINT_STRIDE = 12
 
 

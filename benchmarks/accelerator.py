@@ -18,7 +18,7 @@ Measures, on jax.devices()[0] (one device: the numbers are per chip):
   the same 9 trained one after another (train_lib.MeshSteps), the same
   steps each.
 Results: a markdown table per part (stdout, and --out), then JSON lines.
---tiny runs every part with the tiny CNN and a few small batches, so that
+--tiny runs every part with the tiny CNN and one small batch size, so that
 the test suite runs it on a CPU (tests/test_accelerator_benchmark.py).
 Each timing follows a compiling call and ends on block_until_ready.
 """
@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import models
 import run_info
+import train_step
 from configs import default
 from sweeps import grid
-from training import optimizers, train_lib
+from training import train_lib
 
 GRID_P = (0.25, 0.125, 0.0625)
 GRID_LR = (0.1, 0.01, 0.001)
@@ -52,7 +52,7 @@ FULL = dict(models=('vgg16', 'resnet18', 'wrn16_4'), batch=128,
             max_batch=1024, steps=20, epoch_model='vgg16', train_images=50_000,
             eval_images=10_000, eval_batch=1000, grid_model='resnet18',
             grid_steps=10)
-TINY = dict(models=('tiny_cnn',), batch=8, max_batch=16, steps=2,
+TINY = dict(models=('tiny_cnn',), batch=8, max_batch=8, steps=2,
             epoch_model='tiny_cnn', train_images=64, eval_images=32,
             eval_batch=16, grid_model='tiny_cnn', grid_steps=2)
 
@@ -65,15 +65,6 @@ class Budget:
 
   def left(self):
     return self.end - time.perf_counter()
-
-
-def _config():
-  return default.get_config()  # Padam, the paper's setting.
-
-
-def _batch(rng, n):
-  return {'images': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-          'labels': rng.integers(0, 10, (n,), np.int32)}
 
 
 def _peak_bytes(device):
@@ -110,10 +101,9 @@ def _run_steps(compiled, state, batch, steps):
 
 
 def _mesh_steps(device, name, dtype, steps_per_epoch=100):
-  model = models.create_model(name, 10, dtype=dtype)
-  optimizer = optimizers.create_optimizer(_config(), steps_per_epoch)
-  steps = train_lib.MeshSteps(train_lib.make_mesh([device]), model, optimizer)
-  return model, optimizer, steps
+  # default.get_config(): Padam, the paper's setting.
+  return train_step.make_steps(name, default.get_config(), [device], dtype,
+                               steps_per_epoch)
 
 
 def train_step_rows(device, sizes, budget, rng):
@@ -126,7 +116,7 @@ def train_step_rows(device, sizes, budget, rng):
         try:
           state = jax.device_put(train_lib.create_train_state(
               jax.random.key(0), model, optimizer), steps.replicated)
-          batch = steps.shard(_batch(rng, batch_size))
+          batch = steps.shard(train_step.random_batch(rng, batch_size))
           compiled, compile_s = _compiled(steps.train_step, state, batch)
           _, seconds = _run_steps(compiled, state, batch, sizes['steps'])
         except Exception as e:  # pylint: disable=broad-except
@@ -156,10 +146,10 @@ def epoch_row(device, sizes, rng):
   steps_per_epoch = n // batch_size
   model, optimizer, steps = _mesh_steps(device, sizes['epoch_model'],
                                         jnp.bfloat16, steps_per_epoch)
-  train = _batch(rng, n)
+  train = train_step.random_batch(rng, n)
   images = steps.replicate(train['images'])
   labels = steps.replicate(train['labels'])
-  test = _batch(rng, sizes['eval_images'])
+  test = train_step.random_batch(rng, sizes['eval_images'])
   eval_batches = [
       steps.shard(dict(images=test['images'][i:i + sizes['eval_batch']],
                        labels=test['labels'][i:i + sizes['eval_batch']],
@@ -212,7 +202,7 @@ def grid_rows(device, sizes, rng):
   steps_each, batch_size = sizes['grid_steps'], sizes['batch']
   model, optimizer, steps = _mesh_steps(device, sizes['grid_model'],
                                         jnp.float32)
-  host_batch = _batch(rng, batch_size)
+  host_batch = train_step.random_batch(rng, batch_size)
   batch = steps.shard(host_batch)
   one = jax.device_put(_members_state(model, optimizer, *members[0]),
                        steps.replicated)

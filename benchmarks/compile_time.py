@@ -23,6 +23,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_info
 import subprocess_case
+import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -32,9 +33,7 @@ def compile_step(model_name: str, batch_size: int) -> dict:
   import logging
   import jax
   import numpy as np
-  from configs import quick
-  import models
-  from training import optimizers, train_lib
+  from training import train_lib
   # pylint: enable=g-import-not-at-top
 
   hits = []
@@ -46,12 +45,8 @@ def compile_step(model_name: str, batch_size: int) -> dict:
         hits.append(record.getMessage())
 
   logging.getLogger('jax').addHandler(Hits())  # JAX's loggers' root
-  config = quick.get_config()
-  config.model = model_name
-  model = models.create_model(model_name, 10)
-  optimizer = optimizers.create_optimizer(config, 390)
-  steps = train_lib.MeshSteps(train_lib.make_mesh(jax.devices()[:1]), model,
-                              optimizer)
+  model, optimizer, steps = train_step.make_steps(model_name,
+                                                  devices=jax.devices()[:1])
   state = jax.eval_shape(
       lambda: train_lib.create_train_state(jax.random.key(0), model,
                                            optimizer))

@@ -3,16 +3,15 @@
   python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
       [--parts conv,small,pool,bn,torch]
 
-One process per XLA flag set (XLA reads XLA_FLAGS when it starts), each
-timing jitted functions on random float32 NHWC inputs (median of --repeats
+One fresh process per part and XLA flag set (`subprocess_case`: XLA reads
+XLA_FLAGS when it starts), each timing jitted functions on random float32 NHWC inputs (median of --repeats
 after one compiling call):
 
 * conv: the 3x3, stride-1, 'same' convolutions of ResNet18's four stages
   (32x32x64, 16x16x128, 8x8x256, 4x4x512 in and out channels), forward, input
   gradient (dx) and weight gradient (dw) timed separately, under XLA's CPU
   defaults (YNNPACK fusions), training.host_devices.CPU_XLA_FLAGS (YNNPACK
-  off: XLA's own Eigen kernels), and the oneDNN and XNNPACK switches, alone
-  and with YNNPACK off.
+  off: XLA's own Eigen kernels), and oneDNN with YNNPACK off.
 * small: VGG16's stage-5 convolution (2x2x512 -> 512) forward + both
   gradients, as lax.conv and as models.xla_cpu's patches matmul, under
   CPU_XLA_FLAGS.
@@ -32,25 +31,18 @@ Results: a markdown table per part, then JSON lines.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run_info
+import subprocess_case
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))  # (H = W, channels)
 YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
 FLAG_SETS = {
     "XLA's defaults (YNNPACK)": '',
     'CPU_XLA_FLAGS (YNNPACK off)': None,  # training.host_devices' own.
-    'oneDNN on': '--xla_cpu_use_onednn=true',
-    'XNNPACK on': '--xla_cpu_use_xnnpack=true',
     'YNNPACK off + oneDNN on': f'{YNN_OFF} --xla_cpu_use_onednn=true',
 }
 
@@ -66,9 +58,8 @@ def _timed(fn, *args, repeats):
   return statistics.median(times)
 
 
-def _child(part, batch, repeats):
-  """Runs in a process whose XLA_FLAGS are already set; returns rows."""
-  sys.path.insert(0, ROOT)
+def measure(part, batch, repeats):
+  """Rows of `part`; in a fresh process whose XLA_FLAGS are set."""
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
   import jax
@@ -163,7 +154,7 @@ def _child(part, batch, repeats):
   return rows
 
 
-def _torch_child(batch, repeats):
+def measure_torch(batch, repeats):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   rows = []
@@ -183,20 +174,19 @@ def _torch_child(batch, repeats):
 
 
 def _run(part, flags, args):
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  """Rows of `part` under `flags` (None: CPU_XLA_FLAGS), and the flags."""
   if flags is None:
-    sys.path.insert(0, ROOT)
     from training import host_devices  # pylint: disable=g-import-not-at-top
+    env = subprocess_case.environment({'XLA_FLAGS': None})
     host_devices.set_cpu_xla_flags(env)
-  elif flags:
-    env['XLA_FLAGS'] = flags
-  env['JAX_PLATFORMS'] = 'cpu'
-  out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), '--child', part,
-       '--batch-size', str(args.batch_size), '--repeats', str(args.repeats)],
-      env=env, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1]), env.get('XLA_FLAGS', '')
+    flags = env.get('XLA_FLAGS', '')
+  kwargs = dict(batch=args.batch_size, repeats=args.repeats)
+  if part == 'torch':
+    function = measure_torch
+  else:
+    function, kwargs['part'] = measure, part
+  return subprocess_case.run(function, kwargs, env={
+      'XLA_FLAGS': flags or None, 'JAX_PLATFORMS': 'cpu'}), flags
 
 
 def main():
@@ -204,15 +194,7 @@ def main():
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--parts', default='conv,small,pool,bn,torch')
-  parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.child:
-    rows = (_torch_child(args.batch_size, args.repeats)
-            if args.child == 'torch' else
-            _child(args.child, args.batch_size, args.repeats))
-    print(json.dumps(rows))
-    return
-
   print('\n'.join(run_info.header_lines(('jax', 'jaxlib', 'flax', 'torch'))))
   print(f'# batch {args.batch_size}, float32, median of {args.repeats} '
         'after one compiling call; milliseconds')
@@ -267,4 +249,5 @@ def main():
 
 
 if __name__ == '__main__':
+  sys.path.insert(0, subprocess_case.ROOT)
   main()

@@ -59,7 +59,7 @@ import train_step
 
 TORCH_CASES = ('torch_padam', 'torch_sgd')
 JAX_CASES = ('jax_padam', 'jax_sgd')
-DEFAULT_CASES = 'torch_padam,torch_sgd,jax_padam,jax_sgd'
+DEFAULT_CASES = ','.join(TORCH_CASES + JAX_CASES)
 JAX_SETUPS = ('train.py', '1-device', 'xla-defaults')
 DEFAULT_MODELS = 'resnet18,vgg16,wrn16_4'
 
@@ -319,20 +319,6 @@ def summarise(model, rows):
   return summary
 
 
-def header(args) -> str:
-  return '\n'.join([
-      *run_info.header_lines(
-          ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy')),
-      f'# batch {args.batch_size}, random 32x32x3 uint8 inputs, training '
-      f'mode; median of {args.steps} steps per case after {args.warmup} '
-      'warm-up step(s); cases interleaved one step at a time',
-  ])
-
-
-def fmt(value, spec):
-  return '-' if value is None else format(value, spec)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default=DEFAULT_MODELS,
@@ -373,7 +359,12 @@ def main():
   if args.warmup < 1 or args.steps < 1:
     parser.error('--warmup and --steps must be >= 1')
 
-  print(header(args), flush=True)
+  print('\n'.join([
+      *run_info.header_lines(
+          ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy')),
+      f'# batch {args.batch_size}, random 32x32x3 uint8 inputs, training '
+      f'mode; median of {args.steps} steps per case after {args.warmup} '
+      'warm-up step(s); cases interleaved one step at a time']), flush=True)
   all_rows, summaries = [], []
   for model in args.models.split(','):
     rows = measure_model(model, cases, args)
@@ -397,14 +388,15 @@ def main():
             f'{jax_info.get("allocator", "?")}')
   print(f'# load average at end {os.getloadavg()[0]:.2f}')
   print()
+  fmt = cpu_meter.fmt
   print('| model | case | images/s | median step s | min-max s | own cores | '
         'other cores | own CPU s/step | first step s |')
   print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
   for r in all_rows:
     print(f'| {r["model"]} | {r["case"]} | {r["images_per_second"]:.1f} | '
           f'{r["median_s"]:.3f} | {min(r["times"]):.3f}-{max(r["times"]):.3f}'
-          f' | {fmt(r["own_cores"], ".2f")} | {fmt(r["other_cores"], ".2f")} '
-          f'| {fmt(r["own_cpu_s_per_step"], ".2f")} '
+          f' | {fmt(r["own_cores"])} | {fmt(r["other_cores"])} '
+          f'| {fmt(r["own_cpu_s_per_step"])} '
           f'| {r["first_step_s"]:.2f} |')
   print()
   columns = [f'{a}_over_{b}' for a, b in ratio_pairs(cases)]

@@ -3,28 +3,25 @@
   python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
       [--parts conv,small,pool,bn,torch]
 
-One fresh process per part and XLA flag set (`subprocess_case`: XLA reads
-XLA_FLAGS when it starts), each timing jitted functions on random float32 NHWC inputs (median of --repeats
-after one compiling call):
+One fresh process per part and XLA flag set (XLA reads XLA_FLAGS when it
+starts), timing jitted functions on random float32 NHWC inputs (median of
+--repeats after one compiling call):
 
-* conv: the 3x3, stride-1, 'same' convolutions of ResNet18's four stages
-  (32x32x64, 16x16x128, 8x8x256, 4x4x512 in and out channels), forward, input
-  gradient (dx) and weight gradient (dw) timed separately, under XLA's CPU
-  defaults (YNNPACK fusions), training.host_devices.CPU_XLA_FLAGS (YNNPACK
-  off: XLA's own Eigen kernels), and oneDNN with YNNPACK off.
-* small: VGG16's stage-5 convolution (2x2x512 -> 512) forward + both
-  gradients, as lax.conv and as models.xla_cpu's patches matmul, under
-  CPU_XLA_FLAGS.
-* pool: the 2x2 max pool of VGG16's first three stages, forward + gradient,
-  flax.linen.max_pool (reduce-window, select-and-scatter) vs
-  models.xla_cpu.max_pool_2x2, under CPU_XLA_FLAGS.
-* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as a
-  reduction (jnp.sum) vs as models.xla_cpu's per-example matmuls (time, and
-  the worst channel's rounding error relative to its sum of |x|), and
-  the whole normalisation forward + gradients, autodiff of the formula vs
-  models.xla_cpu.batch_norm_train, under CPU_XLA_FLAGS.
-* torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
-  on the `conv` shapes, for scale.
+* conv: the 3x3 'same' convolutions of ResNet18's four stages (32x32x64 to
+  4x4x512), forward, input gradient (dx) and weight gradient (dw) apart,
+  under XLA's CPU defaults (YNNPACK fusions), host_devices.CPU_XLA_FLAGS
+  (YNNPACK off: XLA's own Eigen kernels), and oneDNN with YNNPACK off.
+* small: VGG16's stage-5 convolution (2x2x512) forward + both gradients,
+  lax.conv vs models.xla_cpu's patches matmul;
+* pool: VGG16's 2x2 max pools forward + gradient, flax.linen.max_pool vs
+  models.xla_cpu.max_pool_2x2;
+* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as
+  jnp.sum vs models.xla_cpu's matmuls (time, and the worst channel's
+  rounding error relative to its sum of |x|), and the whole normalisation
+  forward + gradients, autodiff vs models.xla_cpu.batch_norm_train;
+  (these three under CPU_XLA_FLAGS)
+* torch: PyTorch's conv2d (NCHW) forward + both gradients at the `conv`
+  shapes, for scale.
 
 Results: a markdown table per part, then JSON lines.
 """
@@ -39,11 +36,11 @@ import run_info
 import subprocess_case
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))  # (H = W, channels)
-YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
 FLAG_SETS = {
     "XLA's defaults (YNNPACK)": '',
     'CPU_XLA_FLAGS (YNNPACK off)': None,  # training.host_devices' own.
-    'YNNPACK off + oneDNN on': f'{YNN_OFF} --xla_cpu_use_onednn=true',
+    'YNNPACK off + oneDNN on': ('--xla_cpu_experimental_ynn_fusion_type= '
+                                '--xla_cpu_use_onednn=true'),
 }
 
 
@@ -60,6 +57,8 @@ def _timed(fn, *args, repeats):
 
 def measure(part, batch, repeats):
   """Rows of `part`; in a fresh process whose XLA_FLAGS are set."""
+  if part == 'torch':
+    return _torch_rows(batch, repeats)
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
   import jax
@@ -154,7 +153,7 @@ def measure(part, batch, repeats):
   return rows
 
 
-def measure_torch(batch, repeats):
+def _torch_rows(batch, repeats):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   rows = []
@@ -180,12 +179,8 @@ def _run(part, flags, args):
     env = subprocess_case.environment({'XLA_FLAGS': None})
     host_devices.set_cpu_xla_flags(env)
     flags = env.get('XLA_FLAGS', '')
-  kwargs = dict(batch=args.batch_size, repeats=args.repeats)
-  if part == 'torch':
-    function = measure_torch
-  else:
-    function, kwargs['part'] = measure, part
-  return subprocess_case.run(function, kwargs, env={
+  kwargs = dict(part=part, batch=args.batch_size, repeats=args.repeats)
+  return subprocess_case.run(measure, kwargs, env={
       'XLA_FLAGS': flags or None, 'JAX_PLATFORMS': 'cpu'}), flags
 
 

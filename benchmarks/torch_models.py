@@ -172,32 +172,25 @@ class Padam(torch.optim.Optimizer):
   """
 
   def __init__(self, params, lr=0.1, betas=(0.9, 0.999), eps=1e-8,
-               weight_decay=0.0, partial=0.125, amsgrad=True):
+               weight_decay=0.0, partial=0.125):
     if not 0.0 <= partial <= 0.5:
       raise ValueError(f'partial={partial!r}; allowed: [0, 0.5]')
     super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                  weight_decay=weight_decay, partial=partial,
-                                  amsgrad=amsgrad))
+                                  weight_decay=weight_decay, partial=partial))
 
   def _state(self, param):
     """Per-parameter state, created (zeros) on first use."""
     state = self.state[param]
     if not state:
       state['step'] = 0
-      state['exp_avg'] = torch.zeros_like(param)
-      state['exp_avg_sq'] = torch.zeros_like(param)
-      state['max_exp_avg_sq'] = torch.zeros_like(param)
+      for key in ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'):
+        state[key] = torch.zeros_like(param)
     return state
 
   @torch.no_grad()
-  def step(self, closure=None):
-    loss = None
-    if closure is not None:
-      with torch.enable_grad():
-        loss = closure()
+  def step(self):
     for group in self.param_groups:
       self._update_group(group)
-    return loss
 
   def _update_group(self, group):
     params = [p for p in group['params'] if p.grad is not None]
@@ -219,11 +212,8 @@ class Padam(torch.optim.Optimizer):
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
     torch._foreach_mul_(exp_avg_sqs, b2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
-    if group['amsgrad']:
-      second = [s['max_exp_avg_sq'] for s in states]
-      torch._foreach_maximum_(second, exp_avg_sqs)
-    else:
-      second = exp_avg_sqs
+    second = [s['max_exp_avg_sq'] for s in states]
+    torch._foreach_maximum_(second, exp_avg_sqs)
     denom = torch._foreach_sqrt(second)
     torch._foreach_add_(denom, group['eps'])
     torch._foreach_pow_(denom, 2.0 * group['partial'])

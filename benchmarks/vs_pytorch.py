@@ -20,21 +20,19 @@ CIFAR-shaped uint8 images:
   (authors' formulation, `torch._foreach_*`), eager, NCHW; torch_sgd: the
   same with `torch.optim.SGD(momentum=0.9, weight_decay=5e-4, foreach=True)`.
 
-JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`), each in its
-own worker process since XLA reads its flags and device count at start-up:
-train.py (mimalloc, `host_devices.CPU_XLA_FLAGS`, `cpu_devices_per_run`
-devices), 1-device (the same flags, one device, the system's malloc),
-xla-defaults (neither: what a plain Flax + Optax program gets). Flags in
-the caller's XLA_FLAGS apply to every set-up.
+JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`): train.py
+(mimalloc, `host_devices.CPU_XLA_FLAGS`, `cpu_devices_per_run` devices),
+1-device (the same flags, one device, the system's malloc), xla-defaults
+(neither: what a plain Flax + Optax program gets). Flags in the caller's
+XLA_FLAGS apply to every set-up.
 
-Each framework and set-up runs in its own long-lived worker process, so
-/proc/self/stat counts only its CPU time; the parent interleaves the cases
-one step at a time, rotating their order every round, so drift in the
-machine's speed hits every case alike. Reported per case: the median step
-time over `--steps` steps after `--warmup` untimed ones (images/s = batch /
-median), the cores kept busy by the case's process and by all others, and
-its CPU seconds per step; then padam / sgd and JAX / PyTorch step-time
-ratios, and the results as JSON lines.
+Each framework and set-up runs in its own long-lived worker process (XLA
+reads its flags at start-up, and /proc/self/stat then counts only that
+case's CPU time); the parent interleaves the cases one step at a time,
+rotating their order every round, so drift in the machine's speed hits
+every case alike. Reported per case: the median step time over `--steps`
+steps after `--warmup` untimed ones, the cores kept busy by its process and
+by all others, its CPU seconds per step; then step-time ratios.
 """
 
 import argparse
@@ -212,11 +210,8 @@ def worker_main(args):
 
 
 class Worker:
-  """A worker subprocess for one framework and one model.
-
-  Long-lived, unlike benchmarks/subprocess_case.run's one call per process:
-  the parent interleaves the cases one step at a time across workers, and a
-  process per step would rebuild and recompile every case each time.
+  """A worker subprocess for one framework and one model: long-lived, unlike
+  subprocess_case.run's, since a process per step would recompile each time.
   """
 
   def __init__(self, framework, setup, model, cases, args):

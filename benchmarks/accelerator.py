@@ -8,19 +8,18 @@ throughput of the paper models, a CIFAR-10-sized VGG16 epoch, and the
 Measures, on jax.devices()[0] (one device: the numbers are per chip):
 * train step images/s of VGG16, ResNet18, WRN-16-4, float32 and bfloat16,
   at batch 128 and then at doubled batches up to 1024 while each is >3%
-  faster, fits and --budget allows; compile time (lower + compile) and the
-  executable's memory (XLA's memory analysis), and the device's peak memory
+  faster, fits and --budget allows; compile time (lower + compile), the
+  executable's memory (XLA's memory analysis) and the device's peak memory
   so far where the backend reports it;
 * one CIFAR-10-sized epoch of VGG16 in bfloat16: 50,000 synthetic uint8
   images held on the device, shuffled batches of 128 gathered there,
   augmentation inside the step (as train.py), then evaluation of 10,000;
 * the (p, lr) grid: 9 ResNet18 members vmapped (sweeps.grid.GridSteps) vs
-  the same 9 trained one after another (train_lib.MeshSteps), the same
-  steps each.
+  the same 9 one after another (train_lib.MeshSteps), the same steps each.
 Results: a markdown table per part (stdout, and --out), then JSON lines.
 --tiny runs every part with the tiny CNN and one small batch size, so that
-the test suite runs it on a CPU (tests/test_accelerator_benchmark.py).
-Each timing follows a compiling call and ends on block_until_ready.
+the test suite runs it on a CPU. Each timing follows a compiling call and
+ends on block_until_ready.
 """
 
 import argparse

@@ -4,11 +4,10 @@
       [--batch-size 128]
 
 For each model, two fresh processes in turn share one new, empty persistent
-compilation cache (the one train.py and sweep.py turn on by default,
-training/cli.py): the first compiles the jitted train step (`MeshSteps`, on
-one device, batch 128) and writes it to the cache; the second, a new process
-as a resumed or repeated run is, loads it. Each reports the seconds of
-`lower` and of `compile`, and whether JAX logged a cache hit.
+compilation cache (as train.py and sweep.py turn on by default): the first
+compiles the train step (`MeshSteps` on one device) into it, the second (as
+a resumed or repeated run) loads it. Each reports the seconds of `lower` and
+of `compile`, and whether JAX logged a cache hit.
 """
 
 import argparse
@@ -17,8 +16,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_info

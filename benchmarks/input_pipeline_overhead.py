@@ -7,21 +7,17 @@ Target: a real epoch on the genuine subset takes no more than 5% longer than
 the same number of steps on data already on the device.
 
 Data: CIFAR-10's first 5000 training images (39 steps of 128), downloaded
-once, or a local copy in the canonical layout with --data-dir. Model and
-optimizer as `configs/quick.py` (Padam p=1/8, injected); `--models name:N`
-cuts each epoch to its first N steps (and the evaluation to one batch), for
-the big models, whose steps take seconds on a CPU.
-
-Cases, interleaved in rotating order for `--rounds` rounds after one untimed
-warm-up of each (which compiles):
+once, or a local copy with --data-dir. Model and optimizer as
+`configs/quick.py`; `--models name:N` cuts each epoch to its first N steps
+(and the evaluation to one batch), for the big models. Cases, interleaved
+in rotating order for `--rounds` rounds after one untimed warm-up each:
 
 * train_epochs: one epoch of `training.loop.train_epochs`, the loop train.py
-  runs (batches gathered on device, metrics summed on device, the
-  non-finite watch; no progress bar), in a fresh temporary workdir, timed
-  as the loop times its training (steps x batch / its images_per_second),
-  without the evaluation, metrics files and checkpoint that follow.
+  runs (no progress bar), in a fresh temporary workdir, timed as the loop
+  times its training (steps x batch / its images_per_second), without the
+  evaluation, metrics files and checkpoint that follow.
 * device_batch: the same number of `steps.train_step` calls on one batch
-  already on the device, nothing else, then waiting for the result.
+  already on the device, then waiting for the result.
 
 Reported: the median time of each case, its ratio to device_batch, and the
 average cores busy in this process and in all others (for train_epochs over

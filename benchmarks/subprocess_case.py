@@ -8,14 +8,12 @@ values than the running process runs in a new one.
                                env={'JAX_PLATFORMS': 'cpu'})
 
 runs `measure(model='resnet18')`, a module-level function of a benchmark
-script, in `python benchmarks/subprocess_case.py ROOT SCRIPT NAME KWARGS_JSON`,
-and returns what it returned (JSON-serialisable), read from the child's last
-line on stdout. The child imports the project's code from ROOT (`root`: this
-checkout unless given). The script is imported, not run: its `__main__` block does
-not run there. The child inherits this process's environment with `env`
-applied (a value of None removes the variable; LD_PRELOAD too, so a parent
-restarted under mimalloc, training/allocator.py, starts its children under
-it); its stderr is this process's.
+script (imported there, not run), in `python benchmarks/subprocess_case.py
+ROOT SCRIPT NAME KWARGS_JSON`, and returns its JSON result, the child's last
+line on stdout. The child imports the project's code from ROOT (`root`:
+this checkout unless given) and inherits this process's environment
+(LD_PRELOAD too, so mimalloc) with `env` applied (None removes a variable);
+its stderr is this process's.
 """
 
 import importlib.util

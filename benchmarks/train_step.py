@@ -13,8 +13,8 @@ CPU devices, each in a fresh process: on one CPU the 4 "devices" share the
 same cores, so the ratio measures the cost of partitioning and collectives,
 not a speed-up.
 
-The functions import the project's code when called (never this file), so
-that `ab_checkouts.py` can run `measure` on another checkout's code.
+The functions import the project's code when called, not when this file is
+imported, so that `ab_checkouts.py` can run `measure` on another checkout.
 """
 
 import argparse

@@ -222,14 +222,6 @@ class Padam(torch.optim.Optimizer):
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
-def _insertion_order_leaves(tree):
-  """Leaves of nested dicts in insertion order (jax.tree sorts the keys)."""
-  if isinstance(tree, dict) or hasattr(tree, 'items'):
-    return [leaf for value in tree.values()
-            for leaf in _insertion_order_leaves(value)]
-  return [tree]
-
-
 def _self_check() -> None:
   """Parameter counts; the same logits as the Flax models; Padam as padax's.
 
@@ -243,6 +235,7 @@ def _self_check() -> None:
   sys.path.insert(0, os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
+  from flax import traverse_util
   import jax
   import numpy as np
   import optax
@@ -264,7 +257,8 @@ def _self_check() -> None:
     flax_model = models.create_model(name, 10)
     variables = flax_model.init(jax.random.key(0), x[:1], train=False)
     torch_model = create_model(name, 10)
-    flax_params = _insertion_order_leaves(variables['params'])
+    # In insertion order (jax.tree.leaves would sort the keys).
+    flax_params = list(traverse_util.flatten_dict(variables['params']).values())
     torch_params = list(torch_model.parameters())
     assert len(flax_params) == len(torch_params), name
     with torch.no_grad():

@@ -37,7 +37,6 @@ sys.path.insert(0, ROOT)
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import run_info
 import train_step
@@ -179,12 +178,8 @@ def epoch_row(device, sizes, rng):
 
 
 def _members_state(model, optimizer, p, lr):
-  state = train_lib.create_train_state(jax.random.key(0), model, optimizer)
-  hyper = dict(state.opt_state.hyperparams)
-  hyper['p'] = jnp.asarray(p, hyper['p'].dtype)
-  hyper['learning_rate'] = jnp.asarray(lr, hyper['learning_rate'].dtype)
-  return state.replace(opt_state=optax.tree_utils.tree_set(
-      state.opt_state, hyperparams=hyper))
+  return grid.set_hyperparameters(train_lib.create_train_state(
+      jax.random.key(0), model, optimizer), dict(p=p, learning_rate=lr))
 
 
 def grid_rows(device, sizes, rng):

@@ -3,18 +3,17 @@
   python benchmarks/ab_checkouts.py --base d055b35 --models resnet18,vgg16
 
 Checks `--base` out into a temporary git worktree and times the step of
-train.py's set-up (the paper config's Padam, MeshSteps over the devices
-train.py would use for the model, XLA:CPU flags, mimalloc where installed)
-in the base and in this checkout, alternately (which goes first alternates
-too), `--rounds` times each: a fresh process per measurement, each
-importing its own tree's code. Prints
-images/s per round and the median ratio this/base per model. Uses only the
-API both trees share (models.create_model, training.optimizers,
-training.train_lib), so any two commits of the restructured history compare.
+train.py's set-up (`train_step.measure`: the paper config's Padam, MeshSteps
+over the devices train.py would use for the model, XLA:CPU flags, mimalloc
+where installed) on the base's code and on this checkout's, alternately
+(which goes first alternates too), `--rounds` times each: a fresh process
+per measurement. Prints images/s per round and the median ratio this/base
+per model. `measure` uses only the API both trees share
+(models.create_model, training.optimizers, training.train_lib), so any two
+commits of the restructured history compare.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,60 +21,16 @@ import sys
 import tempfile
 
 import run_info
-
-# Runs inside the measured tree (cwd, PYTHONPATH): times `steps` train steps
-# after 2 compiling/warm-up steps; prints images/s.
-_CHILD = r'''
-import json, sys, time
-from training import host_devices
-host_devices.set_cpu_xla_flags()
-import jax, jax.numpy as jnp, numpy as np
-import models
-from configs import paper
-from training import optimizers, train_lib
-model_name, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-config = paper.get_config(f'{model_name},cifar10,padam')
-optimizer = optimizers.create_optimizer(config, 391)
-model = models.create_model(model_name, 10)
-mesh_steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer)
-state = jax.jit(lambda k: train_lib.create_train_state(k, model, optimizer),
-                out_shardings=mesh_steps.replicated)(jax.random.key(0))
-rng = np.random.default_rng(0)
-batch_data = mesh_steps.shard({
-    'images': rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
-    'labels': rng.integers(0, 10, (batch,)).astype(np.int32)})
-for _ in range(2):
-  state, metrics = mesh_steps.train_step(state, batch_data)
-jax.block_until_ready(metrics)
-t0 = time.perf_counter()
-for _ in range(steps):
-  state, metrics = mesh_steps.train_step(state, batch_data)
-jax.block_until_ready(metrics)
-print(json.dumps(batch * steps / (time.perf_counter() - t0)))
-'''
+import subprocess_case
+import train_step
 
 
-def _environment(tree: str) -> dict:
-  env = dict(os.environ, PYTHONPATH=tree, JAX_PLATFORMS='cpu')
-  sys.path.insert(0, tree)
-  try:
-    from training import allocator  # pylint: disable=g-import-not-at-top
-    library = allocator.mimalloc_library()
-  except ImportError:
-    library = None
-  finally:
-    sys.path.remove(tree)
-  if library:
-    env['LD_PRELOAD'] = library
-  return env
-
-
-def _measure(tree: str, model: str, batch: int, steps: int) -> float:
-  out = subprocess.run(
-      [sys.executable, '-c', _CHILD, model, str(batch), str(steps)],
-      cwd=tree, env=_environment(tree), capture_output=True, text=True,
-      check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+def _images_per_second(tree: str, model: str, batch: int, steps: int):
+  r = subprocess_case.run(
+      train_step.measure, dict(model_name=model, batch_size=batch,
+                               steps=steps, warmup=2, config='paper'),
+      env={'JAX_PLATFORMS': 'cpu'}, root=tree)
+  return batch * steps / sum(r['times'])
 
 
 def main():
@@ -100,8 +55,8 @@ def main():
           # Alternate which tree goes first: a process started right after
           # another one's exit runs a little differently.
           trees = [run_info.ROOT, base][::1 if r % 2 == 0 else -1]
-          measured = {t: _measure(t, model, args.batch_size, args.steps)
-                      for t in trees}
+          measured = {t: _images_per_second(t, model, args.batch_size,
+                                            args.steps) for t in trees}
           this, then = measured[run_info.ROOT], measured[base]
           ratios.append(this / then)
           print(f'{model} round {r + 1}: this {this:.1f} img/s, base '
@@ -113,4 +68,8 @@ def main():
 
 
 if __name__ == '__main__':
+  # train.py's allocator (mimalloc where installed); children inherit it.
+  sys.path.insert(0, run_info.ROOT)
+  from training import allocator  # pylint: disable=g-import-not-at-top
+  allocator.use_mimalloc()
   main()

@@ -6,21 +6,20 @@ throughput of the paper models, a CIFAR-10-sized VGG16 epoch, and the
   python benchmarks/accelerator.py --tiny               # CPU, seconds (tests)
 
 Measures, on jax.devices()[0] (one device: the numbers are per chip):
-* train step images/s of VGG16, ResNet18, WRN-16-4 (--models), float32 and
-  bfloat16, at batch 128 and then at doubled batches up to --max-batch while
-  each is >3% faster and fits; compile time (lower + compile) and the
-  executable's memory (XLA's memory analysis), and the device's peak memory
+* train step images/s of VGG16, ResNet18, WRN-16-4, float32 and bfloat16,
+  at batch 128 and then at doubled batches up to 1024 while each is >3%
+  faster, fits and --budget allows; compile time (lower + compile), the
+  executable's memory (XLA's memory analysis) and the device's peak memory
   so far where the backend reports it;
 * one CIFAR-10-sized epoch of VGG16 in bfloat16: 50,000 synthetic uint8
   images held on the device, shuffled batches of 128 gathered there,
   augmentation inside the step (as train.py), then evaluation of 10,000;
 * the (p, lr) grid: 9 ResNet18 members vmapped (sweeps.grid.GridSteps) vs
-  the same 9 trained one after another (train_lib.MeshSteps), the same
-  steps each.
+  the same 9 one after another (train_lib.MeshSteps), the same steps each.
 Results: a markdown table per part (stdout, and --out), then JSON lines.
---tiny runs every part with the tiny CNN and a few small batches, so that
-the test suite runs it on a CPU (tests/test_accelerator_benchmark.py).
-Each timing follows a compiling call and ends on block_until_ready.
+--tiny runs every part with the tiny CNN and one small batch size, so that
+the test suite runs it on a CPU. Each timing follows a compiling call and
+ends on block_until_ready.
 """
 
 import argparse
@@ -38,13 +37,12 @@ sys.path.insert(0, ROOT)
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-import models
 import run_info
+import train_step
 from configs import default
 from sweeps import grid
-from training import optimizers, train_lib
+from training import train_lib
 
 GRID_P = (0.25, 0.125, 0.0625)
 GRID_LR = (0.1, 0.01, 0.001)
@@ -52,28 +50,9 @@ FULL = dict(models=('vgg16', 'resnet18', 'wrn16_4'), batch=128,
             max_batch=1024, steps=20, epoch_model='vgg16', train_images=50_000,
             eval_images=10_000, eval_batch=1000, grid_model='resnet18',
             grid_steps=10)
-TINY = dict(models=('tiny_cnn',), batch=8, max_batch=16, steps=2,
+TINY = dict(models=('tiny_cnn',), batch=8, max_batch=8, steps=2,
             epoch_model='tiny_cnn', train_images=64, eval_images=32,
             eval_batch=16, grid_model='tiny_cnn', grid_steps=2)
-
-
-class Budget:
-  """Seconds left for the optional runs (larger batches)."""
-
-  def __init__(self, seconds):
-    self.end = time.perf_counter() + seconds
-
-  def left(self):
-    return self.end - time.perf_counter()
-
-
-def _config():
-  return default.get_config()  # Padam, the paper's setting.
-
-
-def _batch(rng, n):
-  return {'images': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-          'labels': rng.integers(0, 10, (n,), np.int32)}
 
 
 def _peak_bytes(device):
@@ -110,13 +89,13 @@ def _run_steps(compiled, state, batch, steps):
 
 
 def _mesh_steps(device, name, dtype, steps_per_epoch=100):
-  model = models.create_model(name, 10, dtype=dtype)
-  optimizer = optimizers.create_optimizer(_config(), steps_per_epoch)
-  steps = train_lib.MeshSteps(train_lib.make_mesh([device]), model, optimizer)
-  return model, optimizer, steps
+  # default.get_config(): Padam, the paper's setting.
+  return train_step.make_steps(name, default.get_config(), [device], dtype,
+                               steps_per_epoch)
 
 
-def train_step_rows(device, sizes, budget, rng):
+def train_step_rows(device, sizes, deadline, rng):
+  """Batches double while faster, until it fails to fit or `deadline`."""
   rows = []
   for name in sizes['models']:
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -126,7 +105,7 @@ def train_step_rows(device, sizes, budget, rng):
         try:
           state = jax.device_put(train_lib.create_train_state(
               jax.random.key(0), model, optimizer), steps.replicated)
-          batch = steps.shard(_batch(rng, batch_size))
+          batch = steps.shard(train_step.random_batch(rng, batch_size))
           compiled, compile_s = _compiled(steps.train_step, state, batch)
           _, seconds = _run_steps(compiled, state, batch, sizes['steps'])
         except Exception as e:  # pylint: disable=broad-except
@@ -144,7 +123,8 @@ def train_step_rows(device, sizes, budget, rng):
         faster = best is None or row['images_per_s'] > 1.03 * best
         best = max(best or 0.0, row['images_per_s'])
         # The next, doubled, batch costs a compile and twice the steps.
-        if not faster or budget.left() < 4 * (compile_s + seconds):
+        if not faster or (deadline - time.perf_counter() <
+                           4 * (compile_s + seconds)):
           break
         batch_size *= 2
   return rows
@@ -156,10 +136,10 @@ def epoch_row(device, sizes, rng):
   steps_per_epoch = n // batch_size
   model, optimizer, steps = _mesh_steps(device, sizes['epoch_model'],
                                         jnp.bfloat16, steps_per_epoch)
-  train = _batch(rng, n)
+  train = train_step.random_batch(rng, n)
   images = steps.replicate(train['images'])
   labels = steps.replicate(train['labels'])
-  test = _batch(rng, sizes['eval_images'])
+  test = train_step.random_batch(rng, sizes['eval_images'])
   eval_batches = [
       steps.shard(dict(images=test['images'][i:i + sizes['eval_batch']],
                        labels=test['labels'][i:i + sizes['eval_batch']],
@@ -198,12 +178,8 @@ def epoch_row(device, sizes, rng):
 
 
 def _members_state(model, optimizer, p, lr):
-  state = train_lib.create_train_state(jax.random.key(0), model, optimizer)
-  hyper = dict(state.opt_state.hyperparams)
-  hyper['p'] = jnp.asarray(p, hyper['p'].dtype)
-  hyper['learning_rate'] = jnp.asarray(lr, hyper['learning_rate'].dtype)
-  return state.replace(opt_state=optax.tree_utils.tree_set(
-      state.opt_state, hyperparams=hyper))
+  return grid.set_hyperparameters(train_lib.create_train_state(
+      jax.random.key(0), model, optimizer), dict(p=p, learning_rate=lr))
 
 
 def grid_rows(device, sizes, rng):
@@ -212,7 +188,7 @@ def grid_rows(device, sizes, rng):
   steps_each, batch_size = sizes['grid_steps'], sizes['batch']
   model, optimizer, steps = _mesh_steps(device, sizes['grid_model'],
                                         jnp.float32)
-  host_batch = _batch(rng, batch_size)
+  host_batch = train_step.random_batch(rng, batch_size)
   batch = steps.shard(host_batch)
   one = jax.device_put(_members_state(model, optimizer, *members[0]),
                        steps.replicated)
@@ -288,13 +264,13 @@ def main(argv=None):
                       help='seconds after which no larger batch is tried')
   args = parser.parse_args(argv)
   sizes = TINY if args.tiny else FULL
-  budget = Budget(args.budget)
   device = jax.devices()[0]
   rng = np.random.default_rng(0)
   header = run_info.header_lines(('jax', 'jaxlib', 'flax', 'optax'))
   header.append(f'# device: {device.platform}, {device.device_kind}'
                 f'{" (--tiny)" if args.tiny else ""}')
-  rows = train_step_rows(device, sizes, budget, rng)
+  rows = train_step_rows(device, sizes,
+                         time.perf_counter() + args.budget, rng)
   rows.append(epoch_row(device, sizes, rng))
   rows += grid_rows(device, sizes, rng)
   text = '\n'.join(header) + '\n\n' + markdown(rows) + '\n'

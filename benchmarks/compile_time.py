@@ -4,11 +4,10 @@
       [--batch-size 128]
 
 For each model, two fresh processes in turn share one new, empty persistent
-compilation cache (the one train.py and sweep.py turn on by default,
-training/cli.py): the first compiles the jitted train step (`MeshSteps`, on
-one device, batch 128) and writes it to the cache; the second, a new process
-as a resumed or repeated run is, loads it. Each reports the seconds of
-`lower` and of `compile`, and whether JAX logged a cache hit.
+compilation cache (as train.py and sweep.py turn on by default): the first
+compiles the train step (`MeshSteps` on one device) into it, the second (as
+a resumed or repeated run) loads it. Each reports the seconds of `lower` and
+of `compile`, and whether JAX logged a cache hit.
 """
 
 import argparse
@@ -17,12 +16,12 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import run_info
 import subprocess_case
+import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -32,9 +31,7 @@ def compile_step(model_name: str, batch_size: int) -> dict:
   import logging
   import jax
   import numpy as np
-  from configs import quick
-  import models
-  from training import optimizers, train_lib
+  from training import train_lib
   # pylint: enable=g-import-not-at-top
 
   hits = []
@@ -46,12 +43,8 @@ def compile_step(model_name: str, batch_size: int) -> dict:
         hits.append(record.getMessage())
 
   logging.getLogger('jax').addHandler(Hits())  # JAX's loggers' root
-  config = quick.get_config()
-  config.model = model_name
-  model = models.create_model(model_name, 10)
-  optimizer = optimizers.create_optimizer(config, 390)
-  steps = train_lib.MeshSteps(train_lib.make_mesh(jax.devices()[:1]), model,
-                              optimizer)
+  model, optimizer, steps = train_step.make_steps(model_name,
+                                                  devices=jax.devices()[:1])
   state = jax.eval_shape(
       lambda: train_lib.create_train_state(jax.random.key(0), model,
                                            optimizer))

@@ -3,55 +3,44 @@
   python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
       [--parts conv,small,pool,bn,torch]
 
-One process per XLA flag set (XLA reads XLA_FLAGS when it starts), each
-timing jitted functions on random float32 NHWC inputs (median of --repeats
-after one compiling call):
+One fresh process per part and XLA flag set (XLA reads XLA_FLAGS when it
+starts), timing jitted functions on random float32 NHWC inputs (median of
+--repeats after one compiling call):
 
-* conv: the 3x3, stride-1, 'same' convolutions of ResNet18's four stages
-  (32x32x64, 16x16x128, 8x8x256, 4x4x512 in and out channels), forward, input
-  gradient (dx) and weight gradient (dw) timed separately, under XLA's CPU
-  defaults (YNNPACK fusions), training.host_devices.CPU_XLA_FLAGS (YNNPACK
-  off: XLA's own Eigen kernels), and the oneDNN and XNNPACK switches, alone
-  and with YNNPACK off.
-* small: VGG16's stage-5 convolution (2x2x512 -> 512) forward + both
-  gradients, as lax.conv and as models.xla_cpu's patches matmul, under
-  CPU_XLA_FLAGS.
-* pool: the 2x2 max pool of VGG16's first three stages, forward + gradient,
-  flax.linen.max_pool (reduce-window, select-and-scatter) vs
-  models.xla_cpu.max_pool_2x2, under CPU_XLA_FLAGS.
-* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as a
-  reduction (jnp.sum) vs as models.xla_cpu's per-example matmuls (time, and
-  the worst channel's rounding error relative to its sum of |x|), and
-  the whole normalisation forward + gradients, autodiff of the formula vs
-  models.xla_cpu.batch_norm_train, under CPU_XLA_FLAGS.
-* torch: PyTorch's conv2d (NCHW, its CPU default) forward + both gradients
-  on the `conv` shapes, for scale.
+* conv: the 3x3 'same' convolutions of ResNet18's four stages (32x32x64 to
+  4x4x512), forward, input gradient (dx) and weight gradient (dw) apart,
+  under XLA's CPU defaults (YNNPACK fusions), host_devices.CPU_XLA_FLAGS
+  (YNNPACK off: XLA's own Eigen kernels), and oneDNN with YNNPACK off.
+* small: VGG16's stage-5 convolution (2x2x512) forward + both gradients,
+  lax.conv vs models.xla_cpu's patches matmul;
+* pool: VGG16's 2x2 max pools forward + gradient, flax.linen.max_pool vs
+  models.xla_cpu.max_pool_2x2;
+* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as
+  jnp.sum vs models.xla_cpu's matmuls (time, and the worst channel's
+  rounding error relative to its sum of |x|), and the whole normalisation
+  forward + gradients, autodiff vs models.xla_cpu.batch_norm_train;
+  (these three under CPU_XLA_FLAGS)
+* torch: PyTorch's conv2d (NCHW) forward + both gradients at the `conv`
+  shapes, for scale.
 
 Results: a markdown table per part, then JSON lines.
 """
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-import run_info  # pylint: disable=g-import-not-at-top,wrong-import-position
+import run_info
+import subprocess_case
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))  # (H = W, channels)
-YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
 FLAG_SETS = {
     "XLA's defaults (YNNPACK)": '',
     'CPU_XLA_FLAGS (YNNPACK off)': None,  # training.host_devices' own.
-    'oneDNN on': '--xla_cpu_use_onednn=true',
-    'XNNPACK on': '--xla_cpu_use_xnnpack=true',
-    'YNNPACK off + oneDNN on': f'{YNN_OFF} --xla_cpu_use_onednn=true',
+    'YNNPACK off + oneDNN on': ('--xla_cpu_experimental_ynn_fusion_type= '
+                                '--xla_cpu_use_onednn=true'),
 }
 
 
@@ -66,9 +55,10 @@ def _timed(fn, *args, repeats):
   return statistics.median(times)
 
 
-def _child(part, batch, repeats):
-  """Runs in a process whose XLA_FLAGS are already set; returns rows."""
-  sys.path.insert(0, ROOT)
+def measure(part, batch, repeats):
+  """Rows of `part`; in a fresh process whose XLA_FLAGS are set."""
+  if part == 'torch':
+    return _torch_rows(batch, repeats)
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
   import jax
@@ -163,7 +153,7 @@ def _child(part, batch, repeats):
   return rows
 
 
-def _torch_child(batch, repeats):
+def _torch_rows(batch, repeats):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   rows = []
@@ -183,20 +173,15 @@ def _torch_child(batch, repeats):
 
 
 def _run(part, flags, args):
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
+  """Rows of `part` under `flags` (None: CPU_XLA_FLAGS), and the flags."""
   if flags is None:
-    sys.path.insert(0, ROOT)
     from training import host_devices  # pylint: disable=g-import-not-at-top
+    env = subprocess_case.environment({'XLA_FLAGS': None})
     host_devices.set_cpu_xla_flags(env)
-  elif flags:
-    env['XLA_FLAGS'] = flags
-  env['JAX_PLATFORMS'] = 'cpu'
-  out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), '--child', part,
-       '--batch-size', str(args.batch_size), '--repeats', str(args.repeats)],
-      env=env, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1]), env.get('XLA_FLAGS', '')
+    flags = env.get('XLA_FLAGS', '')
+  kwargs = dict(part=part, batch=args.batch_size, repeats=args.repeats)
+  return subprocess_case.run(measure, kwargs, env={
+      'XLA_FLAGS': flags or None, 'JAX_PLATFORMS': 'cpu'}), flags
 
 
 def main():
@@ -204,15 +189,7 @@ def main():
   parser.add_argument('--batch-size', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--parts', default='conv,small,pool,bn,torch')
-  parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.child:
-    rows = (_torch_child(args.batch_size, args.repeats)
-            if args.child == 'torch' else
-            _child(args.child, args.batch_size, args.repeats))
-    print(json.dumps(rows))
-    return
-
   print('\n'.join(run_info.header_lines(('jax', 'jaxlib', 'flax', 'torch'))))
   print(f'# batch {args.batch_size}, float32, median of {args.repeats} '
         'after one compiling call; milliseconds')
@@ -267,4 +244,5 @@ def main():
 
 
 if __name__ == '__main__':
+  sys.path.insert(0, subprocess_case.ROOT)
   main()

@@ -1,17 +1,11 @@
 """How many CPU cores a timed region kept busy: this process's and the others'.
 
-Linux only (reads /proc); elsewhere the counts are None. `CpuMeter` samples
-
-* this process's user + system time, all threads (/proc/self/stat utime and
-  stime), so own_cores = that CPU time / wall time: ~1.0 means one core kept
-  busy on average, 2.0 both cores of a 2-core machine;
-* the whole machine's busy time (/proc/stat, every CPU, everything but idle
-  and iowait), so other_cores = machine busy - own: the load of other
-  processes during the region, which slows the region down and which the
-  interleaving of cases is meant to spread evenly.
-
-Resolution is one clock tick (usually 10 ms) per sample: use regions of a
-second or more.
+Linux only (reads /proc); elsewhere the counts are None. own = this
+process's user + system time, all threads (/proc/self/stat); other = the
+whole machine's busy time (/proc/stat: all but idle and iowait) minus own,
+the load of other processes, which slows the region down and which the
+interleaving of cases is meant to spread evenly. Resolution is one clock
+tick (usually 10 ms) per sample: use regions of a second or more.
 """
 
 import os
@@ -40,8 +34,7 @@ def _machine_busy_ticks():
     return None
   # user nice system idle iowait irq softirq steal [guest guest_nice]; guest
   # time is already counted in user and nice.
-  idle = values[3] + values[4]
-  return sum(values[:8]) - idle
+  return sum(values[:8]) - values[3] - values[4]
 
 
 class CpuMeter:
@@ -61,16 +54,14 @@ class CpuMeter:
     self.wall_s = time.perf_counter() - self._t0
     own, machine = _own_ticks(), _machine_busy_ticks()
     self.own_cpu_s = self.other_cpu_s = None
-    self.own_cores = self.other_cores = None
     if own is not None and self._own is not None:
       self.own_cpu_s = (own - self._own) / _TICKS
       if machine is not None and self._machine is not None:
         machine_s = (machine - self._machine) / _TICKS
         # Ticks of the two files are sampled at slightly different moments.
         self.other_cpu_s = max(machine_s - self.own_cpu_s, 0.0)
-    if self.wall_s > 0:
-      self.own_cores = cores(self.own_cpu_s, self.wall_s)
-      self.other_cores = cores(self.other_cpu_s, self.wall_s)
+    self.own_cores = cores(self.own_cpu_s, self.wall_s)
+    self.other_cores = cores(self.other_cpu_s, self.wall_s)
     return False
 
 
@@ -79,3 +70,8 @@ def cores(cpu_s, wall_s):
   if cpu_s is None or not wall_s:
     return None
   return cpu_s / wall_s
+
+
+def fmt(value, spec: str = '.2f') -> str:
+  """`value` formatted, or '-' for None."""
+  return '-' if value is None else format(value, spec)

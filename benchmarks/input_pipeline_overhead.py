@@ -1,48 +1,27 @@
 """Input-pipeline overhead: a real training epoch vs the same steps on one device batch.
 
   python benchmarks/input_pipeline_overhead.py [--models tiny_cnn,resnet18:4]
-      [--rounds 5] [--batch-size 128]
-      [--data-dir DIR]
+      [--rounds 5] [--batch-size 128] [--data-dir DIR]
 
-Target (issue on speed): a real epoch on the genuine subset takes no more
-than 5% longer than the same number of steps on data already on the device.
+Target: a real epoch on the genuine subset takes no more than 5% longer than
+the same number of steps on data already on the device.
 
 Data: CIFAR-10's first 5000 training images (39 steps of 128), downloaded
-once (`data_source='download'`), or a local copy in the canonical layout
-with --data-dir (the figures in docs/benchmarks.md: the development
-machine's genuine subset, 5085 images); replicated on the device once, as `train.py` does before
-its first epoch. Model and optimizer as `configs/quick.py` (Padam p=1/8,
-injected); `--models name:N` cuts each epoch to its first N steps (and the
-train_epochs cases' evaluation to one batch), for the big models, whose
-steps take seconds on a CPU.
-
-Cases, interleaved in rotating order for `--rounds` rounds after one untimed
-warm-up of each (which compiles):
+once, or a local copy with --data-dir. Model and optimizer as
+`configs/quick.py`; `--models name:N` cuts each epoch to its first N steps
+(and the evaluation to one batch), for the big models. Cases, interleaved
+in rotating order for `--rounds` rounds after one untimed warm-up each:
 
 * train_epochs: one epoch of `training.loop.train_epochs`, the loop train.py
-  runs (batches gathered on device by `loop.epoch_batches`, metrics summed
-  on device, the non-finite watch; no progress bar), in a fresh temporary
-  workdir. Timed: the epoch's training time as the loop itself measures it
-  and reports in its metrics row (steps x batch / images_per_second), not
-  the evaluation, metrics files and checkpoint that follow it.
-* train_epochs_progress_bar: the same with the tqdm bar train.py shows (on
-  stderr; it fetches an earlier step's totals every 10 steps).
-* epoch: `loop.epoch_batches` and `steps.train_step` with the metrics summed
-  on device (`steps.add`), then `train_lib.host_metrics` of the totals: the
-  loop's epoch without its non-finite watch.
-* epoch_no_metrics: (diagnostic) the same batches and steps, the metrics not
-  summed: separates the gather from the accumulation.
+  runs (no progress bar), in a fresh temporary workdir, timed as the loop
+  times its training (steps x batch / its images_per_second), without the
+  evaluation, metrics files and checkpoint that follow.
 * device_batch: the same number of `steps.train_step` calls on one batch
-  already on the device, nothing else, then waiting for the result.
-* batches_only: (diagnostic) the epoch's batches from `epoch_batches` and
-  nothing else, waiting for the last: the data path's own cost per step,
-  an upper bound on what it can add to an epoch (it mostly overlaps with
-  the steps, which JAX runs asynchronously).
+  already on the device, then waiting for the result.
 
-Every case ends by waiting for its results, so each measures complete work.
 Reported: the median time of each case, its ratio to device_batch, and the
-average cores busy in this process and in all others (contention; for the
-train_epochs cases over the whole call, evaluation and checkpoint included).
+average cores busy in this process and in all others (for train_epochs over
+the whole call, evaluation and checkpoint included).
 """
 
 import argparse
@@ -69,8 +48,7 @@ from training import faults, input_pipeline, loop, optimizers, train_lib
 from training import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-CASES = ('train_epochs', 'train_epochs_progress_bar', 'epoch',
-         'epoch_no_metrics', 'device_batch', 'batches_only')
+CASES = ('train_epochs', 'device_batch')
 
 
 def measure(model_name, max_steps, data, batch_size, rounds):
@@ -93,22 +71,14 @@ def measure(model_name, max_steps, data, batch_size, rounds):
   init = jax.jit(lambda r: train_lib.create_train_state(r, model, optimizer),
                  out_shardings=steps.state_sharding)
   state = init(jax.random.key(config.seed))
-  # On the device once, before the epochs, as train_epochs does.
   train_arrays = steps.replicate(
       (data.train.images, data.train.labels.astype(np.int32)))
   device_batch = next(loop.epoch_batches(
       steps, train_arrays, input_pipeline.epoch_permutation(0, 0, n),
       batch_size, 1))
   jax.block_until_ready(device_batch)
-  epoch_counter = [0]
 
-  def batches():
-    epoch_counter[0] += 1
-    order = steps.batch_order(config.seed, epoch_counter[0], n)
-    return loop.epoch_batches(steps, train_arrays, order, batch_size,
-                              num_steps)
-
-  def run_train_epochs(state, progress):
+  def run_train_epochs(state):
     """Seconds of one train_epochs epoch's training, from its metrics row."""
     with tempfile.TemporaryDirectory() as workdir:
       run_dir = workdir_lib.Workdir(workdir, config)
@@ -118,25 +88,11 @@ def measure(model_name, max_steps, data, batch_size, rounds):
         result = loop.train_epochs(
             config, steps, init(jax.random.key(config.seed)), store=store,
             member_dirs=[run_dir], data=data, stop=faults.StopRequests(),
-            progress=progress)
+            progress=False)
       finally:
         store.close()
     return state, num_steps * batch_size / result.rows[0][-1][
         'images_per_second']
-
-  def run_epoch(state):
-    totals = None
-    for batch in batches():
-      state, metrics = steps.train_step(state, batch)
-      totals = metrics if totals is None else steps.add(totals, metrics)
-    train_lib.host_metrics(totals)
-    return state, None
-
-  def run_epoch_no_metrics(state):
-    for batch in batches():
-      state, metrics = steps.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    return state, None
 
   def run_device_batch(state):
     for _ in range(num_steps):
@@ -144,20 +100,7 @@ def measure(model_name, max_steps, data, batch_size, rounds):
     jax.block_until_ready(metrics)
     return state, None
 
-  def run_batches_only(state):
-    for batch in batches():
-      pass
-    jax.block_until_ready(batch)
-    return state, None
-
-  runners = {
-      'train_epochs': lambda s: run_train_epochs(s, progress=False),
-      'train_epochs_progress_bar': lambda s: run_train_epochs(s, True),
-      'epoch': run_epoch,
-      'epoch_no_metrics': run_epoch_no_metrics,
-      'device_batch': run_device_batch,
-      'batches_only': run_batches_only,
-  }
+  runners = dict(zip(CASES, (run_train_epochs, run_device_batch)))
   results = {c: dict(model=model_name, case=c, steps=num_steps,
                      batch_size=batch_size, times=[], wall_s=0.0,
                      own_cpu_s=0.0, other_cpu_s=0.0) for c in CASES}
@@ -177,26 +120,19 @@ def measure(model_name, max_steps, data, batch_size, rounds):
         value = getattr(meter, key)
         r[key] = None if r[key] is None or value is None else r[key] + value
 
-  base = statistics.median(results['device_batch']['times'])
-  rows = []
-  for case in CASES:
-    r = results[case]
+  base = results['device_batch']['times']
+  for r in results.values():
     r['median_s'] = statistics.median(r['times'])
     r['ms_per_step'] = 1e3 * r['median_s'] / num_steps
     r['images_per_second'] = num_steps * batch_size / r['median_s']
-    r['ratio_to_device_batch'] = r['median_s'] / base
+    r['ratio_to_device_batch'] = r['median_s'] / statistics.median(base)
     # Round i of every case ran close in time: the median of the per-round
     # ratios is less sensitive to drift in the machine's load.
     r['paired_ratio_to_device_batch'] = statistics.median(
-        t / d for t, d in zip(r['times'], results['device_batch']['times']))
+        t / d for t, d in zip(r['times'], base))
     r['own_cores'] = cpu_meter.cores(r['own_cpu_s'], r['wall_s'])
     r['other_cores'] = cpu_meter.cores(r['other_cpu_s'], r['wall_s'])
-    rows.append(r)
-  return rows
-
-
-def fmt(value, spec):
-  return '-' if value is None else format(value, spec)
+  return list(results.values())
 
 
 def main():
@@ -241,7 +177,8 @@ def main():
           f'{r["median_s"]:.3f} | {r["ms_per_step"]:.1f} | '
           f'{r["images_per_second"]:.0f} | {r["ratio_to_device_batch"]:.3f} '
           f'({r["paired_ratio_to_device_batch"]:.3f}) | '
-          f'{fmt(r["own_cores"], ".2f")} | {fmt(r["other_cores"], ".2f")} |')
+          f'{cpu_meter.fmt(r["own_cores"])} | '
+          f'{cpu_meter.fmt(r["other_cores"])} |')
   print()
   for r in rows:
     print(json.dumps(r))

@@ -10,32 +10,31 @@ ratio to optax.amsgrad's in the same run.
 """
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+import models
 import padax
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def resnet18_parameter_shapes(num_classes: int = 10) -> list:
+def resnet18_parameter_shapes() -> list:
   """Shapes of the CIFAR ResNet18's trainable parameters (62 arrays)."""
-  shapes = [(3, 3, 3, 64), (64,), (64,)]  # stem conv, BN scale and bias
-  in_width = 64
-  for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-    for block in range(2):
-      block_in = in_width if block == 0 else width
-      shapes += [(3, 3, block_in, width), (width,), (width,),
-                 (3, 3, width, width), (width,), (width,)]
-      if block == 0 and (stride != 1 or block_in != width):
-        shapes += [(1, 1, block_in, width), (width,), (width,)]
-    in_width = width
-  shapes += [(512, num_classes), (num_classes,)]
-  return shapes
+  model = models.create_model('resnet18', 10)
+  params = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
+  return [leaf.shape for leaf in jax.tree.leaves(params)]
 
 
 def make_cases(steps_per_epoch: int = 391) -> dict:
@@ -86,13 +85,9 @@ def main():
     params = [jnp.asarray(rng.normal(size=s).astype(np.float32))
               for s in shapes]
     state = optimizer.init(params)
-    t0 = time.perf_counter()
-    params, state = jax.block_until_ready(step(params, state, grads))
-    compile_s = time.perf_counter() - t0
-    for _ in range(2):  # warm-up
+    for _ in range(3):  # Compiles, then warms up.
       params, state = jax.block_until_ready(step(params, state, grads))
-    runners[name] = dict(step=step, params=params, state=state, times=[],
-                         compile_s=compile_s)
+    runners[name] = dict(step=step, params=params, state=state, times=[])
 
   for _ in range(args.rounds):
     for run in runners.values():

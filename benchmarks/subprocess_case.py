@@ -8,13 +8,12 @@ values than the running process runs in a new one.
                                env={'JAX_PLATFORMS': 'cpu'})
 
 runs `measure(model='resnet18')`, a module-level function of a benchmark
-script, in `python benchmarks/subprocess_case.py SCRIPT NAME KWARGS_JSON`,
-and returns what it returned (JSON-serialisable), read from the child's last
-line on stdout. The script is imported, not run: its `__main__` block does
-not run there. The child inherits this process's environment with `env`
-applied (a value of None removes the variable; LD_PRELOAD too, so a parent
-restarted under mimalloc, training/allocator.py, starts its children under
-it); its stderr is this process's.
+script (imported there, not run), in `python benchmarks/subprocess_case.py
+ROOT SCRIPT NAME KWARGS_JSON`, and returns its JSON result, the child's last
+line on stdout. The child imports the project's code from ROOT (`root`:
+this checkout unless given) and inherits this process's environment
+(LD_PRELOAD too, so mimalloc) with `env` applied (None removes a variable);
+its stderr is this process's.
 """
 
 import importlib.util
@@ -48,9 +47,10 @@ def environment(env: Optional[dict] = None,
 
 
 def run(function: Callable, kwargs: Optional[dict] = None, *,
-        env: Optional[dict] = None, devices: Optional[int] = None):
+        env: Optional[dict] = None, devices: Optional[int] = None,
+        root: str = ROOT):
   """`function(**kwargs)` in a fresh process; returns its JSON result."""
-  command = [sys.executable, os.path.abspath(__file__),
+  command = [sys.executable, os.path.abspath(__file__), root,
              os.path.abspath(inspect.getfile(function)), function.__name__,
              json.dumps(kwargs or {})]
   out = subprocess.run(command, env=environment(env, devices), check=True,
@@ -66,7 +66,8 @@ def reply_channel():
   return reply
 
 
-def _main(script: str, name: str, kwargs: str):
+def _main(root: str, script: str, name: str, kwargs: str):
+  sys.path[:0] = [root, HERE]
   reply = reply_channel()
   module_spec = importlib.util.spec_from_file_location('benchmark_case',
                                                        script)
@@ -76,5 +77,4 @@ def _main(script: str, name: str, kwargs: str):
 
 
 if __name__ == '__main__':
-  sys.path[:0] = [ROOT, HERE]
   _main(*sys.argv[1:])

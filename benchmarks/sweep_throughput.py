@@ -4,11 +4,10 @@
       [--batch-sizes tiny_cnn=128,resnet18=32] [--members 9] [--steps 2]
       [--repeats 3] [--virtual-devices 36]
 
-One process per model, started with `virtual_devices` simulated CPU devices
-(XLA_FLAGS set before JAX starts; on a GPU machine the real devices are used).
-In that one process, interleaved `repeats` times so that machine drift hits
-every variant alike, the same K members (p x lr grid, Padam, shared batches of
-random CIFAR-shaped uint8 images already on the device) take `steps` steps:
+One fresh process per model with `--virtual-devices` simulated CPU devices
+(real ones on a GPU machine). In it, interleaved `repeats` times so that
+machine drift hits every variant alike, the same K members (p x lr grid,
+Padam, shared random batches on the device) take `steps` steps:
 
   sequential        train.py's jitted step (`training.train_lib.MeshSteps`)
                     on one device, member after member; and the same step
@@ -22,11 +21,10 @@ random CIFAR-shaped uint8 images already on the device) take `steps` steps:
   vmapped, K x D    K x D devices, each member's batch split over its own D
                     devices (what sweep.py sets up on a CPU host, D = 4).
 
-Images/s counts every member's images (K * batch per grid step). The ratio
-column is each variant's images/s over that of the 1-device sequential run.
-`cores busy` is the process's CPU time over the wall time of the variant's
-timed runs (benchmarks/cpu_meter.py): how far a variant fills the machine,
-so what it could still gain by filling it (2 cores here: 2.0 is full).
+Images/s counts every member's images (K * batch per grid step); the ratio
+is against the 1-device sequential run. `cores busy` is the process's CPU
+time over the wall time of the variant's timed runs: how far a variant
+fills the machine (2 cores here: 2.0 is full).
 """
 
 import argparse
@@ -43,6 +41,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import cpu_meter
 import subprocess_case
+import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_BATCH = {'tiny_cnn': 128, 'resnet18': 32}
@@ -66,18 +65,14 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  import models
   from sweeps import grid as grid_lib
-  from training import host_devices, optimizers, train_lib
+  from training import host_devices, train_lib
   # pylint: enable=g-import-not-at-top
 
   config, grid = _grid_config(members)
-  model = models.create_model(model_name, 10)
-  optimizer = optimizers.create_optimizer(config, steps_per_epoch=390)
-  rng = np.random.default_rng(0)
-  host_batch = {
-      'images': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
-      'labels': rng.integers(0, 10, (batch_size,), np.int32)}
+  model, optimizer, _ = train_step.make_steps(model_name, config,
+                                              jax.devices()[:1])
+  host_batch = train_step.random_batch(np.random.default_rng(0), batch_size)
 
   def init(key):
     return train_lib.create_train_state(key, model, optimizer)

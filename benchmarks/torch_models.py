@@ -1,40 +1,13 @@
 """PyTorch twins of the Flax CIFAR models in `models/`, and a PyTorch Padam.
 
 Only for `benchmarks/vs_pytorch.py`, which times one training step of each
-framework on the same architectures. Written for this project from the Flax
-definitions in `models/` (and their docstrings describing the Padam authors'
-PyTorch models), so layer for layer they are the same networks:
-
-* VGG16: thirteen conv3x3 (padding 1, *with* bias) + BatchNorm + ReLU, 2x2
-  max-pools after convs 2, 4, 7, 10, 13 (32x32 -> 1x1), flatten to 512, one
-  Linear.
-* ResNet18: conv3x3(64, no bias) + BN + ReLU stem, no max-pool; four stages
-  of two post-activation BasicBlocks (64/128/256/512, first strides 1/2/2/2);
-  1x1 conv + BN projection where stride or width changes; 4x4 average pool;
-  Linear.
-* WRN-16-4 (the authors' `WResNet_cifar10`, not Zagoruyko & Komodakis'):
-  the same BasicBlock, stem width 64, stages 64/128/256 (strides 1/2/2), two
-  blocks each, 8x8 average pool, Linear; convs initialised N(0, 2 / (k*k*out)).
-* tiny_cnn: three conv3x3 (no bias) + BN + ReLU of widths 16/32/64, 2x2
-  max-pool after the first two, global average pool, Linear.
-
-BatchNorm is PyTorch's default (momentum 0.1, eps 1e-5), which `models.layers.
-BatchNorm` reproduces. Parameter counts for 10 classes are asserted against
-the Flax models' (`EXPECTED_PARAMETERS`); run this file to check them:
+framework on the same architectures, written layer for layer from the Flax
+definitions in `models/` (BatchNorm: PyTorch's default, momentum 0.1, eps
+1e-5, which `models.layers.BatchNorm` reproduces). Run this file to check
+the parameter counts and logits against the Flax models, and `Padam`
+against `padax.padam`:
 
   python benchmarks/torch_models.py
-
-Optimizers:
-
-* `Padam`: the 'authors' formulation of `padax.scale_by_partial_adaptive`
-  (the Padam authors' PyTorch code, github uclaml/Padam), vectorised over all
-  parameters with `torch._foreach_*` ops, as `torch.optim.Adam(foreach=True)`
-  (PyTorch's default on CPU) is. With L2 weight decay added to the gradient:
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  vmax = max(vmax, v)
-    p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(vmax) + eps)^(2 p)
-* `PadamLoop`: the same step written per parameter, tensor by tensor, in the
-  style of the authors' own optimizer (one Python iteration and a handful of
-  small kernels per parameter tensor).
 """
 
 import math
@@ -155,25 +128,14 @@ def _init_wrn_(model: nn.Module) -> nn.Module:
   return model
 
 
-def vgg16(num_classes: int) -> nn.Module:
-  return VGG(VGG16_LAYOUT, num_classes)
-
-
-def resnet18(num_classes: int) -> nn.Module:
-  return ResNet((64, 128, 256, 512), 2, num_classes, pool=4)
-
-
-def wrn16_4(num_classes: int) -> nn.Module:
-  # depth 16 = 6 * 2 + 4: two blocks per stage; widths 16k, 32k, 64k, k = 4.
-  return _init_wrn_(ResNet((64, 128, 256), 2, num_classes, pool=8))
-
-
-def tiny_cnn(num_classes: int) -> nn.Module:
-  return TinyCNN(num_classes)
-
-
-_BUILDERS = {'vgg16': vgg16, 'resnet18': resnet18, 'wrn16_4': wrn16_4,
-             'tiny_cnn': tiny_cnn}
+_BUILDERS = {
+    'vgg16': lambda n: VGG(VGG16_LAYOUT, n),
+    'resnet18': lambda n: ResNet((64, 128, 256, 512), 2, n, pool=4),
+    # The authors' `WResNet_cifar10` (not Zagoruyko & Komodakis'): stem width
+    # 64, stages 64/128/256 of two blocks each.
+    'wrn16_4': lambda n: _init_wrn_(ResNet((64, 128, 256), 2, n, pool=8)),
+    'tiny_cnn': TinyCNN,
+}
 MODEL_NAMES = tuple(_BUILDERS)
 
 
@@ -196,53 +158,39 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
   return model
 
 
-# ---------------------------------------------------------------------------
-# Padam.
+class Padam(torch.optim.Optimizer):
+  """Padam, the 'authors' formulation of `padax.scale_by_partial_adaptive`
+  (the Padam authors' PyTorch code, github uclaml/Padam), with L2 weight
+  decay added to the gradient:
 
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  vmax = max(vmax, v)
+    p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(vmax) + eps)^(2 p)
 
-class _PadamBase(torch.optim.Optimizer):
-  """Hyperparameters and state shared by the two Padam implementations."""
+  Every parameter of a group at once with `torch._foreach_*` ops, as
+  `torch.optim.Adam(foreach=True)` (PyTorch's default on CPU) is. Bias
+  corrections are Python floats, as in the authors' code.
+  """
 
   def __init__(self, params, lr=0.1, betas=(0.9, 0.999), eps=1e-8,
-               weight_decay=0.0, partial=0.125, amsgrad=True):
+               weight_decay=0.0, partial=0.125):
     if not 0.0 <= partial <= 0.5:
       raise ValueError(f'partial={partial!r}; allowed: [0, 0.5]')
     super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
-                                  weight_decay=weight_decay, partial=partial,
-                                  amsgrad=amsgrad))
+                                  weight_decay=weight_decay, partial=partial))
 
   def _state(self, param):
     """Per-parameter state, created (zeros) on first use."""
     state = self.state[param]
     if not state:
       state['step'] = 0
-      state['exp_avg'] = torch.zeros_like(param)
-      state['exp_avg_sq'] = torch.zeros_like(param)
-      state['max_exp_avg_sq'] = torch.zeros_like(param)
+      for key in ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'):
+        state[key] = torch.zeros_like(param)
     return state
 
   @torch.no_grad()
-  def step(self, closure=None):
-    loss = None
-    if closure is not None:
-      with torch.enable_grad():
-        loss = closure()
+  def step(self):
     for group in self.param_groups:
       self._update_group(group)
-    return loss
-
-  def _update_group(self, group):
-    raise NotImplementedError
-
-
-class Padam(_PadamBase):
-  """Padam, 'authors' formulation, every parameter of a group at once.
-
-  `torch._foreach_*` ops run each stage of the update over the list of
-  tensors in one call, as PyTorch's own `foreach` optimizers do. Bias
-  corrections are Python floats (the step count is a Python int), as in the
-  authors' code.
-  """
 
   def _update_group(self, group):
     params = [p for p in group['params'] if p.grad is not None]
@@ -264,11 +212,8 @@ class Padam(_PadamBase):
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
     torch._foreach_mul_(exp_avg_sqs, b2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
-    if group['amsgrad']:
-      second = [s['max_exp_avg_sq'] for s in states]
-      torch._foreach_maximum_(second, exp_avg_sqs)
-    else:
-      second = exp_avg_sqs
+    second = [s['max_exp_avg_sq'] for s in states]
+    torch._foreach_maximum_(second, exp_avg_sqs)
     denom = torch._foreach_sqrt(second)
     torch._foreach_add_(denom, group['eps'])
     torch._foreach_pow_(denom, 2.0 * group['partial'])
@@ -277,50 +222,8 @@ class Padam(_PadamBase):
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
-class PadamLoop(_PadamBase):
-  """The same update as `Padam`, one parameter tensor at a time.
-
-  The per-parameter loop of the authors' own optimizer (and of PyTorch's
-  optimizers before `foreach`): about ten small kernels and some Python per
-  tensor.
-  """
-
-  def _update_group(self, group):
-    b1, b2 = group['betas']
-    for param in group['params']:
-      if param.grad is None:
-        continue
-      grad = param.grad
-      state = self._state(param)
-      state['step'] += 1
-      t = state['step']
-      if group['weight_decay']:
-        grad = grad.add(param, alpha=group['weight_decay'])
-      exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
-      exp_avg.mul_(b1).add_(grad, alpha=1.0 - b1)
-      exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-      if group['amsgrad']:
-        torch.maximum(state['max_exp_avg_sq'], exp_avg_sq,
-                      out=state['max_exp_avg_sq'])
-        denom = state['max_exp_avg_sq'].sqrt().add_(group['eps'])
-      else:
-        denom = exp_avg_sq.sqrt().add_(group['eps'])
-      step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
-                   (1.0 - b1 ** t))
-      param.addcdiv_(exp_avg, denom.pow_(2.0 * group['partial']),
-                     value=-step_size)
-
-
-def _insertion_order_leaves(tree):
-  """Leaves of nested dicts in insertion order (jax.tree sorts the keys)."""
-  if isinstance(tree, dict) or hasattr(tree, 'items'):
-    return [leaf for value in tree.values()
-            for leaf in _insertion_order_leaves(value)]
-  return [tree]
-
-
-def _compare_with_flax() -> None:
-  """The same function as the Flax models, checked numerically (if importable).
+def _self_check() -> None:
+  """Parameter counts; the same logits as the Flax models; Padam as padax's.
 
   Flax creates parameters in the order its modules are called, which is the
   order the PyTorch twins register theirs (conv weight, bias; BN scale,
@@ -329,14 +232,19 @@ def _compare_with_flax() -> None:
   must give the same logits on the same batch, in training mode (batch
   statistics) and in eval mode.
   """
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    sys.path.insert(0, os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
-    import models  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
+  sys.path.insert(0, os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util
+  import jax
+  import numpy as np
+  import optax
+  import models
+  import padax
+  # pylint: enable=g-import-not-at-top
+  for name in EXPECTED_PARAMETERS:
+    model = create_model(name, 10)  # Asserts the count.
+    print(f'{name}: {count_parameters(model):,} parameters (matches Flax)')
 
   def to_torch_layout(array):
     array = np.asarray(array)
@@ -349,7 +257,8 @@ def _compare_with_flax() -> None:
     flax_model = models.create_model(name, 10)
     variables = flax_model.init(jax.random.key(0), x[:1], train=False)
     torch_model = create_model(name, 10)
-    flax_params = _insertion_order_leaves(variables['params'])
+    # In insertion order (jax.tree.leaves would sort the keys).
+    flax_params = list(traverse_util.flatten_dict(variables['params']).values())
     torch_params = list(torch_model.parameters())
     assert len(flax_params) == len(torch_params), name
     with torch.no_grad():
@@ -373,50 +282,27 @@ def _compare_with_flax() -> None:
     print(f'{name}: {len(torch_params)} parameter tensors of the same shapes; '
           'same logits as Flax (train and eval mode)')
 
-
-def _self_check() -> None:
-  """Parameter counts, and the two Padams against each other and padax."""
-  for name in EXPECTED_PARAMETERS:
-    model = create_model(name, 10)  # Asserts the count.
-    print(f'{name}: {count_parameters(model):,} parameters (matches Flax)')
-  _compare_with_flax()
-
   torch.manual_seed(0)
   shapes = [(3, 3, 3, 8), (8,), (17, 5)]
   init = [torch.randn(s) for s in shapes]
   grads = [[torch.randn(s) for s in shapes] for _ in range(5)]
-  kwargs = dict(lr=0.1, weight_decay=5e-4, partial=0.125)
-  results = []
-  for cls in (Padam, PadamLoop):
-    params = [nn.Parameter(x.clone()) for x in init]
-    opt = cls(params, **kwargs)
-    for step_grads in grads:
-      for p, g in zip(params, step_grads):
-        p.grad = g.clone()
-      opt.step()
-    results.append([p.detach().clone() for p in params])
-  for a, b in zip(*results):
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-  print('Padam (foreach) == PadamLoop')
-
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-    sys.path.insert(0, os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
-    import padax  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
+  params = [nn.Parameter(x.clone()) for x in init]
+  opt = Padam(params, lr=0.1, weight_decay=5e-4, partial=0.125)
+  for step_grads in grads:
+    for p, g in zip(params, step_grads):
+      p.grad = g.clone()
+    opt.step()
   opt = padax.padam(0.1, p=0.125, weight_decay=5e-4)
-  params = [jax.numpy.asarray(x.numpy()) for x in init]
-  state = opt.init(params)
+  jax_params = [jax.numpy.asarray(x.numpy()) for x in init]
+  state = opt.init(jax_params)
   for step_grads in grads:
     updates, state = opt.update([jax.numpy.asarray(g.numpy())
-                                 for g in step_grads], state, params)
-    params = optax.apply_updates(params, updates)
-  for a, b in zip(results[0], params):
-    torch.testing.assert_close(a, torch.from_numpy(jax.device_get(b).copy()),
-                               rtol=1e-5, atol=1e-6)
+                                 for g in step_grads], state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+  for a, b in zip(params, jax_params):
+    torch.testing.assert_close(
+        a.detach(), torch.from_numpy(jax.device_get(b).copy()), rtol=1e-5,
+        atol=1e-6)
   print('Padam (torch) == padax.padam (authors formulation), 5 steps')
 
 

@@ -2,69 +2,37 @@
 
   python benchmarks/vs_pytorch.py [--models resnet18,vgg16,wrn16_4]
       [--batch-size 128] [--steps 5] [--warmup 1] [--torch-threads 0]
-      [--cases torch_padam,torch_padam_loop,torch_sgd,jax_padam,jax_sgd]
+      [--cases torch_padam,torch_sgd,jax_padam,jax_sgd]
   python benchmarks/vs_pytorch.py --cases torch_padam,jax_padam,\
       jax_padam@1-device,jax_padam@xla-defaults     # train.py's set-up vs others
 
-Needs PyTorch (`pip install -e .[benchmark]`, i.e. torch==2.13.0).
+Needs PyTorch (`pip install -r requirements/benchmark.txt`).
 
-Every case times one whole training step on a batch of random CIFAR-shaped
-uint8 images and labels, the model in training mode (BatchNorm on batch
-statistics, running averages updated):
+Every case times one whole training step (augmentation, forward, loss,
+backward, optimizer, training-mode BatchNorm) on a batch of random
+CIFAR-shaped uint8 images:
 
-* jax_padam: `training.train_lib.MeshSteps.train_step`, the jitted step
-  `train.py` runs: on-device augmentation (random crop of the 4-pixel
-  zero-padded image + horizontal flip) and normalisation, forward, softmax
-  cross-entropy, backward, the optimizer, donated state. The optimizer is
-  built as train.py builds it from `configs/quick.py` (Padam, 'authors'
-  formulation, p = 1/8 and lr 0.1 injected with `optax.inject_hyperparams`,
-  L2 weight decay 5e-4), as `benchmarks/train_step.py` does.
-* jax_sgd: the same with the config's optimizer set to 'sgdm'
-  (`optax.sgd(0.1, momentum=0.9)` after L2 5e-4, injected likewise).
-* jax_padam_const, jax_sgd_plain (not run by default): the same step with
-  `padax.padam(0.1, p=1/8, weight_decay=5e-4)` and `optax.sgd(0.1,
-  momentum=0.9)` + L2 5e-4 built directly, hyperparameters as constants.
-* torch_padam: the same augmentation and normalisation written with torch
-  ops on the batch (random offsets and flips, one advanced-indexing gather),
-  forward, `F.cross_entropy`, backward, the Padam step of
-  `benchmarks/torch_models.py` (authors' formulation, vectorised with
-  `torch._foreach_*`), lr 0.1, p = 1/8, L2 5e-4. Eager PyTorch, NCHW.
-* torch_padam_loop: the same with the per-parameter-loop Padam.
-* torch_sgd: the same with `torch.optim.SGD(lr=0.1, momentum=0.9,
-  weight_decay=5e-4, foreach=True)` (on the CPU PyTorch's default is the
-  per-parameter loop; foreach matches torch_padam).
-* torch_padam_cl (not run by default): torch_padam with the model and the
-  input in channels_last memory format.
+* jax_padam: the jitted step `train.py` runs (`train_step.build`:
+  `MeshSteps` and configs/quick.py's Padam, p = 1/8 and lr 0.1 injected,
+  L2 5e-4); jax_sgd: the same with the config's 'sgdm' (momentum 0.9).
+* torch_padam: the same augmentation with torch ops, forward,
+  `F.cross_entropy`, backward and the Padam of `benchmarks/torch_models.py`
+  (authors' formulation, `torch._foreach_*`), eager, NCHW; torch_sgd: the
+  same with `torch.optim.SGD(momentum=0.9, weight_decay=5e-4, foreach=True)`.
 
-JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`), each in its
-own worker process since XLA reads its flags and device count at start-up:
+JAX set-ups (a case `jax_...@SETUP`; no suffix is `train.py`): train.py
+(mimalloc, `host_devices.CPU_XLA_FLAGS`, `cpu_devices_per_run` devices),
+1-device (the same flags, one device, the system's malloc), xla-defaults
+(neither: what a plain Flax + Optax program gets). Flags in the caller's
+XLA_FLAGS apply to every set-up.
 
-* train.py: as `train.py` sets up a CPU host: mimalloc as the allocator
-  (`training.allocator`: the worker restarts itself under it, where
-  installed), `training.host_devices`' CPU_XLA_FLAGS and the batch data
-  parallel over `cpu_devices_per_run` devices (by model: 4 for tiny_cnn, 1
-  for the paper's models).
-* 1-device: the same XLA flags, one device, the system's malloc.
-* xla-defaults: neither (XLA's own CPU defaults, one device): what a plain
-  Flax + Optax program gets.
-
-Flags in the caller's XLA_FLAGS apply to every set-up and win over
-CPU_XLA_FLAGS.
-
-Reported per case: median step time (images/s = batch / median) over
-`--steps` steps after `--warmup` untimed ones (the first includes JAX's
-compilation), and the average number of cores kept busy during the timed
-steps by the case's process (`own cores`) and by every other process on the
-machine (`other cores`, i.e. contention), and the case's CPU seconds per step
-(the work it does, much less sensitive to contention than its wall time).
-
-How: each framework runs in its own worker process (one per model), so their
-thread pools never share a process and /proc/self/stat counts only that
-framework's CPU time. The parent interleaves the cases one step at a time,
-rotating their order every round, so drift in the machine's speed (or other
-load) hits every case alike. Printed: the machine, versions and date, a
-markdown table, a summary table (padam / sgd step-time ratios, JAX vs
-PyTorch), then the same results as JSON lines.
+Each framework and set-up runs in its own long-lived worker process (XLA
+reads its flags at start-up, and /proc/self/stat then counts only that
+case's CPU time); the parent interleaves the cases one step at a time,
+rotating their order every round, so drift in the machine's speed hits
+every case alike. Reported per case: the median step time over `--steps`
+steps after `--warmup` untimed ones, the cores kept busy by its process and
+by all others, its CPU seconds per step; then step-time ratios.
 """
 
 import argparse
@@ -84,11 +52,12 @@ sys.path.insert(0, HERE)
 import cpu_meter
 import run_info
 import subprocess_case
+import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-TORCH_CASES = ('torch_padam', 'torch_padam_loop', 'torch_sgd', 'torch_padam_cl')
-JAX_CASES = ('jax_padam', 'jax_sgd', 'jax_padam_const', 'jax_sgd_plain')
-DEFAULT_CASES = 'torch_padam,torch_padam_loop,torch_sgd,jax_padam,jax_sgd'
+TORCH_CASES = ('torch_padam', 'torch_sgd')
+JAX_CASES = ('jax_padam', 'jax_sgd')
+DEFAULT_CASES = ','.join(TORCH_CASES + JAX_CASES)
 JAX_SETUPS = ('train.py', '1-device', 'xla-defaults')
 DEFAULT_MODELS = 'resnet18,vgg16,wrn16_4'
 
@@ -99,11 +68,12 @@ NUM_CLASSES = 10
 
 # ---------------------------------------------------------------------------
 # Workers: build the cases of one framework for one model, then run steps on
-# request. Each `make_*` returns {case: step}, step() runs one training step
-# to completion and returns the loss.
+# request. Each `*_cases` returns (make, info): make(case) gives (step, number
+# of parameters), step() runs one training step to completion and returns the
+# loss.
 
 
-def make_torch_cases(model_name, batch_size, names, threads):
+def torch_cases(model_name, batch_size, threads):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   import torch_models  # pylint: disable=g-import-not-at-top
@@ -135,26 +105,17 @@ def make_torch_cases(model_name, batch_size, names, threads):
 
   def make(name):
     torch.manual_seed(0)
-    channels_last = name == 'torch_padam_cl'
     model = torch_models.create_model(model_name, NUM_CLASSES)
-    if channels_last:
-      model = model.to(memory_format=torch.channels_last)
     model.train()
-    if name in ('torch_padam', 'torch_padam_cl'):
+    if name == 'torch_padam':
       opt = torch_models.Padam(model.parameters(), lr=LR, partial=P,
                                weight_decay=WEIGHT_DECAY)
-    elif name == 'torch_padam_loop':
-      opt = torch_models.PadamLoop(model.parameters(), lr=LR, partial=P,
-                                   weight_decay=WEIGHT_DECAY)
     else:
       opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
                             weight_decay=WEIGHT_DECAY, foreach=True)
 
     def step():
-      x = augment(images)
-      if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-      logits = model(x)
+      logits = model(augment(images))
       loss = F.cross_entropy(logits, labels)
       opt.zero_grad(set_to_none=True)
       loss.backward()
@@ -165,13 +126,8 @@ def make_torch_cases(model_name, batch_size, names, threads):
 
     return step, torch_models.count_parameters(model)
 
-  cases, counts = {}, {}
-  for name in names:
-    cases[name], counts[name] = make(name)
-  info = dict(threads=torch.get_num_threads(),
-              interop_threads=torch.get_num_interop_threads(),
-              parameters=counts)
-  return cases, info
+  return make, dict(threads=torch.get_num_threads(),
+                    interop_threads=torch.get_num_interop_threads())
 
 
 def apply_jax_setup(setup, model_name, batch_size):
@@ -199,47 +155,21 @@ def worker_key(case):
   return ('torch' if case in TORCH_CASES else 'jax', split_case(case)[1])
 
 
-def make_jax_cases(model_name, batch_size, names):
+def jax_cases(model_name, batch_size):
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import models  # pylint: disable=g-import-not-at-top
-  import padax  # pylint: disable=g-import-not-at-top
   from configs import default, quick  # pylint: disable=g-import-not-at-top
-  from training import optimizers, train_lib  # pylint: disable=g-import-not-at-top
-
-  def optimizer_for(name):
-    config = quick.get_config()  # Padam p=1/8, lr 0.1, L2 5e-4.
-    if name == 'jax_padam':
-      assert (config.optimizer.p, config.optimizer.learning_rate,
-              config.optimizer.weight_decay) == (P, LR, WEIGHT_DECAY)
-      return optimizers.create_optimizer(config, steps_per_epoch=390)
-    if name == 'jax_sgd':
-      config = default.set_optimizer(config, 'sgdm')
-      assert (config.optimizer.momentum, config.optimizer.learning_rate,
-              config.optimizer.weight_decay) == (MOMENTUM, LR, WEIGHT_DECAY)
-      return optimizers.create_optimizer(config, steps_per_epoch=390)
-    if name == 'jax_padam_const':
-      return padax.padam(LR, p=P, weight_decay=WEIGHT_DECAY)
-    if name == 'jax_sgd_plain':
-      return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                         optax.sgd(LR, momentum=MOMENTUM))
-    raise ValueError(name)
-
-  model = models.create_model(model_name, NUM_CLASSES)
-  mesh = train_lib.make_mesh()
-  rng = np.random.default_rng(0)
-  host_batch = {
-      'images': rng.integers(0, 256, (batch_size, 32, 32, 3), np.uint8),
-      'labels': rng.integers(0, NUM_CLASSES, (batch_size,), np.int32)}
+  from training import allocator  # pylint: disable=g-import-not-at-top
 
   def make(case):
-    optimizer = optimizer_for(split_case(case)[0])
-    steps = train_lib.MeshSteps(mesh, model, optimizer)
-    state = jax.jit(
-        lambda r: train_lib.create_train_state(r, model, optimizer),
-        out_shardings=steps.replicated)(jax.random.key(0))
-    batch = steps.shard(host_batch)
+    config = quick.get_config()  # Padam p=1/8, lr 0.1, L2 5e-4.
+    if split_case(case)[0] == 'jax_sgd':
+      config = default.set_optimizer(config, 'sgdm')
+      assert config.optimizer.momentum == MOMENTUM
+    else:
+      assert config.optimizer.p == P
+    assert (config.optimizer.learning_rate,
+            config.optimizer.weight_decay) == (LR, WEIGHT_DECAY)
+    steps, state, batch = train_step.build(model_name, batch_size, config)
     holder = [state]
 
     def step():
@@ -247,52 +177,41 @@ def make_jax_cases(model_name, batch_size, names):
       jax.block_until_ready((holder[0], metrics))
       return float(metrics['loss_sum'] / metrics['count'])
 
-    count = sum(x.size for x in jax.tree.leaves(state.params))
-    return step, count
+    return step, sum(x.size for x in jax.tree.leaves(state.params))
 
-  cases, counts = {}, {}
-  for name in names:
-    cases[name], counts[name] = make(name)
-  from training import allocator  # pylint: disable=g-import-not-at-top
-  info = dict(devices=[str(d) for d in jax.devices()], parameters=counts,
-              xla_flags=os.environ.get('XLA_FLAGS', ''),
-              allocator=allocator.describe())
-  return cases, info
+  return make, dict(devices=[str(d) for d in jax.devices()],
+                    xla_flags=os.environ.get('XLA_FLAGS', ''),
+                    allocator=allocator.describe())
 
 
 def worker_main(args):
-  """Serves 'run' requests on stdin with JSON replies on the real stdout."""
+  """Runs one step of the case named on each stdin line; replies in JSON on
+  the real stdout."""
   reply = subprocess_case.reply_channel()
-  names = args.cases.split(',')
   t0 = time.perf_counter()
   if args.worker == 'torch':
-    cases, info = make_torch_cases(args.models, args.batch_size, names,
-                                   args.torch_threads)
+    make, info = torch_cases(args.models, args.batch_size, args.torch_threads)
   else:
     apply_jax_setup(args.jax_setup, args.models, args.batch_size)
-    cases, info = make_jax_cases(args.models, args.batch_size, names)
+    make, info = jax_cases(args.models, args.batch_size)
+  cases, info['parameters'] = {}, {}
+  for name in args.cases.split(','):
+    cases[name], info['parameters'][name] = make(name)
   info['build_s'] = time.perf_counter() - t0
   reply.write(json.dumps(dict(ready=True, info=info)) + '\n')
-  for line in sys.stdin:
-    request = json.loads(line)
-    step = cases[request['case']]
-    times, loss = [], None
+  for case in sys.stdin:
     with cpu_meter.CpuMeter() as meter:
-      for _ in range(request['steps']):
-        t = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - t)
+      t = time.perf_counter()
+      loss = cases[case.strip()]()
+      seconds = time.perf_counter() - t
     reply.write(json.dumps(dict(
-        times=times, loss=loss, wall_s=meter.wall_s, own_cpu_s=meter.own_cpu_s,
-        other_cpu_s=meter.other_cpu_s)) + '\n')
+        time=seconds, loss=loss, wall_s=meter.wall_s,
+        own_cpu_s=meter.own_cpu_s, other_cpu_s=meter.other_cpu_s)) + '\n')
 
 
 class Worker:
-  """A worker subprocess for one framework and one model.
-
-  Long-lived, unlike benchmarks/subprocess_case.run's one call per process:
-  the parent interleaves the cases one step at a time across workers, and a
-  process per step would rebuild and recompile every case each time.
+  """A worker subprocess for one framework and one model: long-lived, unlike
+  subprocess_case.run's, since a process per step would recompile each time.
   """
 
   def __init__(self, framework, setup, model, cases, args):
@@ -313,8 +232,8 @@ class Worker:
                          f'{code} (its stderr is above)')
     return json.loads(line)
 
-  def run(self, case, steps):
-    self.process.stdin.write(json.dumps(dict(case=case, steps=steps)) + '\n')
+  def step(self, case):
+    self.process.stdin.write(case + '\n')
     return self._read()
 
   def close(self):
@@ -328,29 +247,25 @@ class Worker:
 
 def measure_model(model, cases, args):
   """All cases of one model, interleaved; returns one result dict per case."""
-  by_framework = {}
+  by_worker = {}
   for case in cases:
-    by_framework.setdefault(worker_key(case), []).append(case)
+    by_worker.setdefault(worker_key(case), []).append(case)
   # Started one after the other: building (and compiling) alone.
   workers = {key: Worker(*key, model, names, args)
-             for key, names in by_framework.items()}
-  owner = {case: workers[fw] for fw, names in by_framework.items()
-           for case in names}
+             for key, names in by_worker.items()}
+  owner = {case: workers[worker_key(case)] for case in cases}
+  results = {case: dict(model=model, case=case, times=[], wall_s=0.0,
+                        own_cpu_s=0.0, other_cpu_s=0.0) for case in cases}
   try:
-    results = {case: dict(model=model, case=case, first_step_s=None,
-                          times=[], wall_s=0.0, own_cpu_s=0.0,
-                          other_cpu_s=0.0, loss=None) for case in cases}
     for case in cases:
-      for i in range(args.warmup):
-        out = owner[case].run(case, 1)
-        if i == 0:
-          results[case]['first_step_s'] = out['times'][0]
+      results[case]['first_step_s'] = owner[case].step(case)['time']
+      for _ in range(args.warmup - 1):
+        owner[case].step(case)
     for round_index in range(args.steps):
       shift = round_index % len(cases)
       for case in cases[shift:] + cases[:shift]:
-        out = owner[case].run(case, 1)
-        r = results[case]
-        r['times'] += out['times']
+        out, r = owner[case].step(case), results[case]
+        r['times'].append(out['time'])
         r['loss'] = out['loss']
         r['wall_s'] += out['wall_s']
         for key in ('own_cpu_s', 'other_cpu_s'):
@@ -361,8 +276,8 @@ def measure_model(model, cases, args):
       w.close()
 
   for case, r in results.items():
-    info = owner[case].info
-    r['parameters'] = info['parameters'][case]
+    info = dict(owner[case].info)
+    r['parameters'] = info.pop('parameters')[case]
     r['batch_size'] = args.batch_size
     r['steps'] = len(r['times'])
     r['median_s'] = statistics.median(r['times'])
@@ -373,50 +288,30 @@ def measure_model(model, cases, args):
                                else r['own_cpu_s'] / r['steps'])
     r['own_cores'] = cpu_meter.cores(r['own_cpu_s'], r['wall_s'])
     r['other_cores'] = cpu_meter.cores(r['other_cpu_s'], r['wall_s'])
-    r['framework_info'] = {k: v for k, v in info.items() if k != 'parameters'}
+    r['framework_info'] = info
   return [results[c] for c in cases]
+
+
+def ratio_pairs(cases):
+  """(a, b) pairs of cases whose step-time ratio a / b is reported: padam /
+  sgd per framework, then each JAX case over PyTorch's (> 1: JAX slower)."""
+  return [('jax_padam', 'jax_sgd'), ('torch_padam', 'torch_sgd')] + [
+      (c, split_case(c)[0].replace('jax_', 'torch_'))
+      for c in cases if c not in TORCH_CASES]
 
 
 def summarise(model, rows):
   by_case = {r['case']: r for r in rows}
   summary = dict(model=model)
-
-  def ratio(key, a, b):
+  for a, b in ratio_pairs(by_case):
     if a in by_case and b in by_case:
-      times_a, times_b = by_case[a]['times'], by_case[b]['times']
+      key = f'{a}_over_{b}'
       summary[key] = by_case[a]['median_s'] / by_case[b]['median_s']
       # Step i of both cases ran in the same round, close in time: the median
       # of these ratios is less sensitive to drift in the machine's load.
       summary[key + '_paired'] = statistics.median(
-          x / y for x, y in zip(times_a, times_b))
-
-  ratio('jax_padam_over_jax_sgd', 'jax_padam', 'jax_sgd')
-  ratio('jax_padam_const_over_jax_sgd_plain', 'jax_padam_const',
-        'jax_sgd_plain')
-  ratio('torch_padam_over_torch_sgd', 'torch_padam', 'torch_sgd')
-  ratio('torch_padam_loop_over_torch_padam', 'torch_padam_loop',
-        'torch_padam')
-  # > 1: JAX's step takes longer than PyTorch's.
-  for case in by_case:
-    name = split_case(case)[0]
-    if name in ('jax_padam', 'jax_sgd'):
-      torch_case = name.replace('jax_', 'torch_')
-      ratio(f'{case}_over_{torch_case}', case, torch_case)
+          x / y for x, y in zip(by_case[a]['times'], by_case[b]['times']))
   return summary
-
-
-def header(args) -> str:
-  return '\n'.join([
-      *run_info.header_lines(
-          ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy')),
-      f'# batch {args.batch_size}, random 32x32x3 uint8 inputs, training '
-      f'mode; median of {args.steps} steps per case after {args.warmup} '
-      'warm-up step(s); cases interleaved one step at a time',
-  ])
-
-
-def fmt(value, spec):
-  return '-' if value is None else format(value, spec)
 
 
 def main():
@@ -459,7 +354,12 @@ def main():
   if args.warmup < 1 or args.steps < 1:
     parser.error('--warmup and --steps must be >= 1')
 
-  print(header(args), flush=True)
+  print('\n'.join([
+      *run_info.header_lines(
+          ('torch', 'jax', 'jaxlib', 'flax', 'optax', 'numpy')),
+      f'# batch {args.batch_size}, random 32x32x3 uint8 inputs, training '
+      f'mode; median of {args.steps} steps per case after {args.warmup} '
+      'warm-up step(s); cases interleaved one step at a time']), flush=True)
   all_rows, summaries = [], []
   for model in args.models.split(','):
     rows = measure_model(model, cases, args)
@@ -483,23 +383,18 @@ def main():
             f'{jax_info.get("allocator", "?")}')
   print(f'# load average at end {os.getloadavg()[0]:.2f}')
   print()
+  fmt = cpu_meter.fmt
   print('| model | case | images/s | median step s | min-max s | own cores | '
         'other cores | own CPU s/step | first step s |')
   print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
   for r in all_rows:
     print(f'| {r["model"]} | {r["case"]} | {r["images_per_second"]:.1f} | '
           f'{r["median_s"]:.3f} | {min(r["times"]):.3f}-{max(r["times"]):.3f}'
-          f' | {fmt(r["own_cores"], ".2f")} | {fmt(r["other_cores"], ".2f")} '
-          f'| {fmt(r["own_cpu_s_per_step"], ".2f")} '
+          f' | {fmt(r["own_cores"])} | {fmt(r["other_cores"])} '
+          f'| {fmt(r["own_cpu_s_per_step"])} '
           f'| {r["first_step_s"]:.2f} |')
   print()
-  columns = [k for k in ('jax_padam_over_jax_sgd',
-                         'jax_padam_const_over_jax_sgd_plain',
-                         'torch_padam_over_torch_sgd',
-                         'torch_padam_loop_over_torch_padam')
-             if any(k in s for s in summaries)]
-  columns += [f'{c}_over_{split_case(c)[0].replace("jax_", "torch_")}'
-              for c in cases if split_case(c)[0] in ('jax_padam', 'jax_sgd')]
+  columns = [f'{a}_over_{b}' for a, b in ratio_pairs(cases)]
   columns = [k for k in columns if any(k in s for s in summaries)]
   print('Step-time ratios: median / median, and in brackets the median of '
         'the per-round ratios (jax over torch > 1: JAX slower)')

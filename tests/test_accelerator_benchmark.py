@@ -10,7 +10,11 @@ from tests.conftest import ROOT
 
 def test_accelerator_benchmark_tiny(tmp_path):
   out = tmp_path / 'results.md'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # XLA's cheapest CPU compiles: this checks that every part runs, not speed.
+  flags = ('--xla_backend_optimization_level=0 '
+           '--xla_llvm_disable_expensive_passes=true')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'{os.environ.get("XLA_FLAGS", "")} {flags}'.strip())
   proc = subprocess.run(
       [sys.executable, os.path.join('benchmarks', 'accelerator.py'),
        '--tiny', '--out', str(out)], cwd=ROOT, env=env, capture_output=True,

@@ -52,14 +52,6 @@ class Member:
   def seed(self) -> int:
     return self.values['seed']
 
-  @property
-  def hyperparameters(self) -> dict:
-    return {k: v for k, v in self.values.items() if k != 'seed'}
-
-
-# ---------------------------------------------------------------------------
-# The grid from a sweep config.
-
 
 def _fail(key, value, why, allowed):
   raise ValueError(f'{key}={value!r} is not allowed ({why}); allowed: '
@@ -103,13 +95,15 @@ def format_value(value) -> str:
   return str(value) if isinstance(value, int) else f'{value:g}'
 
 
-def sweep_options(config: ml_collections.ConfigDict) -> dict:
-  """`own_batches` and `chunk`, checked."""
+def sweep_options(config: ml_collections.ConfigDict,
+                  chunk: Optional[int] = None) -> dict:
+  """`own_batches` and `chunk` (given: it overrides sweep.chunk), checked."""
   sweep = config.sweep
   own = sweep.get('own_batches', False)
   if not isinstance(own, (bool, np.bool_)):
     _fail('sweep.own_batches', own, 'not a bool', 'True or False')
-  chunk = sweep.get('chunk', ALL_MEMBERS)
+  if chunk is None:
+    chunk = sweep.get('chunk', ALL_MEMBERS)
   if (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or
       chunk < AUTO_CHUNK):
     _fail('sweep.chunk', chunk, 'not a count of members',
@@ -187,10 +181,6 @@ def member_config(config: ml_collections.ConfigDict,
   return ml_collections.ConfigDict(d)
 
 
-# ---------------------------------------------------------------------------
-# Chunks.
-
-
 def chunks_of(members: list, chunk: int) -> list:
   return [members[i:i + chunk] for i in range(0, len(members), chunk)]
 
@@ -202,11 +192,6 @@ def first_chunk_size(num_members: int, chunk: int) -> int:
 
 def members_at_once(config: ml_collections.ConfigDict,
                     chunk: Optional[int] = None) -> int:
-  """Members in the first chunk (all for ALL_MEMBERS or AUTO_CHUNK).
-
-  `chunk` overrides the config's sweep.chunk, as sweep.py's --chunk does.
-  """
+  """first_chunk_size of the grid; `chunk` (--chunk) overrides sweep.chunk."""
   num_members = len(grid_members(config))  # Checks the grid first.
-  if chunk is None:
-    chunk = sweep_options(config)['chunk']
-  return first_chunk_size(num_members, chunk)
+  return first_chunk_size(num_members, sweep_options(config, chunk)['chunk'])

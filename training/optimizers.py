@@ -92,29 +92,26 @@ def step_schedule(base: float, milestones_epochs, factor: float,
 def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Multipliers of the peak lr and the initial p, as functions of the step.
 
-  lr: x lr_factor at each milestone epoch. p: constant, or (the report's
-  proposal) x p_decay_factor every p_decay_every_epochs epochs.
+  lr: x lr_factor at each milestone epoch. p: constant (None), or (the
+  report's proposal) x p_decay_factor every p_decay_every_epochs epochs.
   """
   opt = config.optimizer
   lr_shape = step_schedule(1.0, opt.lr_milestones, opt.lr_factor,
                            steps_per_epoch)
-  if opt.get('p_decay_every_epochs', 0):
-    p_shape = optax.exponential_decay(
-        1.0, transition_steps=opt.p_decay_every_epochs * steps_per_epoch,
-        decay_rate=opt.p_decay_factor, staircase=True)
-  else:
-    p_shape = None
-  return lr_shape, p_shape
+  if not opt.get('p_decay_every_epochs', 0):
+    return lr_shape, None
+  return lr_shape, optax.exponential_decay(
+      1.0, transition_steps=opt.p_decay_every_epochs * steps_per_epoch,
+      decay_rate=opt.p_decay_factor, staircase=True)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
   """The configured optimizer, wrapped in `optax.inject_hyperparams`.
 
-  The injected `learning_rate` and `p` are the peak lr and the initial p; the
-  schedules' shapes multiply them inside. So each member of a vmapped sweep
-  carries its own peak lr and p in its state while all share the schedule
-  shape, and `current_hyperparameters` gives the values in use at a step.
+  The injected `learning_rate` and `p` are the peak lr and the initial p,
+  which the schedules' shapes multiply inside: each member of a vmapped
+  sweep carries its own in its state, all share the shapes.
   """
   name = config.optimizer.name
   if name not in _FACTORIES:

@@ -48,8 +48,8 @@ def _parse_chunk(value):
   try:
     chunk = int(value)
   except ValueError:
-    chunk = None
-  if chunk is None or chunk < 0:
+    chunk = -1
+  if chunk < 0:
     raise ValueError(f'--chunk={value!r} is not allowed; allowed: an integer '
                      '>= 1, 0 (all members at once) or "auto".')
   return chunk

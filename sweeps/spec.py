@@ -142,11 +142,10 @@ def grid_members(config: ml_collections.ConfigDict) -> list:
             'grid keys ' + ', '.join(k for k in GRID_KEYS if k in applicable)
             + ' and options ' + ', '.join(OPTION_KEYS))
     lists[key] = _check_values(key, config.sweep[key], name)
-  base = {'learning_rate': config.optimizer.learning_rate, 'seed': config.seed}
+  lists.setdefault('learning_rate', [config.optimizer.learning_rate])
+  lists.setdefault('seed', [config.seed])
   if 'p' in applicable:
-    base['p'] = config.optimizer.p
-  for key, value in base.items():
-    lists.setdefault(key, [value])
+    lists.setdefault('p', [config.optimizer.p])
   keys = [k for k in GRID_KEYS if k in lists]
   members = []
   for index, combo in enumerate(itertools.product(*(lists[k] for k in keys))):

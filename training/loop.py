@@ -32,12 +32,9 @@ from training import records
 from training import workdir as workdir_lib
 
 
-@dataclasses.dataclass
-class Result:
-  """What `train_epochs` leaves: each member's metrics rows (all epochs) and
-  the loop state (its `diverged` names the members a sweep gave up on)."""
-  rows: list
-  loop: faults.LoopState
+# What `train_epochs` leaves: each member's metrics rows (all epochs) and the
+# faults.LoopState (its `diverged` names the members a sweep gave up on).
+Result = collections.namedtuple('Result', 'rows loop')
 
 
 # Members `run` trains at once: train.py's one run, or a sweep's chunk.
@@ -173,7 +170,10 @@ def resume(store, steps, state, steps_per_epoch: int):
     return state, faults.LoopState(num_members), 0
   step, checkpoint_state, loop = restored
   if loop.totals is not None:
-    loop.totals = steps.from_checkpoint(loop.totals)
+    # The exact float32 sums, back on device.
+    loop.totals = jax.tree.map(
+        lambda x: steps.global_array(x, steps.metrics_sharding),
+        steps.from_checkpoint(loop.totals))
   logging.info('Resumed from %s in %s',
                position(step, loop.steps_done, steps_per_epoch),
                store.directory)
@@ -289,11 +289,8 @@ def _diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
 
 def epoch_batches(steps, train_arrays, order: np.ndarray, batch_size: int,
                   num_steps: int, start: int = 0):
-  """The epoch's training batches from batch `start` on, gathered on device.
-
-  `order` is a permutation (N,), or one per member (K, N); batch i holds the
-  examples order[..., i * batch_size:(i + 1) * batch_size].
-  """
+  """The epoch's training batches from batch `start` on, gathered on device
+  in `order`: a permutation (N,), or one per member (K, N)."""
   images, labels = train_arrays
   for i in range(start, num_steps):
     idx = order[..., i * batch_size:(i + 1) * batch_size]
@@ -307,16 +304,10 @@ def _run_epoch(steps, state, train_arrays, order, batch_size: int,
   """Trains `epoch` from step `loop.steps_done` on; returns the state.
 
   Updates `loop` (steps done, device totals, seconds). Returns early, with
-  loop.steps_done < steps_per_epoch, when a stop is requested. `watch` sees
-  every step's `finite` flags; `trace` every step's metrics.
+  loop.steps_done < steps_per_epoch, when a stop is requested.
   """
   first_step = (epoch - 1) * steps_per_epoch
   totals = loop.totals
-  if totals is not None and not isinstance(
-      jax.tree.leaves(totals)[0], jax.Array):
-    # Restored from a checkpoint: the exact float32 sums, back on device.
-    totals = jax.tree.map(
-        lambda x: steps.global_array(x, steps.metrics_sharding), totals)
   previous = None
   t0 = time.perf_counter()
   for i, batch in enumerate(epoch_batches(

@@ -206,10 +206,6 @@ def _pad(tree, size: int):
       [x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]), tree)
 
 
-# ---------------------------------------------------------------------------
-# Members at once from memory (sweep.chunk = spec.AUTO_CHUNK).
-
-
 def _tree_bytes(tree) -> int:
   def itemsize(dtype):
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
@@ -255,7 +251,8 @@ def estimate_member_bytes(model, optimizer, batch_size: int) -> int:
 
 def auto_chunk(num_members: int, member_bytes: int, free_bytes: Optional[int],
                reserved_bytes: int = 0, num_devices: int = 1) -> int:
-  """How many members fit at once: 70% of free memory per device."""
+  """Members at once for spec.AUTO_CHUNK: what fits in 70% of free memory
+  per device."""
   if free_bytes is None:
     return num_members
   usable = 0.7 * free_bytes - reserved_bytes

@@ -1,22 +1,19 @@
 """A sweep config's grid: its members, their train configs and the chunks.
 
-A sweep config is a train config (every key of training/configuration.py)
-plus a `sweep` ConfigDict naming the grid:
+A sweep config is a train config (training/configuration.py) plus a `sweep`
+ConfigDict naming the grid:
 
-  sweep.p, sweep.learning_rate, sweep.seed   lists of values (their product is
-                                             the grid; an absent key uses the
-                                             base config's value)
+  sweep.p, .learning_rate, .seed  lists of values; their product is the grid
+                                  (an absent key: the base config's value)
   sweep.weight_decay, .b1, .b2, .eps, .momentum
-                                             optional lists, where the
-                                             optimizer takes them
+                                  optional lists, where the optimizer takes them
   sweep.own_batches  False: members share each batch (the order of the base
                      config's `seed`); True: each member draws its own order
                      from its seed, exactly as train.py with that seed
   sweep.chunk        members trained at once: 0 all, -1 from a memory
                      estimate, N: N at a time, one chunk after another
 
-Each member's values are checked as train.py checks them (padax's ranges,
-through training/configuration.py); here only the grid's shape.
+Each member's values are checked as train.py checks them (padax's ranges).
 """
 
 import dataclasses

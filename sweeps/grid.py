@@ -112,11 +112,9 @@ def build(base: ml_collections.ConfigDict, num_classes: int,
           data: int = 1):
   """(model, optimizer, GridSteps, init) for the base train config.
 
-  init(keys, values) -> the stacked TrainState (see `init_grid`). The steps
-  follow base.nonfinite_policy (default 'stop' for configs without it).
-  `data`: devices per member (make_grid_mesh). Memoised on what they are
-  built from, so that chunks, and sweeps run again in the same process
-  (a longer run too), reuse the compiled functions (jit caches per shape).
+  init(keys, values) -> the stacked TrainState (see `init_grid`). `data`:
+  devices per member. Memoised, so that chunks and sweeps run again in the
+  same process reuse the compiled functions (jit caches per shape).
   """
   devices = devices if devices is not None else jax.devices()
   devices = devices[:len(devices) // data * data]

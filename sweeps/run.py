@@ -52,12 +52,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
               profile_steps: int = 0) -> list:
   """Trains every member of `config`'s grid; resumes from `workdir`.
 
-  chunk: overrides config.sweep.chunk. Everything that can be refused (grid,
-  config, optimizer values, data, a workdir holding another sweep) is checked
-  before any file is written. `after_epoch(chunk_index, epoch)` (for tests)
-  runs after an epoch's metrics are written, before its checkpoint. Returns
-  the summary: one dict per member. `profile_steps` > 0 writes a profiler
-  trace of that many grid steps, after 5 warm-up steps, to WORKDIR/profile.
+  chunk: overrides config.sweep.chunk. Bad input (grid, config, data, a
+  workdir holding another sweep) is refused before any file is written.
+  after_epoch(chunk_index, epoch): for tests. profile_steps: as train.py's.
+  Returns the summary: one dict per member.
   """
   members = spec.grid_members(config)
   options = spec.sweep_options(config, chunk)
@@ -167,12 +165,9 @@ def _chunk(steps, init, group: list, index: int, count: int,
 
 def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
                   steps_per_epoch: int):
-  """(members, stacked TrainState) of a chunk's newest readable checkpoint.
-
-  Reads the sweep config from `workdir`/config.json; `num_classes` and
-  `steps_per_epoch` (of the dataset trained on) rebuild the state's shape.
-  The state comes back on one device.
-  """
+  """(members, stacked TrainState on one device) of a chunk's newest
+  readable checkpoint; `num_classes` and `steps_per_epoch` of the data
+  trained on rebuild the state's shape."""
   with open(os.path.join(workdir, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
   members = spec.chunks_of(spec.grid_members(config),

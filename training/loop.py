@@ -1,13 +1,9 @@
 """The epoch loop, for a single run and for a sweep's members.
 
-`run` checks a workdir and trains its chunks: train.py's one run, or a
-sweep's. `train_epochs` trains what a `steps` object describes
-(train_lib.MeshSteps: one run; sweeps/grid.py's GridSteps: the members of a
-chunk of a grid, vmapped and padded) from its newest checkpoint (the loop
-state stored with it: faults.LoopState) to `config.num_epochs`: evaluation,
-one metrics row per member and a checkpoint when due after each epoch; on a
-stop request a checkpoint at the next step boundary, then
-faults.RunStopped; on divergence faults.Diverged with the whole story.
+`run` checks a workdir and trains its chunks (train.py's one run, or a
+sweep's) with `train_epochs`: from the newest checkpoint to
+`config.num_epochs`, a metrics row per member and a checkpoint when due after
+each epoch, a checkpoint at the next step on a stop request.
 """
 
 import collections
@@ -52,12 +48,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
 
   Before any file is written, refuses (ValueError), in this order: another
   run holding `workdir`; data (`data`, else loaded per `config`) that does
-  not fit `config` over `num_devices`; what `plan(data)` -> (run_dir,
-  chunks) refuses; data other than run_dir's run was trained on; a chunk's
-  history (check_history). Then holds the lock, catches stop requests,
-  traces `profile_steps` steps to WORKDIR/profile, writes the workdirs'
-  configs and trains each chunk from its newest checkpoint, yielding after
-  each. after_epoch(chunk index, epoch): see train_epochs.
+  not fit `config`; what `plan(data)` -> (run_dir, chunks) refuses; data
+  other than run_dir recorded; a chunk's history (check_history).
+  after_epoch(chunk index, epoch): see train_epochs.
   """
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()

@@ -1,12 +1,9 @@
 """The paper's optimizers built from a config, with lr and p injected.
 
-Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning rate
-(and Padam's p) live in the optimizer state: they are logged each epoch, and a
-sweep can vmap over them (each member's value is its own array).
-
-Weight decay follows the authors' code: an L2 term added to the gradient for
-SGD-momentum, Adam, AMSGrad and Padam (PyTorch's `weight_decay`); AdamW decays
-decoupled, as `optax.adamw`.
+Wrapped in `optax.inject_hyperparams`, the learning rate (and Padam's p) live
+in the optimizer state: logged each epoch, vmapped over by sweeps. Weight
+decay follows the authors' code: an L2 term added to the gradient (PyTorch's
+`weight_decay`), decoupled for AdamW and Lion.
 """
 
 import collections
@@ -79,11 +76,8 @@ HYPERPARAMETERS = {name: tuple(inspect.signature(f).parameters)[1:]
 
 def step_schedule(base: float, milestones_epochs, factor: float,
                   steps_per_epoch: int) -> optax.Schedule:
-  """`base`, multiplied by `factor` at each milestone epoch (MultiStepLR).
-
-  A milestone given twice multiplies twice (factor**2 from there), as
-  PyTorch's MultiStepLR does (it counts the milestones).
-  """
+  """`base`, multiplied by `factor` at each milestone epoch, as PyTorch's
+  MultiStepLR (a milestone given twice multiplies twice)."""
   counts = collections.Counter(int(e) for e in milestones_epochs)
   return optax.piecewise_constant_schedule(
       base, {e * steps_per_epoch: factor ** n for e, n in counts.items()})

@@ -1,8 +1,7 @@
 """A JAX profiler trace of a few training steps (train.py/sweep.py --profile).
 
-The first steps of a process compile and warm up, so the trace starts after
-`WARMUP_STEPS` of them and covers the next `count`; it is written under
-`directory` (TensorBoard's profile plugin or Perfetto read it;
+The first steps compile and warm up, so the trace covers the `count` steps
+after `WARMUP_STEPS` (TensorBoard or Perfetto read it;
 benchmarks/trace_summary.py prints where the time went).
 """
 

@@ -1,10 +1,9 @@
 """The pure training and evaluation steps, and their placement on a device mesh.
 
-`train_step(state, batch) -> (state, metrics)` is the one step function of the
-project: `train.py` jits it over a `data`-sharded mesh, and sweeps vmap it over
-a grid of hyperparameters. Data augmentation and normalisation run inside it,
-from the uint8 images, with randomness from (state.rng, state.step) only, so a
-step's result does not depend on how the batch is split over devices.
+`train_step` is the one step function: train.py jits it over a `data`-sharded
+mesh, sweeps vmap it. Augmentation runs inside it with randomness from
+(state.rng, state.step) only: the result does not depend on how the batch is
+split over devices.
 """
 
 import functools

@@ -22,17 +22,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        profile_steps: int = 0) -> dict:
   """Trains per `config`, resuming from `workdir`'s latest checkpoint.
 
-  Returns the last epoch's metrics row. Bad input (config, data, batch sizes
-  the data cannot fill, a workdir in use or holding another run or
-  inconsistent files) is refused (ValueError, one message naming the key,
-  the value and what is allowed) before any file is written. Raises
-  faults.RunStopped after a stop request (SIGTERM, SIGINT: a checkpoint saved
-  at the next step), faults.Diverged on a non-finite loss (per
-  config.nonfinite_policy; nothing saved after it), faults.WriteError when a
-  file cannot be written (the previous intact). A killed run resumes from
-  its newest readable checkpoint and ends bit-identical to an uninterrupted
-  one. `profile_steps` > 0 traces that many steps (after 5 warm-up ones) to
-  WORKDIR/profile.
+  Returns the last epoch's metrics row. Bad input (config, data, a workdir
+  in use or holding another run or inconsistent files) is refused
+  (ValueError) before any file is written. Raises faults.RunStopped after a
+  stop request (a checkpoint saved at the next step), faults.Diverged on a
+  non-finite loss (nothing saved after it), faults.WriteError when a file
+  cannot be written (the previous intact). A killed run resumes bit-identical.
+  `profile_steps` > 0 traces that many steps to WORKDIR/profile.
   """
   configuration.validate(config, num_devices=jax.device_count())
   run_dir = workdir_lib.Workdir(workdir, config)

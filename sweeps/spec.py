@@ -170,10 +170,7 @@ def member_config(config: ml_collections.ConfigDict,
   """The train config that `member` trains with (seed and its values set)."""
   d = train_config(config).to_dict()
   for key, value in member.values.items():
-    if key == 'seed':
-      d['seed'] = value
-    else:
-      d['optimizer'][key] = value
+    (d if key == 'seed' else d['optimizer'])[key] = value
   return ml_collections.ConfigDict(d)
 
 

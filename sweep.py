@@ -16,6 +16,7 @@ diverging member is marked in the summary and the others go on; bad input is
 one line `error: ...` and exit 2 (docs/reliability.md).
 """
 
+import contextlib
 import os
 import sys
 
@@ -48,8 +49,8 @@ def _parse_chunk(value):
   try:
     chunk = int(value)
   except ValueError:
-    chunk = None
-  if chunk is None or chunk < 0:
+    chunk = -1
+  if chunk < 0:
     raise ValueError(f'--chunk={value!r} is not allowed; allowed: an integer '
                      '>= 1, 0 (all members at once) or "auto".')
   return chunk
@@ -62,15 +63,12 @@ def main(argv):
   cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
-  from sweeps import grid  # pylint: disable=g-import-not-at-top
-  from sweeps import run  # pylint: disable=g-import-not-at-top
+  from sweeps import grid, run  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
-  try:
+  with contextlib.suppress(ValueError):
     host_devices.split_cpu(grid.cpu_devices(
         _CONFIG.value, _parse_chunk(_CHUNK.value)))
-  except ValueError:
-    pass
   logging.info('JAX %s: %d devices (%s)', jax.__version__, jax.device_count(),
                jax.devices()[0].device_kind)
   cli.run(lambda: run.run_sweep(

@@ -2,18 +2,13 @@
 
 The K members of a chunk (sweeps/spec.py) are ONE stacked TrainState (a
 leading member axis on every leaf), trained by `jax.vmap` of
-`training.train_lib.train_step`, jitted with the stacked state donated and
-sharded over a `grid` mesh axis (the members spread over the devices; a chunk
-is padded with copies of its last member to a multiple of the device count,
-and the copies are dropped before writing or checkpointing).
+`training.train_lib.train_step`, sharded over a `grid` mesh axis (a chunk is
+padded with copies of its last member to a multiple of the device count;
+the copies are dropped before writing or checkpointing).
 `optimizers.create_optimizer` injects the PEAK lr and INITIAL p (and the other
-numeric hyperparameters) into `opt_state.hyperparams`, the schedule shapes
-multiplying them inside, so the members share one optimizer and each carries
-its own values in its state. BatchNorm statistics are part of each member's
-state: vmap keeps them per member.
-
-`GridSteps.for_members(chunk)` is what training/loop.py trains: the same
-interface as train_lib.MeshSteps, with the chunk's members and padding.
+numeric hyperparameters) into `opt_state.hyperparams`, so the members share
+one optimizer and each carries its own values (and BatchNorm statistics) in
+its state. `GridSteps.for_members(chunk)` is what training/loop.py trains.
 """
 
 import copy
@@ -45,19 +40,15 @@ class GridSteps(train_lib.MeshSteps):
   """`train_step` / `eval_step` vmapped over a leading member axis.
 
   Jitted over a (`grid`, `data`) mesh (make_grid_mesh): `grid` shards the
-  member axis of the stacked state (donated) and of the metrics; each
-  member's batch is split over `data`, as train.py splits its batch, so
-  BatchNorm statistics are over the member's whole batch and never across
-  members. Training batches are shared by all members (vmap in_axes=None) or
-  one per member (in_axes=0, also sharded over `grid`); evaluation batches
-  are always shared.
+  member axis of the state and metrics; each member's batch is split over
+  `data`, as train.py splits its batch (BatchNorm statistics never mix
+  members). Training batches are shared by all members or one per member
+  (own_batches); evaluation batches are always shared.
 
   Each `grid` slice of devices runs the vmap over its own members
-  (`jax.shard_map`, manual over `grid` only, `data` left to the SPMD
-  partitioner): members never talk to each other, and left to the
-  partitioner the vmapped (grouped) convolutions were partitioned with
-  collectives that made a 9-device CPU grid 20x slower than one device
-  (docs/benchmarks.md).
+  (`jax.shard_map`, manual over `grid` only): left to the SPMD partitioner,
+  the vmapped (grouped) convolutions got collectives that made a 9-device
+  CPU grid 20x slower than one device (docs/benchmarks.md).
   """
 
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
@@ -67,16 +58,13 @@ class GridSteps(train_lib.MeshSteps):
     self.padded_members = []
 
   def place(self, mesh) -> None:
-    # The member axis split over `grid`: the stacked state and the metrics.
     self.state_sharding = self.metrics_sharding = NamedSharding(
         mesh, P(GRID_AXIS))
-    # Where training batches (and their indices) live, and evaluation ones.
     self.sharded = NamedSharding(
         mesh, P(GRID_AXIS, DATA_AXIS) if self.own_batches else P(DATA_AXIS))
     self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
 
   def per_device(self, step, train):
-    # A training batch per member (own_batches) or one for all of them.
     batch_axis = 0 if train and self.own_batches else None
     return jax.shard_map(
         jax.vmap(step, in_axes=(0, batch_axis)), mesh=self.mesh,
@@ -87,7 +75,8 @@ class GridSteps(train_lib.MeshSteps):
     """These steps, for a chunk of `members` (spec.Member), padded to a
     multiple of the `grid` slices. The jitted steps are shared, not copied."""
     view = copy.copy(self)
-    size = padded_size(len(members), self.mesh.shape[GRID_AXIS])
+    slices = self.mesh.shape[GRID_AXIS]
+    size = -(-len(members) // slices) * slices
     view.padded_members = list(members) + [members[-1]] * (size - len(members))
     view.num_members = len(members)
     view.member_names = [m.name for m in members]
@@ -106,8 +95,7 @@ class GridSteps(train_lib.MeshSteps):
             for i in range(self.num_members)]
 
   def for_checkpoint(self, tree):
-    # Checkpoints hold the real members only: a restart on another device
-    # count pads again.
+    # The real members only: a restart on another device count pads again.
     if len(self.padded_members) == self.num_members:
       return tree
     return _take(tree, self.num_members)
@@ -119,61 +107,43 @@ class GridSteps(train_lib.MeshSteps):
     return jax.device_put(_pad(tree, size), self.state_sharding)
 
 
-@functools.lru_cache(maxsize=8)
-def _build_base(config_json: str, num_classes: int, steps_per_epoch: int,
-                device_ids: tuple, data: int):
-  """Model, optimizer, grid mesh and jitted init of one base experiment.
+def build(base: ml_collections.ConfigDict, num_classes: int,
+          steps_per_epoch: int, own_batches: bool, devices=None,
+          data: int = 1):
+  """(model, optimizer, GridSteps, init) for the base train config.
 
-  Memoised on the config (as JSON), as is `_build_steps`, so that chunks, and
-  sweeps run again in the same process, reuse the compiled functions (jit
-  caches per shape).
+  init(keys, values) -> the stacked TrainState (see `init_grid`). `data`:
+  devices per member. Memoised, so that chunks and sweeps run again in the
+  same process reuse the compiled functions (jit caches per shape).
   """
+  devices = devices if devices is not None else jax.devices()
+  devices = devices[:len(devices) // data * data]
+  key = {k: base[k] for k in ('model', 'dtype')}
+  key['optimizer'] = base.optimizer.to_dict()
+  return _build(json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
+                tuple(d.id for d in devices), data, bool(own_batches),
+                base.get('nonfinite_policy', 'stop'))
+
+
+@functools.lru_cache(maxsize=8)
+def _build(config_json: str, num_classes: int, steps_per_epoch: int,
+           device_ids: tuple, data: int, own_batches: bool, nonfinite: str):
   base = ml_collections.ConfigDict(json.loads(config_json))
   optimizer = optimizers.create_optimizer(base, steps_per_epoch)
   model = models.create_model(base.model, num_classes,
                               dtype=configuration.DTYPES[base.dtype])
   devices = {d.id: d for d in jax.devices()}
-  mesh = make_grid_mesh([devices[i] for i in device_ids], data)
+  steps = GridSteps(make_grid_mesh([devices[i] for i in device_ids], data),
+                    model, optimizer, own_batches=own_batches,
+                    nonfinite=nonfinite)
 
   def init(keys, values):
     state = jax.vmap(
         lambda key: train_lib.create_train_state(key, model, optimizer))(keys)
     return set_hyperparameters(state, values)
 
-  members = NamedSharding(mesh, P(GRID_AXIS))
-  return model, optimizer, mesh, jax.jit(init, out_shardings=members)
-
-
-@functools.lru_cache(maxsize=8)
-def _build_steps(config_json: str, num_classes: int, steps_per_epoch: int,
-                 device_ids: tuple, data: int, own_batches: bool,
-                 nonfinite: str):
-  model, optimizer, mesh, _ = _build_base(config_json, num_classes,
-                                          steps_per_epoch, device_ids, data)
-  return GridSteps(mesh, model, optimizer, own_batches=own_batches,
-                   nonfinite=nonfinite)
-
-
-def build(base: ml_collections.ConfigDict, num_classes: int,
-          steps_per_epoch: int, own_batches: bool, devices=None,
-          data: int = 1):
-  """(model, optimizer, GridSteps, init) for the base train config.
-
-  init(keys, values) -> the stacked TrainState (see `init_grid`). The steps
-  follow base.nonfinite_policy (default 'stop' for configs without it).
-  `data`: devices per member (make_grid_mesh).
-  """
-  devices = devices if devices is not None else jax.devices()
-  devices = devices[:len(devices) // data * data]
-  # Only what the model and optimizer are built from: a longer run reuses them.
-  key = {k: base[k] for k in ('model', 'dtype')}
-  key['optimizer'] = base.optimizer.to_dict()
-  args = (json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
-          tuple(d.id for d in devices), data)
-  model, optimizer, _, init = _build_base(*args)
-  nonfinite = base.get('nonfinite_policy', 'stop')
-  return model, optimizer, _build_steps(*args, bool(own_batches),
-                                        nonfinite), init
+  return model, optimizer, steps, jax.jit(init,
+                                          out_shardings=steps.state_sharding)
 
 
 def make_grid_mesh(devices=None, data: int = 1) -> jax.sharding.Mesh:
@@ -193,9 +163,8 @@ def devices_per_member(base: ml_collections.ConfigDict, num_devices: int,
 def cpu_devices(config: ml_collections.ConfigDict,
                 chunk: Optional[int] = None) -> int:
   """XLA devices sweep.py splits a CPU host into: each member of a chunk
-  data parallel over its own (host_devices.cpu_devices_per_run). Batch 32
-  per device ran the 9-member tiny-CNN grid 1.26x faster than one member per
-  device (docs/benchmarks.md)."""
+  data parallel over its own (host_devices.cpu_devices_per_run): 1.26x faster
+  than one member per device (docs/benchmarks.md)."""
   return spec.members_at_once(config, chunk) * (
       host_devices.cpu_devices_per_run(spec.train_config(config)))
 
@@ -214,21 +183,12 @@ def set_hyperparameters(state: train_lib.TrainState, values: dict):
 
 
 def init_grid(init, members: list):
-  """The stacked TrainState of `members`, from `build`'s init.
-
-  Member k's leaves are create_train_state(jax.random.key(seed_k)) (vmapped),
-  with its own hyperparameter values set in opt_state.hyperparams.
-  """
+  """The stacked TrainState of `members`, from `build`'s init: member k's is
+  create_train_state(jax.random.key(seed_k)) with its own hyperparams."""
   keys = jnp.stack([jax.random.key(m.seed) for m in members])
   values = {k: np.asarray([m.values[k] for m in members], np.float32)
-            for k in members[0].hyperparameters}
+            for k in members[0].values if k != 'seed'}
   return init(keys, values)
-
-
-def padded_size(num_members: int, slices: int) -> int:
-  """Members once padded to a multiple of the `grid` slices (the padding
-  repeats the last member; its results are dropped)."""
-  return -(-num_members // slices) * slices
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -240,14 +200,8 @@ def _take(tree, count: int):
 @functools.partial(jax.jit, static_argnums=(1,))
 def _pad(tree, size: int):
   """`size` members: the last one repeated."""
-  def pad(x):
-    extra = jnp.repeat(x[-1:], size - x.shape[0], axis=0)
-    return jnp.concatenate([x, extra])
-  return jax.tree.map(pad, tree)
-
-
-# ---------------------------------------------------------------------------
-# Members at once from memory (sweep.chunk = spec.AUTO_CHUNK).
+  return jax.tree.map(lambda x: jnp.concatenate(
+      [x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]), tree)
 
 
 def _tree_bytes(tree) -> int:
@@ -259,11 +213,10 @@ def _tree_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def free_memory_bytes(device=None) -> Optional[int]:
-  """Free memory of a device (accelerator stats, else the host's)."""
-  device = device or jax.devices()[0]
+def free_memory_bytes() -> Optional[int]:
+  """Free memory of the first device (accelerator stats, else the host's)."""
   try:
-    stats = device.memory_stats()
+    stats = jax.devices()[0].memory_stats()
   except Exception:  # pylint: disable=broad-except
     stats = None
   if stats and 'bytes_limit' in stats:
@@ -275,12 +228,9 @@ def free_memory_bytes(device=None) -> Optional[int]:
 
 
 def estimate_member_bytes(model, optimizer, batch_size: int) -> int:
-  """Device bytes one member needs: 3x its state + the step's temporaries.
-
-  The temporaries (activations, gradients) come from XLA's memory analysis of
-  one member's compiled step; state in, gradients and optimizer temporaries
-  are counted as three copies of the state.
-  """
+  """Device bytes one member needs: 3x its state (state in, gradients,
+  optimizer temporaries) + the temporaries XLA's memory analysis of one
+  member's compiled step gives (activations)."""
   state = jax.eval_shape(
       lambda key: train_lib.create_train_state(key, model, optimizer),
       jax.random.key(0))
@@ -298,11 +248,11 @@ def estimate_member_bytes(model, optimizer, batch_size: int) -> int:
 
 
 def auto_chunk(num_members: int, member_bytes: int, free_bytes: Optional[int],
-               reserved_bytes: int = 0, num_devices: int = 1,
-               fraction: float = 0.7) -> int:
-  """How many members fit at once: `fraction` of free memory per device."""
+               reserved_bytes: int = 0, num_devices: int = 1) -> int:
+  """Members at once for spec.AUTO_CHUNK: what fits in 70% of free memory
+  per device."""
   if free_bytes is None:
     return num_members
-  usable = fraction * free_bytes - reserved_bytes
+  usable = 0.7 * free_bytes - reserved_bytes
   per_device = max(1, int(usable // max(member_bytes, 1)))
   return max(1, min(num_members, per_device * num_devices))

@@ -1,22 +1,19 @@
 """A sweep config's grid: its members, their train configs and the chunks.
 
-A sweep config is a train config (every key of training/configuration.py)
-plus a `sweep` ConfigDict naming the grid:
+A sweep config is a train config (training/configuration.py) plus a `sweep`
+ConfigDict naming the grid:
 
-  sweep.p, sweep.learning_rate, sweep.seed   lists of values (their product is
-                                             the grid; an absent key uses the
-                                             base config's value)
+  sweep.p, .learning_rate, .seed  lists of values; their product is the grid
+                                  (an absent key: the base config's value)
   sweep.weight_decay, .b1, .b2, .eps, .momentum
-                                             optional lists, where the
-                                             optimizer takes them
+                                  optional lists, where the optimizer takes them
   sweep.own_batches  False: members share each batch (the order of the base
                      config's `seed`); True: each member draws its own order
                      from its seed, exactly as train.py with that seed
   sweep.chunk        members trained at once: 0 all, -1 from a memory
                      estimate, N: N at a time, one chunk after another
 
-Each member's values are checked as train.py checks them (padax's ranges,
-through training/configuration.py); here only the grid's shape.
+Each member's values are checked as train.py checks them (padax's ranges).
 """
 
 import dataclasses
@@ -51,14 +48,6 @@ class Member:
   @property
   def seed(self) -> int:
     return self.values['seed']
-
-  @property
-  def hyperparameters(self) -> dict:
-    return {k: v for k, v in self.values.items() if k != 'seed'}
-
-
-# ---------------------------------------------------------------------------
-# The grid from a sweep config.
 
 
 def _fail(key, value, why, allowed):
@@ -103,13 +92,15 @@ def format_value(value) -> str:
   return str(value) if isinstance(value, int) else f'{value:g}'
 
 
-def sweep_options(config: ml_collections.ConfigDict) -> dict:
-  """`own_batches` and `chunk`, checked."""
+def sweep_options(config: ml_collections.ConfigDict,
+                  chunk: Optional[int] = None) -> dict:
+  """`own_batches` and `chunk` (given: it overrides sweep.chunk), checked."""
   sweep = config.sweep
   own = sweep.get('own_batches', False)
   if not isinstance(own, (bool, np.bool_)):
     _fail('sweep.own_batches', own, 'not a bool', 'True or False')
-  chunk = sweep.get('chunk', ALL_MEMBERS)
+  if chunk is None:
+    chunk = sweep.get('chunk', ALL_MEMBERS)
   if (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or
       chunk < AUTO_CHUNK):
     _fail('sweep.chunk', chunk, 'not a count of members',
@@ -148,11 +139,10 @@ def grid_members(config: ml_collections.ConfigDict) -> list:
             'grid keys ' + ', '.join(k for k in GRID_KEYS if k in applicable)
             + ' and options ' + ', '.join(OPTION_KEYS))
     lists[key] = _check_values(key, config.sweep[key], name)
-  base = {'learning_rate': config.optimizer.learning_rate, 'seed': config.seed}
+  lists.setdefault('learning_rate', [config.optimizer.learning_rate])
+  lists.setdefault('seed', [config.seed])
   if 'p' in applicable:
-    base['p'] = config.optimizer.p
-  for key, value in base.items():
-    lists.setdefault(key, [value])
+    lists.setdefault('p', [config.optimizer.p])
   keys = [k for k in GRID_KEYS if k in lists]
   members = []
   for index, combo in enumerate(itertools.product(*(lists[k] for k in keys))):
@@ -180,15 +170,8 @@ def member_config(config: ml_collections.ConfigDict,
   """The train config that `member` trains with (seed and its values set)."""
   d = train_config(config).to_dict()
   for key, value in member.values.items():
-    if key == 'seed':
-      d['seed'] = value
-    else:
-      d['optimizer'][key] = value
+    (d if key == 'seed' else d['optimizer'])[key] = value
   return ml_collections.ConfigDict(d)
-
-
-# ---------------------------------------------------------------------------
-# Chunks.
 
 
 def chunks_of(members: list, chunk: int) -> list:
@@ -202,11 +185,6 @@ def first_chunk_size(num_members: int, chunk: int) -> int:
 
 def members_at_once(config: ml_collections.ConfigDict,
                     chunk: Optional[int] = None) -> int:
-  """Members in the first chunk (all for ALL_MEMBERS or AUTO_CHUNK).
-
-  `chunk` overrides the config's sweep.chunk, as sweep.py's --chunk does.
-  """
+  """first_chunk_size of the grid; `chunk` (--chunk) overrides sweep.chunk."""
   num_members = len(grid_members(config))  # Checks the grid first.
-  if chunk is None:
-    chunk = sweep_options(config)['chunk']
-  return first_chunk_size(num_members, chunk)
+  return first_chunk_size(num_members, sweep_options(config, chunk)['chunk'])

@@ -1,22 +1,14 @@
-"""The epoch loop: one function, for a single run and for a sweep's members.
+"""The epoch loop, for a single run and for a sweep's members.
 
-`train_epochs` trains what a `steps` object describes (train_lib.MeshSteps:
-one run; sweeps/grid.py's GridSteps: the members of a chunk of a grid, vmapped
-and padded) from its newest checkpoint to `config.num_epochs`. Everything a
-run does around its steps lives here and only here:
-
-* resuming: the newest readable checkpoint and the loop state stored with it
-  (faults.LoopState), the metrics rows of the epochs it covers;
-* the epoch: batches gathered on device in the order `steps.batch_order`
-  gives, the progress bar, the non-finite policy (faults.NonfiniteWatch);
-* the end of an epoch: evaluation, one metrics row per member
-  (training/records.py), a log line, a checkpoint when due;
-* stop requests: a checkpoint at the next step boundary, then
-  faults.RunStopped; divergence: faults.Diverged with the whole story.
+`run` checks a workdir and trains its chunks (train.py's one run, or a
+sweep's) with `train_epochs`: from the newest checkpoint to
+`config.num_epochs`, a metrics row per member and a checkpoint when due after
+each epoch, a checkpoint at the next step on a stop request.
 """
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -27,18 +19,70 @@ import ml_collections
 import numpy as np
 
 from training import checkpoints
+from training import configuration
 from training import faults
 from training import input_pipeline
 from training import optimizers
+from training import profiling
 from training import records
+from training import workdir as workdir_lib
 
 
-@dataclasses.dataclass
-class Result:
-  """What `train_epochs` leaves: each member's metrics rows (all epochs) and
-  the loop state (its `diverged` names the members a sweep gave up on)."""
-  rows: list
-  loop: faults.LoopState
+# What `train_epochs` leaves: each member's metrics rows (all epochs) and the
+# faults.LoopState (its `diverged` names the members a sweep gave up on).
+Result = collections.namedtuple('Result', 'rows loop')
+
+
+# Members `run` trains at once: train.py's one run, or a sweep's chunk.
+# init() gives the fresh state; member_dirs: one workdir_lib.Workdir per
+# member; name: what the log lines call it.
+Chunk = collections.namedtuple(
+    'Chunk', 'steps init member_dirs checkpoint_dir name', defaults=('',))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
+        data: input_pipeline.CifarData = None, num_devices: int = 1,
+        progress: bool = True, profile_steps: int = 0,
+        after_epoch: Optional[Callable[[int, int], None]] = None):
+  """Trains the chunks of `plan(data)` in `workdir`; yields (chunk, Result).
+
+  Before any file is written, refuses (ValueError), in this order: another
+  run holding `workdir`; data (`data`, else loaded per `config`) that does
+  not fit `config`; what `plan(data)` -> (run_dir, chunks) refuses; data
+  other than run_dir recorded; a chunk's history (check_history).
+  after_epoch(chunk index, epoch): see train_epochs.
+  """
+  lock = workdir_lib.RunLock(workdir)
+  lock.check_free()
+  if data is None:
+    data = input_pipeline.load(config)
+  configuration.check_against_data(config, data, num_devices=num_devices)
+  run_dir, chunks = plan(data)
+  identity = input_pipeline.fingerprint(data)
+  run_dir.check_data(identity, f' ({data.source})')
+  for chunk in chunks:
+    check_history(config, chunk.member_dirs, chunk.checkpoint_dir, data)
+  with lock, faults.StopRequests() as stop, profiling.step_trace(
+      os.path.join(workdir, 'profile'), profile_steps) as trace:
+    run_dir.prepare(identity)
+    for member_dir in [d for c in chunks for d in c.member_dirs]:
+      if member_dir is not run_dir:
+        member_dir.prepare()
+    for index, chunk in enumerate(chunks):
+      state = chunk.init()
+      store = checkpoints.CheckpointStore(chunk.checkpoint_dir,
+                                          config.keep_checkpoints)
+      # Closed on every exit: an error must not leave a save thread behind.
+      try:
+        result = train_epochs(
+            config, chunk.steps, state, store=store,
+            member_dirs=chunk.member_dirs, data=data, stop=stop,
+            progress=progress, trace=trace, name=chunk.name,
+            after_epoch=(None if after_epoch is None else
+                         functools.partial(after_epoch, index)))
+      finally:
+        store.close()
+      yield chunk, result
 
 
 def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
@@ -48,16 +92,16 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
                  name: str = '') -> Result:
   """Trains `state` (fresh) to config.num_epochs, resuming from `store`.
 
-  config: the train config (a sweep's base config). steps: see
-  train_lib.MeshSteps. member_dirs: one workdir_lib.Workdir per member,
-  where its rows go. trace: a profiling.StepTrace or None. after_epoch(epoch)
-  (for tests) runs once an epoch's rows are written, before its checkpoint.
-  name: what the log lines call this training (a sweep's chunk).
+  steps: see train_lib.MeshSteps. member_dirs: one workdir_lib.Workdir per
+  member, where its rows go (their `rows`: those Workdir.check read). trace:
+  a profiling.StepTrace or None. after_epoch(epoch) (for tests) runs once an
+  epoch's rows are written, before its checkpoint.
   """
   steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
                                                    config.batch_size)
-  state, loop, rows = resume(store, steps, state, member_dirs,
-                             steps_per_epoch)
+  state, loop, completed_epochs = resume(store, steps, state, steps_per_epoch)
+  rows = [[r for r in d.rows if r['epoch'] <= completed_epochs]
+          for d in member_dirs]
   watch = faults.NonfiniteWatch(
       config.nonfinite_policy, config.max_consecutive_skips, loop,
       steps_per_epoch=steps_per_epoch, stop_run=steps.member_names is None,
@@ -101,50 +145,45 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
     if after_epoch is not None:
       after_epoch(epoch)
     loop.start_epoch()
-    if checkpoint_due(config, epoch):
+    if epoch % config.checkpoint_every_epochs == 0 or (
+        epoch == config.num_epochs):
       store.save(step, steps.for_checkpoint(state), loop.to_json())
   return Result(rows, loop)
 
 
-def resume(store, steps, state, member_dirs: list, steps_per_epoch: int):
-  """(state, LoopState, rows per member) from the newest readable checkpoint.
-
-  Rows of epochs after the checkpoint (a run killed in between) are dropped:
-  they are redone.
-  """
+def resume(store, steps, state, steps_per_epoch: int):
+  """(state, LoopState, epochs completed) from the newest readable
+  checkpoint (the fresh `state` without one)."""
   num_members = steps.num_members
-  loop = faults.LoopState(num_members)
   restored = store.restore_latest(
       steps.for_checkpoint(state),
       lambda step, meta: faults.LoopState.from_json(
           meta, num_members, step, steps_per_epoch))
-  completed_epochs = 0
-  if restored is not None:
-    step, checkpoint_state, loop = restored
-    state = steps.from_checkpoint(checkpoint_state)
-    if loop.totals is not None:
-      loop.totals = steps.from_checkpoint(loop.totals)
-    completed_epochs = step // steps_per_epoch
-    logging.info('Resumed from %s in %s',
-                 position(step, loop.steps_done, steps_per_epoch),
-                 store.directory)
-  rows = [[r for r in d.read_metrics() if r['epoch'] <= completed_epochs]
-          for d in member_dirs]
-  return state, loop, rows
+  if restored is None:
+    return state, faults.LoopState(num_members), 0
+  step, checkpoint_state, loop = restored
+  if loop.totals is not None:
+    # The exact float32 sums, back on device.
+    loop.totals = jax.tree.map(
+        lambda x: steps.global_array(x, steps.metrics_sharding),
+        steps.from_checkpoint(loop.totals))
+  logging.info('Resumed from %s in %s',
+               position(step, loop.steps_done, steps_per_epoch),
+               store.directory)
+  return (steps.from_checkpoint(checkpoint_state), loop,
+          step // steps_per_epoch)
 
 
 def check_history(config: ml_collections.ConfigDict, member_dirs: list,
                   checkpoint_dir: str, data: input_pipeline.CifarData) -> None:
   """Refuses (ValueError) checkpoints, metrics and config that do not tell
-  one story, before anything is written: resuming would rewrite history.
+  one story: resuming would rewrite history.
 
-  member_dirs: checked workdir_lib.Workdir's (their `rows`), whose state the
-  checkpoints in `checkpoint_dir` hold. What `resume` and the loop would do
-  with them must lose no row: the rows are at the steps this data gives; a
-  checkpoint's epochs have their rows (else they would never be written);
-  the rows after the newest checkpoint are only those a kill between a row
-  and its checkpoint leaves (else resuming would redo rows of epochs whose
-  checkpoint is gone); num_epochs is not below the epochs done.
+  member_dirs: checked workdir_lib.Workdir's, whose state the checkpoints in
+  `checkpoint_dir` hold. Resuming must lose no row: the rows are at the
+  steps this data gives; a checkpoint's epochs have their rows; after the
+  newest checkpoint, only the rows a kill before its next checkpoint leaves;
+  num_epochs is not below the epochs done.
   """
   steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
                                                    config.batch_size)
@@ -202,11 +241,6 @@ def position(step: int, steps_done: int, steps_per_epoch: int) -> str:
           f'its {steps_per_epoch} steps done)')
 
 
-def checkpoint_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
-  return (epoch % config.checkpoint_every_epochs == 0 or
-          epoch == config.num_epochs)
-
-
 def _stop_run(store, steps, state, step: int, loop: faults.LoopState,
               stop: faults.StopRequests, steps_per_epoch: int) -> None:
   """Saves a checkpoint of a run stopped on request; raises RunStopped."""
@@ -246,17 +280,10 @@ def _diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
       f'with a smaller optimizer.learning_rate, or {instead}.'))
 
 
-# ---------------------------------------------------------------------------
-# One epoch.
-
-
 def epoch_batches(steps, train_arrays, order: np.ndarray, batch_size: int,
                   num_steps: int, start: int = 0):
-  """The epoch's training batches from batch `start` on, gathered on device.
-
-  `order` is a permutation (N,), or one per member (K, N); batch i holds the
-  examples order[..., i * batch_size:(i + 1) * batch_size].
-  """
+  """The epoch's training batches from batch `start` on, gathered on device
+  in `order`: a permutation (N,), or one per member (K, N)."""
   images, labels = train_arrays
   for i in range(start, num_steps):
     idx = order[..., i * batch_size:(i + 1) * batch_size]
@@ -270,17 +297,11 @@ def _run_epoch(steps, state, train_arrays, order, batch_size: int,
   """Trains `epoch` from step `loop.steps_done` on; returns the state.
 
   Updates `loop` (steps done, device totals, seconds). Returns early, with
-  loop.steps_done < steps_per_epoch, when a stop is requested. `watch` sees
-  every step's `finite` flags; `trace` every step's metrics.
+  loop.steps_done < steps_per_epoch, when a stop is requested.
   """
   first_step = (epoch - 1) * steps_per_epoch
   totals = loop.totals
-  if totals is not None and not isinstance(
-      jax.tree.leaves(totals)[0], jax.Array):
-    # Restored from a checkpoint: the exact float32 sums, back on device.
-    totals = jax.tree.map(
-        lambda x: steps.global_array(x, steps.metrics_sharding), totals)
-  pending = collections.deque()
+  previous = None
   t0 = time.perf_counter()
   for i, batch in enumerate(epoch_batches(
       steps, train_arrays, order, batch_size, steps_per_epoch,
@@ -293,15 +314,13 @@ def _run_epoch(steps, state, train_arrays, order, batch_size: int,
     watch.push(first_step + loop.steps_done, metrics['finite'])
     if trace is not None:
       trace.after_step(metrics)
-    pending.append(totals)
     if bar is not None:
       bar.update(1)
-    # Show the totals of an earlier step: the host never waits on the step
-    # it just dispatched.
-    if len(pending) > 1:
-      previous = pending.popleft()
-      if bar is not None and i % 10 == 0:
+      # Show the totals of an earlier step: the host never waits on the step
+      # it just dispatched.
+      if previous is not None and i % 10 == 0:
         _show_metrics(bar, previous)
+    previous = totals
   if bar is not None:
     if totals is not None:
       _show_metrics(bar, totals)
@@ -323,10 +342,6 @@ def evaluate_totals(steps, state, split: input_pipeline.Split,
     metrics = steps.eval_step(state, batch)
     totals = metrics if totals is None else steps.add(totals, metrics)
   return totals
-
-
-# ---------------------------------------------------------------------------
-# What the user sees.
 
 
 def _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch):

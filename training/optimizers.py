@@ -1,12 +1,9 @@
 """The paper's optimizers built from a config, with lr and p injected.
 
-Every optimizer is wrapped in `optax.inject_hyperparams`, so the learning rate
-(and Padam's p) live in the optimizer state: they are logged each epoch, and a
-sweep can vmap over them (each member's value is its own array).
-
-Weight decay follows the authors' code: an L2 term added to the gradient for
-SGD-momentum, Adam, AMSGrad and Padam (PyTorch's `weight_decay`); AdamW decays
-decoupled, as `optax.adamw`.
+Wrapped in `optax.inject_hyperparams`, the learning rate (and Padam's p) live
+in the optimizer state: logged each epoch, vmapped over by sweeps. Weight
+decay follows the authors' code: an L2 term added to the gradient (PyTorch's
+`weight_decay`), decoupled for AdamW and Lion.
 """
 
 import collections
@@ -79,11 +76,8 @@ HYPERPARAMETERS = {name: tuple(inspect.signature(f).parameters)[1:]
 
 def step_schedule(base: float, milestones_epochs, factor: float,
                   steps_per_epoch: int) -> optax.Schedule:
-  """`base`, multiplied by `factor` at each milestone epoch (MultiStepLR).
-
-  A milestone given twice multiplies twice (factor**2 from there), as
-  PyTorch's MultiStepLR does (it counts the milestones).
-  """
+  """`base`, multiplied by `factor` at each milestone epoch, as PyTorch's
+  MultiStepLR (a milestone given twice multiplies twice)."""
   counts = collections.Counter(int(e) for e in milestones_epochs)
   return optax.piecewise_constant_schedule(
       base, {e * steps_per_epoch: factor ** n for e, n in counts.items()})
@@ -92,29 +86,26 @@ def step_schedule(base: float, milestones_epochs, factor: float,
 def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Multipliers of the peak lr and the initial p, as functions of the step.
 
-  lr: x lr_factor at each milestone epoch. p: constant, or (the report's
-  proposal) x p_decay_factor every p_decay_every_epochs epochs.
+  lr: x lr_factor at each milestone epoch. p: constant (None), or (the
+  report's proposal) x p_decay_factor every p_decay_every_epochs epochs.
   """
   opt = config.optimizer
   lr_shape = step_schedule(1.0, opt.lr_milestones, opt.lr_factor,
                            steps_per_epoch)
-  if opt.get('p_decay_every_epochs', 0):
-    p_shape = optax.exponential_decay(
-        1.0, transition_steps=opt.p_decay_every_epochs * steps_per_epoch,
-        decay_rate=opt.p_decay_factor, staircase=True)
-  else:
-    p_shape = None
-  return lr_shape, p_shape
+  if not opt.get('p_decay_every_epochs', 0):
+    return lr_shape, None
+  return lr_shape, optax.exponential_decay(
+      1.0, transition_steps=opt.p_decay_every_epochs * steps_per_epoch,
+      decay_rate=opt.p_decay_factor, staircase=True)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int) -> optax.GradientTransformation:
   """The configured optimizer, wrapped in `optax.inject_hyperparams`.
 
-  The injected `learning_rate` and `p` are the peak lr and the initial p; the
-  schedules' shapes multiply them inside. So each member of a vmapped sweep
-  carries its own peak lr and p in its state while all share the schedule
-  shape, and `current_hyperparameters` gives the values in use at a step.
+  The injected `learning_rate` and `p` are the peak lr and the initial p,
+  which the schedules' shapes multiply inside: each member of a vmapped
+  sweep carries its own in its state, all share the shapes.
   """
   name = config.optimizer.name
   if name not in _FACTORIES:

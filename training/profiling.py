@@ -1,9 +1,8 @@
 """A JAX profiler trace of a few training steps (train.py/sweep.py --profile).
 
-The first steps of a process compile and warm up, so the trace starts after
-`skip` of them and covers the next `count`; it is written under `directory`
-(TensorBoard's profile plugin or Perfetto read it; benchmarks/trace_summary.py
-prints where the time went).
+The first steps compile and warm up, so the trace covers the `count` steps
+after `WARMUP_STEPS` (TensorBoard or Perfetto read it;
+benchmarks/trace_summary.py prints where the time went).
 """
 
 import contextlib
@@ -12,24 +11,19 @@ import os
 
 import jax
 
+WARMUP_STEPS = 5
+
 
 class StepTrace:
-  """Call `after_step(metrics)` after each dispatched step; `close()` at the end."""
+  """Call `after_step(metrics)` after each dispatched step; use as a context."""
 
-  def __init__(self, directory: str, count: int = 5, skip: int = 5):
-    if count < 1 or skip < 0:
-      raise ValueError(f'profile steps: count={count}, skip={skip}; allowed: '
-                       'count >= 1, skip >= 0.')
-    self.directory, self.count, self.skip = directory, count, skip
+  def __init__(self, directory: str, count: int = 5):
+    if count < 1:
+      raise ValueError(f'profile steps: count={count}, skip={WARMUP_STEPS}; '
+                       'allowed: count >= 1, skip >= 0.')
+    self.directory, self.count = directory, count
     self._seen = 0
     self._tracing = False
-    if skip == 0:
-      self._start()
-
-  def _start(self):
-    os.makedirs(self.directory, exist_ok=True)
-    jax.profiler.start_trace(self.directory)
-    self._tracing = True
 
   def _stop(self):
     jax.profiler.stop_trace()
@@ -39,28 +33,25 @@ class StepTrace:
 
   def after_step(self, metrics) -> None:
     self._seen += 1
-    if self._seen == self.skip and not self._tracing:
+    if self._seen == WARMUP_STEPS and not self._tracing:
       # Only the traced steps' own work: wait for the warm-up steps first.
       jax.block_until_ready(metrics)
-      self._start()
-    elif self._seen == self.skip + self.count and self._tracing:
+      os.makedirs(self.directory, exist_ok=True)
+      jax.profiler.start_trace(self.directory)
+      self._tracing = True
+    elif self._seen == WARMUP_STEPS + self.count and self._tracing:
       jax.block_until_ready(metrics)
       self._stop()
 
-  def close(self) -> None:
-    """Ends a trace still running (a run shorter than skip + count steps)."""
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    # A run shorter than the warm-up + count: end the trace still running.
     if self._tracing:
       self._stop()
 
 
-@contextlib.contextmanager
 def step_trace(directory: str, count: int):
   """A StepTrace of `count` steps (None when count is 0), closed on exit."""
-  if not count:
-    yield None
-    return
-  trace = StepTrace(directory, count)
-  try:
-    yield trace
-  finally:
-    trace.close()
+  return StepTrace(directory, count) if count else contextlib.nullcontext()

@@ -1,10 +1,9 @@
 """The pure training and evaluation steps, and their placement on a device mesh.
 
-`train_step(state, batch) -> (state, metrics)` is the one step function of the
-project: `train.py` jits it over a `data`-sharded mesh, and sweeps vmap it over
-a grid of hyperparameters. Data augmentation and normalisation run inside it,
-from the uint8 images, with randomness from (state.rng, state.step) only, so a
-step's result does not depend on how the batch is split over devices.
+`train_step` is the one step function: train.py jits it over a `data`-sharded
+mesh, sweeps vmap it. Augmentation runs inside it with randomness from
+(state.rng, state.step) only: the result does not depend on how the batch is
+split over devices.
 """
 
 import functools
@@ -58,18 +57,15 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                nonfinite: str = 'stop'):
   """One SGD step on a batch of uint8 images; returns the new state and sums.
 
-  Metrics are sums over the batch (loss, correct, count) so that they can be
-  accumulated over an epoch on the device and divided once; `finite` is 1
-  when the loss and every gradient are finite, `skipped` 1 when the update
-  was dropped.
+  Metrics are sums over the batch, accumulated over an epoch on the device
+  and divided once; `finite`: the loss and every gradient are finite;
+  `skipped`: the update was dropped.
 
-  nonfinite: 'stop' applies every update (the host stops the run on the
-  first non-finite step, see faults.NonfiniteWatch); 'skip' keeps params,
-  batch_stats and opt_state as they were on a non-finite step, as
-  optax.apply_if_finite does (so the optimizer's own step count, and its
-  schedules, do not advance either), and leaves the step out of the loss and
-  error sums. The step counter always advances: it orders the batches and
-  the augmentation. Per member under vmap.
+  nonfinite: 'stop' applies every update (faults.NonfiniteWatch stops the
+  run); 'skip' keeps params, batch_stats and opt_state on a non-finite step,
+  as optax.apply_if_finite does (the optimizer's schedules do not advance),
+  and leaves it out of the sums. The step counter always advances: it orders
+  the batches and the augmentation.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   images = augment.normalize(
@@ -138,12 +134,9 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 class MeshSteps:
   """`train_step` and `eval_step` jitted over a mesh: batch sharded, state replicated.
 
-  Also what the epoch loop (training/loop.py) trains: the steps, where the
-  batches and metrics live, and the few facts that differ between one run and
-  a sweep's grid of members (sweeps/grid.py's GridSteps, whose state and
-  metrics carry a leading member axis): `num_members`, `member_names`,
-  `batch_order`, `member_values`, and `for_checkpoint` / `from_checkpoint`
-  between the trained state and what a checkpoint holds. Here, one member.
+  What the epoch loop (training/loop.py) trains: the steps, where batches
+  and metrics live, and what differs between one run (here) and a sweep's
+  members (sweeps/grid.py's GridSteps: a leading member axis).
 
   The training images stay on the devices (uint8, replicated) so a batch is
   gathered by index on device: no host-to-device copy of images per step.
@@ -176,14 +169,12 @@ class MeshSteps:
     self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
   def place(self, mesh) -> None:
-    """Sets where the state, the batches (and their indices) and the metrics
-    live: the state replicated, each batch split over `data`."""
+    """Sets where the state, batches (and their indices) and metrics live."""
     self.state_sharding = self.metrics_sharding = self.replicated
     self.sharded = self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
 
   def per_device(self, step: Callable, train: bool) -> Callable:
-    """`step` as each device runs it (train: the train step, else the eval
-    step): here as it is."""
+    """`step` (train: the train step, else the eval one) as devices run it."""
     del train
     return step
 
@@ -200,8 +191,6 @@ class MeshSteps:
     """An evaluation batch, placed for `eval_step`."""
     return jax.tree.map(lambda x: self.global_array(x, self.eval_sharded),
                         tree)
-
-  # What differs between one run and a grid of members.
 
   def batch_order(self, seed: int, epoch: int, num_examples: int):
     """The epoch's order of the training examples (N,)."""

@@ -21,9 +21,6 @@ def add_sweep(config, *, p=P_GRID, learning_rate=(0.1,), seed=(0,),
   config.sweep.p = tuple(p)
   config.sweep.learning_rate = tuple(learning_rate)
   config.sweep.seed = tuple(seed)
-  # False: members share each batch (the order of config.seed); True: each
-  # member's order comes from its seed.
-  config.sweep.own_batches = own_batches
-  # Members trained at once: 0 all, -1 from a memory estimate, N at a time.
+  config.sweep.own_batches = own_batches  # See sweeps/spec.py.
   config.sweep.chunk = chunk
   return config

@@ -1,8 +1,7 @@
 """A JAX profiler trace of a few training steps (train.py/sweep.py --profile).
 
 The first steps compile and warm up, so the trace covers the `count` steps
-after `WARMUP_STEPS` (TensorBoard or Perfetto read it;
-benchmarks/trace_summary.py prints where the time went).
+after `WARMUP_STEPS` (TensorBoard or Perfetto read it).
 """
 
 import contextlib

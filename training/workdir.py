@@ -273,9 +273,6 @@ class Workdir:
     self.data_path = os.path.join(self.path, DATA_FILE)
     self.checkpoint_dir = os.path.join(self.path, 'checkpoints')
 
-  def _entry(self, name: str) -> str:
-    return os.path.join(self.path, name)
-
   def check(self, data_file: str = None) -> None:
     """Refuses a workdir that cannot be written, holds another experiment or
     another tool's files, or whose files padax cannot read (ValueError naming
@@ -286,7 +283,7 @@ class Workdir:
     """
     self._set_path(check_and_resolve(self.given))
     for name in _RUN_FILES:
-      path = self._entry(name)
+      path = os.path.join(self.path, name)
       if os.path.lexists(path) and not os.path.isfile(path):
         kind = ('a directory' if os.path.isdir(path) else
                 'a broken symlink' if os.path.islink(path) else
@@ -302,14 +299,14 @@ class Workdir:
         raise ValueError(
             f'{self.checkpoint_dir} is not writable; allowed: a directory '
             'this user can write to: fix its permissions.')
-    lock = self._entry(LOCK_FILE)
+    lock = os.path.join(self.path, LOCK_FILE)
     if os.path.isfile(lock) and not os.access(lock, os.R_OK | os.W_OK):
       raise ValueError(f'{lock} is not writable; allowed: a file this user '
                        'can write to: fix its permissions or remove it.')
     if not os.path.lexists(self.config_path):
       found = [n for n in ('metrics.jsonl', 'metrics.csv', DATA_FILE,
                            'checkpoints', 'members', 'summary.json')
-               if os.path.lexists(self._entry(n))]
+               if os.path.lexists(os.path.join(self.path, n))]
       if found:
         raise ValueError(
             f'workdir={self.path!r} holds {", ".join(found)} but no '

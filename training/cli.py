@@ -64,11 +64,16 @@ def _config_spec(argv):
   return None
 
 
-def _does_not_load(spec: str, e: Exception) -> str:
-  # config_flags puts the config file's traceback or its search in the
-  # message: the last line is the error.
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  reason = re.sub(r'^\w*(Error|Exception): ', '', lines[-1] if lines else '')
+def _does_not_load(spec: str, e: BaseException) -> str:
+  if isinstance(e, SystemExit):
+    reason = (f'the config file called sys.exit({e.code!r}); allowed: a '
+              'config file whose get_config() returns a ConfigDict.')
+  else:
+    # config_flags puts the config file's traceback or its search in the
+    # message: the last line is the error.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    reason = re.sub(r'^\w*(Error|Exception): ', '',
+                    lines[-1] if lines else '')
   return f'--{CONFIG_FLAG}={spec} does not load: {reason}'
 
 
@@ -123,21 +128,6 @@ def _print_help(full: bool) -> None:
                    f'{more}\n')
 
 
-def _exit_from_config_file(argv, e: SystemExit) -> bool:
-  """Whether the config file itself raised SystemExit (sys.exit, exit())."""
-  spec = _config_spec(argv)
-  return bool(spec) and any(
-      os.path.realpath(frame.filename) ==
-      os.path.realpath(spec.split(':', 1)[0])
-      for frame in traceback.extract_tb(e.__traceback__))
-
-
-def _config_file_exited(argv, e: SystemExit) -> str:
-  return (f'--{CONFIG_FLAG}={_config_spec(argv)} does not load: the config '
-          f'file called sys.exit({e.code!r}); allowed: a config file whose '
-          'get_config() returns a ConfigDict.')
-
-
 def parse_flags(argv):
   """absl's parsing of `argv` (for `app.run(flags_parser=...)`); a bad command
   line (an unknown flag or `--config.` key, a value of the wrong type, a
@@ -150,8 +140,11 @@ def parse_flags(argv):
   try:
     remaining = flags.FLAGS(argv)
   except SystemExit as e:  # --help, or the config file's own sys.exit.
-    if _exit_from_config_file(argv, e):
-      fail(_config_file_exited(argv, e))
+    spec = _config_spec(argv)
+    if spec and any(os.path.realpath(frame.filename) ==
+                    os.path.realpath(spec.split(':', 1)[0])
+                    for frame in traceback.extract_tb(e.__traceback__)):
+      fail(_does_not_load(spec, e))
     raise
   except Exception as e:  # pylint: disable=broad-except
     # absl raises flags.Error, config_flags also AttributeError, KeyError,
@@ -159,9 +152,7 @@ def parse_flags(argv):
     fail(_explain(argv, e))
   try:
     flags.FLAGS[CONFIG_FLAG].value.keys()
-  except SystemExit as e:
-    fail(_config_file_exited(argv, e))
-  except Exception as e:  # pylint: disable=broad-except
+  except (SystemExit, Exception) as e:  # pylint: disable=broad-except
     fail(_does_not_load(_config_spec(argv), e))
   return remaining
 

@@ -1,21 +1,17 @@
 """mimalloc under train.py and sweep.py on a Linux CPU host.
 
 XLA:CPU allocates each step's temporaries afresh (for ResNet18 at batch 128,
-several buffers of 76-302 MB a step). glibc's malloc maps buffers this large
-from the kernel and unmaps them when freed, so every step touches ~0.8 GB of
-new pages: ~190k page faults and 0.3 s of kernel time a ResNet18 step, more
-when another process (PyTorch, in benchmarks/vs_pytorch.py) works between
-the steps. mimalloc, told to keep freed memory (MIMALLOC_PURGE_DELAY=-1),
+several buffers of 76-302 MB a step), which glibc's malloc maps from the
+kernel and unmaps when freed: ~190k page faults and 0.3 s of kernel time a
+ResNet18 step. mimalloc, told to keep freed memory (MIMALLOC_PURGE_DELAY=-1),
 reuses the same pages every step (docs/benchmarks.md).
 
 An allocator is chosen when a process starts, so `use_mimalloc` restarts the
-script (os.execve, same PID, arguments and open files) with mimalloc in
-LD_PRELOAD. It does nothing when mimalloc (the `cmeel-mimalloc` package, in
-the `train` extra) is not installed, on other systems than Linux, where JAX
-will run on an accelerator (training.host_devices.accelerator_expected: GPU
-and TPU hosts, not measured there), when the user set LD_PRELOAD, or with
-PADAX_ALLOCATOR=system.
-Numerics do not depend on the allocator (tests/test_allocator.py).
+script (os.execve, same PID) with mimalloc in LD_PRELOAD. Not where mimalloc
+(`cmeel-mimalloc`, in the `train` extra) is not installed, off Linux, where
+JAX will run on an accelerator, when the user set LD_PRELOAD, or with
+PADAX_ALLOCATOR=system. Numerics do not depend on the allocator
+(tests/test_allocator.py).
 """
 
 import importlib.metadata
@@ -76,15 +72,12 @@ def use_mimalloc(environ=os.environ) -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def active() -> bool:
-  """Whether mimalloc is this process's allocator (mapped in memory)."""
+def describe() -> str:
+  """This process's allocator (mimalloc where it is mapped in memory), for
+  logs and benchmark headers."""
   try:
     with open('/proc/self/maps', encoding='utf-8') as maps:
-      return any('libmimalloc' in line for line in maps)
+      active = any('libmimalloc' in line for line in maps)
   except OSError:
-    return False
-
-
-def describe() -> str:
-  """This process's allocator, for logs and benchmark headers."""
-  return 'mimalloc' if active() else 'system malloc'
+    active = False
+  return 'mimalloc' if active else 'system malloc'

@@ -1,31 +1,20 @@
 """Orbax checkpoints that survive kills, full disks and damaged files.
 
 A `CheckpointStore` keeps the checkpoints of one TrainState (a run, or one
-chunk of a sweep) in one directory:
-
-* A checkpoint exists once Orbax has renamed its tmp directory to `<step>`
-  (atomic on a POSIX file system): a run killed while writing leaves only a
-  tmp directory, which is ignored and removed when the store is opened again.
-* `save` waits for the write and checks that `<step>` is there; a failed
-  write (disk full, I/O error) raises `faults.WriteError` naming the step and
-  the cause, after removing its tmp directory, and the older checkpoints are
-  as they were.
-* Old checkpoints beyond `keep` are deleted by the store only after the new
-  one is complete: Orbax's own `max_to_keep` is not used, as it drops them
-  even when the new write failed. Each is first renamed to `.deleting-<step>`
-  (atomic), so a kill mid-deletion never leaves a half-deleted `<step>`.
-* `restore_latest` returns the newest checkpoint that reads back. One that
-  does not (damaged or truncated files, a loop state that does not fit) is
-  reported, moved to `unreadable-<step>` (kept for inspection, not deleted)
-  and the previous one is tried. If none reads back the store refuses
-  (CheckpointReadError) rather than silently start the run over.
-* Each checkpoint carries the loop state (`faults.LoopState` as JSON) in its
-  Orbax custom metadata, written inside the tmp directory with the arrays.
+chunk of a sweep) in one directory. A checkpoint exists once Orbax renamed
+its tmp directory to `<step>`; a failed write raises `faults.WriteError` and
+leaves the older ones as they were; old ones are pruned only after the new
+one is complete (not Orbax's `max_to_keep`: it prunes even when the write
+failed), through an atomic rename to `.deleting-<step>`; one that does not
+read back is set aside as `unreadable-<step>` and the previous one is tried.
+Each carries the loop state (`faults.LoopState` as JSON) in its Orbax custom
+metadata. docs/reliability.md has the details.
 
 Multi-host: every process calls save and restore (Orbax's collectives); only
 process 0 removes, renames or checks files.
 """
 
+import glob
 import logging
 import os
 import re
@@ -78,7 +67,12 @@ class CheckpointStore:
     self.directory = os.path.abspath(directory)
     self.keep = keep
     if jax.process_index() == 0 and os.path.isdir(self.directory):
-      self._remove_leftovers()
+      # Incomplete writes and deletions that a killed run left behind; the
+      # run lock guarantees no other process is writing here.
+      for name in os.listdir(self.directory):
+        if _ORBAX_TMP.match(name) or name.startswith(DELETING_PREFIX):
+          shutil.rmtree(os.path.join(self.directory, name),
+                        ignore_errors=True)
     _sync('padax-checkpoints-open')
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -87,13 +81,6 @@ class CheckpointStore:
         # save or restore knows how (else Orbax warns it cannot).
         item_handlers=ocp.StandardCheckpointHandler())
     self._closed = False
-
-  def _remove_leftovers(self) -> None:
-    # Only incomplete writes and deletions that a killed run left behind;
-    # the run lock guarantees no other process is writing here.
-    for name in os.listdir(self.directory):
-      if _ORBAX_TMP.match(name) or name.startswith(DELETING_PREFIX):
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def close(self) -> None:
     if self._closed:
@@ -115,9 +102,6 @@ class CheckpointStore:
 
   def _path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
-
-  # -------------------------------------------------------------------------
-  # Saving.
 
   def save(self, step: int, state, loop: dict) -> None:
     """Writes `state` and `loop` as checkpoint `step`, then prunes old ones.
@@ -150,14 +134,9 @@ class CheckpointStore:
     # writes on after that leaves some, removed when the store next opens.
     self.close()
     if jax.process_index() == 0:
-      try:
-        names = os.listdir(self.directory)
-      except OSError:  # The directory itself is gone or not one.
-        names = []
-      for name in names:
-        if name.startswith(f'{step}.orbax-checkpoint-tmp'):
-          shutil.rmtree(os.path.join(self.directory, name),
-                        ignore_errors=True)
+      for tmp in glob.glob(os.path.join(glob.escape(self.directory),
+                                        f'{step}.orbax-checkpoint-tmp*')):
+        shutil.rmtree(tmp, ignore_errors=True)
     cause = _first_line(error) if error is not None else (
         'Orbax did not finalize it')
     kept = (f'the previous checkpoint (step {previous[-1]}) is intact'
@@ -174,17 +153,11 @@ class CheckpointStore:
       return
     if jax.process_index() == 0:
       for step in doomed:
-        self._delete_step(step)
+        trash = os.path.join(self.directory, f'{DELETING_PREFIX}{step}')
+        os.rename(self._path(step), trash)
+        shutil.rmtree(trash)
     _sync('padax-checkpoints-pruned')
     self._manager.reload()
-
-  def _delete_step(self, step: int) -> None:
-    trash = os.path.join(self.directory, f'{DELETING_PREFIX}{step}')
-    os.rename(self._path(step), trash)
-    shutil.rmtree(trash)
-
-  # -------------------------------------------------------------------------
-  # Restoring.
 
   def loop_metadata(self, step: int) -> Optional[dict]:
     custom = self._manager.metadata(step).custom_metadata or {}

@@ -1,24 +1,8 @@
-"""What train.py and sweep.py share around their main function.
-
-* `parse_flags`: absl's flag parsing (for `app.run(flags_parser=...)`) where
-  a bad command line (an unknown flag or `--config.` key, a value of the
-  wrong type, a config file that does not load) is ONE line `error: ...`
-  naming the flag, the value and what is allowed, exit status 2: absl would
-  print a FATAL message or a traceback. `--help` prints the entry point's
-  docstring and its flags (those defined here too, which the entry points
-  adopt as key flags) and exits 0 (absl: 1).
-* `prepare_jax`: before JAX starts, `quiet_libraries`, the XLA:CPU flags of
-  training/host_devices.py and the persistent compilation cache.
-* `quiet_libraries`: one line per epoch stays readable: Orbax's INFO lines are
-  dropped, and its warnings and errors lose their tracebacks, as do the
-  asyncio leftovers of a failed save (padax reports the failure itself,
-  naming the step and the cause); so is JAX's INFO line on probing for a TPU
-  where there is none ("Failed to open libtpu.so").
-* `print_results`: the last line of a finished run, where its results are
-  and the report.py command that draws them.
-* `run`: calls main and turns the faults of a run into a message and an exit
-  status (training/faults.py): 0 stopped on request after saving, 2 refused
-  input, 3 diverged, 4 a write failed, 130 a second Ctrl-C.
+"""What train.py and sweep.py share around their main function: flag
+parsing where a bad command line is ONE line `error: ...` with exit status 2
+(absl would print a FATAL message or a traceback), the set-up before JAX
+starts, quiet library logs (one line per epoch stays readable), and the exit
+status of each fault of a run (training/faults.py).
 """
 
 import logging as std_logging
@@ -26,6 +10,7 @@ import os
 import re
 import shlex
 import sys
+import traceback
 
 from absl import flags
 from absl import logging
@@ -57,10 +42,6 @@ def _first_line(e: BaseException) -> str:
   return lines[0] if lines else type(e).__name__
 
 
-# ---------------------------------------------------------------------------
-# Flags.
-
-
 def _config_overrides(argv) -> list:
   """(key, value text or None) of each --config.KEY[=VALUE] in argv."""
   out = []
@@ -83,11 +64,16 @@ def _config_spec(argv):
   return None
 
 
-def _does_not_load(spec: str, e: Exception) -> str:
-  # config_flags puts the config file's traceback or its search in the
-  # message: the last line is the error.
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  reason = re.sub(r'^\w*(Error|Exception): ', '', lines[-1] if lines else '')
+def _does_not_load(spec: str, e: BaseException) -> str:
+  if isinstance(e, SystemExit):
+    reason = (f'the config file called sys.exit({e.code!r}); allowed: a '
+              'config file whose get_config() returns a ConfigDict.')
+  else:
+    # config_flags puts the config file's traceback or its search in the
+    # message: the last line is the error.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    reason = re.sub(r'^\w*(Error|Exception): ', '',
+                    lines[-1] if lines else '')
   return f'--{CONFIG_FLAG}={spec} does not load: {reason}'
 
 
@@ -142,36 +128,23 @@ def _print_help(full: bool) -> None:
                    f'{more}\n')
 
 
-def _exit_from_config_file(argv, e: SystemExit) -> bool:
-  """Whether the config file itself raised SystemExit (sys.exit, exit())."""
-  spec = _config_spec(argv)
-  if not spec:
-    return False
-  path = os.path.realpath(spec.split(':', 1)[0])
-  tb = e.__traceback__
-  while tb is not None:
-    if os.path.realpath(tb.tb_frame.f_code.co_filename) == path:
-      return True
-    tb = tb.tb_next
-  return False
-
-
-def _config_file_exited(argv, e: SystemExit) -> str:
-  return (f'--{CONFIG_FLAG}={_config_spec(argv)} does not load: the config '
-          f'file called sys.exit({e.code!r}); allowed: a config file whose '
-          'get_config() returns a ConfigDict.')
-
-
 def parse_flags(argv):
-  """absl's parsing of `argv`; a bad command line exits with one line."""
+  """absl's parsing of `argv` (for `app.run(flags_parser=...)`); a bad command
+  line (an unknown flag or `--config.` key, a value of the wrong type, a
+  config file that does not load) exits 2 with one line naming the flag, the
+  value and what is allowed. `--help` prints the entry point's docstring and
+  its flags, and exits 0 (absl: 1)."""
   if any(arg in _HELP + _HELP_FULL for arg in argv[1:]):
     _print_help(full=any(arg in _HELP_FULL for arg in argv[1:]))
     sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
   except SystemExit as e:  # --help, or the config file's own sys.exit.
-    if _exit_from_config_file(argv, e):
-      fail(_config_file_exited(argv, e))
+    spec = _config_spec(argv)
+    if spec and any(os.path.realpath(frame.filename) ==
+                    os.path.realpath(spec.split(':', 1)[0])
+                    for frame in traceback.extract_tb(e.__traceback__)):
+      fail(_does_not_load(spec, e))
     raise
   except Exception as e:  # pylint: disable=broad-except
     # absl raises flags.Error, config_flags also AttributeError, KeyError,
@@ -179,9 +152,7 @@ def parse_flags(argv):
     fail(_explain(argv, e))
   try:
     flags.FLAGS[CONFIG_FLAG].value.keys()
-  except SystemExit as e:
-    fail(_config_file_exited(argv, e))
-  except Exception as e:  # pylint: disable=broad-except
+  except (SystemExit, Exception) as e:  # pylint: disable=broad-except
     fail(_does_not_load(_config_spec(argv), e))
   return remaining
 
@@ -189,12 +160,6 @@ def parse_flags(argv):
 def profile_steps() -> int:
   """Steps to trace: 0 without --profile."""
   return PROFILE_STEPS.value if PROFILE.value else 0
-
-
-def default_compilation_cache_dir() -> str:
-  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-      os.path.expanduser('~'), '.cache')
-  return os.path.join(cache_home, 'padax', 'jax')
 
 
 def use_fast_allocator() -> None:
@@ -205,41 +170,6 @@ def use_fast_allocator() -> None:
     allocator.use_mimalloc()
   except ValueError as e:
     fail(str(e))
-
-
-def prepare_jax() -> None:
-  """What train.py and sweep.py set up before JAX starts a backend: quiet
-  library logs, training.host_devices' XLA:CPU flags (XLA reads XLA_FLAGS
-  at its start; a flag the user set wins) and the persistent compilation
-  cache."""
-  quiet_libraries()
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.set_cpu_xla_flags()
-  enable_compilation_cache()
-
-
-def enable_compilation_cache() -> None:
-  """Turns on JAX's persistent compilation cache (before the first compile).
-
-  The train step takes 4-8 s to compile on a 2-core CPU, a vmapped grid
-  more (docs/benchmarks.md); a resumed run, the next run of the same config, or a sweep's
-  next chunk then loads it instead. Results do not change: the cache holds
-  the same executables. A cache the user configured (flag, or JAX's own
-  JAX_COMPILATION_CACHE_DIR) wins.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  path = COMPILATION_CACHE.value
-  if path is None:
-    if jax.config.jax_compilation_cache_dir:
-      return  # Set through JAX_COMPILATION_CACHE_DIR or jax.config.
-    path = default_compilation_cache_dir()
-  if not path:
-    return
-  jax.config.update('jax_compilation_cache_dir', path)
-
-
-# ---------------------------------------------------------------------------
-# Logs.
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -273,16 +203,30 @@ def _unraisable_to_log(unraisable) -> None:
                   _first_line(unraisable.exc_value))
 
 
-def quiet_libraries() -> None:
+def prepare_jax() -> None:
+  """Before JAX starts a backend: quiet library logs (one line per epoch
+  stays readable), training.host_devices' XLA:CPU flags (XLA reads XLA_FLAGS
+  at its start) and JAX's persistent compilation cache, from which a resumed
+  run, the next run of the same config or a sweep's next chunk loads the
+  train step (4-8 s to compile on a 2-core CPU). A cache the user configured
+  (flag, or JAX_COMPILATION_CACHE_DIR) wins."""
   # ABSLHandler.handle() skips its own filters: filter its python handler.
   for handler in std_logging.root.handlers + [
       logging.get_absl_handler().python_handler]:
     handler.addFilter(_QuietLibraries())
   sys.unraisablehook = _unraisable_to_log
-
-
-# ---------------------------------------------------------------------------
-# Main.
+  # pylint: disable=g-import-not-at-top
+  from training import host_devices
+  host_devices.set_cpu_xla_flags()
+  import jax
+  path = COMPILATION_CACHE.value
+  if path is None:
+    if jax.config.jax_compilation_cache_dir:
+      return  # Set through JAX_COMPILATION_CACHE_DIR or jax.config.
+    path = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(
+        os.path.expanduser('~'), '.cache'), 'padax', 'jax')
+  if path:
+    jax.config.update('jax_compilation_cache_dir', path)
 
 
 def print_results(workdir: str, *, sweep: bool = False) -> None:

@@ -32,39 +32,26 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = 'resnet18'
   config.dataset = 'cifar10'
-  # Where CIFAR comes from (training/input_pipeline.py):
-  # 'download': the official python archive from the authors' site, fetched
-  #   once (MD5-checked) and cached extracted in data_dir ('': the default
-  #   cache, ~/.cache/padax/datasets);
-  # 'local': data_dir holds the canonical python layout
-  #   (cifar-10-batches-py/, cifar-100-python/) or the official .tar.gz;
-  # 'tfds': a prepared tensorflow-datasets data source (array_record) in
-  #   data_dir ('': TFDS's default); preparing it needs TensorFlow.
+  # Where CIFAR comes from: 'download', 'local' or 'tfds', in data_dir ('':
+  # the default); README.md, "Data".
   config.data_source = 'download'
   config.data_dir = ''
-  # Train on the first N training images only (the official files are
-  # shuffled), e.g. for a CPU-sized run; 0: all of them. The test split stays
-  # whole.
+  # Train on the first N training images only; 0: all of them.
   config.train_examples = 0
   config.dtype = 'float32'
   config.batch_size = 128
   config.eval_batch_size = 500
-  # XLA devices a CPU-only host is split into for one data-parallel run
-  # (train.py), and for each member of a sweep (sweep.py): an integer >= 1,
-  # cut to what divides both batch sizes. Ignored where JAX runs on a GPU or
-  # TPU, and where the user set XLA_FLAGS' device count or
-  # JAX_NUM_CPU_DEVICES (training/host_devices.py). 1: the paper models'
+  # XLA devices a CPU-only host is split into for one data-parallel run or
+  # sweep member (training/host_devices.py). 1: the paper models'
   # convolutions keep the cores busy by themselves; small models gain from
   # more (docs/benchmarks.md, "train.py on a CPU host: the device split").
   config.cpu_devices = 1
   config.num_epochs = 200
   config.checkpoint_every_epochs = 10
   config.keep_checkpoints = 3
-  # A non-finite loss or gradient: 'stop' the run at once (the last
-  # checkpoint stays as it was), or 'skip' the update (as
-  # optax.apply_if_finite; counted in the metrics' skipped_steps) and stop
-  # after max_consecutive_skips in a row. In a sweep the member is marked
-  # diverged and the others go on.
+  # A non-finite loss or gradient: 'stop' the run at once, or 'skip' the
+  # update and stop after max_consecutive_skips in a row
+  # (docs/reliability.md).
   config.nonfinite_policy = 'stop'
   config.max_consecutive_skips = 10
 
@@ -88,9 +75,6 @@ def base_config() -> ml_collections.ConfigDict:
   opt.formulation = 'authors'
   return config
 
-
-# ---------------------------------------------------------------------------
-# Keys and types.
 
 # Names people type for a key, and the sweep's short names for its values.
 _ALIASES = {'lr': 'learning_rate', 'wd': 'weight_decay', 'mom': 'momentum',
@@ -145,10 +129,10 @@ def value_kind(value) -> tuple:
 
 
 def check_keys_and_types(config: ml_collections.ConfigDict,
-                         reference: ml_collections.ConfigDict,
-                         what: str = 'training/configuration.py') -> None:
+                         reference: ml_collections.ConfigDict) -> None:
   """ValueError on a key `reference` lacks, a key it has that `config`
   lacks, or a value of another type than the reference's."""
+  what = 'training/configuration.py'
   given = records.flatten(config, nodes=True)
   known = records.flatten(reference, nodes=True)
   for key, value in given.items():
@@ -169,9 +153,6 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
                        f'with every key of {what} (there {key}={value!r}).')
 
 
-# ---------------------------------------------------------------------------
-# Values.
-
 
 def _choice(key, value, allowed) -> None:
   if value not in allowed:
@@ -185,10 +166,6 @@ MAX_EPOCHS = 10_000          # the report trains 200
 # cannot be filled; after loading, check_against_data bounds it by the data.
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1         # a uint32: what every PRNG here takes as is
-MAX_KEEP_CHECKPOINTS = 1_000
-MAX_CONSECUTIVE_SKIPS = 1_000_000
-# What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
-LR_FACTOR_RANGE = (0.0, 1.0)
 
 INTEGER_RANGES = {
     'seed': (0, MAX_SEED),
@@ -200,35 +177,26 @@ INTEGER_RANGES = {
     'train_examples': (0, 50_000),
     'num_epochs': (1, MAX_EPOCHS),
     'checkpoint_every_epochs': (1, MAX_EPOCHS),
-    'keep_checkpoints': (1, MAX_KEEP_CHECKPOINTS),
-    'max_consecutive_skips': (1, MAX_CONSECUTIVE_SKIPS),
+    'keep_checkpoints': (1, 1_000),
+    'max_consecutive_skips': (1, 1_000_000),
     'optimizer.p_decay_every_epochs': (0, MAX_EPOCHS),
 }
 
 
-def _integer(key, value, low=1, high=None) -> None:
+def _integer(key, value, low, high) -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < low:
     raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer '
                      f'>= {low}.')
-  if high is not None and value > high:
+  if value > high:
     raise ValueError(f'{key}={value!r} is not allowed; allowed: an integer, '
                      f'{low} <= {key} <= {high}.')
 
 
-def _in_range(key, value, low, high=None) -> None:
-  # Written so that NaN fails too; infinities fail: every range is finite.
-  if not (np.isfinite(value) and value >= low and
-          (high is None or value <= high)):
-    allowed = (f'{low:g} <= {key} <= {high:g}' if high is not None
-               else f'{key} >= {low:g}, finite')
+def _in_range(key, value, low, high) -> None:
+  # Written so that NaN fails too.
+  if not (np.isfinite(value) and low <= value <= high):
     raise ValueError(f'config: {key}={value!r} is out of range; allowed: '
-                     f'{allowed}.')
-
-
-def padax_name(key: str) -> str:
-  """The padax argument whose range a config hyperparameter has: SGD's
-  momentum is the b1 of its gradient average."""
-  return 'b1' if key == 'momentum' else key
+                     f'{low:g} <= {key} <= {high:g}.')
 
 
 def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
@@ -237,10 +205,12 @@ def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
   if key == 'formulation':
     _choice('optimizer.formulation', value, padax.FORMULATIONS)
     return
+  # SGD's momentum is the b1 of its gradient average.
+  name = 'b1' if key == 'momentum' else key
   owner = f'optimizer ({optimizer_name})'
-  if padax_name(key) != key:
-    owner += f', {key} checked as {padax_name(key)}'
-  padax.check_hyperparameters(owner, **{padax_name(key): value})
+  if name != key:
+    owner += f', {key} checked as {name}'
+  padax.check_hyperparameters(owner, **{name: value})
 
 
 def validate(config: ml_collections.ConfigDict, *,
@@ -269,7 +239,8 @@ def validate(config: ml_collections.ConfigDict, *,
                        f' is not allowed ({milestone!r}); allowed: epochs, '
                        f'integers >= 1 and <= {MAX_EPOCHS}, e.g. (50, 100, 150) '
                        '(a repeated epoch compounds, as in MultiStepLR).')
-  _in_range('optimizer.lr_factor', opt.lr_factor, *LR_FACTOR_RANGE)
+  # What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
+  _in_range('optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
   _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
   for key in ('learning_rate',) + optimizers.HYPERPARAMETERS[opt.name]:
     check_hyperparameter(opt.name, key, opt[key])

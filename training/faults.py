@@ -1,20 +1,8 @@
-"""What a run does when something goes wrong, shared by train.py and sweeps.
-
-* `StopRequests`: SIGTERM / SIGINT (pre-emption, Ctrl-C) only set a flag; the
-  epoch loop saves a checkpoint at the next step boundary and raises
-  `RunStopped`, which the entry points report and exit 0 on.
-* `NonfiniteWatch`: the non-finite policy on the host. `train_step` reports a
-  `finite` flag per step (per member in a sweep); the watch reads it a few
-  steps late, so the host never waits on the step it just dispatched, and
-  either raises `Diverged` (a single run) or marks the member diverged (a
-  sweep: the others go on).
-* `LoopState`: the host loop's state that a checkpoint must carry for a
-  resumed run to be bit-identical to an uninterrupted one: the steps done in
-  the epoch in progress, that epoch's partial metric sums, and the watch's
-  counters. Stored as JSON in the checkpoint's Orbax metadata, written with it.
-
-The exit codes of train.py and sweep.py are here too, so both map the same
-exceptions to the same codes.
+"""What a run does when something goes wrong, shared by train.py and sweeps:
+stop requests (`StopRequests`), the non-finite policy (`NonfiniteWatch`), the
+host loop state a checkpoint carries for a resumed run to be bit-identical
+(`LoopState`), and the exit codes train.py and sweep.py give each exception.
+docs/reliability.md has the guarantees.
 """
 
 import collections
@@ -59,10 +47,6 @@ class WriteError(Exception):
   written before is intact."""
 
 
-# ---------------------------------------------------------------------------
-# Stop requests.
-
-
 class StopRequests:
   """SIGTERM and SIGINT set `requested`; the loop stops at a step boundary.
 
@@ -105,10 +89,6 @@ class StopRequests:
       signal.signal(sig, handler)
     self._previous.clear()
     return False
-
-
-# ---------------------------------------------------------------------------
-# The loop state stored with each checkpoint.
 
 
 def _encode_array(x) -> dict:
@@ -192,10 +172,6 @@ class LoopState:
     return state
 
 
-# ---------------------------------------------------------------------------
-# The non-finite policy on the host.
-
-
 class NonfiniteWatch:
   """Applies `policy` to each step's `finite` flags, in order, a little late.
 
@@ -244,13 +220,10 @@ class NonfiniteWatch:
                   'a non-finite loss or gradient')
       else:
         continue
-      self._fail(k, step, reason)
-
-  def _fail(self, k: int, step: int, reason: str) -> None:
-    epoch = (step - 1) // self.steps_per_epoch + 1
-    if self.stop_run:
-      raise Diverged(step, reason)
-    self.loop.diverged[k] = {'step': step, 'epoch': epoch, 'reason': reason}
-    logging.warning('Member %s: %s at step %d (epoch %d): marked diverged; '
-                    'the other members go on.', self.member_names[k], reason,
-                    step, epoch)
+      if self.stop_run:
+        raise Diverged(step, reason)
+      epoch = (step - 1) // self.steps_per_epoch + 1
+      self.loop.diverged[k] = {'step': step, 'epoch': epoch, 'reason': reason}
+      logging.warning('Member %s: %s at step %d (epoch %d): marked diverged; '
+                      'the other members go on.', self.member_names[k],
+                      reason, step, epoch)

@@ -2,32 +2,22 @@
 
 train.py and sweep.py call these first. `set_cpu_xla_flags` takes YNNPACK
 off XLA's convolutions, which made the paper models' CPU train steps
-2.5-3.8x faster (docs/benchmarks.md). `split_cpu` makes several host devices that run their
+2.5-3.8x faster. `split_cpu` makes several host devices that run their
 programs side by side, each on a smaller working set: for models whose
 operations are too small to keep the cores busy (the tiny CNN: 1.12x on 4
-devices), and for sweep.py's grid (members side by side); how many is
-`config.cpu_devices` (`cpu_devices_per_run`). Neither applies where JAX will
-run on an accelerator (`accelerator_expected`): the GPUs or TPUs are the
-devices there. Nothing here starts a JAX backend.
+devices), and for sweep.py's grid; how many is `config.cpu_devices`
+(`cpu_devices_per_run`). Neither applies where JAX will run on an
+accelerator (`accelerator_expected`). Figures: docs/benchmarks.md. Nothing
+here starts a JAX backend.
 """
 
 import importlib.metadata
 import os
 
 
-def _flag_name(flag: str) -> str:
-  return flag.split('=', 1)[0]
-
-
 def _named_flags(environ) -> set:
   """Names (`--name`) of the flags in `environ`'s XLA_FLAGS."""
-  return {_flag_name(f) for f in environ.get('XLA_FLAGS', '').split()}
-
-
-def user_chose_count() -> bool:
-  return bool('--xla_force_host_platform_device_count' in
-              _named_flags(os.environ) or
-              os.environ.get('JAX_NUM_CPU_DEVICES'))
+  return {f.split('=', 1)[0] for f in environ.get('XLA_FLAGS', '').split()}
 
 
 # Distributions of JAX's accelerator plugins (CUDA, ROCm, TPU).
@@ -66,7 +56,10 @@ def split_cpu(count: int, environ=os.environ) -> bool:
   Must run before anything asks JAX for its devices; returns whether the
   split was set.
   """
-  if count <= 1 or user_chose_count() or accelerator_expected(environ):
+  user_chose_count = ('--xla_force_host_platform_device_count' in
+                      _named_flags(os.environ) or
+                      os.environ.get('JAX_NUM_CPU_DEVICES'))
+  if count <= 1 or user_chose_count or accelerator_expected(environ):
     return False
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_num_cpu_devices', count)
@@ -77,9 +70,7 @@ def split_cpu(count: int, environ=os.environ) -> bool:
 CPU_XLA_FLAGS = (
     # No YNNPACK fusions: convolutions then run on XLA's own (Eigen) kernels.
     # With YNNPACK (XLA:CPU's default in JAX 0.10) a convolution's weight
-    # gradient took 10-20x its forward pass, and ResNet18's train step ran
-    # 3.5x slower (WRN-16-4 3.8x, VGG16 2.5x; docs/benchmarks.md). Ignored
-    # on GPU hosts.
+    # gradient took 10-20x its forward pass (docs/benchmarks.md).
     '--xla_cpu_experimental_ynn_fusion_type=',
 )
 
@@ -95,7 +86,7 @@ def set_cpu_xla_flags(environ=os.environ) -> list:
   if accelerator_expected(environ):
     return []
   named = _named_flags(environ)
-  added = [f for f in CPU_XLA_FLAGS if _flag_name(f) not in named]
+  added = [f for f in CPU_XLA_FLAGS if f.split('=', 1)[0] not in named]
   if added:
     environ['XLA_FLAGS'] = ' '.join(
         [environ.get('XLA_FLAGS', '')] + added).strip()

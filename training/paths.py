@@ -18,15 +18,6 @@ INNER_PATH_ROOM = 200
 _ALLOWED = 'a directory, existing or not, that this user can write to'
 
 
-def _why_not_writable(path: str) -> str:
-  try:
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-      return 'a read-only file system'
-  except OSError:
-    pass
-  return 'permission denied'
-
-
 def _existing_ancestor(path: str) -> str:
   existing = path
   while not os.path.lexists(existing):
@@ -97,7 +88,11 @@ def check_output_dir(path, key: str = 'workdir') -> str:
         f'{"a broken symlink" if os.path.islink(existing) else "a file"}; '
         f'allowed: {_ALLOWED}.')
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise ValueError(
-        f'{key}={path!r} is not writable ({existing}: '
-        f'{_why_not_writable(existing)}); allowed: {_ALLOWED}.')
+    try:
+      read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+    except OSError:
+      read_only = False
+    why = 'a read-only file system' if read_only else 'permission denied'
+    raise ValueError(f'{key}={path!r} is not writable ({existing}: {why}); '
+                     f'allowed: {_ALLOWED}.')
   return path

@@ -1,17 +1,13 @@
 """The run's directory: config.json, metrics files, checkpoints and its lock.
 
-Layout (as big_vision / Flax examples):
-  config.json        the full config, written before training starts
-  metrics.jsonl      one JSON object per epoch
-  metrics.csv        the same rows as CSV
-  checkpoints/<step> Orbax checkpoints of the whole TrainState
-                     (training/checkpoints.py)
-  lock               held (flock) by the run using the workdir
+Layout (as big_vision / Flax examples): config.json (the full config,
+written before training starts), metrics.jsonl (one JSON object per epoch),
+metrics.csv (the same rows), data.json (the data trained on),
+checkpoints/<step> (training/checkpoints.py), lock (held by the run).
 
-Every file is replaced atomically (written to a tmp file, then renamed), so a
-run killed at any moment leaves the old or the new version, never half of
-one; a write that fails (disk full) raises faults.WriteError and leaves the
-old version.
+Every file is replaced atomically (tmp file, then rename): a kill leaves the
+old or the new version; a failed write (disk full) raises faults.WriteError
+and leaves the old one.
 """
 
 import csv
@@ -53,33 +49,16 @@ def _json_flat(config) -> dict:
   return records.flatten(json.loads(json.dumps(config)))
 
 
-def config_conflicts(stored: dict, requested: dict, ignore=()) -> list:
-  """Keys (dotted) whose values differ, ignoring the run length and the
-  keys `ignore` names (a dotted key or its leaf, e.g. data_dir)."""
-  a, b = {**ADDED_KEYS, **_json_flat(stored)}, _json_flat(requested)
-  for flat in (a, b):
-    # The same directory, however spelled (trailing /, relative, ~).
-    if flat.get('data_dir'):
-      flat['data_dir'] = os.path.realpath(os.path.expanduser(flat['data_dir']))
-  return sorted(k for k in set(a) | set(b)
-                if k not in RUN_LENGTH_KEYS and
-                k.rpartition('.')[2] not in ignore and a.get(k) != b.get(k))
-
-
-def current_umask() -> int:
-  """The process's umask (read by setting it, then putting it back)."""
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def atomic_write(path: str, text: str, *, newline=None) -> None:
   """Replaces `path` by `text`; faults.WriteError (path intact) on failure."""
   tmp = None
   try:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_TMP_PREFIX)
-    # mkstemp makes 0600 files; give the mode open() would (0666 - umask).
-    os.fchmod(fd, 0o666 & ~current_umask())
+    # mkstemp makes 0600 files; give the mode open() would (0666 - umask),
+    # the umask read by setting it, then putting it back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, 'w', newline=newline) as f:
       f.write(text)
       f.flush()
@@ -92,10 +71,6 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
         f'{path} could not be written ({e.strerror or e}); its previous '
         'version is intact. Free space or fix the file system, then run the '
         'same command again to resume.') from None
-
-
-class WorkdirInUse(ValueError):
-  """Another live process holds the workdir's lock."""
 
 
 class RunLock:
@@ -113,15 +88,15 @@ class RunLock:
     self.path = os.path.join(self.workdir, LOCK_FILE)
     self._fd = None
 
-  def _refusal(self, holder: str) -> WorkdirInUse:
-    return WorkdirInUse(
+  def _refusal(self, holder: str) -> ValueError:
+    return ValueError(
         f'workdir={self.workdir!r} is in use by another run '
         f'({holder.strip() or "holder unknown"}); allowed: one run per '
         'workdir: wait for it to end, or stop it (SIGTERM saves a checkpoint) '
         'and run this command again to resume.')
 
   def check_free(self) -> None:
-    """WorkdirInUse if a live process holds the lock; creates nothing."""
+    """ValueError if a live process holds the lock; creates nothing."""
     if jax.process_index() != 0 or not os.path.exists(self.path):
       return
     fd = os.open(self.path, os.O_RDONLY)
@@ -134,7 +109,7 @@ class RunLock:
       os.close(fd)
 
   def acquire(self) -> None:
-    """Takes the lock (creating the workdir); WorkdirInUse if held."""
+    """Takes the lock (creating the workdir); ValueError if held."""
     error = None
     if jax.process_index() == 0:
       os.makedirs(self.workdir, exist_ok=True)
@@ -198,7 +173,7 @@ def read_json(path: str):
                      f'writes there: {_MOVE_AWAY}.')
   try:
     with open(path, encoding='utf-8') as f:
-      text = f.read()
+      return json.loads(f.read())
   except OSError as e:
     raise ValueError(f'{path} cannot be read ({e.strerror or e}); allowed: '
                      f'a readable file: fix its permissions, or '
@@ -207,8 +182,6 @@ def read_json(path: str):
     raise ValueError(f'{path} is not UTF-8 text (byte {e.start}: {e.reason});'
                      f' allowed: the JSON padax writes: {_MOVE_AWAY}.'
                      ) from None
-  try:
-    return json.loads(text)
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno} '
                      f'column {e.colno}); allowed: the JSON padax writes: '
@@ -246,20 +219,19 @@ def read_rows(path: str) -> list:
         f'epoch, as padax writes them: repair or remove the line, or '
         f'{_MOVE_AWAY}.') from None
   for number, line, row in entries:
-    epoch = row.get('epoch') if isinstance(row, dict) else None
-    step = row.get('step') if isinstance(row, dict) else None
-    if not (isinstance(epoch, int) and isinstance(step, int) and
-            not isinstance(epoch, bool) and not isinstance(step, bool)):
+    # type() is int: JSON's true and false are no epoch or step.
+    if not (isinstance(row, dict) and
+            all(type(row.get(k)) is int for k in ('epoch', 'step'))):
       raise ValueError(
           f'{path}: line {number} ({line[:40]}) is not a metrics row; '
           'allowed: a JSON object with an integer "epoch" and "step" (and '
           f'the columns {", ".join(records.COLUMNS[2:5])}, ...): repair or '
           f'remove the line, or {_MOVE_AWAY}.')
-    if epoch != len(rows) + 1:
+    if row['epoch'] != len(rows) + 1:
       raise ValueError(
-          f'{path}: line {number} is the row of epoch {epoch}, where epoch '
-          f'{len(rows) + 1} was due; allowed: the rows of epochs 1, 2, ... '
-          f'in order, as padax writes them: repair the file, or '
+          f'{path}: line {number} is the row of epoch {row["epoch"]}, where '
+          f'epoch {len(rows) + 1} was due; allowed: the rows of epochs 1, 2, '
+          f'... in order, as padax writes them: repair the file, or '
           f'{_MOVE_AWAY}.')
     rows.append(row)
   return rows
@@ -284,12 +256,7 @@ def data_summary(identity: dict) -> str:
 
 
 class Workdir:
-  """Owns the files of one run. Nothing is written before `prepare()`.
-
-  `check()` reads and checks everything there before anything is written;
-  `check_data()` compares the data with the data the run was trained on
-  (data.json); `prepare()` writes config.json (and data.json).
-  """
+  """Owns the files of one run. Nothing is written before `prepare()`."""
 
   def __init__(self, path: str, config: ml_collections.ConfigDict):
     self.given = path
@@ -306,9 +273,6 @@ class Workdir:
     self.data_path = os.path.join(self.path, DATA_FILE)
     self.checkpoint_dir = os.path.join(self.path, 'checkpoints')
 
-  def _entry(self, name: str) -> str:
-    return os.path.join(self.path, name)
-
   def check(self, data_file: str = None) -> None:
     """Refuses a workdir that cannot be written, holds another experiment or
     another tool's files, or whose files padax cannot read (ValueError naming
@@ -319,7 +283,7 @@ class Workdir:
     """
     self._set_path(check_and_resolve(self.given))
     for name in _RUN_FILES:
-      path = self._entry(name)
+      path = os.path.join(self.path, name)
       if os.path.lexists(path) and not os.path.isfile(path):
         kind = ('a directory' if os.path.isdir(path) else
                 'a broken symlink' if os.path.islink(path) else
@@ -335,14 +299,14 @@ class Workdir:
         raise ValueError(
             f'{self.checkpoint_dir} is not writable; allowed: a directory '
             'this user can write to: fix its permissions.')
-    lock = self._entry(LOCK_FILE)
+    lock = os.path.join(self.path, LOCK_FILE)
     if os.path.isfile(lock) and not os.access(lock, os.R_OK | os.W_OK):
       raise ValueError(f'{lock} is not writable; allowed: a file this user '
                        'can write to: fix its permissions or remove it.')
     if not os.path.lexists(self.config_path):
       found = [n for n in ('metrics.jsonl', 'metrics.csv', DATA_FILE,
                            'checkpoints', 'members', 'summary.json')
-               if os.path.lexists(self._entry(n))]
+               if os.path.lexists(os.path.join(self.path, n))]
       if found:
         raise ValueError(
             f'workdir={self.path!r} holds {", ".join(found)} but no '
@@ -350,17 +314,28 @@ class Workdir:
             'its config.json was removed; allowed: a new or empty directory, '
             'or a padax workdir: use another workdir.')
       return
-    stored = read_json_object(self.config_path)
+    stored = _json_flat(read_json_object(self.config_path))
+    requested = _json_flat(self.config)
     ignore = ()
     data_file = data_file or self.data_path
     if os.path.lexists(data_file):
       read_json_object(data_file)
       ignore = DATA_LOCATION_KEYS
-    conflicts = config_conflicts(stored, self.config.to_dict(), ignore=ignore)
+    a, b = {**ADDED_KEYS, **stored}, dict(requested)
+    for flat in (a, b):
+      # The same directory, however spelled (trailing /, relative, ~).
+      if flat.get('data_dir'):
+        flat['data_dir'] = os.path.realpath(
+            os.path.expanduser(flat['data_dir']))
+    # Keys whose values differ, but for the run length and `ignore`'s (a
+    # dotted key or its leaf).
+    conflicts = sorted(k for k in set(a) | set(b)
+                       if k not in RUN_LENGTH_KEYS and
+                       k.rpartition('.')[2] not in ignore and
+                       a.get(k) != b.get(k))
     if conflicts:
-      details = '; '.join(
-          f'{k}: stored {_json_flat(stored).get(k)!r}, requested '
-          f'{_json_flat(self.config).get(k)!r}' for k in conflicts)
+      details = '; '.join(f'{k}: stored {stored.get(k)!r}, requested '
+                          f'{requested.get(k)!r}' for k in conflicts)
       raise ValueError(
           f'workdir={self.path!r} holds a run with a different config '
           f'({details}). Only {", ".join(RUN_LENGTH_KEYS)} may change on '
@@ -415,16 +390,15 @@ class Workdir:
     atomic_write(self.jsonl_path,
                   ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
     table = io.StringIO(newline='')
-    writer = csv.DictWriter(table, fieldnames=records.COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=records.COLUMNS,
+                            extrasaction='ignore')
     writer.writeheader()
-    for r in rows:
-      writer.writerow({k: r.get(k) for k in records.COLUMNS})
+    writer.writerows(rows)
     atomic_write(self.csv_path, table.getvalue(), newline='')
 
 
-def check_and_resolve(path) -> str:
-  """The absolute workdir path; ValueError if it cannot be one."""
-  return paths.check_output_dir(path, 'workdir')
+# The absolute workdir path; ValueError if it cannot be one.
+check_and_resolve = paths.check_output_dir
 
 
 def write_json_if_changed(path: str, value) -> None:

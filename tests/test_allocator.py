@@ -114,3 +114,18 @@ def test_train_py_refuses_a_bad_choice_before_any_file(tmp_path):
   assert result.stderr.strip().splitlines() == [
       "error: PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system."]
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize('script', ['train.py', 'sweep.py'])
+def test_the_process_before_the_restart_does_not_start_jax(script):
+  """Under mimalloc, everything imported before `use_mimalloc`'s restart is
+  imported twice: JAX, ~1.5 s of a start, must not be among it."""
+  probe = (f'import runpy, sys; sys.argv = [{script!r}]; '
+           "from training import cli; cli.use_fast_allocator = "
+           "lambda: sys.exit(','.join(sorted({m.split('.')[0] for m in "
+           "sys.modules} & {'jax', 'flax', 'optax', 'orbax'})) or 0); "
+           f'runpy.run_path({script!r}, run_name="__main__")')
+  result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.returncode == 0, (result.stderr or result.stdout)[-3000:]

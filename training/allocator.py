@@ -7,10 +7,10 @@ ResNet18 step. mimalloc, told to keep freed memory (MIMALLOC_PURGE_DELAY=-1),
 reuses the same pages every step (docs/benchmarks.md).
 
 An allocator is chosen when a process starts, so `use_mimalloc` restarts the
-script (os.execve, same PID) with mimalloc in LD_PRELOAD. Not where mimalloc
-(`cmeel-mimalloc`, in the `train` extra) is not installed, off Linux, where
-JAX will run on an accelerator, when the user set LD_PRELOAD, or with
-PADAX_ALLOCATOR=system. Numerics do not depend on the allocator
+script (os.execve, same PID) with mimalloc in LD_PRELOAD. Not where
+mimalloc (`cmeel-mimalloc`, requirements/train.txt) is not installed, off
+Linux, where JAX will run on an accelerator, when the user set LD_PRELOAD,
+or with PADAX_ALLOCATOR=system. Numerics do not depend on the allocator
 (tests/test_allocator.py).
 """
 

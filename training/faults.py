@@ -12,7 +12,6 @@ import signal
 import threading
 from typing import Optional
 
-import jax
 import numpy as np
 
 EXIT_STOPPED = 0       # a stop request: a checkpoint was saved
@@ -205,7 +204,7 @@ class NonfiniteWatch:
       self._check(*self._pending.popleft())
 
   def _check(self, step: int, finite) -> None:
-    flags = np.asarray(jax.device_get(finite)).reshape(-1)
+    flags = np.asarray(finite).reshape(-1)
     for k in range(self.loop.num_members):
       if flags[k] > 0.5:
         self.loop.nonfinite_in_a_row[k] = 0

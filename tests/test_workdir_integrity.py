@@ -29,6 +29,7 @@ from configs import quick
 from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
 from tests.conftest import ROOT
+from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.fault_harness import restore_raw
 from tests.helpers import snapshot
 from tests.helpers import without_timing
@@ -44,6 +45,11 @@ REPORT_PY = os.path.join(ROOT, 'report.py')
 MOCKED_TRAIN = os.path.join(ROOT, 'tests', 'e2e_scripts', 'mocked_train.py')
 QUICK = os.path.join(ROOT, 'configs', 'quick.py')
 CPU_SUBSET = os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py')
+
+# Every in-process run of this module (the trained fixture, the resumes, the
+# umask runs) compiles the same few programs: the session's persistent
+# compilation cache compiles each once (a run then costs ~2 s, not ~10 s).
+pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
 
 NUM_TRAIN, NUM_TEST, BATCH = 64, 32, 16
 STEPS_PER_EPOCH = NUM_TRAIN // BATCH
@@ -157,7 +163,8 @@ def check_case(case: Case, tmp: str) -> None:
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, compilation_cache_dir):  # pylint: disable=redefined-outer-name
+  del compilation_cache_dir  # Set up first: the run below fills it.
   root = str(tmp_path_factory.mktemp('trained'))
   data = write_cifar10(os.path.join(root, 'data'), NUM_TRAIN, NUM_TEST)
   train(os.path.join(root, 'W'), data)

@@ -305,12 +305,19 @@ def test_small_map_conv_matches_lax_conv(spatial, kernel, stride):
   def reference(x, w):
     return jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
 
-  y, y_ref = ours(x, w), reference(x, w)
-  assert y.shape == y_ref.shape
+  out_shape = jax.eval_shape(ours, x, w).shape
+  g = jax.random.normal(keys[2], out_shape)
+
+  # Both forms' values and gradients in one program (one compilation
+  # instead of an op-by-op dispatch of each).
+  @jax.jit
+  def both(x, w, g):
+    (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x, w), jax.vjp(reference, x, w)
+    return y, y_ref, vjp(g), vjp_ref(g)
+
+  y, y_ref, grads, grads_ref = both(x, w, g)
+  assert y.shape == y_ref.shape == out_shape
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  g = jax.random.normal(keys[2], y.shape)
-  grads = jax.vjp(ours, x, w)[1](g)
-  grads_ref = jax.vjp(reference, x, w)[1](g)
   for a, b in zip(grads, grads_ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Which form ran: a matmul for maps of <= 4 positions, else lax.conv.
@@ -345,18 +352,22 @@ def test_conv_inputs_stay_materialized_for_the_weight_gradient():
                   argnums=(0, 1, 2))
   plain = jax.grad(lambda *a: net(jax.lax.conv_general_dilated, *a),
                    argnums=(0, 1, 2))
-  for a, b in zip(ours(x, w1, w2), plain(x, w1, w2)):
+  # Compiled once each (not op by op): the conditionals are checked in the
+  # very program that gives the values.
+  plain = jax.jit(plain)
+  compiled = jax.jit(ours).lower(x, w1, w2).compile()
+  for a, b in zip(compiled(x, w1, w2), plain(x, w1, w2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-  compiled = jax.jit(ours).lower(x, w1, w2).compile().as_text()
-  assert compiled.count(' conditional(') == 2, compiled  # One per conv input.
+  text = compiled.as_text()
+  assert text.count(' conditional(') == 2, text  # One per conv input.
 
   # Three members (a sweep's vmap over weights, shared batch): the same
   # conditionals, and each member's gradients as if it were alone.
   w1s = jnp.stack([w1, -2.0 * w1, 0.5 * w1])
   w2s = jnp.stack([w2, 0.5 * w2, -w2])
-  batched = jax.jit(jax.vmap(ours, in_axes=(None, 0, 0)))
-  assert batched.lower(x, w1s, w2s).compile().as_text().count(
-      ' conditional(') == 2
+  batched = jax.jit(jax.vmap(ours, in_axes=(None, 0, 0))).lower(
+      x, w1s, w2s).compile()
+  assert batched.as_text().count(' conditional(') == 2
   member_grads = batched(x, w1s, w2s)
   for k in range(3):
     for a, b in zip(member_grads, plain(x, w1s[k], w2s[k])):

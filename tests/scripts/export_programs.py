@@ -9,9 +9,9 @@ The train and eval steps as train.py builds them (train_lib.MeshSteps over a
 optimizers.create_optimizer), float32 and bfloat16, and sweep.py's step
 (sweeps.grid.GridSteps, 9 ResNet18 members on a 1-device grid mesh), each
 lowered for 'cuda' and for 'tpu' as jax.export does (one trace, lowered
-once per platform; jax.export itself for each model's 1-device train step).
-A few programs are also lowered for the CPU, as a control that the summary
-sees the CPU kernels. (A module lowered for several platforms at once holds
+once per platform; jax.export itself for each model's 1-device float32
+train step). That step and the grid step are also lowered for the CPU, as a
+control that the summary sees the CPU kernels. (A module lowered for several platforms at once holds
 per-platform conditionals of JAX's own, e.g. for random bits: one platform
 at a time keeps the check simple.)
 Writes OUT_DIR/report.json (one summary per module) and the CUDA modules
@@ -123,11 +123,13 @@ def main():
   report = []
 
   def record(fn, fn_args, platforms, use_export=False, **labels):
-    """Lowers fn for each platform alone; returns the CUDA module text."""
+    """Lowers fn for each platform alone (jax.export for the accelerators
+    where use_export); returns the CUDA module text."""
     start = time.perf_counter()
     traced = fn.trace(*fn_args)
     modules = {}
     for platform in platforms:
+      use_export = use_export and platform in ACCELERATORS
       if use_export:
         modules[platform] = export.export(fn, platforms=(platform,))(
             *fn_args).mlir_module()
@@ -150,10 +152,10 @@ def main():
         kinds = [('train', steps.train_step, (state, batch)),
                  ('eval', steps.eval_step, (state, eval_batch))]
         for step, fn, fn_args in kinds:
-          first = count == 1 and step == 'train'
+          # The CPU control (and jax.export): float32's 1-device train step.
+          first = count == 1 and step == 'train' and dtype == 'float32'
           platforms = ACCELERATORS + (('cpu',) if first else ())
-          module = record(fn, fn_args, platforms,
-                          use_export=first and dtype == 'float32',
+          module = record(fn, fn_args, platforms, use_export=first,
                           model=name, dtype=dtype, devices=count, step=step)
           if (name, dtype, count, step) == ('resnet18', 'float32', 1,
                                             'train'):

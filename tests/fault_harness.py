@@ -45,9 +45,14 @@ EVENT_KINDS = ('step', 'eval', 'ckpt_save', 'ckpt_write', 'ckpt_finalize',
 TIMING = ('epoch_seconds', 'images_per_second')
 TIMEOUT_S = 300
 
+# The schedules' shapes are the only config values compiled into the train
+# step (lr and p live in its state): these are tests/test_train_e2e.py's
+# (SMALL), so its runs, these and tests/test_nonfinite.py's share compiled
+# programs through the session's persistent cache.
 _SMALL = ['--config.model=tiny_cnn', '--config.batch_size=32',
           '--config.eval_batch_size=64', '--config.optimizer.lr_milestones=(1,)',
-          '--progress=false']
+          '--config.optimizer.p_decay_every_epochs=1',
+          '--config.optimizer.p_decay_factor=0.5', '--progress=false']
 
 
 def train_flags(num_epochs=3, every=1, keep=1, extra=()):

@@ -26,9 +26,11 @@ SCRIPT = os.path.join(ROOT, 'tests', 'scripts', 'multihost_worker.py')
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 2
 TIMEOUT_S = 180  # the 3 processes take 15-35 s on 2 cores; a hang is killed
-# XLA's backend optimisation off: halves the compile time (most of the test's
-# CPU time); all processes compile with the same flags.
-XLA_FLAGS = '--xla_backend_optimization_level=0'
+# XLA's backend optimisation and LLVM's expensive passes off (as
+# tests/test_kernels.py FAST_COMPILE): halves the compile time (most of the
+# test's CPU time); all processes compile with the same flags.
+XLA_FLAGS = ('--xla_backend_optimization_level=0 '
+             '--xla_llvm_disable_expensive_passes=true')
 
 # Multi-host vs one host with 4 devices: the same sharded program, but the
 # gradient and BatchNorm all-reduces cross processes through gloo, which sums

@@ -45,6 +45,9 @@ def make_config(**overrides):
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3
   config.optimizer.lr_milestones = (1,)
+  # tests/test_train_e2e.py's schedules (SMALL): the same compiled programs.
+  config.optimizer.p_decay_every_epochs = 1
+  config.optimizer.p_decay_factor = 0.5
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
     node = config

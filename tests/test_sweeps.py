@@ -28,6 +28,7 @@ from sweeps.configs import cpu_subset
 from sweeps.configs import report_p_grid
 from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
+from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.sweep_helpers import BATCH, NUM_TEST, NUM_TRAIN, STEPS_PER_EPOCH
 from tests.sweep_helpers import small_data, sweep_config
 from training import input_pipeline
@@ -51,6 +52,11 @@ W = dict(p=0.5, learning_rate=0.1, seed=3)
 # for a member in grids of other sizes and companions.
 RTOL, ATOL = 1e-5, 1e-6
 TIMING = ('epoch_seconds', 'images_per_second')
+
+# lr and p live in the optimizer state (optimizers.create_optimizer), so the
+# members' runs alone (train_alone) are one program: with the persistent
+# cache it compiles once, not once per member.
+pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
 
 
 @pytest.fixture(scope='module')

@@ -30,6 +30,7 @@ from training import checkpoints
 from training import configuration
 from training import input_pipeline
 from training import loop
+from training import paths
 from training import workdir as workdir_lib
 
 
@@ -66,7 +67,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f'jax.process_count()={jax.process_count()} is not '
                      'allowed; allowed: 1 (a sweep runs in one process, its '
                      'members spread over that process\'s devices).')
-  workdir = workdir_lib.check_and_resolve(workdir)
+  workdir = paths.check_output_dir(workdir)
   requested_chunk = options['chunk']
   if requested_chunk == spec.AUTO_CHUNK:
     requested_chunk = _stored_chunk(workdir) or spec.AUTO_CHUNK

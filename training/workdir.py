@@ -281,7 +281,7 @@ class Workdir:
     data_file: the data.json recording the run's data (default: its own; a
     sweep member's: the sweep's); where there is one, data_dir may change.
     """
-    self._set_path(check_and_resolve(self.given))
+    self._set_path(paths.check_output_dir(self.given))
     for name in _RUN_FILES:
       path = os.path.join(self.path, name)
       if os.path.lexists(path) and not os.path.isfile(path):
@@ -396,9 +396,6 @@ class Workdir:
     writer.writerows(rows)
     atomic_write(self.csv_path, table.getvalue(), newline='')
 
-
-# The absolute workdir path; ValueError if it cannot be one.
-check_and_resolve = paths.check_output_dir
 
 
 def write_json_if_changed(path: str, value) -> None:

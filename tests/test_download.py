@@ -128,7 +128,7 @@ def test_corrupted_archive_is_refused_and_nothing_kept(tmp_path, archive):
   with ArchiveServer({CIFAR10_ARCHIVE: bytes(corrupted)}) as server:
     with pytest.raises(download.DownloadError) as info:
       download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES, md5,
-                     cache, base_url=server.url)
+                     cache, size=len(body), base_url=server.url)
   message = str(info.value)
   assert 'not the expected archive' in message and md5 in message
   assert hashlib.md5(corrupted).hexdigest() in message
@@ -144,14 +144,14 @@ def test_interrupted_download_leaves_nothing_then_succeeds(tmp_path, archive):
     server.cut_after = len(body) // 3
     with pytest.raises(download.DownloadError) as info:
       download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES, md5,
-                     cache, base_url=server.url)
+                     cache, size=len(body), base_url=server.url)
     assert 'broke off after' in str(info.value)
     assert f'of {len(body)}' in str(info.value)
     # Nothing half written stays for a later run to find.
     assert files_under(cache) == []
     server.cut_after = None
     folder = download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
-                            md5, cache, base_url=server.url)
+                            md5, cache, size=len(body), base_url=server.url)
   assert len(server.requests) == 2
   assert_same_data(ip.load_cifar('cifar10', source='local', data_dir=folder),
                    expected)
@@ -168,7 +168,7 @@ def test_archive_without_a_batch_is_refused(tmp_path):
                        'py/test_batch'):
       download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
                      hashlib.md5(body).hexdigest(), tmp_path / 'cache',
-                     base_url=server.url)
+                     size=len(body), base_url=server.url)
   assert not (tmp_path / 'cache').exists()
 
 
@@ -182,8 +182,8 @@ def test_silent_host_fails_at_the_deadline(tmp_path):
     start = time.monotonic()
     with pytest.raises(download.DownloadError, match='no answer within 0.5 s'):
       download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
-                     '0' * 32, tmp_path / 'cache', base_url=url,
-                     connect_timeout=0.5)
+                     '0' * 32, tmp_path / 'cache', size=1 << 20,
+                     base_url=url, connect_timeout=0.5)
     assert time.monotonic() - start < 3
   assert not (tmp_path / 'cache').exists()
 

@@ -268,6 +268,9 @@ def run(main) -> None:
   except (ValueError, input_pipeline.DataNotFoundError) as e:
     # Bad input: one clear message, no stack trace.
     fail(str(e))
-  except KeyboardInterrupt:
-    fail('interrupted by a second Ctrl-C before a checkpoint was saved; the '
-         'run resumes from its last checkpoint.', faults.EXIT_INTERRUPTED)
+  except KeyboardInterrupt as e:
+    # One with a message says what it stopped (download.Interrupted: a
+    # download, at the first signal); a bare one is a second Ctrl-C.
+    fail(str(e) or 'interrupted by a second Ctrl-C before a checkpoint was '
+         'saved; the run resumes from its last checkpoint.',
+         faults.EXIT_INTERRUPTED)

@@ -13,15 +13,20 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import io
+import logging
 import operator
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from training import download
+
+log = logging.getLogger(__name__)
 
 DATASETS = ('cifar10', 'cifar100')
 SOURCES = ('download', 'local', 'tfds')
@@ -77,6 +82,7 @@ class _PythonLayout:
   folder: str
   archive: str  # On the official site, download.BASE_URL.
   md5: str  # Published with the archive (and checked by torchvision, TFDS).
+  size: int  # The archive's size in bytes (as TFDS records it).
   train_files: tuple[str, ...]
   test_files: tuple[str, ...]
   label_key: bytes
@@ -95,6 +101,7 @@ _LAYOUTS = {
         folder='cifar-10-batches-py',
         archive='cifar-10-python.tar.gz',
         md5='c58f30108f718f92721af3b95e74349a',
+        size=170498071,
         train_files=tuple(f'data_batch_{i}' for i in range(1, 6)),
         test_files=('test_batch',),
         label_key=b'labels',
@@ -105,6 +112,7 @@ _LAYOUTS = {
         folder='cifar-100-python',
         archive='cifar-100-python.tar.gz',
         md5='eb9058c3a382ffc7106e4002c42a8d85',
+        size=169001437,
         train_files=('train',),
         test_files=('test',),
         label_key=b'fine_labels',
@@ -164,11 +172,14 @@ def _dict_get(obj: dict, key: bytes, where: str) -> Any:
       f'(found keys {sorted(map(repr, obj))[:8]}).')
 
 
-def _parse_batch(fileobj, where: str, layout: _PythonLayout,
+def _parse_batch(content: bytes, where: str, layout: _PythonLayout,
                  num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """Unpickles one batch file and returns NHWC uint8 images and labels."""
+  if not content:
+    raise ValueError(f'{where}: the file is empty (0 bytes); expected a CIFAR '
+                     'python batch file.')
   try:
-    obj = pickle.load(fileobj, encoding='bytes')
+    obj = pickle.load(io.BytesIO(content), encoding='bytes')
   except Exception as e:  # pickle raises many different exception types.
     raise ValueError(
         f'{where}: not a CIFAR python batch file (cannot unpickle it: '
@@ -187,6 +198,10 @@ def _parse_batch(fileobj, where: str, layout: _PythonLayout,
         f"{where}: not a CIFAR python batch file: b'data' or "
         f'{layout.label_key!r} is not an array (rows of different lengths?); '
         'expected uint8 (N, 3072) images and N integer labels.') from None
+  if data.size == 0 and labels.size == 0:
+    # No images: an empty list unpickles as float64 (0,); the split's check
+    # (_cifar_data) says whether the split is empty.
+    data, labels = np.zeros((0, 3 * 32 * 32), np.uint8), labels.astype(int)
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
     raise ValueError(
         f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 "
@@ -215,18 +230,33 @@ def _read_batches(kind: str, location: str, layout: _PythonLayout,
     for name in layout.files:
       path = os.path.join(location, name)
       with open(path, 'rb') as f:
-        parsed[name] = _parse_batch(f, path, layout, num_classes)
+        parsed[name] = _parse_batch(f.read(), path, layout, num_classes)
     return parsed
-  try:
-    for name, f in download.archive_files(location, layout.folder,
-                                          layout.files):
-      parsed[name] = _parse_batch(f, f'{location}:{layout.folder}/{name}',
-                                  layout, num_classes)
-  except (tarfile.TarError, EOFError, OSError) as e:
+  official = (f'expected the official {layout.archive} ({layout.size} bytes, '
+              f'MD5 {layout.md5})')
+  size = os.path.getsize(location)
+  if not size:
     raise DataNotFoundError(
-        f'{location}: cannot read the {layout.title} archive '
-        f'({type(e).__name__}: {e}); expected the official {layout.archive}.'
-    ) from None
+        f'{location}: the file is empty (0 bytes); {official}.')
+  contents = {}
+  member = None
+  try:
+    for member, f in download.archive_files(location, layout.folder,
+                                            layout.files):
+      contents[member] = f.read()
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    lines = str(e).strip().splitlines()
+    reason = f'{type(e).__name__}: {lines[0].rstrip(":") if lines else ""}'
+    if member is None and not contents:
+      what = 'not a tar archive, compressed or not'
+    else:
+      what = 'cut short or damaged'
+    raise DataNotFoundError(
+        f'{location}: the {layout.title} archive ({size} bytes) is {what} '
+        f'({reason}); {official}.') from None
+  for name, content in contents.items():
+    parsed[name] = _parse_batch(content, f'{location}:{layout.folder}/{name}',
+                                layout, num_classes)
   missing = [f'{layout.folder}/{n}' for n in layout.files if n not in parsed]
   if missing:
     raise DataNotFoundError(
@@ -281,6 +311,8 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
         f'{_describe_layout(layout, path)}.{_other_dataset_hint(path, dataset)}')
 
   parsed = _read_batches(kind, location, layout, NUM_CLASSES[dataset])
+  if kind == 'archive':
+    _warn_unless_official(location, layout)
 
   def concat(names):
     return (np.concatenate([parsed[n][0] for n in names]),
@@ -292,11 +324,23 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
       f'local {layout.title} python {kind} {location}')
 
 
+def _warn_unless_official(path: str, layout: _PythonLayout) -> None:
+  """One warning line when the archive at `path` is not the official one."""
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  if digest.hexdigest() != layout.md5:
+    log.warning('%s has MD5 %s, not the official %s of %s: the results may '
+                "differ from the official data's.", path, digest.hexdigest(),
+                layout.md5, layout.archive)
+
+
 def _load_download(dataset: str, data_dir) -> CifarData:
   layout = _LAYOUTS[dataset]
   try:
     folder = download.fetch(layout.archive, layout.folder, layout.files,
-                            layout.md5, data_dir)
+                            layout.md5, data_dir, size=layout.size)
   except download.DownloadError as e:
     raise DataNotFoundError(
         f'{e} To use a copy instead (offline: fetched elsewhere), download '

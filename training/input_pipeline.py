@@ -250,10 +250,10 @@ def _read_batches(kind: str, location: str, layout: _PythonLayout,
     if member is None and not contents:
       what = 'not a tar archive, compressed or not'
     else:
-      what = 'cut short or damaged'
+      what = 'it is cut short or damaged'
     raise DataNotFoundError(
-        f'{location}: the {layout.title} archive ({size} bytes) is {what} '
-        f'({reason}); {official}.') from None
+        f'{location}: cannot read the {layout.title} archive ({size} bytes): '
+        f'{what} ({reason}); {official}.') from None
   for name, content in contents.items():
     parsed[name] = _parse_batch(content, f'{location}:{layout.folder}/{name}',
                                 layout, num_classes)

@@ -137,20 +137,24 @@ def when_saved(cache, count, action):
 @dataclasses.dataclass(frozen=True)
 class Case:
   """One case: `server` (ArchiveHost keyword arguments, `mode` included;
-  None: no server), `env` on top of the mirror's, the exit status, a regex
-  the one message line must match ({url}, {size} filled in), and what the
-  cache is left with (None: as it was)."""
+  None: not asked), `env` on top of the mirror's, the exit status, a regex
+  the one message line must match ({url}, {size}, {md5} filled in), and
+  what the cache is left with (None: as it was)."""
   name: str
   origin: str  # 'issue': its example; 'found': found while fixing it.
   server: Optional[dict]
   status: int
   message: str
   env: dict = dataclasses.field(default_factory=dict)
-  setup: Optional[Callable] = None  # setup(area) before the run.
+  # setup(area, the archive's bytes) before the run.
+  setup: Optional[Callable] = None
   after: Optional[Callable] = None  # after(before tree) -> expected tree.
+  source: str = 'download'  # Data in AREA/cache; 'local': in AREA/data.
+  warning: Optional[str] = None  # A regex: the one warning line, if any.
 
 
-def stale_partial(area):
+def stale_partial(area, body):
+  del body
   stale = area / 'cache' / f'{PARTIAL}killed'
   stale.mkdir(parents=True)
   (stale / CIFAR10_ARCHIVE).write_bytes(b'\x1f\x8b' + bytes(5000))
@@ -213,20 +217,20 @@ DOWNLOAD_CASES = [
 ]
 
 
-def run_case(case, area, archive, monkeypatch, capsys, data_dir=None,
-             source='download'):
+def run_case(case, area, archive, monkeypatch, capsys, caplog):
   """Runs `case` in `area`; returns (message line or None, ArchiveHost)."""
   body, md5 = archive
   size = len(body)
   if case.setup:
-    case.setup(area)
+    case.setup(area, body)
   before = tree(area)
-  fill = lambda text: text.format(size=size, **{'size+1': size + 1,
-                                                'size-1': size - 1})
+  fill = lambda text: text.format(size=size, md5=md5, **{
+      'size+1': size + 1, 'size-1': size - 1})
+  caplog.set_level(logging.WARNING)
   server = dict(case.server or {'mode': 'whole'})  # None: never asked.
   if isinstance(server.get('length'), str):
     server['length'] = int(fill(server['length']))
-  cache = data_dir or area / 'cache'
+  cache = area / ('data' if case.source == 'local' else 'cache')
   if server.get('on_stall'):
     server['on_stall'] = when_saved(cache, server['stall_after'],
                                     server['on_stall'])
@@ -239,7 +243,7 @@ def run_case(case, area, archive, monkeypatch, capsys, data_dir=None,
         monkeypatch.delenv(key, raising=False)
       else:
         monkeypatch.setenv(key, value)
-    status, seconds = load_like_train_py(cache, source)
+    status, seconds = load_like_train_py(cache, case.source)
   stderr = capsys.readouterr().err
   assert status == case.status, (case.name, stderr)
   assert seconds < BOUND_S, (case.name, seconds)
@@ -252,15 +256,23 @@ def run_case(case, area, archive, monkeypatch, capsys, data_dir=None,
     assert re.match(pattern, message), (case.name, pattern, message)
   else:
     assert 'Traceback' not in stderr and 'error' not in stderr, stderr
-  if case.status or source == 'local':  # Else the download is cached.
+  if case.status or case.source == 'local':  # Else the download is cached.
     assert (case.after or (lambda b: b))(before) == after, case.name
   if case.server is None:
     assert host.requests == [], case.name
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.WARNING]
+  if case.warning is None:
+    assert warnings == [], (case.name, warnings)
+  else:
+    assert len(warnings) == 1, (case.name, warnings)
+    assert re.match(fill(case.warning) + '$', warnings[0]), (case.name,
+                                                             warnings)
   return message, host
 
 
 @pytest.mark.parametrize('case', DOWNLOAD_CASES, ids=lambda c: c.name)
-def test_download_bounds(case, tmp_path, archive, monkeypatch, capsys,
+def test_download_bounds(case, tmp_path, archive, monkeypatch, capsys, caplog,
                          sigterm_recorded):
   area = tmp_path / 'area'
   (area / 'cache').mkdir(parents=True)
@@ -269,7 +281,7 @@ def test_download_bounds(case, tmp_path, archive, monkeypatch, capsys,
   if case.name == 'SIGTERM before the headers':
     (area / 'cache' / 'other-dataset').rmdir()
     (area / 'cache').rmdir()  # The cache's folder too is not left behind.
-  message, host = run_case(case, area, archive, monkeypatch, capsys)
+  message, host = run_case(case, area, archive, monkeypatch, capsys, caplog)
   assert sigterm_recorded == []  # Every signal reached the download.
   if case.name == 'trickle':
     received = int(re.search(r'after (\d+) of', message).group(1))
@@ -281,23 +293,9 @@ def test_download_bounds(case, tmp_path, archive, monkeypatch, capsys,
     assert host.requests == []  # Refused before connecting.
 
 
-def test_first_ctrl_c_during_a_download(tmp_path, archive, monkeypatch,
-                                        capsys):
-  """The first Ctrl-C stops a download at once, and says so (class 8)."""
-  case = Case('SIGINT mid-download', 'issue',
-              dict(mode='stall', stall_after=STALL_AFTER,
-                   on_stall=send_to_self(signal.SIGINT)), 130,
-              rf'interrupted \(SIGINT\) during the download of {{url}}, after '
-              rf'{STALL_AFTER} of {{size}} bytes; nothing kept')
-  area = tmp_path / 'area'
-  (area / 'cache').mkdir(parents=True)
-  message, _ = run_case(case, area, archive, monkeypatch, capsys)
-  assert 'second Ctrl-C' not in message
-
-
-def successful_download(area, archive, monkeypatch, capsys):
+def successful_download(area, archive, monkeypatch, capsys, caplog):
   case = Case('whole', 'issue', dict(mode='whole'), 0, '')
-  run_case(case, area, archive, monkeypatch, capsys)
+  run_case(case, area, archive, monkeypatch, capsys, caplog)
   return tree(area)
 
 
@@ -332,7 +330,8 @@ def start_child_download(cache, url, archive):
 
 
 def test_stale_partials_are_reclaimed_live_ones_kept(tmp_path, archive,
-                                                     monkeypatch, capsys):
+                                                     monkeypatch, capsys,
+                                                     caplog):
   """A download killed by SIGKILL leaves its partial (nothing can clean up
   then); the next run removes it, but not the partial of a download still
   running (it holds the partial's lock), which cleans up after itself."""
@@ -350,7 +349,7 @@ def test_stale_partials_are_reclaimed_live_ones_kept(tmp_path, archive,
       killed.communicate(timeout=10)
       assert sorted(os.listdir(cache)) == sorted([killed_partial,
                                                   running_partial])
-      done = successful_download(area, archive, monkeypatch, capsys)
+      done = successful_download(area, archive, monkeypatch, capsys, caplog)
       # The killed download's partial is gone, the running one's kept.
       assert sorted(os.listdir(cache)) == sorted([CIFAR10_FOLDER,
                                                   running_partial])
@@ -419,16 +418,13 @@ def write_archive(area, content: bytes):
   (area / 'data' / CIFAR10_ARCHIVE).write_bytes(content)
 
 
-def cut_archive(area):
-  tmp = area.parent / 'src'
-  folder = write_python_layout(tmp, n_per_file=4, seed=1)
-  with open(write_python_archive(folder, tmp / 'a.tar.gz'), 'rb') as f:
-    body = f.read()
+def cut_archive(area, body):
   write_archive(area, body[:len(body) * 2 // 3])
 
 
 def layout_with(num_train, num_test, empty_file=None):
-  def setup(area):
+  def setup(area, body):
+    del body
     write_cifar10(area / 'data', num_train, num_test, seed=2)
     if empty_file:
       (area / 'data' / CIFAR10_FOLDER / empty_file).write_bytes(b'')
@@ -442,54 +438,48 @@ OFFICIAL = (rf'expected the official {CIFAR10_ARCHIVE} \({OFFICIAL_SIZE} '
 MESSAGE_CASES = [
     Case('0-byte archive', 'issue', None, 2,
          rf'.*/data/{CIFAR10_ARCHIVE}: the file is empty \(0 bytes\); '
-         + OFFICIAL, setup=lambda area: write_archive(area, b'')),
+         + OFFICIAL, setup=lambda area, _: write_archive(area, b''),
+         source='local'),
     Case('empty test split', 'issue', None, 2,
          rf'.*/data/{CIFAR10_FOLDER} \(test\): the split is empty\.$',
-         setup=layout_with(10, 0)),
+         setup=layout_with(10, 0), source='local'),
+    Case('first Ctrl-C during a download', 'issue',
+         dict(mode='stall', stall_after=STALL_AFTER,
+              on_stall=send_to_self(signal.SIGINT)), 130,
+         rf'interrupted \(SIGINT\) during the download of {{url}}, after '
+         rf'{STALL_AFTER} of {{size}} bytes; nothing kept \(the next run '
+         r'downloads it again\)\.$'),
+    Case('local archive not the official one', 'issue', None, 0, '',
+         setup=write_archive,
+         source='local',
+         warning=(rf'.*/data/{CIFAR10_ARCHIVE} has MD5 {{md5}}, not the '
+                  rf'official {OFFICIAL_MD5} of {CIFAR10_ARCHIVE}: the '
+                  r"results may differ from the official data's\.")),
     # Found while fixing the above:
     Case('a web page saved as the archive', 'found', None, 2,
          rf'.*/data/{CIFAR10_ARCHIVE}: cannot read the CIFAR-10 archive '
          rf'\({len(WEB_PAGE)} bytes\): not a tar archive, compressed or not '
          r'\(ReadError: file could not be opened successfully\); ' + OFFICIAL,
-         setup=lambda area: write_archive(area, WEB_PAGE)),
+         setup=lambda area, _: write_archive(area, WEB_PAGE), source='local'),
     Case('archive cut short', 'found', None, 2,
          rf'.*/data/{CIFAR10_ARCHIVE}: cannot read the CIFAR-10 archive '
          r'\(\d+ bytes\): it is cut short or damaged \(EOFError: .*\); '
-         + OFFICIAL,
-         setup=cut_archive),
+         + OFFICIAL, setup=cut_archive, source='local'),
     Case('0-byte batch file', 'found', None, 2,
          rf'.*/data/{CIFAR10_FOLDER}/test_batch: the file is empty \(0 bytes'
          r'\); expected a CIFAR python batch file\.$',
-         setup=layout_with(10, 3, empty_file='test_batch')),
+         setup=layout_with(10, 3, empty_file='test_batch'), source='local'),
     Case('empty train split', 'found', None, 2,
          rf'.*/data/{CIFAR10_FOLDER} \(train\): the split is empty\.$',
-         setup=layout_with(0, 3)),
+         setup=layout_with(0, 3), source='local'),
 ]
 
 
 @pytest.mark.parametrize('case', MESSAGE_CASES, ids=lambda c: c.name)
-def test_data_messages(case, tmp_path, archive, monkeypatch, capsys):
+def test_data_messages(case, tmp_path, archive, monkeypatch, capsys, caplog):
   area = tmp_path / 'area'
-  area.mkdir()
+  (area / 'cache').mkdir(parents=True)
   (area / 'notes.txt').write_text('next to the data')
-  run_case(case, area, archive, monkeypatch, capsys, data_dir=area / 'data',
-           source='local')
-
-
-def test_local_archive_not_official_is_used_with_one_warning(
-    tmp_path, archive, monkeypatch, capsys, caplog):
-  """A local archive whose MD5 is not the official one: used, and said so in
-  one warning line (class 8's last example)."""
-  body, md5 = archive
-  area = tmp_path / 'area'
-  case = Case('not the official MD5', 'issue', None, 0, '',
-              setup=lambda area: write_archive(area, body))
-  with caplog.at_level(logging.WARNING):
-    run_case(case, area, archive, monkeypatch, capsys, data_dir=area / 'data',
-             source='local')
-  warnings = [r.getMessage() for r in caplog.records
-              if r.levelno >= logging.WARNING]
-  assert warnings == [
-      f'{area / "data" / CIFAR10_ARCHIVE} has MD5 {md5}, not the official '
-      f'{OFFICIAL_MD5} of {CIFAR10_ARCHIVE}: the results may differ from the '
-      "official data's."], warnings
+  message, _ = run_case(case, area, archive, monkeypatch, capsys, caplog)
+  if message:
+    assert 'second Ctrl-C' not in message

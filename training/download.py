@@ -19,9 +19,10 @@ Bounds of a download:
   as more bytes arrive than the size allows (a body without Content-Length
   included).
 * Progress: at least `MIN_PROGRESS_BYTES` must arrive in each successive
-  window of `PROGRESS_WINDOW_S` seconds (a connection silent for a whole
-  window fails at once): a trickle gives up after about one window. Hence
-  an overall deadline of (size / MIN_PROGRESS_BYTES + 1) windows.
+  window of `PROGRESS_WINDOW_S` seconds. A connection silent for a whole
+  window fails then; a trickle fails at the first byte after its window
+  ends, so within two windows. Hence an overall deadline of
+  (size / MIN_PROGRESS_BYTES + 1) windows, which is enforced too.
 * Messages give the bytes actually received (and the size expected).
 * Signals: SIGTERM and SIGINT during `fetch` (in the main thread) remove the
   partial download and raise `Interrupted`, a KeyboardInterrupt (train.py:

@@ -550,7 +550,8 @@ def load_cifar(dataset: str, *, source: str = 'download',
     source: 'download' fetches the official python archive from the authors'
       site the first time (MD5-checked, training/download.py) and reads the
       cached copy; 'local' reads the canonical CIFAR python layout or the
-      official python archive from `data_dir`; 'tfds' reads the TFDS
+      official python archive from `data_dir` (an archive whose MD5 is not
+      the official one is used with one warning); 'tfds' reads the TFDS
       array_record data source (preparing it first when TensorFlow is
       installed).
     data_dir: for 'download', the cache directory (None:
@@ -570,6 +571,8 @@ def load_cifar(dataset: str, *, source: str = 'download',
   Raises:
     ValueError: unknown dataset/source, or data that is not CIFAR.
     DataNotFoundError: (a ValueError) the data is missing or incomplete.
+    download.Interrupted: SIGTERM or SIGINT during the download (nothing
+      kept).
   """
   _check_choice('dataset', dataset, DATASETS)
   _check_choice('source', source, SOURCES)

@@ -483,3 +483,16 @@ def test_data_messages(case, tmp_path, archive, monkeypatch, capsys, caplog):
   message, _ = run_case(case, area, archive, monkeypatch, capsys, caplog)
   if message:
     assert 'second Ctrl-C' not in message
+
+
+def test_a_bare_keyboard_interrupt_keeps_its_message(capsys):
+  """cli.run prints a download.Interrupted's own message; a KeyboardInterrupt
+  without one is still the second Ctrl-C of a run (exit 130 both)."""
+  def interrupt():
+    raise KeyboardInterrupt
+  with pytest.raises(SystemExit) as info:
+    cli.run(interrupt)
+  assert info.value.code == 130
+  assert one_error_line(capsys.readouterr().err) == (
+      'interrupted by a second Ctrl-C before a checkpoint was saved; the run '
+      'resumes from its last checkpoint.')

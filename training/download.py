@@ -107,7 +107,7 @@ def archive_url(archive: str, base_url: str | None = None) -> str:
   return f'{base.rstrip("/")}/{archive}'
 
 
-def partial_prefix(folder: str) -> str:
+def _partial_prefix(folder: str) -> str:
   """Name prefix of the staging folders of `folder`'s downloads."""
   return f'.{folder}.partial-'
 
@@ -328,7 +328,7 @@ def _stage(cache_dir: str, folder: str):
   `cache_dir`, locked against `_reclaim_stale_partials`."""
   for _ in range(3):
     try:
-      path = tempfile.mkdtemp(prefix=partial_prefix(folder), dir=cache_dir)
+      path = tempfile.mkdtemp(prefix=_partial_prefix(folder), dir=cache_dir)
     except OSError as e:
       raise DownloadError(f'cannot write in the cache directory {cache_dir} '
                           f'({e.strerror or e}).') from None
@@ -362,7 +362,7 @@ def _reclaim_stale_partials(cache_dir: str, folder: str) -> None:
   except OSError:
     return
   for name in names:
-    if not name.startswith(partial_prefix(folder)):
+    if not name.startswith(_partial_prefix(folder)):
       continue
     path = os.path.join(cache_dir, name)
     try:

@@ -152,6 +152,7 @@ print(jax.jit(jax.grad(conv, argnums=1)).lower(x, w).compile().as_text())
 '''
 
 
+@pytest.mark.slow
 def test_cpu_xla_flags_take_convolutions_off_ynnpack():
   """What train.py's flags are for: XLA:CPU compiles a convolution's weight
   gradient to its own kernel, not to a YNNPACK fusion (the default here)."""

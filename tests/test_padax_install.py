@@ -1,11 +1,13 @@
-"""Release artefacts and installs (issue 15, point 6; issue 22, points 1, 4).
+"""Release artefacts, installs and CI's set-up (issue 15, point 6; issue 22,
+points 1, 4).
 
 `python -m build` on a copy of the checkout makes an sdist and, from that
 sdist, a wheel: both pass `twine check --strict`, the long description
 renders as PyPI renders Markdown, the wheel holds only the `padax` package
 (with its py.typed and the license), and it installs in a fresh virtual
 environment where `import padax` works outside the checkout, whether these
-tests run from a virtualenv or from a system Python.
+tests run from a virtualenv or from a system Python. .ci/run runs the
+README's test command in a fresh virtual environment.
 """
 
 import configparser
@@ -165,3 +167,19 @@ def test_wheel_installs_in_a_fresh_venv(dists, tmp_path):
   assert location.startswith(os.path.realpath(env_dir)), location
   assert not location.startswith(ROOT)
   assert version == VERSION and built == 'True'
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
+  """.ci/run installs and tests as the README tells a user: its last line is
+  the README's test command, run in a virtual environment it has just made;
+  and the README promises no install from the package index."""
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+    readme = f.read()
+  with open(os.path.join(ROOT, '.ci', 'run'), encoding='utf-8') as f:
+    ci = f.read().strip().splitlines()
+  commands = re.findall(r'^pip install -e \. -r requirements/test\.txt && .+$',
+                        readme, re.M)
+  assert len(commands) == 1 and ci[-1] == commands[0], (commands, ci[-1])
+  venv = ci.index('"${PYTHON:-python3}" -m venv --clear .venv-ci')
+  assert ci.index('source .venv-ci/bin/activate') > venv
+  assert 'pip install padax' not in readme

@@ -43,6 +43,7 @@ def _probe(count, **env):
     (3, {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, [False, 2]),
     (3, {'JAX_NUM_CPU_DEVICES': '4'}, [False, 4]),
 ])
+@pytest.mark.slow
 def test_split_cpu(count, env, expected):
   assert _probe(count, **env) == expected
 

@@ -26,7 +26,8 @@ def cifar10_subset():
   if path is None:
     pytest.skip(f'genuine CIFAR-10 images: set {data_fixtures.SUBSET_ENV} '
                 'to a folder holding cifar-10-batches-py/ and '
-                'cifar-10-batches-bin/')
+                'cifar-10-batches-bin/ (python -m training.cifar10_subset DIR '
+                'builds one from the downloaded CIFAR-10)')
   return path
 
 

@@ -13,6 +13,8 @@ from tests.helpers import without_timing
 from training import allocator
 from training import host_devices
 
+pytestmark = pytest.mark.slow
+
 LINUX = sys.platform.startswith('linux')
 
 

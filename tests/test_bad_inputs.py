@@ -30,6 +30,8 @@ from tests.helpers import snapshot
 from training import trainer
 from training import workdir as workdir_lib
 
+pytestmark = pytest.mark.slow
+
 QUICK = os.path.join(ROOT, 'configs', 'quick.py')
 CPU_SUBSET = os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py')
 TRAIN = [os.path.join(ROOT, 'train.py'), '--config', QUICK, '--progress=false']

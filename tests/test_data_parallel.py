@@ -21,6 +21,8 @@ import pytest
 from tests.conftest import ROOT
 from training import train_lib
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, 'tests', 'scripts', 'data_parallel_steps.py')
 NUM_DEVICES = 4
 

@@ -188,6 +188,7 @@ def test_silent_host_fails_at_the_deadline(tmp_path):
   assert not (tmp_path / 'cache').exists()
 
 
+@pytest.mark.slow
 def test_train_py_offline_fails_fast_with_the_local_flags(tmp_path):
   """train.py, default data source, no server: one error line naming the
   flags for a local copy and the archive's URL, at once, nothing left."""

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, 'tests', 'scripts', 'export_programs.py')
 MODELS = ('vgg16', 'resnet18', 'wrn16_4')
 # Convolutions of each model (forward), and its 2x2 max pools.

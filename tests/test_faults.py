@@ -36,6 +36,8 @@ from training import checkpoints
 from training import faults
 from training import workdir as workdir_lib
 
+pytestmark = pytest.mark.slow
+
 LONG = os.environ.get('PADAX_FAULTS_LONG', '') not in ('', '0')
 SEED = int(os.environ.get('PADAX_FAULTS_SEED', '0'))
 

@@ -43,6 +43,7 @@ def _probe(count, **env):
     (3, {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, [False, 2]),
     (3, {'JAX_NUM_CPU_DEVICES': '4'}, [False, 4]),
 ])
+@pytest.mark.slow
 def test_split_cpu(count, env, expected):
   assert _probe(count, **env) == expected
 
@@ -152,6 +153,7 @@ print(jax.jit(jax.grad(conv, argnums=1)).lower(x, w).compile().as_text())
 '''
 
 
+@pytest.mark.slow
 def test_cpu_xla_flags_take_convolutions_off_ynnpack():
   """What train.py's flags are for: XLA:CPU compiles a convolution's weight
   gradient to its own kernel, not to a YNNPACK fusion (the default here)."""

@@ -446,6 +446,7 @@ def _identify_crops(images, out):
   return matches
 
 
+@pytest.mark.slow
 def test_augment_is_a_padded_crop_plus_flip():
   rng = np.random.default_rng(0)
   # Values >= 1 so zero padding is distinguishable from image content.
@@ -513,6 +514,7 @@ _SHARDED_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_augment_independent_of_sharding(tmp_path):
   rng = np.random.default_rng(2)
   images = rng.integers(1, 256, (32, 32, 32, 3), dtype=np.uint8)

@@ -18,6 +18,8 @@ from models import kernels
 from training import optimizers, train_lib
 from configs import quick
 
+pytestmark = pytest.mark.slow
+
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
                 'xla_llvm_disable_expensive_passes': True}
 BATCH = 4

@@ -16,6 +16,8 @@ from models.layers import BatchNorm, torch_bias_init, torch_kernel_init
 from models.resnet import BasicBlock
 from models.wide_resnet import he_normal_fan_out
 
+pytestmark = pytest.mark.slow
+
 RNG = jax.random.PRNGKey(0)
 INPUT = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
 

@@ -22,6 +22,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, 'tests', 'scripts', 'multihost_worker.py')
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 2

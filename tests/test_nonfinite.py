@@ -33,7 +33,8 @@ NUM_TRAIN, NUM_TEST, BATCH = 130, 64, 32
 STEPS = NUM_TRAIN // BATCH  # 4: two examples are left out of each epoch.
 POISON = 10  # An out-of-range label: its cross-entropy is NaN.
 
-pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
+pytestmark = [pytest.mark.usefixtures('compilation_cache_dir'),
+              pytest.mark.slow]
 
 
 def make_config(**overrides):

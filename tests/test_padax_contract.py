@@ -395,6 +395,7 @@ def _sharding_results():
 
 
 @pytest.mark.parametrize('name', IDS)
+@pytest.mark.slow
 def test_state_keeps_its_sharding_on_an_explicit_mesh(name):
   """On 8 simulated CPU devices (a subprocess: the test process has one),
   with params sharded along an explicit mesh axis: the state after an update

@@ -70,5 +70,7 @@ def test_api_reference_builds_without_warnings(tmp_path):
                'check_hyperparameters', 'ScaleByPartialAdaptiveState'):
     assert f'id="padax.{name}"' in api, name
   assert 'arXiv:1901.09878' in api and 'Examples' in api
+  # Type aliases by name, not expanded (issue 22): ArrayLike is 8 types.
+  assert 'ScalarOrSchedule' in api and 'ndarray' not in api
   assert 'The three formulations' in (
       tmp_path / 'html' / 'formulations.html').read_text()

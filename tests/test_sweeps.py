@@ -56,7 +56,8 @@ TIMING = ('epoch_seconds', 'images_per_second')
 # lr and p live in the optimizer state (optimizers.create_optimizer), so the
 # members' runs alone (train_alone) are one program: with the persistent
 # cache it compiles once, not once per member.
-pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
+pytestmark = [pytest.mark.usefixtures('compilation_cache_dir'),
+              pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')

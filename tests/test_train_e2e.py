@@ -39,6 +39,8 @@ from training import augment
 from training import input_pipeline
 from training import trainer
 
+pytestmark = pytest.mark.slow
+
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 MOCKED_TRAIN = os.path.join(ROOT, 'tests', 'e2e_scripts', 'mocked_train.py')
 QUICK = os.path.join(ROOT, 'configs', 'quick.py')

@@ -49,7 +49,8 @@ CPU_SUBSET = os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py')
 # Every in-process run of this module (the trained fixture, the resumes, the
 # umask runs) compiles the same few programs: the session's persistent
 # compilation cache compiles each once (a run then costs ~2 s, not ~10 s).
-pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
+pytestmark = [pytest.mark.usefixtures('compilation_cache_dir'),
+              pytest.mark.slow]
 
 NUM_TRAIN, NUM_TEST, BATCH = 64, 32, 16
 STEPS_PER_EPOCH = NUM_TRAIN // BATCH

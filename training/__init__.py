@@ -3,6 +3,8 @@
   configuration.py   the config's keys (base_config) and its one validator
   input_pipeline.py  loading CIFAR on the host; augment.py: the device-side
                      augmentation and normalisation the step runs
+  cifar10_subset.py  the folder of genuine images some tests read, from the
+                     official release (python -m training.cifar10_subset)
   optimizers.py      the optimizers a config names, with their defaults
   train_lib.py       the pure train and eval steps, jitted over a mesh
                      (MeshSteps: also the loop's view of what it trains)

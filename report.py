@@ -15,11 +15,14 @@ Each WORKDIR is a train.py workdir (config.json, metrics.jsonl) or a sweep dir
 Runs appear in the order given, a sweep's members ordered by p, then lr
 (by value). In the figures of a p x lr grid each p has one colour and each
 lr one line style. Bad input (a path without metrics.jsonl, an empty metrics
-file): one error line naming the path, exit status 2, nothing written.
+file, a bad flag, a title or label whose $...$ mathtext matplotlib cannot
+draw): one error line naming the path or flag, exit status 2, nothing
+written.
 """
 
 import argparse
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +44,14 @@ def parse_epochs(text: str) -> list:
   return epochs
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+  """argparse, with a bad command line as one `error:` line and exit status
+  2, like bad input, instead of the usage block."""
+
+  def error(self, message):
+    self.exit(2, f'error: {message}; see {self.prog} --help.\n')
+
+
 def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
   """Loads the runs, then writes everything to `outdir`; returns the paths.
 
@@ -60,6 +71,15 @@ def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
   grid = tables.wants_grid(runs, any(run.sweep for run in runs))
   # matplotlib only now: bad input is reported without waiting for it.
   from reporting import plots  # pylint: disable=g-import-not-at-top
+  # Text the figures cannot draw (bad mathtext) fails before `outdir` exists.
+  texts = [('--title', title)] if title else []
+  texts += [('--labels', label) for label in labels or ()]
+  for flag, text in texts:
+    try:
+      plots.check_text(text)
+    except ValueError as e:
+      raise runs_lib.ReportInputError(
+          f'{flag} {shlex.quote(text)}: {e}') from None
   os.makedirs(outdir, exist_ok=True)
   written = plots.write_figures(runs, outdir, title=title, grid=grid)
   texts = {'table.md': tables.table_markdown(runs, epochs, title)}
@@ -74,7 +94,7 @@ def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = _ArgumentParser(
       description='Figures and tables from train.py workdirs and sweep dirs.')
   parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
                       help='train.py workdir or sweep dir (all its members)')

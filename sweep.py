@@ -63,14 +63,24 @@ def main(argv):
   cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
-  from sweeps import grid, run  # pylint: disable=g-import-not-at-top
+  from sweeps import grid, run, spec  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
+  split = False
   with contextlib.suppress(ValueError):
-    host_devices.split_cpu(grid.cpu_devices(
+    at_once = spec.members_at_once(_CONFIG.value, _parse_chunk(_CHUNK.value))
+    split = host_devices.split_cpu(grid.cpu_devices(
         _CONFIG.value, _parse_chunk(_CHUNK.value)))
-  logging.info('JAX %s: %d devices (%s)', jax.__version__, jax.device_count(),
-               jax.devices()[0].device_kind)
+  if split:
+    # XLA devices that share the host's cores, not cores: say so.
+    count = jax.device_count()
+    logging.info('JAX %s: the CPU (%s cores) split into %d virtual devices: '
+                 '%d for each of the %d members trained at once '
+                 '(cpu_devices).', jax.__version__, os.cpu_count() or '?',
+                 count, count // at_once, at_once)
+  else:
+    logging.info('JAX %s: %d device(s) (%s)', jax.__version__,
+                 jax.device_count(), jax.devices()[0].device_kind)
   cli.run(lambda: run.run_sweep(
       _CONFIG.value, _WORKDIR.value, chunk=_parse_chunk(_CHUNK.value),
       progress=_PROGRESS.value,

@@ -7,6 +7,7 @@ Matplotlib's object API with the Agg canvas (no pyplot, no display): each
 
 import math
 import os
+import re
 from typing import Optional, Sequence
 
 import matplotlib
@@ -43,6 +44,26 @@ def _new_figure(figsize) -> Figure:
   fig = Figure(figsize=figsize, dpi=120, layout='constrained')
   FigureCanvasAgg(fig)
   return fig
+
+
+def check_text(text: str) -> None:
+  """Raises ValueError when matplotlib cannot draw `text` in a figure (a
+  title, a legend label): mathtext between $ signs that does not parse."""
+  fig = _new_figure((2.0, 1.0))
+  fig.suptitle(text)
+  try:
+    fig.canvas.draw()
+  except ValueError as e:
+    # The parser's message ends with its reason, after a caret diagram.
+    reason = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+    reason = ' '.join(reason.split('Exception: ', 1)[-1].split())
+    # pyparsing can spell out its whole grammar as what it expected.
+    expected = re.match(r'Expected (.*), (found .*)$', reason)
+    if expected and len(expected.group(1)) > 60:
+      reason = expected.group(2)
+    raise ValueError(
+        f'matplotlib cannot draw it ({reason}); allowed: plain text, or '
+        r'mathtext between $ signs (\$ for a dollar sign).') from None
 
 
 def grid_axes(runs: Sequence[Run]):
@@ -112,6 +133,8 @@ def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
   ax.set_title(title)
   if log and lines:
     ax.set_yscale('log')
+    # Over a narrow range the ticks look evenly spaced: say it is a log axis.
+    ax.set_ylabel(f'{ylabel} (log scale)')
     # Plain numbers (2.2, 0.05), not 2.2x10^0, minor ticks labelled only
     # while the curves span little more than a decade.
     ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))

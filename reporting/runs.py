@@ -174,16 +174,22 @@ def name_key(text: str) -> tuple:
                for i, t in enumerate(_NUMBER.split(text)))
 
 
-def hyperparameter_key(run: Run) -> tuple:
-  """Sort key of a run: model, dataset, optimizer, then p, lr and the seed
-  by value, then its name (numbers by value)."""
+def member_key(p, lr, seed, name: str) -> tuple:
+  """Sort key of a sweep member or run by its hyperparameters: p, lr and the
+  seed ascending by value (a missing one first), then its name (numbers by
+  value). The one order of report.py's runs and sweep.py's summary.md."""
   def number(value):
     value = _as_number(value)
     return (0, 0.0) if value is None else (1, value)
+  return number(p), number(lr), number(seed), name_key(name)
+
+
+def hyperparameter_key(run: Run) -> tuple:
+  """Sort key of a run: model, dataset, optimizer, then `member_key`."""
   config = run.config
   return (str(config.get('model', '')), str(config.get('dataset', '')),
-          str(run.optimizer_name or ''), number(run.p), number(run.lr),
-          number(config.get('seed')), name_key(run.name))
+          str(run.optimizer_name or '')) + member_key(
+              run.p, run.lr, config.get('seed'), run.name)
 
 
 def load_sweep(path: str, warn) -> list:

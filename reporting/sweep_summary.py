@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from reporting.runs import fmt_number
+from reporting.runs import member_key
 from reporting.tables import MISSING
 from reporting.tables import join_blocks
 from reporting.tables import markdown_table
@@ -49,10 +50,13 @@ def _percent(x):
 
 
 def summary_markdown(base: dict, keys: list, summary: list) -> str:
-  """The markdown table of `summary` (summarize_member's, in grid order).
+  """The markdown table of `summary` (summarize_member's), the members
+  ordered as report.py orders them (`member_key`: p, then lr, by value).
 
   base: the train config the members share (a dict); keys: the grid keys.
   """
+  summary = sorted(summary, key=lambda s: member_key(
+      s.get('p'), s.get('learning_rate'), s.get('seed'), s['name']))
   opt = base['optimizer']
   counts = ' x '.join(str(len({s[k] for s in summary})) for k in keys)
   epochs = base['num_epochs']

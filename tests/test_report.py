@@ -283,6 +283,8 @@ def test_figures_one_line_per_run(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         r.label for r in runs]
     assert ax.get_yscale() == ('log' if metric == 'train_loss' else 'linear')
+    # A log axis over a narrow range looks linear: its label says it is not.
+    assert ('(log scale)' in ax.get_ylabel()) == (metric == 'train_loss')
   # Errors are drawn in percent.
   line = plots.metric_figure(runs, 'test_error').axes[0].get_lines()[0]
   assert line.get_ydata()[0] == pytest.approx(100 * error_at(1))
@@ -290,6 +292,8 @@ def test_figures_one_line_per_run(tmp_path):
   axes = [ax for ax in fig.axes if ax.get_lines()]
   assert len(axes) == 3
   assert all(len(ax.get_lines()) == 3 for ax in axes)
+  assert [ax.get_ylabel() for ax in axes] == [
+      'train loss (log scale)', 'test top-1 error (%)', 'test top-5 error (%)']
 
 
 def test_grid_figures_colour_by_p_line_style_by_lr(tmp_path):
@@ -375,6 +379,47 @@ def test_cli_bad_workdir(tmp_path, case):
   assert 'Traceback' not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
   assert not out.exists() or not os.listdir(out)
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--epochs', '0'), "error: argument --epochs: '0': expected positive "
+     'epoch numbers separated by commas'),
+    ((), 'error: the following arguments are required: --out'),
+])
+def test_cli_bad_flag_is_one_error_line(tmp_path, args, message):
+  a = write_workdir(tmp_path / 'a', make_config(), make_rows(2))
+  out = tmp_path / 'out'
+  result = run_cli(a, *(('--out', out) if args else ()), *args)
+  assert result.returncode == 2
+  assert result.stderr.startswith(message), result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1  # No usage block.
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('flag, text, reason', [
+    ('--title', r'$\frac{$', r"Expected \frac{num}{den}, found '{'"),
+    ('--labels', r'$\foo$', r'Unknown symbol: \foo'),
+])
+def test_cli_text_matplotlib_cannot_draw(tmp_path, flag, text, reason):
+  """Bad mathtext is one error line before --out exists (it used to be
+  matplotlib's traceback from the first savefig, after --out was made)."""
+  a = write_workdir(tmp_path / 'a', make_config(), make_rows(2))
+  out = tmp_path / 'out'
+  result = run_cli(a, '--out', out, flag, text)
+  assert result.returncode == 2, result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  assert line.startswith(f"error: {flag} '{text}': matplotlib cannot draw "
+                         f'it ({reason}')
+  assert not out.exists()
+
+
+def test_text_with_dollar_signs_that_draws(tmp_path):
+  # Mathtext that parses, and an escaped dollar sign, are fine.
+  a = write_workdir(tmp_path / 'a', make_config(), make_rows(2))
+  out = tmp_path / 'out'
+  result = run_cli(a, '--out', out, '--title', r'Padam, $p = 1/8$, \$0')
+  assert result.returncode == 0, result.stderr
+  assert (out / 'table.md').read_text().startswith(r'# Padam, $p = 1/8$')
 
 
 def test_cli_wrong_number_of_labels(tmp_path):

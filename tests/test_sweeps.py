@@ -7,6 +7,7 @@ uses the same base config and batch shapes.
 """
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -230,7 +231,8 @@ def straight(data, tmp_path_factory):
                                  progress=False)
 
 
-def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
+def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight,
+                                                 caplog):
   """Stopped, extended and killed mid-chunk, then rerun: as if never stopped.
 
   Run A (`straight`): 3 epochs. Run B: 2 epochs, then extended to 3 epochs
@@ -254,7 +256,15 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
     sweep_run.run_sweep(config, b, data=data, progress=False, after_epoch=kill)
   # Chunk 2's epoch-3 rows were written after its last checkpoint (epoch 2).
   assert [len(read_rows(b, n)) for n in names] == [3, 3, 3, 3]
-  summary_b = sweep_run.run_sweep(config, b, data=data, progress=False)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    summary_b = sweep_run.run_sweep(config, b, data=data, progress=False)
+  # Chunk 1 had all its epochs: the log says so, and not of chunk 2.
+  nothing_left = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith('Nothing left to train')]
+  assert nothing_left == [
+      'Nothing left to train in chunk 1/2: all num_epochs=3 epochs are done; '
+      'a larger --config.num_epochs trains on from this checkpoint.']
 
   for state_a, state_b in zip(final_states(a, 2), final_states(b, 2)):
     leaves_a = jax.tree_util.tree_flatten_with_path(state_a)[0]
@@ -275,6 +285,12 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
     member_dir = os.path.join(a, 'members', name)
     with open(os.path.join(member_dir, 'metrics.csv')) as f:
       assert f.readline().strip() == ','.join(records.COLUMNS)
+      lr_cells = [line.split(',')[records.COLUMNS.index('lr')]
+                  for line in f]
+    # The float32 lr, as the shortest text of that float32: 0.05, not
+    # 0.05000000074505806 (metrics.jsonl's exact value).
+    assert lr_cells == [str(np.float32(r['lr'])) for r in read_rows(a, name)]
+    assert lr_cells[0] == '0.05'
     with open(os.path.join(member_dir, 'config.json')) as f:
       member_cfg = json.load(f)
     assert member_cfg['model'] == 'tiny_cnn'
@@ -289,7 +305,12 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight):
     assert 1 <= s['best_epoch'] <= 3 and s['learning_rate'] == 0.05
   with open(os.path.join(a, 'summary.md')) as f:
     text = f.read()
-  assert all(n in text for n in names)
+  # The grid lists p as 0.25, 0.125, 0.0625, 0.5; summary.md by value, as
+  # report.py's table.md and grid.md.
+  listed = [line.split(' | ')[0].strip('| ') for line in text.splitlines()
+            if line.startswith('| p')]
+  assert listed == ['p0.0625-lr0.05-seed0', 'p0.125-lr0.05-seed0',
+                    'p0.25-lr0.05-seed0', 'p0.5-lr0.05-seed0']
   with open(os.path.join(a, 'config.json')) as f:
     assert json.load(f)['sweep']['chunk'] == 2
   # Another chunking of the same workdir is refused, naming the key.
@@ -460,6 +481,58 @@ def test_command_line_refuses_bad_grid(tmp_path):
           'p=0.75 is out of range; allowed: 0 <= p <= 0.5') in result.stderr
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+_DEVICES_LINE = r"""
+import os, sys
+sys.path.insert(0, os.environ['ROOT'])
+sys.argv = ['sweep.py', '--config', sys.argv[1], '--workdir', sys.argv[2],
+            '--chunk', '3']
+from absl import app
+import sweep
+from training import cli
+import jax
+# Everything of sweep.main up to training: the devices and their log line.
+cli.run = lambda main: print('device_count', jax.device_count())
+cli.print_results = lambda *args, **kwargs: None
+app.run(sweep.main, flags_parser=cli.parse_flags)
+"""
+
+
+def test_command_line_names_the_virtual_cpu_devices(tmp_path):
+  """On a CPU host sweep.py splits the CPU into XLA devices (cpu_subset: 4
+  per member); its log line says what the count is made of."""
+  result = subprocess.run(
+      [sys.executable, '-c', _DEVICES_LINE,
+       os.path.join(ROOT, 'sweeps', 'configs', 'cpu_subset.py'),
+       str(tmp_path / 'sweep')], capture_output=True, text=True,
+      cwd=str(tmp_path), timeout=120,
+      env={**{k: v for k, v in os.environ.items()
+              if k not in ('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')},
+           'ROOT': ROOT, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'device_count 12' in result.stdout
+  assert (f'the CPU ({os.cpu_count()} cores) split into 12 virtual devices: '
+          '4 for each of the 3 members trained at once (cpu_devices).'
+          ) in result.stderr, result.stderr
+  assert not (tmp_path / 'sweep').exists()
+
+
+def test_summary_lists_members_by_value():
+  """summary.md: p, then lr, ascending, whatever the grid's order."""
+  config = sweep_config(p=(0.25, 0.0625), learning_rate=(0.1, 0.001, 0.01))
+  members = spec.grid_members(config)
+  summary = [sweep_summary.summarize_member(
+      m.name, m.values, [dict(epoch=1, test_error=0.5, train_loss=1.0)])
+             for m in members]
+  text = sweep_summary.summary_markdown(
+      spec.train_config(config).to_dict(), ['p', 'learning_rate', 'seed'],
+      summary)
+  listed = [line.split(' | ')[0].strip('| ') for line in text.splitlines()
+            if line.startswith('| p')]
+  assert listed == ['p0.0625-lr0.001-seed0', 'p0.0625-lr0.01-seed0',
+                    'p0.0625-lr0.1-seed0', 'p0.25-lr0.001-seed0',
+                    'p0.25-lr0.01-seed0', 'p0.25-lr0.1-seed0']
 
 
 # Pieces. --------------------------------------------------------------------

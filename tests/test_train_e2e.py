@@ -123,6 +123,14 @@ def read_csv(workdir):
     return header, list(reader)
 
 
+def csv_cells(row):
+  """The cells of metrics.csv for a metrics.jsonl row: lr and p, float32
+  values, as numpy's shortest float32 text (0.1, not 0.10000000149011612);
+  the rest as Python writes them."""
+  return [str(np.float32(row[k])) if k in ('lr', 'p') else str(row[k])
+          for k in COLUMNS]
+
+
 def finished_steps(workdir):
   """Steps of the finished checkpoints (orbax renames tmp dirs when done)."""
   directory = os.path.join(workdir, 'checkpoints')
@@ -237,8 +245,8 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
   assert [r['p'] for r in rows] == pytest.approx([0.125, 0.0625], rel=1e-6)
   header, csv_rows = read_csv(workdir)
   assert tuple(header) == COLUMNS
-  assert [[float(v) for v in row] for row in csv_rows] == [
-      [float(r[k]) for k in COLUMNS] for r in rows]
+  assert csv_rows == [csv_cells(r) for r in rows]
+  assert csv_rows[0][COLUMNS.index('lr')] == '0.1'  # not 0.10000000149011612
 
   # Saved every epoch, only the last kept; nothing half written is left.
   final_step = 2 * STEPS_PER_EPOCH
@@ -348,8 +356,7 @@ def test_sigkilled_train_py_resumes_bit_identically(tmp_path, jax_cache_dir):
   assert without_timing(rows) == without_timing(reference_rows)
   check_rows(rows, make_config(**overrides), STEPS_PER_EPOCH)
   assert rows[0] == killed_rows[0]  # Kept as written before the kill.
-  assert read_csv(interrupted)[1] == [
-      [str(r[k]) for k in COLUMNS] for r in rows]
+  assert read_csv(interrupted)[1] == [csv_cells(r) for r in rows]
 
 
 class _Interrupted(Exception):

@@ -60,10 +60,31 @@ def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {lines[0] if lines else ""}'
 
 
+class _NoWaitForPreviousSaveWarning(logging.Filter):
+  """Drops Orbax's "Waiting for previous save to complete took N seconds. If
+  this number is high, consider checkpointing less frequently."
+
+  `CheckpointStore.save` waits for each save to finish, so that pruning
+  follows a complete write; Orbax counts that wait at the next save as time
+  spent waiting for a previous save. Nothing was pending then and training
+  did not overlap any write: the advice does not apply.
+  """
+
+  def filter(self, record):
+    return not (f'{os.sep}orbax{os.sep}' in record.pathname and
+                str(record.msg).startswith('Waiting for previous save'))
+
+
+_NO_WAIT_WARNING = _NoWaitForPreviousSaveWarning()
+
+
 class CheckpointStore:
   """The checkpoints in `directory`; see the module docstring. Close it."""
 
   def __init__(self, directory: str, keep: int):
+    # Orbax logs through absl's logger; adding the same filter twice is a
+    # no-op.
+    logging.getLogger('absl').addFilter(_NO_WAIT_WARNING)
     self.directory = os.path.abspath(directory)
     self.keep = keep
     if jax.process_index() == 0 and os.path.isdir(self.directory):

@@ -107,6 +107,11 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
       steps_per_epoch=steps_per_epoch, stop_run=steps.member_names is None,
       member_names=steps.member_names)
   step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+  if step // steps_per_epoch >= config.num_epochs:
+    logging.info('Nothing left to train%s: all num_epochs=%d epochs are done; '
+                 'a larger --config.num_epochs trains on from this '
+                 'checkpoint.', f' in {name}' if name else '',
+                 config.num_epochs)
   train_arrays = None
   for epoch in range(step // steps_per_epoch + 1, config.num_epochs + 1):
     if train_arrays is None:

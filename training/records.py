@@ -9,6 +9,8 @@ import json
 import math
 from typing import Optional
 
+import numpy as np
+
 COLUMNS = (
     'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
     'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
@@ -16,6 +18,11 @@ COLUMNS = (
 # Columns that measure the machine, not the training: they differ between
 # two runs that trained bit-identically.
 TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
+# Columns of float32 values: the hyperparameters as the optimizer state holds
+# them. metrics.jsonl keeps their exact value (0.10000000149011612 for an lr
+# of 0.1); metrics.csv, for people and spreadsheets, the shortest decimal that
+# is the same float32 (0.1).
+FLOAT32_COLUMNS = ('lr', 'p')
 
 
 def flatten(config, prefix: str = '', *, nodes: bool = False) -> dict:
@@ -91,6 +98,18 @@ def epoch_row(epoch: int, step: int, hyper: dict, train: dict, test: dict,
                            train_seconds,
       'skipped_steps': skipped,
   }
+
+
+def csv_row(row: dict) -> dict:
+  """`row` as metrics.csv writes it: each of FLOAT32_COLUMNS that holds a
+  float32 value as the shortest text that reads back as that float32."""
+  out = dict(row)
+  for key in FLOAT32_COLUMNS:
+    value = out.get(key)
+    if (isinstance(value, float) and math.isfinite(value) and
+        float(np.float32(value)) == value):
+      out[key] = str(np.float32(value))
+  return out
 
 
 def finite_or_none(x) -> Optional[float]:

@@ -393,7 +393,7 @@ class Workdir:
     writer = csv.DictWriter(table, fieldnames=records.COLUMNS,
                             extrasaction='ignore')
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(records.csv_row(r) for r in rows)
     atomic_write(self.csv_path, table.getvalue(), newline='')
 
 

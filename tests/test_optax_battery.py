@@ -33,6 +33,10 @@ import subprocess
 import sys
 import types
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import padax
@@ -65,9 +69,10 @@ def _padax_factory(opt_name):
 
 
 def load_battery(module_name: str, replacements: dict, class_name: str):
-  """`module_name`'s test class, its module run with `replacements` set in
-  its namespace between its last top-level statement before its first class
-  and that class. Skips (at module level) when anything is missing."""
+  """The namespace of `module_name` run with `replacements` set in it
+  between its last top-level statement before its first class and that
+  class. Skips (at module level) when anything, `class_name` included, is
+  missing."""
   try:
     spec = importlib.util.find_spec(module_name)
   except ModuleNotFoundError:  # a parent package is missing
@@ -99,7 +104,7 @@ def load_battery(module_name: str, replacements: dict, class_name: str):
   if class_name not in namespace:
     pytest.skip(f'{module_name} of the installed optax has no {class_name}',
                 allow_module_level=True)
-  return namespace[class_name]
+  return namespace
 
 
 def _sharding_optimizers():
@@ -136,19 +141,49 @@ class _JaxWithVersion(types.ModuleType):
 
 if os.environ.get(SHARDING_ENV) == '1':
   # Only in the 8-device subprocess that test_sharding_battery starts.
-  import jax  # pylint: disable=g-import-not-at-top
   _jax = _JaxWithVersion('jax')
   _jax.__version__ = _VersionString(jax.__version__)
   ShardingBattery = load_battery(
       'optax._src.sharding_test',
-      {'OPTIMIZERS': _sharding_optimizers(), 'jax': _jax}, 'ShardingTest')
+      {'OPTIMIZERS': _sharding_optimizers(), 'jax': _jax},
+      'ShardingTest')['ShardingTest']
 else:
-  ContribBattery = load_battery(
+  _CONTRIB = load_battery(
       'optax.contrib._common_test',
       {'_MAIN_OPTIMIZERS_UNDER_TEST': PADAX_ROWS,
        '_ALL_OPTIMIZERS_UNDER_TEST': PADAX_ROWS,
        '_get_opt_factory': _padax_factory},
       'ContribTest')
+  ContribBattery = _CONTRIB['ContribTest']
+
+  def test_padam_at_lr_0_1_misses_the_battery_rosenbrock_amsgrad_does_not():
+    """What the README says where a learning rate is chosen: on the
+    battery's Rosenbrock target, with its 30,000 steps and tolerance, Padam
+    with p = 1/8 does not converge at lr 0.1 in any formulation while
+    optax.amsgrad does; at lr 0.01 all do."""
+    if '_setup_rosenbrock' not in _CONTRIB:
+      pytest.skip('the battery of the installed optax has no Rosenbrock')
+    start, final, objective = _CONTRIB['_setup_rosenbrock'](jnp.float32)
+    optimizers = {}
+    for lr in (0.1, 0.01):
+      optimizers['amsgrad', lr] = optax.amsgrad(lr)
+      for formulation in padax.FORMULATIONS:
+        optimizers[formulation, lr] = padax.padam(lr, p=0.125,
+                                                  formulation=formulation)
+
+    def descend(optimizer):
+      def step(carry, _):
+        x, state = carry
+        updates, state = optimizer.update(jax.grad(objective)(x), state, x)
+        return (optax.apply_updates(x, updates), state), None
+      return jax.lax.scan(step, (start, optimizer.init(start)), None,
+                          length=30_000)[0][0]
+
+    ends = jax.jit(lambda: [descend(o) for o in optimizers.values()])()
+    converged = {key: bool(np.allclose(x, final, rtol=3e-2, atol=3e-2))
+                 for key, x in zip(optimizers, ends)}
+    assert converged == {key: key[0] == 'amsgrad' or key[1] == 0.01
+                         for key in optimizers}, converged
 
   def test_sharding_battery(tmp_path):
     """optax's sharding tests with padax's rows, on 8 simulated CPU devices

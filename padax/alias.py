@@ -61,7 +61,11 @@ def padam(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
-    ``params`` when weight decay is used.
+    ``params`` when weight decay is used, and refuses, saying what to do, a
+    state laid out with the weight-decay term when built without it or the
+    reverse (such as a state of padax 0.1.0's ``padam`` with
+    ``weight_decay=0``, which left the term out: build with
+    ``weight_decay=None`` to resume it).
 
   Raises:
     ValueError: for a bad argument, naming it, its value and what is allowed.
@@ -133,7 +137,8 @@ def padamw(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
-    ``params`` (the decay needs them).
+    ``params`` (the decay needs them) and refuses a state of the other
+    layout, as `padam`'s.
 
   Raises:
     ValueError: as `padam`, for a bad argument.

@@ -3,7 +3,6 @@
 from typing import Any, Callable, Optional, Union
 
 import jax
-import numpy as np
 import optax
 
 from padax import _checks
@@ -18,7 +17,7 @@ def padam(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: Optional[jax.typing.ArrayLike] = None,
     amsgrad: bool = True,
     formulation: str = transform.AUTHORS,
     mask: MaskOrFn = None,
@@ -48,7 +47,12 @@ def padam(
     b1: decay of the first moment, in [0, 1).
     b2: decay of the second moment, in [0, 1).
     eps: non-negative finite stabiliser (see `scale_by_partial_adaptive`).
-    weight_decay: non-negative finite L2 coefficient (may be traced).
+    weight_decay: None (the default: no L2 term), or a non-negative finite
+      L2 coefficient (may be traced). Any number, 0 included, puts
+      ``optax.add_decayed_weights`` in the chain and its (empty) state in the
+      optimizer state, so the state's structure is the same whether the
+      value is static or injected by ``optax.inject_hyperparams``; only None
+      leaves the term out, as in optax's own optimizers.
     amsgrad: keep the running maximum of the second moment.
     formulation: ``'authors'``, ``'paper'`` or ``'report'``.
     mask: which parameters get weight decay: a pytree of bools, or a function
@@ -57,7 +61,11 @@ def padam(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its ``update`` needs
-    ``params`` when weight decay is used.
+    ``params`` when weight decay is used, and refuses, saying what to do, a
+    state laid out with the weight-decay term when built without it or the
+    reverse (such as a state of padax 0.1.0's ``padam`` with
+    ``weight_decay=0``, which left the term out: build with
+    ``weight_decay=None`` to resume it).
 
   Raises:
     ValueError: for a bad argument, naming it, its value and what is allowed.
@@ -83,8 +91,9 @@ def padam(
   """
   _checks.check_hyperparameters(
       'padam', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
-      weight_decay=weight_decay)
-  return optax.chain(
+      **_given(weight_decay=weight_decay))
+  return _chain(
+      'padam', weight_decay,
       *_decay(weight_decay, mask),
       transform.scale_by_partial_adaptive(
           b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad,
@@ -99,7 +108,7 @@ def padamw(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: jax.typing.ArrayLike = 1e-4,
+    weight_decay: Optional[jax.typing.ArrayLike] = 1e-4,
     amsgrad: bool = True,
     formulation: str = transform.AUTHORS,
     mask: MaskOrFn = None,
@@ -120,13 +129,16 @@ def padamw(
     learning_rate: a non-negative finite scalar or an optax schedule.
     p: partially adaptive exponent in [0, 1/2], or an optax schedule.
     b1, b2, eps, amsgrad, formulation, mu_dtype: as in `padam`.
-    weight_decay: non-negative finite decoupled decay (may be traced).
+    weight_decay: non-negative finite decoupled decay (may be traced), or
+      None for no decay term; as in `padam`, any number (0 included) keeps
+      the term and its state.
     mask: which parameters are decayed (a pytree of bools or a function of
       the parameters returning one), as in ``optax.add_decayed_weights``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
-    ``params`` (the decay needs them).
+    ``params`` (the decay needs them) and refuses a state of the other
+    layout, as `padam`'s.
 
   Raises:
     ValueError: as `padam`, for a bad argument.
@@ -150,8 +162,9 @@ def padamw(
   """
   _checks.check_hyperparameters(
       'padamw', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
-      weight_decay=weight_decay)
-  return optax.chain(
+      **_given(weight_decay=weight_decay))
+  return _chain(
+      'padamw', weight_decay,
       transform.scale_by_partial_adaptive(
           b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad,
           formulation=formulation, mu_dtype=mu_dtype),
@@ -167,9 +180,47 @@ def _learning_rate(owner, learning_rate) -> optax.GradientTransformation:
   return optax.scale_by_learning_rate(learning_rate)
 
 
+def _given(**values) -> dict:
+  """The values that are not None (None: the optional term is left out)."""
+  return {name: value for name, value in values.items() if value is not None}
+
+
 def _decay(weight_decay, mask) -> tuple:
-  # Only a literal zero is skipped: an array (e.g. under inject_hyperparams)
-  # keeps the chain's structure the same in init and in a traced update.
-  if isinstance(weight_decay, (int, float, np.number)) and weight_decay == 0:
+  # Whether the term is there must not depend on the value, which
+  # inject_hyperparams turns into an array: only None (which it keeps static)
+  # leaves it out, as optax's own optimizers do.
+  if weight_decay is None:
     return ()
   return (optax.add_decayed_weights(weight_decay, mask),)
+
+
+def _chain(owner, weight_decay, *transforms):
+  """optax.chain(*transforms), whose update refuses, with what to do, a
+  state laid out for a chain with or without the weight-decay term."""
+  chained = optax.chain(*transforms)
+
+  def update(updates, state, params=None, **extra_args):
+    if isinstance(state, tuple) and len(state) != len(transforms):
+      raise ValueError(_layout_message(owner, weight_decay, len(state),
+                                       len(transforms)))
+    return chained.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(chained.init, update)
+
+
+def _layout_message(owner, weight_decay, got, expected) -> str:
+  if weight_decay is not None and got == expected - 1:
+    return (
+        f'{owner}: weight_decay={weight_decay!r} but the state has {got} '
+        f'parts where {expected} are expected: it has no slot for the '
+        'weight-decay term, as a state made with weight_decay=None, or with '
+        'weight_decay=0 by padax 0.1.0 (which left the term out for a '
+        f'literal zero). To resume it bit-identically, build {owner} with '
+        'weight_decay=None; or start from a fresh init.')
+  if weight_decay is None and got == expected + 1:
+    return (
+        f'{owner}: weight_decay=None but the state has {got} parts where '
+        f'{expected} are expected: it was made with a weight-decay term. '
+        f'Build {owner} with the weight_decay it was made with (0 included).')
+  return (f'{owner}: the state has {got} parts where {expected} are '
+          f'expected; it was not made by this {owner} (call init).')

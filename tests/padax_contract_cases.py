@@ -47,3 +47,12 @@ def padax_state(state):
            if isinstance(s, padax.ScaleByPartialAdaptiveState)]
   assert len(found) == 1, state
   return found[0]
+
+
+def layout(tree):
+  """A state's structure and each leaf's path, shape and dtype: two states
+  with equal layouts fit the same checkpoint."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return jax.tree.structure(tree), [
+      (jax.tree_util.keystr(path), jax.numpy.shape(leaf),
+       jax.numpy.result_type(leaf)) for path, leaf in leaves]

@@ -36,7 +36,7 @@ import padax
 from tests import optimizer_runner
 
 from tests.padax_contract_cases import CASES, IDS, OPTIMIZERS, P
-from tests.padax_contract_cases import make, padax_state
+from tests.padax_contract_cases import layout, make, padax_state
 
 
 # ------------------------------------------------------------------ targets
@@ -288,8 +288,110 @@ def test_wrapping_in_inject_hyperparams_changes_nothing(name):
     u2, s2 = injected.update(grads, injected.init(params), params)
     return u1, u2, s1, s2.inner_state
   u1, u2, s1, s2 = jax.jit(both)(params, grads)
+  assert layout((u1, s1)) == layout((u2, s2))
   for a, b in zip(jax.tree.leaves((u1, s1)), jax.tree.leaves((u2, s2))):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', ('float32', 'bfloat16'))
+@pytest.mark.parametrize('name', IDS)
+def test_state_layout_is_the_same_after_init_jit_init_and_updates(name, dtype):
+  """Every state, injected hyperparameters included: the same structure,
+  shapes and dtypes from init, a jitted init and two jitted updates."""
+  optimizer = OPTIMIZERS[name]
+  params = [-jnp.ones((2, 3), dtype), jnp.ones((2, 5, 2), dtype)]
+  state = optimizer.init(params)
+  step = lambda s: optimizer.update(params, s, params)[1]
+  first = jax.eval_shape(step, state)
+  assert layout(jax.eval_shape(optimizer.init, params)) == layout(state)
+  assert layout(first) == layout(state)
+  assert layout(jax.eval_shape(step, first)) == layout(state)
+
+
+# The chain of each alias, by whether a weight decay is given: the states of
+# its parts, as optax.chain lays them out (the learning rate's is empty).
+_CHAIN = {
+    ('padam', True): (optax.EmptyState, padax.ScaleByPartialAdaptiveState,
+                      optax.EmptyState),
+    ('padam', False): (padax.ScaleByPartialAdaptiveState, optax.EmptyState),
+    ('padamw', True): (padax.ScaleByPartialAdaptiveState, optax.EmptyState,
+                       optax.EmptyState),
+    ('padamw', False): (padax.ScaleByPartialAdaptiveState, optax.EmptyState),
+}
+_DECAYS = {'omitted': {}, 'none': {'weight_decay': None},
+           'zero': {'weight_decay': 0.0}, 'int_zero': {'weight_decay': 0},
+           'nonzero': {'weight_decay': 5e-4}}
+
+
+@pytest.mark.parametrize('dtype', ('float32', 'bfloat16'))
+@pytest.mark.parametrize('decay', _DECAYS)
+@pytest.mark.parametrize('kind', ('padam', 'padamw'))
+def test_weight_decay_static_or_injected_gives_one_state_layout(
+    kind, decay, dtype):
+  """optax's contrib test compares inject_hyperparams(f)(**kw)'s inner
+  state with f(**kw)'s tree for tree: whether the weight-decay term is in
+  the chain depends on whether a value is given, never on the value or on
+  its being injected (an array then)."""
+  factory = {'padam': padax.padam, 'padamw': padax.padamw}[kind]
+  kwargs = dict(learning_rate=0.01, p=0.25, **_DECAYS[decay])
+  default = inspect.signature(factory).parameters['weight_decay'].default
+  given = kwargs.get('weight_decay', default) is not None
+  plain = factory(**kwargs)
+  static = optax.inject_hyperparams(
+      factory, static_args=('b1', 'b2', 'eps', 'weight_decay'))(**kwargs)
+  # b1, b2, eps static: see test_injecting_b2_in_bfloat16_rounds_it_to_one.
+  injected = optax.inject_hyperparams(
+      factory, static_args=('b1', 'b2', 'eps'))(**kwargs)
+  params = [-jnp.ones((2, 3), dtype), jnp.ones((2, 5, 2), dtype)]
+  grads = [jnp.ones((2, 3), dtype), -jnp.ones((2, 5, 2), dtype)]
+
+  def run(optimizer):
+    state = jax.jit(optimizer.init)(params)
+    updates, new_state = jax.jit(optimizer.update)(grads, state, params)
+    return state, updates, new_state
+
+  state, updates, new_state = run(plain)
+  assert tuple(map(type, state)) == _CHAIN[kind, given]
+  for wrapped in (static, injected):
+    state_w, updates_w, new_state_w = run(wrapped)
+    assert layout(state_w.inner_state) == layout(state)
+    assert layout(new_state_w.inner_state) == layout(new_state)
+    assert layout(updates_w) == layout(updates)
+    assert layout(new_state_w) == layout(state_w)
+    for a, b in zip(jax.tree.leaves((updates_w, new_state_w.inner_state)),
+                    jax.tree.leaves((updates, new_state))):
+      np.testing.assert_allclose(np.asarray(a, np.float32),
+                                 np.asarray(b, np.float32), rtol=1e-6)
+  assert layout(new_state) == layout(state)
+  hyperparams = run(injected)[0].hyperparams
+  # None is no number: inject_hyperparams keeps it static.
+  assert ('weight_decay' in hyperparams) == given
+  if isinstance(kwargs.get('weight_decay', default), float):
+    # (A Python int stays a weak int32: inject_hyperparams casts floats.)
+    assert hyperparams['weight_decay'].dtype == jnp.dtype(dtype)
+
+
+@pytest.mark.parametrize('kind', ('padam', 'padamw'))
+def test_a_state_without_the_decay_slot_is_refused_with_what_to_do(kind):
+  """padax 0.1.0 left the term out of padam(weight_decay=0): that state
+  has the layout of weight_decay=None, and the message says so."""
+  factory = {'padam': padax.padam, 'padamw': padax.padamw}[kind]
+  params = jnp.ones(3)
+  old_state = factory(0.1, weight_decay=None).init(params)
+  with pytest.raises(ValueError, match=(
+      rf'^{kind}: weight_decay=0.0 but the state has 2 parts where 3 are '
+      rf'expected.*build {kind} with weight_decay=None')):
+    factory(0.1, weight_decay=0.0).update(params, old_state, params)
+  with pytest.raises(ValueError, match=(
+      rf'^{kind}: weight_decay=None but the state has 3 parts where 2 are '
+      'expected')):
+    factory(0.1, weight_decay=None).update(
+        params, factory(0.1, weight_decay=0.0).init(params), params)
+  # Built as the message says, it resumes the old state as padax 0.1.0's
+  # literal-zero padam did: no decay term at all.
+  updates, _ = factory(0.1, weight_decay=None).update(params, old_state,
+                                                      params)
+  assert np.all(np.isfinite(updates)) and np.all(np.asarray(updates) < 0)
 
 
 def test_injecting_b2_in_bfloat16_rounds_it_to_one():

@@ -6,14 +6,18 @@ DIR: the genuine CIFAR-10 subset (canonical python layout) that CI places
 beside the checkout. Runs, as a user would, `train.py` with configs/quick.py
 for 3 epochs and `sweep.py` with sweeps/configs/cpu_subset.py for 2 epochs,
 both on DIR, and writes their metrics rows, timing columns aside, as JSON.
-tests/fixtures/behaviour/metrics.json was written by this script (at commit
-d055b35); tests/test_behaviour_unchanged.py runs it again and compares bit
-for bit.
+Its output also names the environment (CPU, numeric packages) that decided
+the float rounding. tests/fixtures/behaviour/metrics.json holds recordings of
+the baseline commit's code, one per environment; tests/test_behaviour_unchanged.py
+runs this script and compares bit for bit.
 """
 
 import argparse
+import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,32 @@ def _user_environment() -> dict:
            if not f.startswith('--xla_force_host_platform_device_count')]
   env['XLA_FLAGS'] = ' '.join(flags)
   return env
+
+
+def environment() -> dict:
+  """What decides float rounding besides the code: the CPU (XLA:CPU and the
+  numeric libraries dispatch on its features) and the numeric packages."""
+  model, flags = platform.processor(), ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and model in ('', platform.processor()):
+          model = value.strip()
+        elif key.strip() == 'flags' and not flags:
+          flags = ' '.join(sorted(value.split()))
+  except OSError:
+    pass
+  packages = {}
+  for name in ('jax', 'jaxlib', 'numpy', 'ml_dtypes', 'flax', 'optax',
+               'orbax-checkpoint'):
+    try:
+      packages[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      packages[name] = None
+  return {'machine': platform.machine(), 'cpu': model,
+          'cpu_flags_sha256': hashlib.sha256(flags.encode()).hexdigest()[:16],
+          'packages': packages}
 
 
 def record(data_dir: str, workdir: str) -> dict:
@@ -76,7 +106,8 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     rows = record(args.data_dir, workdir)
   with open(args.out, 'w') as f:
-    json.dump(rows, f, indent=1, sort_keys=True)
+    json.dump({'environment': environment(), **rows}, f, indent=1,
+              sort_keys=True)
 
 
 if __name__ == '__main__':

@@ -472,6 +472,17 @@ BEFORE_WRITE_CASES = [
         file_flag('W/config.json', '+a')),
      dict(call=resume(num_epochs=4)), (
          'TMP/W/config.json cannot be replaced: it is append-only',)),
+    ('sweep: summary.json a directory', on_swept(
+        remove('S/summary.json'), write('S/summary.json/notes', SECRET)),
+     dict(call=sweep(num_epochs=3)), (
+         'TMP/S/summary.json is a directory; allowed: the file padax writes '
+         'there',)),
+    ('sweep: a chunk\'s checkpoint folder a file', on_swept(
+        remove('S/checkpoints/chunk-000'),
+        write('S/checkpoints/chunk-000', SECRET)),
+     dict(call=sweep(num_epochs=3)), (
+         'TMP/S/checkpoints/chunk-000 is not a directory; allowed: the '
+         'directory of a chunk\'s checkpoints',)),
     ('sweep: an immutable summary.json', on_swept(
         file_flag('S/summary.json', '+i')),
      dict(call=sweep(num_epochs=3)), (

@@ -463,8 +463,11 @@ def _check_checkpoint_entries(checkpoint_dir: str) -> None:
             f'{entry.path} is a symlink (to {os.readlink(entry.path)!r}); '
             'padax does not follow one among its checkpoints; allowed: the '
             f'checkpoint directories padax writes: {_MOVE_AWAY}.')
-      if folder == checkpoint_dir and entry.name.startswith('chunk-') and (
-          entry.is_dir()):
+      if folder == checkpoint_dir and entry.name.startswith('chunk-'):
+        if not entry.is_dir():
+          raise ValueError(
+              f'{entry.path} is not a directory; allowed: the directory of a '
+              f'chunk\'s checkpoints: {_MOVE_AWAY}.')
         folders.append(entry.path)
 
 
@@ -501,7 +504,7 @@ class Workdir:
     sweep member's: the sweep's); where there is one, data_dir may change.
     """
     self._set_path(paths.check_output_dir(self.given))
-    for name in _RUN_FILES:
+    for name in _RUN_FILES + _SWEEP_FILES:
       path = os.path.join(self.path, name)
       if os.path.lexists(path) and not os.path.isfile(path):
         kind = ('a directory' if os.path.isdir(path) else

@@ -7,8 +7,10 @@ leaves the older ones as they were; old ones are pruned only after the new
 one is complete (not Orbax's `max_to_keep`: it prunes even when the write
 failed), through an atomic rename to `.deleting-<step>`; one that does not
 read back is set aside as `unreadable-<step>` and the previous one is tried.
-Each carries the loop state (`faults.LoopState` as JSON) in its Orbax custom
-metadata. docs/reliability.md has the details.
+Each carries the loop state (`faults.LoopState` as JSON) and its step in its
+Orbax custom metadata; a checkpoint whose metadata is damaged, or whose name,
+recorded step and state's step disagree, does not read back.
+docs/reliability.md has the details.
 
 Multi-host: every process calls save and restore (Orbax's collectives); only
 process 0 removes, renames or checks files.
@@ -69,7 +71,8 @@ def read_custom_metadata(path: str, step: int) -> dict:
     raise ValueError(f'its {METADATA_FILE} is not the JSON object Orbax '
                      'writes')
   recorded = custom.get(STEP_METADATA_KEY, step)
-  if type(recorded) is not int or recorded != step:  # pylint: disable=unidiomatic-typecheck
+  # JSON's true is no step.
+  if isinstance(recorded, bool) or recorded != step:
     raise ValueError(f'its name says step {step} but its metadata records '
                      f'step {recorded!r}')
   return custom

@@ -282,6 +282,14 @@ def lock_file_problem(path: str, workdir: str, fd: int = None) -> str:
     mode = os.fstat(fd).st_mode
     text = os.pread(fd, 4096, 0).decode(errors='replace').strip() if (
         stat.S_ISREG(mode)) else ''
+    held = False
+    if stat.S_ISREG(mode) and not text:
+      # A run writing its record this instant: RunLock says it is in use.
+      try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+      except BlockingIOError:
+        held = True
   except OSError as e:
     return (f'{path} cannot be read ({e.strerror or e}); allowed: a file this '
             'user can read and write: fix its permissions or remove it.')
@@ -295,7 +303,8 @@ def lock_file_problem(path: str, workdir: str, fd: int = None) -> str:
   if text and not is_padax_lock(text):
     return (f'{path} was not written by padax (it holds no padax lock '
             f'record); {allowed}.')
-  if not text and not os.path.lexists(os.path.join(workdir, 'config.json')):
+  if not text and not held and not os.path.lexists(
+      os.path.join(workdir, 'config.json')):
     return (f'{path} was not written by padax (an empty file in a directory '
             f'without padax\'s config.json); {allowed}.')
   return ''

@@ -38,6 +38,7 @@ from tests.helpers import write_cifar10
 from training import checkpoints
 from training import faults
 from training import trainer
+from training import workdir as workdir_lib
 
 pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
 
@@ -584,6 +585,46 @@ def test_files_padax_did_not_write_are_left_alone(tmp_path, trained):
 def test_at_least_three_cases_per_class():
   counts = {name: len(cases) for name, cases in TABLES.items()}
   counts['2 checkpoint names'] += 2   # Set aside, the run goes on.
-  counts['3 files padax did not write'] += 1  # Left alone.
+  # Left alone; in use, not foreign; two records taken over.
+  counts['3 files padax did not write'] += 4
   counts['4 damaged checkpoint metadata'] += 1
   assert all(n >= 3 for n in counts.values()), counts
+
+
+def test_a_lock_held_while_empty_is_in_use_not_foreign(tmp_path):
+  """The instant a run has created its lock and not yet written its record:
+  another run is told the workdir is in use; the first, ending without
+  having written anything else, leaves nothing behind."""
+  workdir = str(tmp_path / 'W')
+  lock = workdir_lib.RunLock(workdir)
+  lock.acquire()
+  try:
+    os.truncate(lock.path, 0)
+    assert workdir_lib.lock_file_problem(lock.path, workdir) == ''
+    with pytest.raises(ValueError, match=r'is in use by another run \(holder '
+                       r'unknown\)'):
+      workdir_lib.RunLock(workdir).acquire()
+  finally:
+    lock.release()
+  assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_killed_runs_record_is_taken_over_and_quoted(tmp_path, trained,
+                                                       caplog):
+  """A record padax wrote, in today's format or round 2's, is recognised:
+  taken over, and quoted (it is padax's)."""
+  tmp = str(tmp_path)
+  for record in ('pid 4242 on host-a since 2026-01-01T00:00:00: train.py',
+                 'padax lock: pid 4343 on host-b since 2026-01-02T00:00:00: '
+                 'sweep.py'):
+    then(copy(trained, 'W', 'data') if not os.path.exists(
+        os.path.join(tmp, 'W')) else (lambda t: None),
+         write('W/lock', record + '\n'))(tmp)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      resume()(tmp)
+    quoted = record.replace('padax lock: ', '')
+    assert (f'Took over the lock of {tmp}/W from a run that ended without '
+            f'releasing it (killed?): {quoted}') in caplog.text, caplog.text
+    with open(os.path.join(tmp, 'W', 'lock')) as f:
+      assert f.read() == ''  # Released.

@@ -92,8 +92,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
       cfg.sweep_member = {'name': m.name, 'own_batches': options['own_batches'],
                           'data_seed': m.seed if options['own_batches']
                                        else base.seed}
-      member_dirs.append(workdir_lib.Workdir(
-          os.path.join(workdir, 'members', m.name), cfg))
+      member_path = os.path.join(workdir, 'members', m.name)
+      # The sweep's own directory: not one that leads out of the workdir.
+      workdir_lib.refuse_symlink(member_path, 'directory')
+      member_dirs.append(workdir_lib.Workdir(member_path, cfg))
       member_dirs[-1].check(data_file=sweep_dir.data_path)
     return sweep_dir, member_dirs
 

@@ -417,3 +417,48 @@ def fault_round(flags, workdir, reference, env, rng, tally, counts,
   assert not leftovers(workdir), leftovers(workdir)
   assert_same_results(workdir, reference)
 
+
+
+# ---------------------------------------------------------------------------
+# Refusals: one message, no traceback, no file changed anywhere near.
+
+
+def snapshot_around(root):
+  """helpers.snapshot of `root` (the test's folder: the workdir and what lies
+  around it), plus each symlink's target found under it, wherever that is
+  (mtime, size, mode and digest of a file; the listing of a folder)."""
+  from tests.helpers import snapshot  # pylint: disable=g-import-not-at-top
+  out = snapshot(root)
+  for folder, dirs, files in os.walk(root):
+    for name in dirs + files:
+      path = os.path.join(folder, name)
+      if not os.path.islink(path):
+        continue
+      target = os.path.realpath(path)
+      if os.path.isdir(target):
+        out['-> ' + target] = (os.stat(target).st_mtime_ns,
+                               snapshot(target))
+      elif os.path.isfile(target):
+        with open(target, 'rb') as f:
+          st = os.stat(target)
+          out['-> ' + target] = (st.st_mtime_ns, st.st_size, st.st_mode,
+                                 f.read())
+  return out
+
+
+def run_script(argv, cwd, env=None):
+  """A Python script (train.py, sweep.py, ...) run in `cwd` on the CPU."""
+  return subprocess.run(
+      [sys.executable, *argv], cwd=str(cwd), capture_output=True, text=True,
+      timeout=TIMEOUT_S, check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})})
+
+
+def assert_one_error(result, fragments, status=2):
+  """Exit `status`, one `error:` line holding each fragment, no traceback."""
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert result.returncode == status, result.stderr[-3000:]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], (fragment, errors[0])
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]

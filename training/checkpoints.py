@@ -7,14 +7,17 @@ leaves the older ones as they were; old ones are pruned only after the new
 one is complete (not Orbax's `max_to_keep`: it prunes even when the write
 failed), through an atomic rename to `.deleting-<step>`; one that does not
 read back is set aside as `unreadable-<step>` and the previous one is tried.
-Each carries the loop state (`faults.LoopState` as JSON) in its Orbax custom
-metadata. docs/reliability.md has the details.
+Each carries the loop state (`faults.LoopState` as JSON) and its step in its
+Orbax custom metadata; a checkpoint whose metadata is damaged, or whose name,
+recorded step and state's step disagree, does not read back.
+docs/reliability.md has the details.
 
 Multi-host: every process calls save and restore (Orbax's collectives); only
 process 0 removes, renames or checks files.
 """
 
 import glob
+import json
 import logging
 import os
 import re
@@ -23,6 +26,7 @@ from typing import Callable, Optional
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from training import faults
@@ -31,6 +35,81 @@ LOOP_METADATA_KEY = 'padax_loop'
 DELETING_PREFIX = '.deleting-'
 UNREADABLE_PREFIX = 'unreadable-'
 _ORBAX_TMP = re.compile(r'^\d+\.orbax-checkpoint-tmp')
+
+
+# Orbax's per-checkpoint metadata file, and the key of the step padax records
+# in it (a name can be changed; a checkpoint's own record cannot).
+METADATA_FILE = '_CHECKPOINT_METADATA'
+STEP_METADATA_KEY = 'padax_step'
+
+
+def read_custom_metadata(path: str, step: int) -> dict:
+  """The custom metadata of the checkpoint directory `path` (named `step`);
+  ValueError saying why if it is missing, damaged or records another step.
+
+  Orbax reads a damaged metadata file as none at all (a log line): its loop
+  state would silently start afresh.
+  """
+  file = os.path.join(path, METADATA_FILE)
+  try:
+    with open(file, encoding='utf-8') as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise ValueError(f'its {METADATA_FILE} is missing') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f'its {METADATA_FILE} cannot be read ({e})') from None
+  try:
+    metadata = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'its {METADATA_FILE} is not valid JSON ({e.msg} at '
+                     f'line {e.lineno} column {e.colno})') from None
+  custom = metadata.get('custom_metadata') if isinstance(metadata,
+                                                         dict) else None
+  if custom is None:
+    custom = {}
+  if not isinstance(metadata, dict) or not isinstance(custom, dict):
+    raise ValueError(f'its {METADATA_FILE} is not the JSON object Orbax '
+                     'writes')
+  recorded = custom.get(STEP_METADATA_KEY, step)
+  # JSON's true is no step.
+  if isinstance(recorded, bool) or recorded != step:
+    raise ValueError(f'its name says step {step} but its metadata records '
+                     f'step {recorded!r}')
+  return custom
+
+
+def unusable_steps(directory: str) -> dict:
+  """{step: why} of the checkpoints in `directory` whose metadata is
+  damaged or records another step than their name (they are set aside when
+  the run restores, as unreadable)."""
+  try:
+    names = os.listdir(directory)
+  except OSError:
+    return {}
+  out = {}
+  for name in names:
+    if name.isdigit():
+      try:
+        read_custom_metadata(os.path.join(directory, name), int(name))
+      except ValueError as e:
+        out[int(name)] = str(e)
+  return out
+
+
+def check_usable(directory: str) -> None:
+  """ValueError, before anything is written, when `directory` holds
+  checkpoints and the metadata of every one is damaged or disagrees with its
+  name: there is nothing to resume from."""
+  steps, _ = stored_steps(directory)
+  bad = unusable_steps(directory)
+  if steps and all(s in bad for s in steps):
+    raise CheckpointReadError(
+        f'none of the checkpoints in {directory} can be used ('
+        + '; '.join(f'{os.path.join(directory, str(s))}: {bad[s]}'
+                    for s in sorted(bad)) +
+        '); allowed: checkpoints whose name, stored step and metadata agree:'
+        ' restore their names or files, or move the directory away to start '
+        'afresh.')
 
 
 def stored_steps(directory: str) -> tuple:
@@ -76,6 +155,18 @@ class _NoWaitForPreviousSaveWarning(logging.Filter):
 
 
 _NO_WAIT_WARNING = _NoWaitForPreviousSaveWarning()
+
+
+def _check_state_step(state, step: int) -> None:
+  """ValueError unless the restored `state`'s own step (each member's) is
+  `step`, the checkpoint's name."""
+  stored = getattr(state, 'step', None)
+  if stored is None:
+    return
+  values = np.unique(np.asarray(jax.device_get(stored)).reshape(-1))
+  if values.size and not (values.size == 1 and int(values[0]) == step):
+    raise ValueError(f'its name says step {step} but its state holds step '
+                     f'{", ".join(str(int(v)) for v in values)}')
 
 
 class CheckpointStore:
@@ -136,7 +227,8 @@ class CheckpointStore:
     error = None
     try:
       self._manager.save(step, args=ocp.args.StandardSave(state),
-                         custom_metadata={LOOP_METADATA_KEY: loop})
+                         custom_metadata={LOOP_METADATA_KEY: loop,
+                                          STEP_METADATA_KEY: step})
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       error = e
@@ -181,8 +273,10 @@ class CheckpointStore:
     self._manager.reload()
 
   def loop_metadata(self, step: int) -> Optional[dict]:
-    custom = self._manager.metadata(step).custom_metadata or {}
-    return custom.get(LOOP_METADATA_KEY)
+    """The loop state stored with checkpoint `step` (None if it has none);
+    ValueError if its metadata is damaged or records another step."""
+    return read_custom_metadata(self._path(step), step).get(
+        LOOP_METADATA_KEY)
 
   def restore_latest(self, template, check: Callable[[int, Optional[dict]],
                                                        object]):
@@ -200,9 +294,11 @@ class CheckpointStore:
     failures = []
     for step in reversed(steps):
       try:
+        metadata = self.loop_metadata(step)
         state = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract))
-        loop = check(step, self.loop_metadata(step))
+        _check_state_step(state, step)
+        loop = check(step, metadata)
       except Exception as e:  # pylint: disable=broad-except
         # Whatever Orbax or TensorStore raise on damaged files.
         failures.append((step, _first_line(e)))

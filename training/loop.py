@@ -54,6 +54,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
   """
   lock = workdir_lib.RunLock(workdir)
   lock.check_free()
+  if profile_steps:
+    workdir_lib.check_profile_dir(os.path.join(workdir, 'profile'))
   if data is None:
     data = input_pipeline.load(config)
   configuration.check_against_data(config, data, num_devices=num_devices)
@@ -192,6 +194,7 @@ def check_history(config: ml_collections.ConfigDict, member_dirs: list,
   """
   steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
                                                    config.batch_size)
+  checkpoints.check_usable(checkpoint_dir)
   steps, aside = checkpoints.stored_steps(checkpoint_dir)
   newest = steps[-1] if steps else 0
   completed = newest // steps_per_epoch

@@ -10,16 +10,21 @@ old or the new version; a failed write (disk full) raises faults.WriteError
 and leaves the old one.
 """
 
+import contextlib
 import csv
 import datetime
+import errno
 import fcntl
 import io
 import json
 import logging
 import os
+import re
+import secrets
 import socket
+import stat
+import struct
 import sys
-import tempfile
 
 import jax
 from jax.experimental import multihost_utils
@@ -39,7 +44,15 @@ RUN_LENGTH_KEYS = ('num_epochs',)
 ADDED_KEYS = {'nonfinite_policy': 'stop', 'max_consecutive_skips': 10}
 
 LOCK_FILE = 'lock'
-_TMP_PREFIX = '.tmp-'
+# Tmp files of atomic_write: only names of this pattern are ever removed.
+_TMP_PREFIX = '.tmp-padax-'
+_TMP_NAME = re.compile(r'^\.tmp-padax-[0-9a-f]{16}$')
+# The record a run writes into its lock: 'padax lock: pid ...'; a lock of
+# before (no 'padax lock: ') is recognised too.
+_LOCK_HEADER = 'padax lock: '
+_LOCK_RECORD = re.compile(r'^(padax lock: )?pid \d+ on \S+ since \S+: ')
+# Opening a file padax writes never follows a symlink, nor blocks on a FIFO.
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def _json_flat(config) -> dict:
@@ -49,28 +62,44 @@ def _json_flat(config) -> dict:
   return records.flatten(json.loads(json.dumps(config)))
 
 
+def _write_error(path: str, e: OSError) -> faults.WriteError:
+  return faults.WriteError(
+      f'{path} could not be written ({e.strerror or e}); its previous '
+      'version is intact. Free space or fix the file system, then run the '
+      'same command again to resume.')
+
+
 def atomic_write(path: str, text: str, *, newline=None) -> None:
-  """Replaces `path` by `text`; faults.WriteError (path intact) on failure."""
-  tmp = None
+  """Replaces `path` by `text`; faults.WriteError (path intact) on failure.
+
+  The tmp file is created anew (O_EXCL, never through a symlink, mode 0666 &
+  ~umask); a symlink at `path` is refused (ValueError), not replaced.
+  """
+  if os.path.islink(path):
+    raise ValueError(f'{path} is a symlink (to {os.readlink(path)!r}); '
+                     f'allowed: the file padax writes there: {_MOVE_AWAY}.')
+  tmp = os.path.join(os.path.dirname(path),
+                     _TMP_PREFIX + secrets.token_hex(8))
+  created = False
   try:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=_TMP_PREFIX)
-    # mkstemp makes 0600 files; give the mode open() would (0666 - umask),
-    # the umask read by setting it, then putting it back.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    with os.fdopen(fd, 'w', newline=newline) as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW,
+                 0o666)
+    created = True
+    with os.fdopen(fd, 'w', newline=newline, encoding='utf-8') as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except OSError as e:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-    raise faults.WriteError(
-        f'{path} could not be written ({e.strerror or e}); its previous '
-        'version is intact. Free space or fix the file system, then run the '
-        'same command again to resume.') from None
+    if created:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+    raise _write_error(path, e) from None
+
+
+def is_padax_lock(text: str) -> bool:
+  """Whether `text` (a lock file's content) is a record a run wrote."""
+  return bool(_LOCK_RECORD.match(text))
 
 
 class RunLock:
@@ -78,8 +107,12 @@ class RunLock:
 
   The kernel drops a flock when its process ends, however it ends, so a
   killed run never leaves the workdir locked. The file names the holder
-  (pid, host, start time); a clean release empties it, so a name found in it
-  when taking the lock is a run that was killed, reported as taken over.
+  ('padax lock: pid, host, start time, command'); a clean release empties
+  it, so a record found in it when taking the lock is a run that was killed,
+  reported as taken over. A lock file that holds anything else, is a
+  symlink or not a regular file was not written by padax: refused, its
+  content neither shown nor changed. A run that fails before writing its
+  config.json removes the lock file (and the directories) it created.
   Multi-host: process 0 holds it, and tells the others whether it could.
   """
 
@@ -87,6 +120,7 @@ class RunLock:
     self.workdir = os.path.abspath(workdir) if workdir else ''
     self.path = os.path.join(self.workdir, LOCK_FILE)
     self._fd = None
+    self._created = []  # Directories, then the lock file, this run created.
 
   def _refusal(self, holder: str) -> ValueError:
     return ValueError(
@@ -95,43 +129,116 @@ class RunLock:
         'workdir: wait for it to end, or stop it (SIGTERM saves a checkpoint) '
         'and run this command again to resume.')
 
+  def _holder(self, fd: int) -> str:
+    text = os.pread(fd, 4096, 0).decode(errors='replace').strip()
+    # Only a record padax wrote is shown.
+    return text[len(_LOCK_HEADER):] if text.startswith(_LOCK_HEADER) else (
+        text if is_padax_lock(text) else '')
+
   def check_free(self) -> None:
     """ValueError if a live process holds the lock; creates nothing."""
-    if jax.process_index() != 0 or not os.path.exists(self.path):
+    if jax.process_index() != 0:
       return
-    fd = os.open(self.path, os.O_RDONLY)
     try:
+      fd = os.open(self.path, os.O_RDONLY | _NO_FOLLOW)
+    except OSError:
+      return  # None, or not a file padax can open: Workdir.check says so.
+    try:
+      if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return
       fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise self._refusal(os.pread(fd, 4096, 0).decode(errors='replace')
-                         ) from None
+      raise self._refusal(self._holder(fd)) from None
     finally:
       os.close(fd)
 
+  def _open(self) -> int:
+    """The lock file, opened (created if missing) without following a
+    symlink; ValueError if it is not a lock padax wrote."""
+    missing = []
+    path = self.workdir
+    while not os.path.lexists(path):
+      missing.append(path)
+      path = os.path.dirname(path)
+    if not os.path.lexists(self.path):
+      # A full disk is found before anything is created (a file system
+      # with no free block would take the empty lock file, then fail).
+      space = os.statvfs(path)
+      if (space.f_bfree if os.geteuid() == 0 else space.f_bavail) == 0:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    for directory in reversed(missing):
+      os.mkdir(directory)
+      self._created.append(directory)
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_FOLLOW,
+                   0o666)
+      self._created.append(self.path)
+      return fd
+    except FileExistsError:
+      pass
+    try:
+      fd = os.open(self.path, os.O_RDWR | _NO_FOLLOW)
+    except OSError:
+      problem = lock_file_problem(self.path, self.workdir)
+      if problem:
+        raise ValueError(problem) from None
+      raise
+    problem = lock_file_problem(self.path, self.workdir, fd=fd)
+    if problem:
+      os.close(fd)
+      raise ValueError(problem)
+    return fd
+
+  def _undo_created(self) -> None:
+    """Removes the lock file and directories this run created, while the
+    run has written nothing else (no config.json)."""
+    if os.path.lexists(os.path.join(self.workdir, 'config.json')):
+      return
+    for path in reversed(self._created):
+      with contextlib.suppress(OSError):
+        if path == self.path:
+          os.remove(path)
+        else:
+          os.rmdir(path)  # Only if empty.
+    self._created = []
+
   def acquire(self) -> None:
-    """Takes the lock (creating the workdir); ValueError if held."""
+    """Takes the lock (creating the workdir); ValueError if held or not
+    padax's, faults.WriteError if it cannot be written (nothing left)."""
     error = None
     if jax.process_index() == 0:
-      os.makedirs(self.workdir, exist_ok=True)
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+      fd = None
       try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        error = self._refusal(os.pread(fd, 4096, 0).decode(errors='replace'))
-        os.close(fd)
-      else:
-        self._fd = fd
-        previous = os.pread(fd, 4096, 0).decode(errors='replace').strip()
-        if previous:
-          logging.warning('Took over the lock of %s from a run that ended '
-                          'without releasing it (killed?): %s', self.workdir,
-                          previous)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (
-            f'pid {os.getpid()} on {socket.gethostname()} since '
-            f'{datetime.datetime.now().isoformat(timespec="seconds")}: '
-            f'{" ".join(sys.argv)[:1000]}\n').encode(), 0)
-        os.fsync(fd)
+        fd = self._open()
+        try:
+          fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+          error = self._refusal(self._holder(fd))
+        else:
+          previous = self._holder(fd)
+          if previous:
+            logging.warning('Took over the lock of %s from a run that ended '
+                            'without releasing it (killed?): %s',
+                            self.workdir, previous)
+          os.ftruncate(fd, 0)
+          os.pwrite(fd, (
+              f'{_LOCK_HEADER}pid {os.getpid()} on {socket.gethostname()} '
+              f'since {datetime.datetime.now().isoformat(timespec="seconds")}'
+              f': {" ".join(sys.argv)[:1000]}\n').encode(), 0)
+          os.fsync(fd)
+          self._fd, fd = fd, None
+      except ValueError as e:
+        error = e
+      except OSError as e:
+        error = faults.WriteError(
+            f'{self.path} could not be written ({e.strerror or e}); the run '
+            'did not start and nothing was written. Free space or fix the '
+            'file system, then run the same command again.')
+      finally:
+        if fd is not None:
+          os.close(fd)
+      if error is not None:
+        self._undo_created()
     if jax.process_count() > 1:
       held = bool(multihost_utils.broadcast_one_to_all(error is None))
       if not held and error is None:
@@ -141,7 +248,11 @@ class RunLock:
 
   def release(self) -> None:
     if self._fd is not None:
-      os.ftruncate(self._fd, 0)
+      try:
+        os.ftruncate(self._fd, 0)
+      except OSError:
+        pass  # The kernel drops the flock anyway; the next run takes over.
+      self._undo_created()
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
@@ -155,10 +266,62 @@ class RunLock:
     return False
 
 
+def lock_file_problem(path: str, workdir: str, fd: int = None) -> str:
+  """Why the lock file `path` was not written by padax ('' if it was, or
+  is missing). Its content is never quoted."""
+  if not os.path.lexists(path):
+    return ''
+  allowed = f'allowed: the lock file padax writes there: {_MOVE_AWAY}'
+  if os.path.islink(path):
+    return (f'{path} is a symlink (to {os.readlink(path)!r}); padax does not '
+            f'write through one; {allowed}.')
+  close = fd is None
+  try:
+    if fd is None:
+      fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+    mode = os.fstat(fd).st_mode
+    text = os.pread(fd, 4096, 0).decode(errors='replace').strip() if (
+        stat.S_ISREG(mode)) else ''
+    held = False
+    if stat.S_ISREG(mode) and not text:
+      # A run writing its record this instant: RunLock says it is in use.
+      try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+      except BlockingIOError:
+        held = True
+  except OSError as e:
+    return (f'{path} cannot be read ({e.strerror or e}); allowed: a file this '
+            'user can read and write: fix its permissions or remove it.')
+  finally:
+    if close and fd is not None:
+      os.close(fd)
+  if stat.S_ISDIR(mode):
+    return f'{path} is a directory; {allowed}.'
+  if not stat.S_ISREG(mode):
+    return f'{path} is not a regular file; {allowed}.'
+  if text and not is_padax_lock(text):
+    return (f'{path} was not written by padax (it holds no padax lock '
+            f'record); {allowed}.')
+  if not text and not held and not os.path.lexists(
+      os.path.join(workdir, 'config.json')):
+    return (f'{path} was not written by padax (an empty file in a directory '
+            f'without padax\'s config.json); {allowed}.')
+  return ''
+
+
 # What a workdir holds (besides checkpoints/): each must be a file if there.
 DATA_FILE = 'data.json'
 _RUN_FILES = ('config.json', 'metrics.jsonl', 'metrics.csv', DATA_FILE,
               LOCK_FILE)
+# Directories padax writes into (the profile: with --profile), and a
+# sweep's files.
+_RUN_DIRS = ('checkpoints', 'members', 'profile')
+_SWEEP_FILES = ('summary.json', 'summary.md')
+# FS_IOC_GETFLAGS and the flags under which a file cannot be replaced.
+_GET_FLAGS = 0x80086601
+_UNCHANGEABLE_FLAGS = {0x10: 'immutable (chattr +i)',
+                       0x20: 'append-only (chattr +a)'}
 # Keys that say where the data is, not what it is: once a run recorded its
 # data (data.json), the data's identity is compared, not its path.
 DATA_LOCATION_KEYS = ('data_dir',)
@@ -249,6 +412,74 @@ def _csv_epochs(path: str) -> int:
                      f'metrics file padax writes: {_MOVE_AWAY}.') from None
 
 
+def _check_changeable(path: str) -> None:
+  """ValueError if the file `path` is immutable or append-only: padax could
+  not replace it, and would find out only at its first write."""
+  if not os.path.isfile(path) or os.path.islink(path):
+    return
+  try:
+    fd = os.open(path, os.O_RDONLY | _NO_FOLLOW)
+  except OSError:
+    return  # The reads that follow say why.
+  try:
+    flags = struct.unpack('i', fcntl.ioctl(fd, _GET_FLAGS, b'\0' * 4))[0]
+  except OSError:
+    return  # A file system without these flags.
+  finally:
+    os.close(fd)
+  for flag, name in _UNCHANGEABLE_FLAGS.items():
+    if flags & flag:
+      raise ValueError(
+          f'{path} cannot be replaced: it is {name}; allowed: a file padax '
+          f'can replace: clear the flag (chattr -{name[-2]}), or '
+          f'{_MOVE_AWAY}.')
+
+
+def refuse_symlink(path: str, kind: str = 'file') -> None:
+  """ValueError if `path`, which padax writes (a `kind`), is a symlink."""
+  if os.path.islink(path):
+    raise ValueError(
+        f'{path} is a symlink (to {os.readlink(path)!r}); padax does not '
+        f'write through one; allowed: the {kind} padax writes there: '
+        f'{_MOVE_AWAY}.')
+
+
+def check_profile_dir(path: str) -> None:
+  """ValueError unless `path` (WORKDIR/profile, where --profile writes its
+  trace) is missing or a directory padax can write into."""
+  if not os.path.lexists(path):
+    return
+  if os.path.islink(path) or not os.path.isdir(path):
+    kind = 'a symlink' if os.path.islink(path) else 'not a directory'
+    raise ValueError(
+        f'{path} is {kind}; allowed with --profile: the directory padax '
+        f'writes the trace into: {_MOVE_AWAY}.')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f'{path} is not writable; allowed: a directory this '
+                     'user can write to: fix its permissions.')
+
+
+def _check_checkpoint_entries(checkpoint_dir: str) -> None:
+  """ValueError naming a symlink among the checkpoints (or a sweep's chunk
+  folders): pruning or setting aside would act on what it points to."""
+  if not os.path.isdir(checkpoint_dir) or os.path.islink(checkpoint_dir):
+    return
+  folders = [checkpoint_dir]
+  for folder in folders:
+    for entry in os.scandir(folder):
+      if entry.is_symlink():
+        raise ValueError(
+            f'{entry.path} is a symlink (to {os.readlink(entry.path)!r}); '
+            'padax does not follow one among its checkpoints; allowed: the '
+            f'checkpoint directories padax writes: {_MOVE_AWAY}.')
+      if folder == checkpoint_dir and entry.name.startswith('chunk-'):
+        if not entry.is_dir():
+          raise ValueError(
+              f'{entry.path} is not a directory; allowed: the directory of a '
+              f'chunk\'s checkpoints: {_MOVE_AWAY}.')
+        folders.append(entry.path)
+
+
 def data_summary(identity: dict) -> str:
   return (f'{identity.get("dataset")}: {identity.get("train_examples")} train '
           f'and {identity.get("test_examples")} test examples, fingerprint '
@@ -282,7 +513,7 @@ class Workdir:
     sweep member's: the sweep's); where there is one, data_dir may change.
     """
     self._set_path(paths.check_output_dir(self.given))
-    for name in _RUN_FILES:
+    for name in _RUN_FILES + _SWEEP_FILES:
       path = os.path.join(self.path, name)
       if os.path.lexists(path) and not os.path.isfile(path):
         kind = ('a directory' if os.path.isdir(path) else
@@ -303,9 +534,19 @@ class Workdir:
     if os.path.isfile(lock) and not os.access(lock, os.R_OK | os.W_OK):
       raise ValueError(f'{lock} is not writable; allowed: a file this user '
                        'can write to: fix its permissions or remove it.')
+    # Nothing padax writes follows a symlink out of the workdir.
+    for name in _RUN_FILES + _SWEEP_FILES + _RUN_DIRS:
+      refuse_symlink(os.path.join(self.path, name),
+                     'directory' if name in _RUN_DIRS else 'file')
+    _check_checkpoint_entries(self.checkpoint_dir)
+    for name in _RUN_FILES + _SWEEP_FILES:
+      _check_changeable(os.path.join(self.path, name))
+    problem = lock_file_problem(lock, self.path)
+    if problem:
+      raise ValueError(problem)
     if not os.path.lexists(self.config_path):
       found = [n for n in ('metrics.jsonl', 'metrics.csv', DATA_FILE,
-                           'checkpoints', 'members', 'summary.json')
+                           'checkpoints', 'members', *_SWEEP_FILES, 'profile')
                if os.path.lexists(os.path.join(self.path, n))]
       if found:
         raise ValueError(
@@ -369,10 +610,16 @@ class Workdir:
     """Writes config.json (when new or changed) and, given the data's
     identity, data.json; removes tmp files of writes a kill interrupted."""
     if jax.process_index() == 0:
-      os.makedirs(self.path, exist_ok=True)
-      for name in os.listdir(self.path):
-        if name.startswith(_TMP_PREFIX):
-          os.remove(os.path.join(self.path, name))
+      try:
+        os.makedirs(self.path, exist_ok=True)
+        # Only padax's own tmp files (name and kind): a user's `.tmp-x`
+        # stays.
+        for entry in os.scandir(self.path):
+          if _TMP_NAME.match(entry.name) and entry.is_file(
+              follow_symlinks=False):
+            os.remove(entry.path)
+      except OSError as e:
+        raise _write_error(self.path, e) from None
       write_json_if_changed(self.config_path, self.config.to_dict())
       if data_identity is not None:
         write_json_if_changed(self.data_path, data_identity)

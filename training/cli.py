@@ -280,9 +280,8 @@ def prepare_jax() -> None:
   host_devices.set_cpu_xla_flags()
   import jax
   path = COMPILATION_CACHE.value
-  if path is None:
-    if jax.config.jax_compilation_cache_dir:
-      return  # Set through JAX_COMPILATION_CACHE_DIR or jax.config.
+  # A cache set through JAX_COMPILATION_CACHE_DIR or jax.config stays.
+  if path is None and not jax.config.jax_compilation_cache_dir:
     path = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(
         os.path.expanduser('~'), '.cache'), 'padax', 'jax')
   if path:

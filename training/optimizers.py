@@ -8,6 +8,7 @@ decay follows the authors' code: an L2 term added to the gradient (PyTorch's
 
 import collections
 import inspect
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -89,7 +90,9 @@ def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):
 
 def injected_values(config: ml_collections.ConfigDict) -> dict:
   """{name: float32 scalar} of the numeric hyperparameters `create_optimizer`
-  injects (the peak lr, the initial p, b1, ...), as its init stores them.
+  injects (the peak lr, the initial p, b1, ...), as its init stores them
+  (inject_hyperparams casts them to the parameters' dtype: every model's
+  parameters are float32).
 
   Given to a jitted init as an argument (`create_optimizer(..., values)`
   inside it), their values stay out of the compiled program: a run with
@@ -103,7 +106,8 @@ def injected_values(config: ml_collections.ConfigDict) -> dict:
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int,
-                     values: dict = None) -> optax.GradientTransformation:
+                     values: Optional[dict] = None
+                     ) -> optax.GradientTransformation:
   """The configured optimizer, wrapped in `optax.inject_hyperparams`.
 
   The injected `learning_rate` and `p` are the peak lr and the initial p,

@@ -35,10 +35,23 @@ flags.mark_flags_as_required(['config', 'workdir'])
 flags.adopt_module_key_flags(cli)  # --profile etc. in --help.
 
 
+_FLAGS_ONLY = '--config, --workdir'
+
+
+def _parse_flags(argv):
+  """cli.parse_flags, then the refusals that need no JAX, then the restart
+  under mimalloc: a refused run neither imports JAX nor restarts."""
+  remaining = cli.parse_flags(argv)
+  cli.refuse_before_jax(remaining, _CONFIG.value, _WORKDIR.value,
+                        flags_only=_FLAGS_ONLY)
+  cli.use_fast_allocator()
+  return remaining
+
+
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
-             '(--config, --workdir, --config.KEY=VALUE, ...).')
+  # Again for callers that parse the flags themselves (tests' wrappers).
+  cli.refuse_before_jax(argv, _CONFIG.value, _WORKDIR.value,
+                        flags_only=_FLAGS_ONLY)
   cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
@@ -49,6 +62,7 @@ def main(argv):
     # a count the user set wins. A bad value exits 2 with its message.
     cli.run(lambda: host_devices.split_cpu(
         host_devices.cpu_devices_per_run(_CONFIG.value)))
+  cli.start_backend()
   from training import allocator, trainer  # pylint: disable=g-import-not-at-top
   logging.info('JAX %s: %d processes, %d devices (%s); allocator: %s',
                jax.__version__, jax.process_count(), jax.device_count(),
@@ -61,5 +75,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.use_fast_allocator()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,16 +1,26 @@
-"""Compile time of train.py's train step, cold and from the persistent cache.
+"""Compile time of train.py's programs, cold and from the persistent cache.
 
   python benchmarks/compile_time.py [--models tiny_cnn,resnet18,vgg16,wrn16_4]
       [--batch-size 128]
+  python benchmarks/compile_time.py --train-py [--data-dir DIR]
 
 For each model, two fresh processes in turn share one new, empty persistent
 compilation cache (as train.py and sweep.py turn on by default): the first
 compiles the train step (`MeshSteps` on one device) into it, the second (as
 a resumed or repeated run) loads it. Each reports the seconds of `lower` and
 of `compile`, and whether JAX logged a cache hit.
+
+`--train-py`: train.py itself, as a grid of separate runs uses it. Per
+config (configs/quick.py for one epoch; configs/paper.py's ResNet18 with
+Padam for one step), two runs share one new, empty cache: the first, then
+one into a new workdir with another learning rate, p and seed. Each
+reports every program JAX compiled or loaded from the persistent cache
+(counted through `jax.monitoring`) and their seconds. DIR: a local copy of
+CIFAR-10 (`--config.data_source=local`); without it, the download.
 """
 
 import argparse
+import collections
 import os
 import sys
 import tempfile
@@ -59,11 +69,108 @@ def compile_step(model_name: str, batch_size: int) -> dict:
               cache_hit=any('train_step' in h for h in hits))
 
 
+def train_py_programs(argv: list) -> dict:
+  """In a fresh process: train.py with `argv`; the programs JAX compiled and
+  those it loaded from the persistent cache, with their seconds."""
+  # pylint: disable=g-import-not-at-top
+  import runpy
+  from jax import monitoring
+  # pylint: enable=g-import-not-at-top
+  hits = []
+  programs = {'compiled': [], 'loaded': []}
+
+  def on_event(event, **kwargs):
+    del kwargs
+    if event == '/jax/compilation_cache/cache_hits':
+      hits.append(True)
+
+  def on_duration(event, seconds, **kwargs):
+    # JAX's compile_or_get_cached, timed around; a cache hit is recorded
+    # inside it, before this.
+    if event == '/jax/core/compile/backend_compile_duration':
+      kind = 'loaded' if hits else 'compiled'
+      programs[kind].append((kwargs.get('fun_name', '?'), seconds))
+      hits.clear()
+
+  monitoring.register_event_listener(on_event)
+  monitoring.register_event_duration_secs_listener(on_duration)
+  sys.argv = [TRAIN_PY, *argv]
+  t0 = time.perf_counter()
+  try:
+    runpy.run_path(TRAIN_PY, run_name='__main__')
+  except SystemExit as e:
+    if e.code:
+      raise RuntimeError(f'train.py {" ".join(argv)} exited {e.code}') from e
+  return dict(wall_s=time.perf_counter() - t0, **{
+      kind: dict(count=len(p), seconds=sum(s for _, s in p),
+                 names=sorted(collections.Counter(n for n, _ in p).items()))
+      for kind, p in programs.items()})
+
+
+TRAIN_PY = os.path.join(subprocess_case.ROOT, 'train.py')
+TRAIN_PY_CASES = {
+    'quick, 1 epoch': ['--config', os.path.join(
+        subprocess_case.ROOT, 'configs', 'quick.py'), '--config.num_epochs=1'],
+    # One step: the first batch of 128 images is the whole training set.
+    'paper resnet18 padam, 1 step': [
+        '--config', os.path.join(subprocess_case.ROOT, 'configs',
+                                 'paper.py') + ':resnet18,cifar10,padam',
+        '--config.num_epochs=1', '--config.train_examples=128'],
+}
+# The second run of each: other values of what a grid varies.
+OTHER_VALUES = ['--config.optimizer.learning_rate=0.05',
+                '--config.optimizer.p=0.0625', '--config.seed=1']
+
+
+def _names(names) -> str:
+  return ', '.join(f'{n} x{c}' if c > 1 else n for n, c in names) or '-'
+
+
+def train_py_main(data_dir) -> None:
+  data = ([] if data_dir is None else
+          ['--config.data_source=local',
+           f'--config.data_dir={os.path.abspath(data_dir)}'])
+  print(f'# train.py, two runs per config sharing one new cache: the '
+        f'first, then one with {" ".join(OTHER_VALUES)} into a new workdir')
+  print('| config | run | programs compiled | compile s | programs loaded '
+        'from cache | load s | wall s |')
+  print('|---|---|---:|---:|---:|---:|---:|')
+  compiled_again = {}
+  for name, argv in TRAIN_PY_CASES.items():
+    with tempfile.TemporaryDirectory() as tmp:
+      env = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, 'cache'),
+                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
+      for run, extra in (('first', []), ('other lr, p, seed', OTHER_VALUES)):
+        r = subprocess_case.run(train_py_programs, dict(argv=[
+            *argv, *data, *extra, '--progress=false',
+            f'--workdir={os.path.join(tmp, run.split()[0])}']), env=env)
+        c, l = r['compiled'], r['loaded']
+        print(f'| {name} | {run} | {c["count"]} | {c["seconds"]:.1f} | '
+              f'{l["count"]} | {l["seconds"]:.1f} | {r["wall_s"]:.1f} |',
+              flush=True)
+        if extra:
+          compiled_again[name] = c['names']
+  for name, names in compiled_again.items():
+    print(f'# {name}, second run compiled: {_names(names)}')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='tiny_cnn,resnet18,vgg16,wrn16_4')
   parser.add_argument('--batch-size', type=int, default=128)
+  parser.add_argument('--train-py', action='store_true',
+                      help='Time train.py runs (see the docstring).')
+  parser.add_argument('--data-dir', default=None,
+                      help='--train-py: a local copy of CIFAR-10.')
   args = parser.parse_args()
+  if args.train_py:
+    # train.py restarts under mimalloc (os.execve), which a subprocess_case
+    # child cannot survive: its children inherit mimalloc from here instead.
+    from training import allocator  # pylint: disable=g-import-not-at-top
+    allocator.use_mimalloc()
+    print('\n'.join(run_info.header_lines()))
+    train_py_main(args.data_dir)
+    return
   # train.py's XLA:CPU flags, for this process and the ones it starts.
   from training import host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()

@@ -1,5 +1,6 @@
 """Train presets (ml_collections configs for `train.py --config`).
 
 Each starts from default.py (training/configuration.py's keys) and changes a
-few. May import training/configuration.py and training/optimizers.py only.
+few. May import training/configuration.py only: train.py loads them before JAX
+starts.
 """

@@ -5,7 +5,6 @@ keys; training/configuration.py lists and documents every key.
 """
 
 from training import configuration
-from training import optimizers
 
 
 def get_config():
@@ -13,8 +12,9 @@ def get_config():
 
 
 def set_optimizer(config, name):
-  """`config` with optimizer `name` and its defaults (optimizers.DEFAULTS)."""
+  """`config` with optimizer `name` and its defaults
+  (configuration.OPTIMIZER_DEFAULTS)."""
   config.optimizer.name = name
-  for key, value in optimizers.DEFAULTS[name].items():
+  for key, value in configuration.OPTIMIZER_DEFAULTS[name].items():
     config.optimizer[key] = value
   return config

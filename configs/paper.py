@@ -7,7 +7,7 @@ The argument is `model,dataset,optimizer[,milestones]`; milestones is
 """
 
 from configs import default
-from training import optimizers
+from training import configuration
 
 MILESTONES = {'report': (50, 100, 150), 'authors': (100, 150)}
 
@@ -20,9 +20,9 @@ def get_config(arg='resnet18,cifar10,padam'):
         "'model,dataset,optimizer[,milestones]', e.g. 'vgg16,cifar100,padam'.")
   model, dataset, optimizer = parts[:3]
   milestones = parts[3] if len(parts) == 4 else 'report'
-  if optimizer not in optimizers.DEFAULTS:
+  if optimizer not in configuration.OPTIMIZER_DEFAULTS:
     raise ValueError(f'optimizer={optimizer!r} is not known; allowed: '
-                     f'{", ".join(optimizers.DEFAULTS)}.')
+                     f'{", ".join(configuration.OPTIMIZER_DEFAULTS)}.')
   if milestones not in MILESTONES:
     raise ValueError(f'milestones={milestones!r} is not known; allowed: '
                      f'{", ".join(MILESTONES)}.')

@@ -131,7 +131,7 @@ def _build(config_json: str, num_classes: int, steps_per_epoch: int,
   base = ml_collections.ConfigDict(json.loads(config_json))
   optimizer = optimizers.create_optimizer(base, steps_per_epoch)
   model = models.create_model(base.model, num_classes,
-                              dtype=configuration.DTYPES[base.dtype])
+                              dtype=configuration.compute_dtype(base.dtype))
   devices = {d.id: d for d in jax.devices()}
   steps = GridSteps(make_grid_mesh([devices[i] for i in device_ids], data),
                     model, optimizer, own_batches=own_batches,

@@ -122,10 +122,14 @@ def test_train_py_refuses_a_bad_choice_before_any_file(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['train.py', 'sweep.py'])
-def test_the_process_before_the_restart_does_not_start_jax(script):
+def test_the_process_before_the_restart_does_not_start_jax(script, tmp_path):
   """Under mimalloc, everything imported before `use_mimalloc`'s restart is
-  imported twice: JAX, ~1.5 s of a start, must not be among it."""
-  probe = (f'import runpy, sys; sys.argv = [{script!r}]; '
+  imported twice: JAX, ~1.5 s of a start, must not be among it. train.py
+  restarts once its flags and config are checked: give it good ones."""
+  argv = [script]
+  if script == 'train.py':
+    argv += ['--config', 'configs/quick.py', f'--workdir={tmp_path / "W"}']
+  probe = (f'import runpy, sys; sys.argv = {argv!r}; '
            "from training import cli; cli.use_fast_allocator = "
            "lambda: sys.exit(','.join(sorted({m.split('.')[0] for m in "
            "sys.modules} & {'jax', 'flax', 'optax', 'orbax'})) or 0); "

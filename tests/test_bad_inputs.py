@@ -21,12 +21,17 @@ import ml_collections
 import numpy as np
 import pytest
 
+import models
 import padax
 from configs import quick
 from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
+from tests import refused_inputs
 from tests.conftest import ROOT
 from tests.helpers import snapshot
+from training import configuration
+from training import host_devices
+from training import optimizers
 from training import trainer
 from training import workdir as workdir_lib
 
@@ -149,29 +154,8 @@ class Case:
 
 
 CASES = [
-    # train.py: the command line itself.
-    Case('unknown key', (
-        "--config.batch_sise='64': batch_sise is not a key of the config",
-        '(did you mean batch_size?); allowed: batch_size,'),
-         [*TRAIN, '--config.batch_sise=64']),
-    Case('unknown nested key', (
-        'optimizer.lr is not a key', 'did you mean optimizer.learning_rate?',
-        'allowed under optimizer: b1, b2, eps,'),
-         [*TRAIN, '--config.optimizer.lr=0.1']),
-    Case('int of wrong type', (
-        "--config.batch_size='abc' is not allowed (invalid literal for int() "
-        "with base 10: 'abc'); allowed: an integer, as in the config "
-        '(batch_size=128).',), [*TRAIN, '--config.batch_size=abc']),
-    Case('number of wrong type', (
-        "--config.optimizer.learning_rate='fast' is not allowed",
-        'allowed: a number, as in the config (optimizer.learning_rate=0.1)'),
-         [*TRAIN, '--config.optimizer.learning_rate=fast']),
-    Case('p out of range (padax)', (
-        'optimizer (padam):', 'p=0.75 is out of range; allowed: 0 <= p <= 0.5'),
-         [*TRAIN, '--config.optimizer.p=0.75']),
-    Case('unknown model', (
-        "model='resnet1000' is not known; allowed: vgg16, resnet18, wrn16_4, "
-        'tiny_cnn.',), [*TRAIN, '--config.model=resnet1000']),
+    # train.py: what needs devices, data or the workdir's files (the
+    # refusals before JAX are tests/refused_inputs.py's table).
     Case('batch not divisible by devices', (
         'batch_size=33 does not divide evenly over 2 devices; allowed: a '
         'multiple of 2.',), [*TRAIN, '--config.batch_size=33'],
@@ -184,21 +168,6 @@ CASES = [
         'holds a run with a different config (seed: stored 7, requested 0)',
         'Only num_epochs may change on resume'), [*TRAIN],
          setup=_stored_config),
-    Case('config argument', (
-        "paper.py:resnet18 does not load: config argument 'resnet18' is not "
-        "allowed; allowed: 'model,dataset,optimizer[,milestones]'",),
-         [os.path.join(ROOT, 'train.py'), '--config',
-          os.path.join(ROOT, 'configs', 'paper.py') + ':resnet18']),
-    Case('config file missing', (
-        '--config=/nonexistent/config.py does not load: [Errno 2] No such '
-        'file or directory',),
-         [os.path.join(ROOT, 'train.py'), '--config',
-          '/nonexistent/config.py']),
-    Case('unknown flag', ("Unknown command line flag 'num_epochs'",),
-         [*TRAIN, '--num_epochs=3']),
-    Case('positional argument', (
-        "unexpected arguments ['extra']; allowed: flags only",),
-         [*TRAIN, 'extra']),
     # sweep.py: the command line itself.
     Case('empty grid', (
         'sweep.p=() is not allowed (empty); allowed: a non-empty list of '
@@ -350,6 +319,52 @@ def test_refusal(tmp_path, case):
   assert snapshot(str(tmp_path)) == before
 
 
+@pytest.mark.parametrize('case', refused_inputs.CASES,
+                         ids=[c.id for c in refused_inputs.CASES])
+def test_train_py_refuses_before_jax(tmp_path, case):
+  """One `error:` line, exit 2, nothing written, and JAX never imported:
+  the refusal comes before JAX starts (benchmarks/refusal_time.py times
+  these)."""
+  if case.setup is not None:
+    case.setup(str(tmp_path))
+  before = snapshot(str(tmp_path))
+  time.sleep(0.01)  # A rewrite would show in the mtimes.
+  result = refused_inputs.run(case, str(tmp_path), trace_imports=True)
+  errors = refused_inputs.error_lines(result.stderr)
+  assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+  for fragment in case.fragments:
+    assert fragment in errors[0], (fragment, errors[0])
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  # Nothing but the import trace and the error line: no log line first.
+  others = [l for l in result.stderr.splitlines()
+            if not l.startswith(('import time:', 'error:'))]
+  assert not others, others
+  imported = refused_inputs.imported_packages(result.stderr)
+  assert 'ml_collections' in imported  # The trace is on.
+  assert not imported & set(refused_inputs.JAX_PACKAGES), imported
+  assert not result.stdout
+  assert snapshot(str(tmp_path)) == before
+
+
+def test_bad_jax_platform_is_one_error_line(tmp_path):
+  """A platform the host lacks: JAX's reason in one line, nothing written."""
+  if 'libtpu' in host_devices.installed_accelerator_plugins():
+    pytest.skip('libtpu is installed: this host may have a TPU')
+  case = refused_inputs.Refused('tpu', refused_inputs.quick_args(), (),
+                                env={'JAX_PLATFORMS': 'tpu'})
+  before = snapshot(str(tmp_path))
+  result = refused_inputs.run(case, str(tmp_path), timeout=120)
+  errors = refused_inputs.error_lines(result.stderr)
+  assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+  assert errors[0].startswith(
+      "error: JAX_PLATFORMS='tpu' is not allowed on this host (Unable to "
+      "initialize backend 'tpu'"), errors[0]
+  assert errors[0].endswith('allowed: platforms it has (e.g. cpu), or unset '
+                            '(JAX picks one).'), errors[0]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert snapshot(str(tmp_path)) == before
+
+
 @pytest.mark.parametrize('command', [TRAIN, SWEEP], ids=['train', 'sweep'])
 def test_workdir_in_use_is_refused(tmp_path, command):
   lock = workdir_lib.RunLock(str(tmp_path / 'W'))
@@ -378,6 +393,53 @@ def test_workdir_not_writable_is_refused(tmp_path, read_only_dir):
 
 
 def test_at_least_25_bad_inputs_are_tried():
-  # The table, the lock (train.py, sweep.py) and the read-only workdir; the
+  # The tables, the lock (train.py, sweep.py) and the read-only workdir; the
   # full disk and damaged checkpoints are in test_faults.py.
-  assert len(CASES) + 2 + 1 >= 25
+  assert len(refused_inputs.CASES) >= 20
+  assert len(CASES) + len(refused_inputs.CASES) + 2 + 1 >= 25
+
+
+# ---------------------------------------------------------------------------
+# The harness's own names and ranges (training/configuration.py, which
+# imports no JAX) agree with the code that uses them.
+
+
+def test_config_names_are_those_of_models_optimizers_and_padax():
+  assert configuration.MODEL_NAMES == models.MODEL_NAMES
+  assert configuration.HYPERPARAMETERS == optimizers.HYPERPARAMETERS
+  assert configuration.OPTIMIZERS == optimizers.OPTIMIZERS
+  assert configuration.FORMULATIONS == padax.FORMULATIONS
+  for name in configuration.DTYPE_NAMES:
+    assert np.dtype(configuration.compute_dtype(name)).name == name
+
+
+_PROBES = (-1.0, -1e-9, 0.0, 1e-9, 0.25, 0.5, 0.5 + 1e-9, 0.999, 1.0 - 1e-9,
+           1.0, 2.0, 1e9, float('inf'), float('-inf'), float('nan'))
+
+
+@pytest.mark.parametrize(
+    'key', ('learning_rate', 'p', 'b1', 'b2', 'eps', 'weight_decay'))
+def test_config_ranges_of_padax_arguments_are_padax_ranges(key):
+  for value in _PROBES:
+    try:
+      padax.check_hyperparameters('padax', **{key: value})
+      padax_allows = True
+    except ValueError:
+      padax_allows = False
+    try:
+      configuration.check_hyperparameter('padam', key, value)
+      config_allows = True
+    except ValueError as e:
+      config_allows = False
+      assert str(e).startswith(f'optimizer (padam): {key}={value!r} '), e
+    assert config_allows == padax_allows, (key, value)
+
+
+def test_sgd_momentum_has_its_own_range_and_name():
+  for value in (0.0, 0.5, 0.9, 0.99):
+    configuration.check_hyperparameter('sgdm', 'momentum', value)
+  for value in (-0.1, 1.0, 1.5, float('nan')):
+    with pytest.raises(ValueError, match=(
+        rf'^optimizer \(sgdm\): momentum={value!r} is out of range; '
+        r'allowed: 0 <= momentum < 1')):
+      configuration.check_hyperparameter('sgdm', 'momentum', value)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from training import train_lib
+from training import configuration
 
 pytestmark = pytest.mark.slow
 
@@ -187,9 +187,9 @@ def test_check_batch_divides_raises(batch_size, num_devices):
   with pytest.raises(ValueError, match=(
       rf'^batch_size={batch_size} does not divide evenly over {num_devices} '
       rf'devices; allowed: a multiple of {num_devices}\.$')):
-    train_lib.check_batch_divides(batch_size, num_devices, 'batch_size')
+    configuration.check_batch_divides(batch_size, num_devices, 'batch_size')
 
 
 @pytest.mark.parametrize('batch_size,num_devices', [(32, 4), (128, 8), (5, 1)])
 def test_check_batch_divides_accepts(batch_size, num_devices):
-  train_lib.check_batch_divides(batch_size, num_devices, 'batch_size')
+  configuration.check_batch_divides(batch_size, num_devices, 'batch_size')

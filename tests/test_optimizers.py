@@ -58,7 +58,7 @@ def test_lion_from_its_config_defaults_follows_the_lion_rule():
 def test_every_optimizer_has_defaults_that_validate(name):
   config = default.set_optimizer(default.get_config(), name)
   configuration.validate(config)
-  assert set(optimizers.DEFAULTS[name]) <= {
+  assert set(configuration.OPTIMIZER_DEFAULTS[name]) <= {
       'learning_rate', *optimizers.HYPERPARAMETERS[name]}
 
 

@@ -272,27 +272,40 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
 def test_train_py_caches_compilations_by_default_and_profiles(tmp_path,
                                                               jax_cache_dir):
   """No cache configured: train.py uses $XDG_CACHE_HOME/padax/jax, and a
-  second process loads its programs from there; --profile writes a trace."""
+  second process, with another learning rate, p and seed (a grid as separate
+  runs), loads every program from there, compiling none; --profile writes a
+  trace."""
   env = env_with_cache(jax_cache_dir)
-  del env['JAX_COMPILATION_CACHE_DIR']
-  env.update(XDG_CACHE_HOME=str(tmp_path / 'cache'), JAX_LOG_COMPILES='1')
+  for name in ('JAX_COMPILATION_CACHE_DIR',
+               'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS',
+               'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'):
+    del env[name]
+  env.update(XDG_CACHE_HOME=str(tmp_path / 'cache'), JAX_LOG_COMPILES='1',
+             JAX_EXPLAIN_CACHE_MISSES='1')
   cache = tmp_path / 'cache' / 'padax' / 'jax'
   logs = []
-  for run, extra in (('first', ['--profile', '--profile_steps=2']),
-                     ('second', [])):
+  for run, extra, values in (
+      ('first', ['--profile', '--profile_steps=2'], {}),
+      ('second', [], {'optimizer.learning_rate': 0.05, 'optimizer.p': 0.0625,
+                      'seed': 3})):
     result = subprocess.run(
         mocked_train_command(str(tmp_path / run), num_train=NUM_TRAIN,
-                             num_test=64, extra=extra, num_epochs=2),
+                             num_test=64, extra=extra, num_epochs=2,
+                             **values),
         cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=SUBPROCESS_TIMEOUT, check=False)
     assert result.returncode == 0, result.stderr[-5000:]
     logs.append(result.stderr)
-  # The first process compiled the train step and wrote it to the cache;
-  # the second loaded it.
+  # The first process compiled the programs and wrote them to the cache;
+  # the second loaded them all, the init and the train step among them.
+  miss = 'PERSISTENT COMPILATION CACHE MISS for '
   hit = "Persistent compilation cache hit for 'jit_train_step'"
   assert hit not in logs[0], logs[0][-5000:]
+  assert miss + "'jit_train_step'" in logs[0], logs[0][-5000:]
   assert [n for n in os.listdir(cache) if n.startswith('jit_train_step-')]
   assert hit in logs[1], logs[1][-5000:]
+  assert "Persistent compilation cache hit for 'jit__lambda'" in logs[1]
+  assert miss not in logs[1], [l for l in logs[1].splitlines() if miss in l]
   # Steps 6 and 7 of 8 (after 5 warm-up steps), in TensorBoard's layout.
   traces = [name for _, _, names in os.walk(tmp_path / 'first' / 'profile')
             for name in names if name.endswith('.xplane.pb')]

@@ -1,11 +1,13 @@
 """Training a CIFAR model with padax: everything behind train.py.
 
-  configuration.py   the config's keys (base_config) and its one validator
+  configuration.py   the config's keys (base_config), the names, ranges and
+                     optimizer defaults it allows, and its one validator
+                     (JAX-free: train.py refuses bad input before JAX)
   input_pipeline.py  loading CIFAR on the host; augment.py: the device-side
                      augmentation and normalisation the step runs
   cifar10_subset.py  the folder of genuine images some tests read, from the
                      official release (python -m training.cifar10_subset)
-  optimizers.py      the optimizers a config names, with their defaults
+  optimizers.py      the optimizers a config names, built from it
   train_lib.py       the pure train and eval steps, jitted over a mesh
                      (MeshSteps: also the loop's view of what it trains)
   loop.py            the one epoch loop, for runs and sweeps alike

@@ -100,6 +100,12 @@ def _explain(argv, error: Exception) -> str:
               f'{", ".join(siblings)}.')
   m = re.search(rf'flag --{CONFIG_FLAG}\.([^=\s]+)=(.*?): (.*)',
                 _first_line(error))
+  if m and m.group(1) in keys and hasattr(keys[m.group(1)], 'items'):
+    key = m.group(1)
+    return (f'--{CONFIG_FLAG}.{key}={m.group(2)!r} is not allowed: {key} is '
+            'a group of keys, not a value; allowed: '
+            f'--{CONFIG_FLAG}.{key}.KEY=VALUE, KEY one of '
+            f'{", ".join(keys[key])}.')
   if m and m.group(1) in keys:
     key = m.group(1)
     words, _ = configuration.value_kind(keys[key])
@@ -157,6 +163,60 @@ def parse_flags(argv):
   return remaining
 
 
+def check_environment(environ=os.environ) -> None:
+  """Refuses (exit 2) what JAX would otherwise fail on with a traceback
+  when it is imported: JAX_NUM_CPU_DEVICES not an integer >= 1."""
+  count = environ.get('JAX_NUM_CPU_DEVICES')
+  if count is not None:
+    try:
+      ok = int(count) >= 1
+    except ValueError:
+      ok = False
+    if not ok:
+      fail(f'JAX_NUM_CPU_DEVICES={count!r} is not allowed; allowed: an '
+           'integer >= 1 (CPU devices), or unset.')
+
+
+def refuse_before_jax(argv, config, workdir: str, *,
+                      flags_only: str) -> None:
+  """Exits 2 with one line on a bad command line, config, workdir path or
+  environment: what can be checked without devices, checked before JAX is
+  imported (a refused run then costs no JAX start-up). flags_only: the
+  flags to name when `argv` holds positional arguments."""
+  # pylint: disable=g-import-not-at-top
+  from training import allocator
+  from training import configuration
+  from training import paths
+  # pylint: enable=g-import-not-at-top
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}; allowed: flags only '
+         f'({flags_only}, --config.KEY=VALUE, ...).')
+  try:
+    configuration.validate(config)
+    paths.check_output_dir(workdir)
+    allocator.mimalloc_environment(os.environ)
+  except ValueError as e:
+    fail(str(e))
+  check_environment()
+
+
+def start_backend() -> None:
+  """Starts JAX's backend; one that cannot start (JAX_PLATFORMS naming a
+  platform this host lacks) exits 2 with JAX's reason in one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.devices()
+  except RuntimeError as e:
+    platforms = os.environ.get('JAX_PLATFORMS')
+    reason = re.sub(r'\s*\(set JAX_PLATFORMS=.*\)\s*$', '', _first_line(e))
+    if platforms:
+      fail(f'JAX_PLATFORMS={platforms!r} is not allowed on this host '
+           f'({reason}); allowed: platforms it has (e.g. cpu), or unset '
+           '(JAX picks one).')
+    fail(f'JAX could not start a backend ({reason}); allowed: JAX_PLATFORMS '
+         'naming a platform this host has (e.g. cpu).')
+
+
 def profile_steps() -> int:
   """Steps to trace: 0 without --profile."""
   return PROFILE_STEPS.value if PROFILE.value else 0
@@ -207,8 +267,8 @@ def prepare_jax() -> None:
   """Before JAX starts a backend: quiet library logs (one line per epoch
   stays readable), training.host_devices' XLA:CPU flags (XLA reads XLA_FLAGS
   at its start) and JAX's persistent compilation cache, from which a resumed
-  run, the next run of the same config or a sweep's next chunk loads the
-  train step (4-8 s to compile on a 2-core CPU). A cache the user configured
+  run, the next run of the same config (other lr, p or seed included) or a
+  sweep's next chunk loads every program. A cache the user configured
   (flag, or JAX_COMPILATION_CACHE_DIR) wins."""
   # ABSLHandler.handle() skips its own filters: filter its python handler.
   for handler in std_logging.root.handlers + [
@@ -220,13 +280,17 @@ def prepare_jax() -> None:
   host_devices.set_cpu_xla_flags()
   import jax
   path = COMPILATION_CACHE.value
-  if path is None:
-    if jax.config.jax_compilation_cache_dir:
-      return  # Set through JAX_COMPILATION_CACHE_DIR or jax.config.
+  # A cache set through JAX_COMPILATION_CACHE_DIR or jax.config stays.
+  if path is None and not jax.config.jax_compilation_cache_dir:
     path = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(
         os.path.expanduser('~'), '.cache'), 'padax', 'jax')
   if path:
     jax.config.update('jax_compilation_cache_dir', path)
+  if not os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
+    # Every program, the small ones too (JAX's default keeps only those that
+    # took 1 s): the next run, of the same config or of other hyperparameter
+    # values, compiles nothing.
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 def print_results(workdir: str, *, sweep: bool = False) -> None:

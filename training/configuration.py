@@ -4,26 +4,82 @@
 setting for Padam on ResNet18 / CIFAR-10 as defaults (configs/ hold the
 presets built on it). `validate` refuses a config, before anything is
 written, with one message naming the key, the value and what is allowed:
-keys and types against `base_config()`, choices against the registries of
-models, datasets and optimizers, and the optimizer's hyperparameters
-against padax's own ranges (`padax.check_hyperparameters`).
+keys and types against `base_config()`, choices against the names of
+models, datasets and optimizers, and the optimizers' hyperparameters
+against the ranges here.
+
+Nothing here imports JAX (nor Flax, Optax or padax): train.py refuses a bad
+config before JAX starts. So the harness keeps its own list of model names,
+optimizers, their config keys and ranges; tests pin them to models/,
+training/optimizers.py and padax.
 """
 
 import difflib
+import math
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import models
-import padax
 from training import faults
 from training import input_pipeline
-from training import optimizers
 from training import records
-from training import train_lib
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The computation dtypes a config may name (`compute_dtype` gives JAX's).
+DTYPE_NAMES = ('float32', 'bfloat16')
+
+# models.create_model's names.
+MODEL_NAMES = ('vgg16', 'resnet18', 'wrn16_4', 'tiny_cnn')
+
+# The optimizers a config names, with the config keys each takes besides
+# learning_rate (the arguments of training/optimizers.py's factories).
+HYPERPARAMETERS = {
+    'sgdm': ('momentum', 'weight_decay'),
+    'adam': ('b1', 'b2', 'eps', 'weight_decay'),
+    'amsgrad': ('b1', 'b2', 'eps', 'weight_decay'),
+    'adamw': ('b1', 'b2', 'eps', 'weight_decay'),
+    'padam': ('p', 'b1', 'b2', 'eps', 'weight_decay', 'formulation'),
+    'lion': ('b1', 'b2', 'weight_decay'),
+}
+OPTIMIZERS = tuple(HYPERPARAMETERS)
+
+# The config values each optimizer starts from (configs/default.py's
+# `set_optimizer`): the report's Table 1 hyperparameters; AdamW's are ours.
+OPTIMIZER_DEFAULTS = {
+    'sgdm': dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
+    'adam': dict(learning_rate=1e-3, b1=0.9, b2=0.99, weight_decay=1e-4),
+    'amsgrad': dict(learning_rate=1e-3, b1=0.9, b2=0.99, weight_decay=1e-4),
+    # Decoupled decay scaled by lr: 1e-3 * 0.05 = 5e-5 per step, the same
+    # shrinkage per step as SGD's 0.1 * 5e-4.
+    'adamw': dict(learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.05),
+    'padam': dict(learning_rate=0.1, b1=0.9, b2=0.999, weight_decay=5e-4,
+                  p=0.125),
+    # Ours, after the Lion paper's advice (arXiv 2302.06675): lr 10x smaller
+    # and decoupled decay 10x larger than AdamW's, so lr * wd stays 5e-5.
+    'lion': dict(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.5),
+}
+
+# padax.FORMULATIONS.
+FORMULATIONS = ('authors', 'paper', 'report')
+
+# (low, high, high included) of each numeric hyperparameter; high None: no
+# upper bound. p, b1, b2, eps, weight_decay and learning_rate as padax
+# allows them (Padam's p in [0, 1/2], Adam's betas in [0, 1)); momentum as
+# PyTorch's SGD takes it, below 1 so that old gradients fade.
+HYPERPARAMETER_RANGES = {
+    'learning_rate': (0.0, None, False),
+    'p': (0.0, 0.5, True),
+    'b1': (0.0, 1.0, False),
+    'b2': (0.0, 1.0, False),
+    'eps': (0.0, None, False),
+    'weight_decay': (0.0, None, False),
+    'momentum': (0.0, 1.0, False),
+}
+
+
+def compute_dtype(name: str):
+  """JAX's dtype of a `DTYPE_NAMES` name (imports JAX)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -199,18 +255,32 @@ def _in_range(key, value, low, high) -> None:
                      f'{low:g} <= {key} <= {high:g}.')
 
 
+def _describe_range(name, low, high, high_included) -> str:
+  if high is None:
+    return f'{name} >= {low:g}'
+  return f'{low:g} <= {name} {"<=" if high_included else "<"} {high:g}'
+
+
 def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
-  """ValueError unless `value` is in padax's range for hyperparameter `key`
-  (config keys optimizers.HYPERPARAMETERS names, and learning_rate)."""
+  """ValueError unless `value` is allowed for optimizer hyperparameter `key`
+  (the config keys HYPERPARAMETERS names, and learning_rate)."""
   if key == 'formulation':
-    _choice('optimizer.formulation', value, padax.FORMULATIONS)
+    _choice('optimizer.formulation', value, FORMULATIONS)
     return
-  # SGD's momentum is the b1 of its gradient average.
-  name = 'b1' if key == 'momentum' else key
   owner = f'optimizer ({optimizer_name})'
-  if name != key:
-    owner += f', {key} checked as {name}'
-  padax.check_hyperparameters(owner, **{name: value})
+  low, high, high_included = HYPERPARAMETER_RANGES[key]
+  allowed = _describe_range(key, low, high, high_included)
+  if not _is_number(value):
+    raise ValueError(f'{owner}: {key}={value!r} is not a number; allowed: '
+                     f'{allowed}.')
+  x = float(value)
+  if not math.isfinite(x):
+    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
+                     f'{allowed}, finite.')
+  if x < low or (high is not None and
+                 (x > high if high_included else x >= high)):
+    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
+                     f'{allowed}.')
 
 
 def validate(config: ml_collections.ConfigDict, *,
@@ -221,14 +291,14 @@ def validate(config: ml_collections.ConfigDict, *,
   the batch sizes must divide evenly.
   """
   check_keys_and_types(config, base_config())
-  _choice('model', config.model, models.MODEL_NAMES)
+  _choice('model', config.model, MODEL_NAMES)
   _choice('dataset', config.dataset, input_pipeline.DATASETS)
   _choice('data_source', config.data_source, input_pipeline.SOURCES)
-  _choice('dtype', config.dtype, tuple(DTYPES))
+  _choice('dtype', config.dtype, DTYPE_NAMES)
   _choice('nonfinite_policy', config.nonfinite_policy,
           faults.NONFINITE_POLICIES)
   opt = config.optimizer
-  _choice('optimizer.name', opt.name, optimizers.OPTIMIZERS)
+  _choice('optimizer.name', opt.name, OPTIMIZERS)
   flat = records.flatten(config)
   for key, (low, high) in INTEGER_RANGES.items():
     _integer(key, flat[key], low, high)
@@ -242,10 +312,17 @@ def validate(config: ml_collections.ConfigDict, *,
   # What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
   _in_range('optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
   _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
-  for key in ('learning_rate',) + optimizers.HYPERPARAMETERS[opt.name]:
+  for key in ('learning_rate',) + HYPERPARAMETERS[opt.name]:
     check_hyperparameter(opt.name, key, opt[key])
   for key in ('batch_size', 'eval_batch_size'):
-    train_lib.check_batch_divides(config[key], num_devices, key)
+    check_batch_divides(config[key], num_devices, key)
+
+
+def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:
+  if batch_size % num_devices:
+    raise ValueError(
+        f'{key}={batch_size} does not divide evenly over {num_devices} '
+        f'devices; allowed: a multiple of {num_devices}.')
 
 
 def check_against_data(config: ml_collections.ConfigDict,

@@ -8,28 +8,13 @@ decay follows the authors' code: an L2 term added to the gradient (PyTorch's
 
 import collections
 import inspect
+from typing import Optional
 
 import ml_collections
+import numpy as np
 import optax
 
 import padax
-
-# The config values each optimizer starts from (configs/default.py's
-# `set_optimizer`): the report's Table 1 hyperparameters; AdamW's are ours.
-DEFAULTS = {
-    'sgdm': dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
-    'adam': dict(learning_rate=1e-3, b1=0.9, b2=0.99, weight_decay=1e-4),
-    'amsgrad': dict(learning_rate=1e-3, b1=0.9, b2=0.99, weight_decay=1e-4),
-    # Decoupled decay scaled by lr: 1e-3 * 0.05 = 5e-5 per step, the same
-    # shrinkage per step as SGD's 0.1 * 5e-4.
-    'adamw': dict(learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.05),
-    'padam': dict(learning_rate=0.1, b1=0.9, b2=0.999, weight_decay=5e-4,
-                  p=0.125),
-    # Ours, after the Lion paper's advice (arXiv 2302.06675): lr 10x smaller
-    # and decoupled decay 10x larger than AdamW's, so lr * wd stays 5e-5.
-    'lion': dict(learning_rate=1e-4, b1=0.9, b2=0.99, weight_decay=0.5),
-}
-
 
 def _coupled(weight_decay, transformation):
   return optax.chain(optax.add_decayed_weights(weight_decay), transformation)
@@ -70,8 +55,12 @@ _FACTORIES = dict(sgdm=sgdm, adam=adam, amsgrad=amsgrad, adamw=adamw,
 OPTIMIZERS = tuple(_FACTORIES)
 # Config keys each optimizer takes besides learning_rate: its factory's
 # arguments, e.g. ('momentum', 'weight_decay') for sgdm.
+# training/configuration.py keeps the same table, without importing Optax.
 HYPERPARAMETERS = {name: tuple(inspect.signature(f).parameters)[1:]
                    for name, f in _FACTORIES.items()}
+# Hyperparameters that are not numbers: arguments of the optimizer's
+# factory, not arrays of its state.
+STATIC_HYPERPARAMETERS = ('formulation',)
 
 
 def step_schedule(base: float, milestones_epochs, factor: float,
@@ -99,13 +88,34 @@ def schedule_shapes(config: ml_collections.ConfigDict, steps_per_epoch: int):
       decay_rate=opt.p_decay_factor, staircase=True)
 
 
+def injected_values(config: ml_collections.ConfigDict) -> dict:
+  """{name: float32 scalar} of the numeric hyperparameters `create_optimizer`
+  injects (the peak lr, the initial p, b1, ...), as its init stores them
+  (inject_hyperparams casts them to the parameters' dtype: every model's
+  parameters are float32).
+
+  Given to a jitted init as an argument (`create_optimizer(..., values)`
+  inside it), their values stay out of the compiled program: a run with
+  other values loads it from the persistent compilation cache.
+  """
+  opt = config.optimizer
+  return {k: np.asarray(opt[k], np.float32)
+          for k in ('learning_rate',) + HYPERPARAMETERS[opt.name]
+          if k not in STATIC_HYPERPARAMETERS}
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
+                     steps_per_epoch: int,
+                     values: Optional[dict] = None
+                     ) -> optax.GradientTransformation:
   """The configured optimizer, wrapped in `optax.inject_hyperparams`.
 
   The injected `learning_rate` and `p` are the peak lr and the initial p,
   which the schedules' shapes multiply inside: each member of a vmapped
-  sweep carries its own in its state, all share the shapes.
+  sweep carries its own in its state, all share the shapes. `values`
+  ({name: scalar}, e.g. traced `injected_values`) replace the config's
+  initial values of those hyperparameters; the update reads them from the
+  state, whatever they were.
   """
   name = config.optimizer.name
   if name not in _FACTORIES:
@@ -122,10 +132,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
   # inject_hyperparams reads the factory's signature: give it base's.
   factory.__signature__ = inspect.signature(base)
-  kwargs = {k: config.optimizer[k] for k in HYPERPARAMETERS[name]}
-  static = ('formulation',) if name == 'padam' else ()
-  return optax.inject_hyperparams(factory, static_args=static)(
-      learning_rate=config.optimizer.learning_rate, **kwargs)
+  kwargs = {k: config.optimizer[k]
+            for k in ('learning_rate',) + HYPERPARAMETERS[name]}
+  kwargs.update(values or {})
+  static = tuple(k for k in STATIC_HYPERPARAMETERS if k in kwargs)
+  return optax.inject_hyperparams(factory, static_args=static)(**kwargs)
 
 
 def current_hyperparameters(config: ml_collections.ConfigDict,

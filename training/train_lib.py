@@ -209,12 +209,5 @@ class MeshSteps:
     return tree
 
 
-def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:
-  if batch_size % num_devices:
-    raise ValueError(
-        f'{key}={batch_size} does not divide evenly over {num_devices} '
-        f'devices; allowed: a multiple of {num_devices}.')
-
-
 def host_metrics(tree) -> dict:
   return {k: float(v) for k, v in jax.device_get(tree).items()}

@@ -35,16 +35,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run_dir.check()
 
   def plan(data):
-    optimizer = optimizers.create_optimizer(
-        config, input_pipeline.steps_per_epoch(data.train.num_examples,
-                                               config.batch_size))
+    steps_per_epoch = input_pipeline.steps_per_epoch(
+        data.train.num_examples, config.batch_size)
+    optimizer = optimizers.create_optimizer(config, steps_per_epoch)
     model = models.create_model(config.model, data.num_classes,
-                                dtype=configuration.DTYPES[config.dtype])
+                                dtype=configuration.compute_dtype(config.dtype))
     steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer,
                                 nonfinite=config.nonfinite_policy)
+    # The seed's key and the initial hyperparameters are arguments, not
+    # constants of the program: a run with other values loads the compiled
+    # init from the persistent cache.
     init = lambda: jax.jit(
-        lambda rng: train_lib.create_train_state(rng, model, optimizer),
-        out_shardings=steps.state_sharding)(jax.random.key(config.seed))
+        lambda rng, values: train_lib.create_train_state(
+            rng, model, optimizers.create_optimizer(
+                config, steps_per_epoch, values)),
+        out_shardings=steps.state_sharding)(
+            jax.random.key(config.seed), optimizers.injected_values(config))
     return run_dir, [loop.Chunk(steps, init, [run_dir],
                                 run_dir.checkpoint_dir)]
 

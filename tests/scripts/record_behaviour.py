@@ -13,11 +13,8 @@ runs this script and compares bit for bit.
 """
 
 import argparse
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from tests import numerics_environment  # pylint: disable=wrong-import-position
 from training import records  # pylint: disable=wrong-import-position
 
 
@@ -43,32 +41,6 @@ def _user_environment() -> dict:
            if not f.startswith('--xla_force_host_platform_device_count')]
   env['XLA_FLAGS'] = ' '.join(flags)
   return env
-
-
-def environment() -> dict:
-  """What decides float rounding besides the code: the CPU (XLA:CPU and the
-  numeric libraries dispatch on its features) and the numeric packages."""
-  model, flags = platform.processor(), ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name' and model in ('', platform.processor()):
-          model = value.strip()
-        elif key.strip() == 'flags' and not flags:
-          flags = ' '.join(sorted(value.split()))
-  except OSError:
-    pass
-  packages = {}
-  for name in ('jax', 'jaxlib', 'numpy', 'ml_dtypes', 'flax', 'optax',
-               'orbax-checkpoint'):
-    try:
-      packages[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      packages[name] = None
-  return {'machine': platform.machine(), 'cpu': model,
-          'cpu_flags_sha256': hashlib.sha256(flags.encode()).hexdigest()[:16],
-          'packages': packages}
 
 
 def record(data_dir: str, workdir: str) -> dict:
@@ -106,8 +78,8 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     rows = record(args.data_dir, workdir)
   with open(args.out, 'w') as f:
-    json.dump({'environment': environment(), **rows}, f, indent=1,
-              sort_keys=True)
+    json.dump({'environment': numerics_environment.environment(), **rows}, f,
+              indent=1, sort_keys=True)
 
 
 if __name__ == '__main__':

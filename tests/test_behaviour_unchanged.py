@@ -17,17 +17,14 @@ d055b35, before the loop was restructured): its CI compared them bit for bit.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 
-import pytest
+from tests import numerics_environment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FIXTURE = os.path.join(HERE, 'fixtures', 'behaviour', 'metrics.json')
-RUNS = ('train_quick', 'sweep_cpu_subset')
 
 
 def _record(checkout: str, data_dir: str, out) -> dict:
@@ -40,32 +37,15 @@ def _record(checkout: str, data_dir: str, out) -> dict:
     return json.load(f)
 
 
-def _baseline_checkout(commit: str, path) -> str:
-  """The baseline commit's tree, from this clone's git history."""
-  git = shutil.which('git')
-  if git is None or not os.path.isdir(os.path.join(ROOT, '.git')):
-    pytest.skip('no recording for this environment and no git history to '
-                'run the baseline commit from')
-  archive = path.with_suffix('.tar')
-  done = subprocess.run([git, '-C', ROOT, 'archive', '-o', str(archive),
-                         commit], capture_output=True, text=True)
-  if done.returncode:
-    pytest.skip(f'no recording for this environment and baseline commit '
-                f'{commit} is not in this clone: {done.stderr.strip()}')
-  with tarfile.open(archive) as tar:
-    tar.extractall(path, filter='data')
-  return str(path)
-
-
 def test_metrics_rows_bit_identical_to_baseline(tmp_path, cifar10_subset):
   got = _record(ROOT, cifar10_subset, tmp_path / 'head.json')
   with open(FIXTURE) as f:
     fixture = json.load(f)
-  expected = next((r['runs'] for r in fixture['recordings']
-                   if r['environment'] == got['environment']), None)
+  recording = numerics_environment.recording_for(fixture)
+  expected = recording and recording['runs']
   if expected is None:
-    baseline = _baseline_checkout(fixture['baseline_commit'],
-                                  tmp_path / 'baseline')
+    baseline = numerics_environment.baseline_checkout(
+        fixture['baseline_commit'], tmp_path / 'baseline')
     expected = _record(baseline, cifar10_subset, tmp_path / 'baseline.json')
   assert got['train_quick'] == expected['train_quick']
   assert sorted(got['sweep_cpu_subset']) == sorted(expected['sweep_cpu_subset'])

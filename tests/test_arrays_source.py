@@ -208,3 +208,16 @@ def test_scripts_refuse_a_malformed_file_in_one_line(tmp_path, script, config):
       'outside, e.g. 7.'], done.stderr[-3000:]
   assert 'Traceback' not in done.stderr
   assert snapshot(str(tmp_path)) == before
+
+
+@pytest.mark.parametrize('model', ['vgg16', 'wrn16_4'])
+def test_models_built_for_32_pixels_refuse_smaller_images(tmp_path, model):
+  data = ip.load_arrays(_write(tmp_path))
+  config = quick.get_config()
+  config.model, config.batch_size, config.eval_batch_size = model, 16, 16
+  with pytest.raises(ValueError, match=(
+      rf"model='{model}' is not allowed for the \(28, 28, 1\) images of "
+      r'arrays .*; allowed: images of at least 32x32')):
+    configuration.check_against_data(config, data)
+  config.model = 'resnet18'
+  configuration.check_against_data(config, data)

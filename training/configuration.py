@@ -29,6 +29,9 @@ DTYPE_NAMES = ('float32', 'bfloat16')
 
 # models.create_model's names.
 MODEL_NAMES = ('vgg16', 'resnet18', 'wrn16_4', 'tiny_cnn')
+# The smallest image side a model takes: VGG16 halves the image five times
+# and WRN-16-4 pools an 8x8 map after two halvings; the others pool globally.
+MIN_IMAGE_SIDE = {'vgg16': 32, 'wrn16_4': 32}
 
 # The optimizers a config names, with the config keys each takes besides
 # learning_rate (the arguments of training/optimizers.py's factories).
@@ -331,7 +334,7 @@ def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:
 def check_against_data(config: ml_collections.ConfigDict,
                        data: input_pipeline.CifarData, *,
                        num_devices: int = 1) -> None:
-  """ValueError unless the batch sizes fit the loaded data.
+  """ValueError unless the model and the batch sizes fit the loaded data.
 
   batch_size <= the training examples (an epoch has at least one step);
   eval_batch_size <= the test examples, rounded up to a multiple of
@@ -339,6 +342,13 @@ def check_against_data(config: ml_collections.ConfigDict,
   one only adds padding, and memory, without evaluating more.
   """
   train, test = data.train.num_examples, data.test.num_examples
+  side = MIN_IMAGE_SIDE.get(config.model, 1)
+  if min(data.spec.image_shape[:2]) < side:
+    raise ValueError(
+        f'model={config.model!r} is not allowed for the '
+        f'{data.spec.image_shape} images of {data.source}; allowed: images of '
+        f'at least {side}x{side} for {config.model}, or model=resnet18 or '
+        'tiny_cnn, which take any size.')
   if config.batch_size > train:
     raise ValueError(
         f'batch_size={config.batch_size} is larger than the {train} training '

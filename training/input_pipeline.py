@@ -44,7 +44,7 @@ class Split:
   """One split held on the host.
 
   Attributes:
-    images: uint8 (N, 32, 32, 3), NHWC, RGB.
+    images: uint8 (N, H, W, C), NHWC (CIFAR: (N, 32, 32, 3), RGB).
     labels: int32 (N,).
   """
   images: np.ndarray
@@ -101,31 +101,18 @@ class _PythonLayout:
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   """One dataset: what the loader, the config check, the augmentation
-  (training/augment.py) and the presets read of it.
-
-  Attributes:
-    name: the config's `dataset` ('arrays': a file of your own images).
-    num_classes: the labels lie in [0, num_classes).
-    image_shape: (height, width, channels) of the uint8 images.
-    train_examples: the size of the training split.
-    test_examples: the size of the test split.
-    mean: per channel, of the images scaled to [0, 1]; normalisation
-      subtracts it ...
-    std: ... and divides by this.
-    crop_padding: zero padding of the random training crop (0: no crop).
-    flip: whether training images are flipped left-right at random.
-    layout: where it comes from: the official files (None: an .npz file).
-  """
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
+  (training/augment.py), the steps and the presets read of it."""
+  name: str  # The config's `dataset`; 'arrays': your own .npz file.
+  num_classes: int  # The labels lie in [0, num_classes).
+  image_shape: tuple[int, int, int]  # (H, W, C) of the uint8 images.
   train_examples: int
   test_examples: int
+  # Per channel, of the images scaled to [0, 1]: (x - mean) / std.
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  crop_padding: int
-  flip: bool
-  layout: _PythonLayout | None = None
+  crop_padding: int  # Zero padding of the random training crop.
+  flip: bool  # Training images flipped left-right at random.
+  layout: _PythonLayout | None = None  # The official files; None: .npz.
 
 
 # The Padam authors' CIFAR code (torchvision): RandomCrop(32, padding=4),
@@ -739,7 +726,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole split once in order, in batches of exactly batch_size.
 
-  Each batch is {'images': uint8 (B, 32, 32, 3), 'labels': int32 (B,),
+  Each batch is {'images': uint8 (B, H, W, C), 'labels': int32 (B,),
   'mask': float32 (B,)}; the last batch is padded with zero images and label
   0, whose mask is 0.
   """

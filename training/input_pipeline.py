@@ -597,11 +597,13 @@ def load_arrays(path: str | os.PathLike | None) -> CifarData:
   train = arrays['train_images']
   pixels = train.reshape(-1, train.shape[-1])
   # A channel of one value has no spread to divide by: it is only centred.
-  std = np.where(pixels.min(0) == pixels.max(0), 1.0, (pixels / 255).std(0))
+  std = np.where(pixels.min(0) == pixels.max(0), 255.0,
+                 pixels.std(0, dtype=np.float64))
   spec = DatasetSpec(
       'arrays', num_classes, tuple(train.shape[1:]), len(train),
-      len(arrays['test_images']), tuple(map(float, (pixels / 255).mean(0))),
-      tuple(map(float, std)),
+      len(arrays['test_images']),
+      tuple(float(m) / 255 for m in pixels.mean(0, dtype=np.float64)),
+      tuple(float(s) / 255 for s in std),
       crop_padding=max(1, round(min(train.shape[1:3]) / 8)), flip=False)
   split = lambda name: Split(
       images=np.ascontiguousarray(arrays[f'{name}_images']),

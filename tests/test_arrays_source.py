@@ -42,7 +42,8 @@ def _write(folder, name='data.npz', **changes):
 def _run(script, config, workdir, data_file, *extra):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, script), f'--config={ROOT}/{config}',
-       f'--workdir={workdir}', '--config.data_source=arrays', f'--config.data_dir={data_file}',
+       f'--workdir={workdir}', '--config.data_source=arrays',
+       f'--config.data_dir={data_file}',
        '--config.num_epochs=1', '--config.batch_size=16',
        '--config.eval_batch_size=16', '--config.cpu_devices=1',
        '--config.train_examples=0', '--progress=false', *extra],
@@ -135,10 +136,12 @@ MALFORMED = {
     'float images': (dict(train_images=np.zeros((64, *SHAPE), np.float32)),
                      ('train_images is float32', 'uint8 (N, H, W, C)')),
     '3-d images': (dict(train_images=np.zeros((64, 28, 28), np.uint8)),
-                   ('train_images is uint8 (64, 28, 28)', 'uint8 (N, H, W, C)')),
+                   ('train_images is uint8 (64, 28, 28)',
+                    'uint8 (N, H, W, C)')),
     'no train images': (dict(train_images=np.zeros((0, *SHAPE), np.uint8),
                              train_labels=np.zeros(0, int)),
-                        ('train_images is uint8 (0, 28, 28, 1)', 'N, H, W, C >= 1')),
+                        ('train_images is uint8 (0, 28, 28, 1)',
+                         'N, H, W, C >= 1')),
     'other test shape': (dict(test_images=np.zeros((32, 28, 28, 3), np.uint8)),
                          ('test_images is uint8 (32, 28, 28, 3)',
                           '(H, W, C) = (28, 28, 1) as train_images')),
@@ -195,7 +198,8 @@ def test_no_file_named_is_refused():
 
 
 @pytest.mark.parametrize('script, config', [
-    ('train.py', 'configs/quick.py'), ('sweep.py', 'sweeps/configs/cpu_subset.py')])
+    ('train.py', 'configs/quick.py'),
+    ('sweep.py', 'sweeps/configs/cpu_subset.py')])
 def test_scripts_refuse_a_malformed_file_in_one_line(tmp_path, script, config):
   path = _write(tmp_path, test_labels=np.full(32, 7))
   before = snapshot(str(tmp_path))

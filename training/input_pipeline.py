@@ -1,10 +1,10 @@
 """The input pipeline for padax: CIFAR-10/100, or your own images (.npz).
 
-Each dataset is one `DatasetSpec`. The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
-dataset is loaded once on the host as uint8 numpy arrays and then held on the
-accelerator, where the train step augments and normalises it
-(`training/augment.py`). `tensorflow_datasets` is imported lazily: only
-`source='tfds'` needs it.
+Each dataset is one `DatasetSpec`. The datasets are small (CIFAR: 60k images
+of 32x32x3 bytes, ~180 MB), so the whole dataset is loaded once on the host
+as uint8 numpy arrays and then held on the accelerator, where the train step
+augments and normalises it (`training/augment.py`). `tensorflow_datasets` is
+imported lazily: only `source='tfds'` needs it.
 """
 
 from __future__ import annotations
@@ -179,8 +179,9 @@ def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
   train, test = (Split(images=np.ascontiguousarray(images, dtype=np.uint8),
                        labels=np.ascontiguousarray(labels, dtype=np.int32))
                  for images, labels in splits.values())
-  return CifarData(train=train, test=test, num_classes=SPECS[dataset].num_classes,
-                   name=dataset, source=source)
+  return CifarData(train=train, test=test,
+                   num_classes=SPECS[dataset].num_classes, name=dataset,
+                   source=source)
 
 
 # ---------------------------------------------------------------------------

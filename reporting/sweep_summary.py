@@ -60,8 +60,10 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
   opt = base['optimizer']
   counts = ' x '.join(str(len({s[k] for s in summary})) for k in keys)
   epochs = base['num_epochs']
+  data = (base['data_dir'] if base.get('data_source') == 'arrays' else
+          base['dataset'])
   blocks = [
-      f'# Sweep: {base["model"]} on {base["dataset"]}, {opt["name"]}',
+      f'# Sweep: {base["model"]} on {data}, {opt["name"]}',
       f'{len(summary)} members ({counts} over {", ".join(keys)}), {epochs} '
       f'epoch{"" if epochs == 1 else "s"} at batch {base["batch_size"]}, ' + (
           f'lr x{opt["lr_factor"]} at epochs '

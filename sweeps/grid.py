@@ -29,6 +29,7 @@ import models
 from sweeps import spec
 from training import configuration
 from training import host_devices
+from training import input_pipeline
 from training import optimizers
 from training import train_lib
 
@@ -52,9 +53,11 @@ class GridSteps(train_lib.MeshSteps):
   """
 
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
-               nonfinite: str = 'stop'):
+               nonfinite: str = 'stop',
+               dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
     self.own_batches = own_batches
-    super().__init__(mesh, model, optimizer, nonfinite=nonfinite)
+    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
+                     dataset=dataset)
     self.padded_members = []
 
   def place(self, mesh) -> None:
@@ -109,8 +112,10 @@ class GridSteps(train_lib.MeshSteps):
 
 def build(base: ml_collections.ConfigDict, num_classes: int,
           steps_per_epoch: int, own_batches: bool, devices=None,
-          data: int = 1):
-  """(model, optimizer, GridSteps, init) for the base train config.
+          data: int = 1,
+          dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
+  """(model, optimizer, GridSteps, init) for the base train config and
+  `dataset` (its images; `num_classes` outputs).
 
   init(keys, values) -> the stacked TrainState (see `init_grid`). `data`:
   devices per member. Memoised, so that chunks and sweeps run again in the
@@ -122,12 +127,13 @@ def build(base: ml_collections.ConfigDict, num_classes: int,
   key['optimizer'] = base.optimizer.to_dict()
   return _build(json.dumps(key, sort_keys=True), num_classes, steps_per_epoch,
                 tuple(d.id for d in devices), data, bool(own_batches),
-                base.get('nonfinite_policy', 'stop'))
+                base.get('nonfinite_policy', 'stop'), dataset)
 
 
 @functools.lru_cache(maxsize=8)
 def _build(config_json: str, num_classes: int, steps_per_epoch: int,
-           device_ids: tuple, data: int, own_batches: bool, nonfinite: str):
+           device_ids: tuple, data: int, own_batches: bool, nonfinite: str,
+           dataset: input_pipeline.DatasetSpec):
   base = ml_collections.ConfigDict(json.loads(config_json))
   optimizer = optimizers.create_optimizer(base, steps_per_epoch)
   model = models.create_model(base.model, num_classes,
@@ -135,11 +141,12 @@ def _build(config_json: str, num_classes: int, steps_per_epoch: int,
   devices = {d.id: d for d in jax.devices()}
   steps = GridSteps(make_grid_mesh([devices[i] for i in device_ids], data),
                     model, optimizer, own_batches=own_batches,
-                    nonfinite=nonfinite)
+                    nonfinite=nonfinite, dataset=dataset)
 
   def init(keys, values):
     state = jax.vmap(
-        lambda key: train_lib.create_train_state(key, model, optimizer))(keys)
+        lambda key: train_lib.create_train_state(
+            key, model, optimizer, dataset.image_shape))(keys)
     return set_hyperparameters(state, values)
 
   return model, optimizer, steps, jax.jit(init,
@@ -227,19 +234,24 @@ def free_memory_bytes() -> Optional[int]:
     return None
 
 
-def estimate_member_bytes(model, optimizer, batch_size: int) -> int:
+def estimate_member_bytes(
+    model, optimizer, batch_size: int,
+    dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10) -> int:
   """Device bytes one member needs: 3x its state (state in, gradients,
   optimizer temporaries) + the temporaries XLA's memory analysis of one
   member's compiled step gives (activations)."""
   state = jax.eval_shape(
-      lambda key: train_lib.create_train_state(key, model, optimizer),
+      lambda key: train_lib.create_train_state(key, model, optimizer,
+                                               dataset.image_shape),
       jax.random.key(0))
-  batch = {'images': jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.uint8),
+  batch = {'images': jax.ShapeDtypeStruct((batch_size, *dataset.image_shape),
+                                          jnp.uint8),
            'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
   temp = 0
   try:
     analysis = jax.jit(functools.partial(
-        train_lib.train_step, model=model, optimizer=optimizer)).lower(
+        train_lib.train_step, model=model, optimizer=optimizer,
+        dataset=dataset)).lower(
             state, batch).compile().memory_analysis()
     temp = int(getattr(analysis, 'temp_size_in_bytes', 0) or 0)
   except Exception:  # pylint: disable=broad-except

@@ -109,11 +109,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     model, optimizer, steps, init = grid.build(
         base, data.num_classes, input_pipeline.steps_per_epoch(
             data.train.num_examples, base.batch_size), options['own_batches'],
-        data=grid.devices_per_member(base, jax.device_count(), chunk_size))
+        data=grid.devices_per_member(base, jax.device_count(), chunk_size),
+        dataset=data.spec)
     size = chunk_size
     if requested_chunk == spec.AUTO_CHUNK:
       member_bytes = grid.estimate_member_bytes(model, optimizer,
-                                                base.batch_size)
+                                                base.batch_size, data.spec)
       size = grid.auto_chunk(len(members), member_bytes,
                              grid.free_memory_bytes(),
                              reserved_bytes=data.train.images.nbytes,

@@ -137,7 +137,7 @@ def test_load_cifar100_python_layout(tmp_path):
 def test_load_tfds_mocked(dataset, tmp_path):
   with mock_cifar(num_train=37, num_test=11, dataset=dataset) as expected:
     data = ip.load_cifar(dataset, source='tfds', data_dir=str(tmp_path))
-  assert data.name == dataset and data.num_classes == ip.NUM_CLASSES[dataset]
+  assert data.name == dataset and data.num_classes == ip.SPECS[dataset].num_classes
   assert 'tfds' in data.source
   assert data.train.images.shape == (37, 32, 32, 3)
   assert data.test.images.shape == (11, 32, 32, 3)

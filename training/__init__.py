@@ -3,7 +3,8 @@
   configuration.py   the config's keys (base_config), the names, ranges and
                      optimizer defaults it allows, and its one validator
                      (JAX-free: train.py refuses bad input before JAX)
-  input_pipeline.py  loading CIFAR on the host; augment.py: the device-side
+  input_pipeline.py  the datasets (DatasetSpec) and loading them (CIFAR, your
+                     own .npz) on the host; augment.py: the device-side
                      augmentation and normalisation the step runs
   cifar10_subset.py  the folder of genuine images some tests read, from the
                      official release (python -m training.cifar10_subset)

@@ -29,6 +29,9 @@ DTYPE_NAMES = ('float32', 'bfloat16')
 
 # models.create_model's names.
 MODEL_NAMES = ('vgg16', 'resnet18', 'wrn16_4', 'tiny_cnn')
+# The smallest image side a model takes: VGG16 halves the image five times
+# and WRN-16-4 pools an 8x8 map after two halvings; the others pool globally.
+MIN_IMAGE_SIDE = {'vgg16': 32, 'wrn16_4': 32}
 
 # The optimizers a config names, with the config keys each takes besides
 # learning_rate (the arguments of training/optimizers.py's factories).
@@ -89,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = 'resnet18'
   config.dataset = 'cifar10'
   # Where CIFAR comes from: 'download', 'local' or 'tfds', in data_dir ('':
-  # the default); README.md, "Data".
+  # the default); README.md, "Data". 'arrays': your own images, the .npz file
+  # data_dir, instead of `dataset` (README.md, "Your own images").
   config.data_source = 'download'
   config.data_dir = ''
   # Train on the first N training images only; 0: all of them.
@@ -218,8 +222,8 @@ def _choice(key, value, allowed) -> None:
 
 # Upper bounds of the integer keys: finite, and far beyond any sensible run.
 MAX_EPOCHS = 10_000          # the report trains 200
-# Larger than any CIFAR split (50,000 train images): a batch size above it
-# cannot be filled; after loading, check_against_data bounds it by the data.
+# Far beyond CIFAR's 50,000 training images; after loading,
+# check_against_data bounds it by the data.
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1         # a uint32: what every PRNG here takes as is
 
@@ -229,8 +233,6 @@ INTEGER_RANGES = {
     'eval_batch_size': (1, MAX_BATCH_SIZE),
     # More XLA devices than a CPU host has threads only adds partitioning.
     'cpu_devices': (1, 256),
-    # CIFAR's training split has 50,000 images; 0: all of them.
-    'train_examples': (0, 50_000),
     'num_epochs': (1, MAX_EPOCHS),
     'checkpoint_every_epochs': (1, MAX_EPOCHS),
     'keep_checkpoints': (1, 1_000),
@@ -302,6 +304,10 @@ def validate(config: ml_collections.ConfigDict, *,
   flat = records.flatten(config)
   for key, (low, high) in INTEGER_RANGES.items():
     _integer(key, flat[key], low, high)
+  # 0: all; at most the dataset's training split (an .npz file's: once read).
+  _integer('train_examples', config.train_examples, 0,
+           input_pipeline.SPECS[config.dataset].train_examples
+           if config.data_source != 'arrays' else np.iinfo(np.int32).max)
   for milestone in opt.lr_milestones:
     if (not isinstance(milestone, int) or isinstance(milestone, bool) or
         milestone < 1 or milestone > MAX_EPOCHS):
@@ -328,7 +334,7 @@ def check_batch_divides(batch_size: int, num_devices: int, key: str) -> None:
 def check_against_data(config: ml_collections.ConfigDict,
                        data: input_pipeline.CifarData, *,
                        num_devices: int = 1) -> None:
-  """ValueError unless the batch sizes fit the loaded data.
+  """ValueError unless the model and the batch sizes fit the loaded data.
 
   batch_size <= the training examples (an epoch has at least one step);
   eval_batch_size <= the test examples, rounded up to a multiple of
@@ -336,6 +342,13 @@ def check_against_data(config: ml_collections.ConfigDict,
   one only adds padding, and memory, without evaluating more.
   """
   train, test = data.train.num_examples, data.test.num_examples
+  side = MIN_IMAGE_SIDE.get(config.model, 1)
+  if min(data.spec.image_shape[:2]) < side:
+    raise ValueError(
+        f'model={config.model!r} is not allowed for the '
+        f'{data.spec.image_shape} images of {data.source}; allowed: images of '
+        f'at least {side}x{side} for {config.model}, or model=resnet18 or '
+        'tiny_cnn, which take any size.')
   if config.batch_size > train:
     raise ValueError(
         f'batch_size={config.batch_size} is larger than the {train} training '

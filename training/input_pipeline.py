@@ -1,10 +1,10 @@
-"""CIFAR-10/100 input pipeline for padax.
+"""The input pipeline for padax: CIFAR-10/100, or your own images (.npz).
 
-The datasets are small (60k images of 32x32x3 bytes, ~180 MB), so the whole
-dataset is loaded once on the host as uint8 numpy arrays and then held on the
-accelerator, where the train step augments and normalises it
-(`training/augment.py`). `tensorflow_datasets` is imported lazily: only
-`source='tfds'` needs it.
+Each dataset is one `DatasetSpec`. The datasets are small (CIFAR: 60k images
+of 32x32x3 bytes, ~180 MB), so the whole dataset is loaded once on the host
+as uint8 numpy arrays and then held on the accelerator, where the train step
+augments and normalises it (`training/augment.py`). `tensorflow_datasets` is
+imported lazily: only `source='tfds'` needs it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import operator
 import os
 import pickle
 import tarfile
+import zipfile
 import zlib
 from typing import Any, Iterator, Sequence
 
@@ -28,11 +29,7 @@ from training import download
 
 log = logging.getLogger(__name__)
 
-DATASETS = ('cifar10', 'cifar100')
-SOURCES = ('download', 'local', 'tfds')
-
-NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
-IMAGE_SHAPE = (32, 32, 3)
+SOURCES = ('download', 'local', 'tfds', 'arrays')
 
 # Number of records requested per `__getitems__` call on a TFDS data source.
 _TFDS_READ_CHUNK = 4096
@@ -47,7 +44,7 @@ class Split:
   """One split held on the host.
 
   Attributes:
-    images: uint8 (N, 32, 32, 3), NHWC, RGB.
+    images: uint8 (N, H, W, C), NHWC (CIFAR: (N, 32, 32, 3), RGB).
     labels: int32 (N,).
   """
   images: np.ndarray
@@ -63,12 +60,18 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CifarData:
-  """Train and test splits of one CIFAR dataset."""
+  """Train and test splits of one dataset, and its spec (by default the
+  spec of `name`)."""
   train: Split
   test: Split
   num_classes: int
-  name: str  # 'cifar10' | 'cifar100'
+  name: str  # 'cifar10' | 'cifar100' | 'arrays'
   source: str  # human-readable origin of the data
+  spec: DatasetSpec | None = None
+
+  def __post_init__(self):
+    if self.spec is None:
+      object.__setattr__(self, 'spec', SPECS[self.name])
 
 
 # ---------------------------------------------------------------------------
@@ -95,8 +98,30 @@ class _PythonLayout:
     return self.train_files + self.test_files
 
 
-_LAYOUTS = {
-    'cifar10': _PythonLayout(
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset: what the loader, the config check, the augmentation
+  (training/augment.py), the steps and the presets read of it."""
+  name: str  # The config's `dataset`; 'arrays': your own .npz file.
+  num_classes: int  # The labels lie in [0, num_classes).
+  image_shape: tuple[int, int, int]  # (H, W, C) of the uint8 images.
+  train_examples: int
+  test_examples: int
+  # Per channel, of the images scaled to [0, 1]: (x - mean) / std.
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  crop_padding: int  # Zero padding of the random training crop.
+  flip: bool  # Training images flipped left-right at random.
+  layout: _PythonLayout | None = None  # The official files; None: .npz.
+
+
+# The Padam authors' CIFAR code (torchvision): RandomCrop(32, padding=4),
+# RandomHorizontalFlip(), and Normalize with these statistics for both.
+_CIFAR = dict(image_shape=(32, 32, 3), train_examples=50_000,
+              test_examples=10_000, mean=(0.4914, 0.4822, 0.4465),
+              std=(0.2023, 0.1994, 0.2010), crop_padding=4, flip=True)
+SPECS = {
+    'cifar10': DatasetSpec('cifar10', 10, layout=_PythonLayout(
         title='CIFAR-10',
         folder='cifar-10-batches-py',
         archive='cifar-10-python.tar.gz',
@@ -106,8 +131,8 @@ _LAYOUTS = {
         test_files=('test_batch',),
         label_key=b'labels',
         tfds_archive='cifar-10-binary.tar.gz',
-    ),
-    'cifar100': _PythonLayout(
+    ), **_CIFAR),
+    'cifar100': DatasetSpec('cifar100', 100, layout=_PythonLayout(
         title='CIFAR-100',
         folder='cifar-100-python',
         archive='cifar-100-python.tar.gz',
@@ -117,8 +142,10 @@ _LAYOUTS = {
         test_files=('test',),
         label_key=b'fine_labels',
         tfds_archive='cifar-100-binary.tar.gz',
-    ),
+    ), **_CIFAR),
 }
+CIFAR10 = SPECS['cifar10']
+DATASETS = tuple(SPECS)
 
 
 def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
@@ -152,8 +179,9 @@ def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
   train, test = (Split(images=np.ascontiguousarray(images, dtype=np.uint8),
                        labels=np.ascontiguousarray(labels, dtype=np.int32))
                  for images, labels in splits.values())
-  return CifarData(train=train, test=test, num_classes=NUM_CLASSES[dataset],
-                   name=dataset, source=source)
+  return CifarData(train=train, test=test,
+                   num_classes=SPECS[dataset].num_classes, name=dataset,
+                   source=source)
 
 
 # ---------------------------------------------------------------------------
@@ -266,7 +294,7 @@ def _read_batches(kind: str, location: str, layout: _PythonLayout,
 
 
 def _other_dataset_hint(path: str, dataset: str) -> str:
-  for other, layout in _LAYOUTS.items():
+  for other, layout in ((d, s.layout) for d, s in SPECS.items()):
     if other != dataset and (
         os.path.basename(os.path.normpath(path)) == layout.folder or
         os.path.exists(os.path.join(path, layout.folder)) or
@@ -276,7 +304,7 @@ def _other_dataset_hint(path: str, dataset: str) -> str:
 
 
 def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
-  layout = _LAYOUTS[dataset]
+  layout = SPECS[dataset].layout
   if data_dir is None:
     raise ValueError(
         f"source='local' needs data_dir (--config.data_dir=DATA_DIR): a "
@@ -310,7 +338,8 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
         f'No {layout.title} data found in {path}: expected '
         f'{_describe_layout(layout, path)}.{_other_dataset_hint(path, dataset)}')
 
-  parsed = _read_batches(kind, location, layout, NUM_CLASSES[dataset])
+  parsed = _read_batches(kind, location, layout,
+                         SPECS[dataset].num_classes)
   if kind == 'archive':
     _warn_unless_official(location, layout)
 
@@ -337,7 +366,7 @@ def _warn_unless_official(path: str, layout: _PythonLayout) -> None:
 
 
 def _load_download(dataset: str, data_dir) -> CifarData:
-  layout = _LAYOUTS[dataset]
+  layout = SPECS[dataset].layout
   try:
     folder = download.fetch(layout.archive, layout.folder, layout.files,
                             layout.md5, data_dir, size=layout.size)
@@ -385,7 +414,7 @@ def _first_line(e: BaseException) -> str:
 def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
                 reason: str, cause: BaseException | None = None
                ) -> DataNotFoundError:
-  layout = _LAYOUTS[dataset]
+  layout = SPECS[dataset].layout
   err = DataNotFoundError(
       f'CIFAR dataset {dataset!r} is not available from TFDS '
       f'(data_dir={None if data_dir is None else os.fspath(data_dir)!r}, '
@@ -411,9 +440,9 @@ def _open_tfds(tfds, dataset: str, data_dir):
       builder_kwargs={'file_format': 'array_record'})
 
 
-def _read_tfds_split(source, num_classes: int, where: str):
+def _read_tfds_split(source, spec: DatasetSpec, where: str):
   n = len(source)
-  images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
+  images = np.empty((n,) + spec.image_shape, np.uint8)
   labels = np.empty((n,), np.int64)
   for start in range(0, n, _TFDS_READ_CHUNK):
     keys = list(range(start, min(n, start + _TFDS_READ_CHUNK)))
@@ -428,10 +457,10 @@ def _read_tfds_split(source, num_classes: int, where: str):
       raise ValueError(f'{where}: examples must have "image" and "label" '
                        f'features ({_first_line(e)}).') from None
     for i, image in enumerate(chunk_images):
-      if image.dtype != np.uint8 or image.shape != IMAGE_SHAPE:
+      if image.dtype != np.uint8 or image.shape != spec.image_shape:
         raise ValueError(
             f'{where}: example {start + i} has image {image.dtype} '
-            f'{image.shape}; expected uint8 {IMAGE_SHAPE}.')
+            f'{image.shape}; expected uint8 {spec.image_shape}.')
     chunk_labels = np.asarray(chunk_labels)
     if (chunk_labels.shape != (len(keys),) or
         not np.issubdtype(chunk_labels.dtype, np.integer)):
@@ -439,14 +468,14 @@ def _read_tfds_split(source, num_classes: int, where: str):
                        f'{chunk_labels.dtype} {chunk_labels.shape[1:]}.')
     images[start:start + len(keys)] = np.stack(chunk_images)
     labels[start:start + len(keys)] = chunk_labels
-  _check_labels(labels, num_classes, where)
+  _check_labels(labels, spec.num_classes, where)
   return images, labels
 
 
 def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
   """The sources TFDS could not open (`open_error`), once it has prepared the
   dataset; else the DataNotFoundError saying why it cannot."""
-  layout = _LAYOUTS[dataset]
+  layout = SPECS[dataset].layout
   try:
     builder = tfds.builder(dataset, data_dir=data_dir,
                            file_format='array_record')
@@ -493,15 +522,95 @@ def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:
     sources = _prepare_tfds(tfds, dataset, data_dir, manual_dir, e)
   train_source, test_source = sources
   where = f'tfds {dataset} (data_dir={data_dir})'
-  num_classes = NUM_CLASSES[dataset]
   return _cifar_data(
       dataset,
-      {f'{where} train': _read_tfds_split(train_source, num_classes,
+      {f'{where} train': _read_tfds_split(train_source, SPECS[dataset],
                                           f'{where} train'),
-       f'{where} test': _read_tfds_split(test_source, num_classes,
+       f'{where} test': _read_tfds_split(test_source, SPECS[dataset],
                                          f'{where} test')},
       f"tfds {dataset} array_record (data_dir="
       f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
+
+
+# ---------------------------------------------------------------------------
+# Your own images: an .npz file.
+
+ARRAYS = ('train_images', 'train_labels', 'test_images', 'test_labels')
+
+
+def load_arrays(path: str | os.PathLike | None) -> CifarData:
+  """The images and labels of the .npz file at `path` (numpy.savez).
+
+  It holds `ARRAYS`: uint8 images (N, H, W, C), the same (H, W, C) in both
+  splits, and N integer labels from 0 per split; the classes are the largest
+  training label + 1. Normalisation uses the per-channel mean and standard
+  deviation of the training images; training crops at random from the image
+  zero-padded by an eighth of its smaller side (as CIFAR's 4 of 32), and
+  never flips it (a flip is wrong for digits or text).
+  """
+  expected = ('allowed: an .npz file (numpy.savez) holding uint8 train_images '
+              'and test_images (N, H, W, C) and integer train_labels and '
+              'test_labels (N,) from 0')
+  if not path:
+    raise ValueError("data_source='arrays' needs data_dir "
+                     f'(--config.data_dir=FILE.npz); {expected}.')
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  try:
+    with open(path, 'rb') as f:
+      npz = np.load(f, allow_pickle=False)
+      if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError('a single .npy array, not an .npz file')
+      found = sorted(npz.files)
+      arrays = {name: npz[name] for name in ARRAYS if name in found}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    why = (str(e).strip().splitlines() or [''])[0]
+    raise DataNotFoundError(f'data_dir {path} cannot be read '
+                            f'({type(e).__name__}: {why}); {expected}.'
+                           ) from None
+  for name in ARRAYS:
+    if name not in arrays:
+      raise DataNotFoundError(f'data_dir {path} has no array {name} (it has '
+                              f'{", ".join(found) or "none"}); {expected}.')
+  def refuse(name, what):
+    a = arrays[name]
+    raise ValueError(f'data_dir {path}: {name} is {a.dtype} {a.shape}; '
+                     f'allowed: {what}.')
+  train_shape = arrays['train_images'].shape[1:]
+  for split in ('train', 'test'):
+    images, labels = arrays[f'{split}_images'], arrays[f'{split}_labels']
+    if (images.dtype != np.uint8 or images.ndim != 4 or not images.size or
+        (split == 'test' and images.shape[1:] != train_shape)):
+      refuse(f'{split}_images', 'uint8 (N, H, W, C), N, H, W, C >= 1' +
+             (f', (H, W, C) = {train_shape} as train_images'
+              if split == 'test' else ''))
+    if (labels.shape != images.shape[:1] or labels.dtype == bool or
+        not np.issubdtype(labels.dtype, np.integer)):
+      refuse(f'{split}_labels', f'{images.shape[0]} integers (one per image '
+             f'of {split}_images), shape ({images.shape[0]},)')
+  num_classes = int(arrays['train_labels'].max()) + 1
+  for name in ('train_labels', 'test_labels'):
+    labels = arrays[name]
+    if labels.min() < 0 or labels.max() >= num_classes:
+      bad = labels[(labels < 0) | (labels >= num_classes)]
+      refuse(name, f'labels in [0, {num_classes - 1}] (the classes are the '
+             f'largest train label + 1); found {bad.size} outside, e.g. '
+             f'{int(bad[0])}')
+  train = arrays['train_images']
+  pixels = train.reshape(-1, train.shape[-1])
+  # A channel of one value has no spread to divide by: it is only centred.
+  std = np.where(pixels.min(0) == pixels.max(0), 255.0,
+                 pixels.std(0, dtype=np.float64))
+  spec = DatasetSpec(
+      'arrays', num_classes, tuple(train.shape[1:]), len(train),
+      len(arrays['test_images']),
+      tuple(float(m) / 255 for m in pixels.mean(0, dtype=np.float64)),
+      tuple(float(s) / 255 for s in std),
+      crop_padding=max(1, round(min(train.shape[1:3]) / 8)), flip=False)
+  split = lambda name: Split(
+      images=np.ascontiguousarray(arrays[f'{name}_images']),
+      labels=arrays[f'{name}_labels'].astype(np.int32))
+  return CifarData(split('train'), split('test'), num_classes, 'arrays',
+                   f'arrays {path}', spec)
 
 
 # ---------------------------------------------------------------------------
@@ -553,7 +662,8 @@ def load_cifar(dataset: str, *, source: str = 'download',
       official python archive from `data_dir` (an archive whose MD5 is not
       the official one is used with one warning); 'tfds' reads the TFDS
       array_record data source (preparing it first when TensorFlow is
-      installed).
+      installed); 'arrays' reads your own images from the .npz file
+      `data_dir` instead of `dataset` (`load_arrays`).
     data_dir: for 'download', the cache directory (None:
       $XDG_CACHE_HOME/padax/datasets, i.e. ~/.cache/padax/datasets); for
       'local', a directory holding `cifar-10-batches-py/` /
@@ -578,6 +688,8 @@ def load_cifar(dataset: str, *, source: str = 'download',
   _check_choice('source', source, SOURCES)
   if source != 'tfds' and manual_dir is not None:
     raise ValueError("manual_dir is only used with source='tfds'.")
+  if source == 'arrays':
+    return load_arrays(data_dir)
   if source == 'local':
     return _load_local(dataset, data_dir)
   if source == 'download':
@@ -617,7 +729,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole split once in order, in batches of exactly batch_size.
 
-  Each batch is {'images': uint8 (B, 32, 32, 3), 'labels': int32 (B,),
+  Each batch is {'images': uint8 (B, H, W, C), 'labels': int32 (B,),
   'mask': float32 (B,)}; the last batch is padded with zero images and label
   0, whose mask is 0.
   """

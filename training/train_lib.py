@@ -33,9 +33,11 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(rng: jax.Array, model: nn.Module,
-                       optimizer: optax.GradientTransformation) -> TrainState:
+                       optimizer: optax.GradientTransformation,
+                       image_shape=input_pipeline.CIFAR10.image_shape
+                      ) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, 32, 32, 3), jnp.float32),
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32),
                          train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
@@ -54,7 +56,8 @@ def _all_finite(tree) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                optimizer: optax.GradientTransformation,
-               nonfinite: str = 'stop'):
+               nonfinite: str = 'stop',
+               dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
   """One SGD step on a batch of uint8 images; returns the new state and sums.
 
   Metrics are sums over the batch, accumulated over an epoch on the device
@@ -69,7 +72,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   """
   rng = jax.random.fold_in(state.rng, state.step)
   images = augment.normalize(
-      augment.augment(rng, batch['images']))
+      augment.augment(rng, batch['images'], dataset), dataset)
   labels = batch['labels']
 
   def loss_fn(params):
@@ -111,13 +114,15 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module):
-  """Sums of loss, top-1 and top-5 correct over the unmasked examples."""
-  images = augment.normalize(batch['images'])
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module,
+              dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
+  """Sums of loss, top-1 and top-5 correct over the unmasked examples (with
+  5 classes or fewer, every label is among the top 5)."""
+  images = augment.normalize(batch['images'], dataset)
   logits = model.apply({'params': state.params,
                         'batch_stats': state.batch_stats}, images, train=False)
   labels, mask = batch['labels'], batch['mask']
-  top5 = jax.lax.top_k(logits, 5)[1]
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   return {
       'loss_sum': jnp.sum(cross_entropy(logits, labels) * mask),
       'top1_correct': jnp.sum((top5[:, 0] == labels) * mask),
@@ -146,20 +151,21 @@ class MeshSteps:
   # None: one run, which a non-finite step stops (faults.NonfiniteWatch).
   member_names = None
 
-  def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop'):
+  def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop',
+               dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
     self.place(mesh)
     self.train_step = jax.jit(
         self.per_device(functools.partial(
             train_step, model=model, optimizer=optimizer,
-            nonfinite=nonfinite), train=True),
+            nonfinite=nonfinite, dataset=dataset), train=True),
         in_shardings=(self.state_sharding, self.sharded),
         out_shardings=(self.state_sharding, self.metrics_sharding),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
-        self.per_device(functools.partial(eval_step, model=model),
-                        train=False),
+        self.per_device(functools.partial(eval_step, model=model,
+                                          dataset=dataset), train=False),
         in_shardings=(self.state_sharding, self.eval_sharded),
         out_shardings=self.metrics_sharding)
     self.gather = jax.jit(

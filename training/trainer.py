@@ -41,14 +41,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model = models.create_model(config.model, data.num_classes,
                                 dtype=configuration.compute_dtype(config.dtype))
     steps = train_lib.MeshSteps(train_lib.make_mesh(), model, optimizer,
-                                nonfinite=config.nonfinite_policy)
+                                nonfinite=config.nonfinite_policy,
+                                dataset=data.spec)
     # The seed's key and the initial hyperparameters are arguments, not
     # constants of the program: a run with other values loads the compiled
     # init from the persistent cache.
     init = lambda: jax.jit(
         lambda rng, values: train_lib.create_train_state(
             rng, model, optimizers.create_optimizer(
-                config, steps_per_epoch, values)),
+                config, steps_per_epoch, values), data.spec.image_shape),
         out_shardings=steps.state_sharding)(
             jax.random.key(config.seed), optimizers.injected_values(config))
     return run_dir, [loop.Chunk(steps, init, [run_dir],

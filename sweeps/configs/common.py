@@ -2,15 +2,16 @@
 
 import ml_collections
 
-DATASETS = ('cifar10', 'cifar100')
+from training import input_pipeline
+
 # The report's p grid (section 4.2 and 4.3).
 P_GRID = (0.25, 0.125, 0.0625)
 
 
 def dataset_arg(arg: str) -> str:
-  if arg not in DATASETS:
+  if arg not in input_pipeline.SPECS:
     raise ValueError(f'config argument {arg!r} is not allowed; allowed: '
-                     f'{", ".join(DATASETS)}.')
+                     f'{", ".join(input_pipeline.SPECS)}.')
   return arg
 
 

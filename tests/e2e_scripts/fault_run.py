@@ -180,7 +180,7 @@ def _serve_random_cifar() -> None:
         rng.integers(0, 10, (n,)).astype(np.int32))
     return input_pipeline.CifarData(
         split(_NUM_TRAIN.value), split(_NUM_TEST.value),
-        input_pipeline.NUM_CLASSES[dataset], dataset, 'random test data')
+        input_pipeline.SPECS[dataset].num_classes, dataset, 'random test data')
 
   input_pipeline.load_cifar = load_cifar
 

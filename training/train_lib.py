@@ -207,7 +207,3 @@ class MeshSteps:
   def from_checkpoint(self, tree):
     """The inverse of `for_checkpoint`, placed as `state_sharding`."""
     return tree
-
-
-def host_metrics(tree) -> dict:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}

@@ -53,8 +53,8 @@ class GridSteps(train_lib.MeshSteps):
 
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
                nonfinite: str = 'stop'):
-    self.own_batches = own_batches
-    super().__init__(mesh, model, optimizer, nonfinite=nonfinite)
+    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
+                     own_batches=own_batches)
     self.padded_members = []
 
   def place(self, mesh) -> None:

@@ -146,7 +146,11 @@ class MeshSteps:
   # None: one run, which a non-finite step stops (faults.NonfiniteWatch).
   member_names = None
 
-  def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop'):
+  def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop',
+               own_batches: bool = False):
+    """own_batches: one training batch per member (a sweep's option; a run
+    has one member). Set before `place` and `per_device`, which may read it."""
+    self.own_batches = own_batches
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
     self.place(mesh)

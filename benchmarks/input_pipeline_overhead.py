@@ -44,7 +44,8 @@ import cpu_meter
 import run_info
 import models
 from configs import quick
-from training import faults, input_pipeline, loop, optimizers, train_lib
+from training import checkpoints, faults, input_pipeline, loop, optimizers
+from training import train_lib
 from training import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -83,7 +84,8 @@ def measure(model_name, max_steps, data, batch_size, rounds):
     with tempfile.TemporaryDirectory() as workdir:
       run_dir = workdir_lib.Workdir(workdir, config)
       run_dir.prepare()
-      store = run_dir.checkpoint_store(config.keep_checkpoints)
+      store = checkpoints.CheckpointStore(run_dir.checkpoint_dir,
+                                           config.keep_checkpoints)
       try:
         result = loop.train_epochs(
             config, steps, init(jax.random.key(config.seed)), store=store,

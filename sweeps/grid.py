@@ -48,16 +48,15 @@ class GridSteps(train_lib.MeshSteps):
 
   Each `grid` slice of devices runs the vmap over its own members
   (`jax.shard_map`, manual over `grid` only): left to the SPMD partitioner,
-  the vmapped (grouped) convolutions got collectives that made a 9-device
-  CPU grid 20x slower than one device (docs/benchmarks.md).
+  the vmapped (grouped) convolutions get collectives that make a CPU grid
+  slower than one device.
   """
 
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
                nonfinite: str = 'stop',
                dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
-    self.own_batches = own_batches
     super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
-                     dataset=dataset)
+                     own_batches=own_batches, dataset=dataset)
     self.padded_members = []
 
   def place(self, mesh) -> None:
@@ -170,8 +169,8 @@ def devices_per_member(base: ml_collections.ConfigDict, num_devices: int,
 def cpu_devices(config: ml_collections.ConfigDict,
                 chunk: Optional[int] = None) -> int:
   """XLA devices sweep.py splits a CPU host into: each member of a chunk
-  data parallel over its own (host_devices.cpu_devices_per_run): 1.26x faster
-  than one member per device (docs/benchmarks.md)."""
+  data parallel over its own (host_devices.cpu_devices_per_run), which is
+  faster than one member per device (docs/benchmarks.md)."""
   return spec.members_at_once(config, chunk) * (
       host_devices.cpu_devices_per_run(spec.train_config(config)))
 

@@ -26,7 +26,6 @@ import ml_collections
 from reporting import sweep_summary
 from sweeps import grid
 from sweeps import spec
-from training import checkpoints
 from training import configuration
 from training import input_pipeline
 from training import loop
@@ -137,8 +136,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                                result.loop.diverged)
                      if d is not None})
     summary = [sweep_summary.summarize_member(
-        m.name, m.values, d.read_metrics(), diverged.get(m.name))
-               for m, d in zip(members, member_dirs)]
+        m.name, m.values, workdir_lib.read_rows(d.jsonl_path),
+        diverged.get(m.name)) for m, d in zip(members, member_dirs)]
     workdir_lib.atomic_write(
         os.path.join(workdir, 'summary.json'),
         json.dumps({'members': summary}, indent=2, sort_keys=True))
@@ -165,30 +164,3 @@ def _chunk(steps, init, group: list, index: int, count: int,
 
   return loop.Chunk(chunk_steps, init_chunk, [d for _, d in group],
                     _chunk_dir(workdir, index), f'chunk {index + 1}/{count}')
-
-
-def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
-                  steps_per_epoch: int):
-  """(members, stacked TrainState on one device) of a chunk's newest
-  readable checkpoint; `num_classes` and `steps_per_epoch` of the data
-  trained on rebuild the state's shape."""
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  members = spec.chunks_of(spec.grid_members(config),
-                           config.sweep.chunk)[chunk_index]
-  _, _, steps, init = grid.build(
-      spec.train_config(config), num_classes, steps_per_epoch,
-      config.sweep.own_batches, devices=jax.devices()[:1])
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  template = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
-      jax.eval_shape(lambda: grid.init_grid(init, members)))
-  store = checkpoints.CheckpointStore(_chunk_dir(workdir, chunk_index),
-                                      config.keep_checkpoints)
-  try:
-    restored = store.restore_latest(template, lambda step, meta: None)
-  finally:
-    store.close()
-  if restored is None:
-    raise ValueError(f'{store.directory} holds no checkpoint.')
-  return members, restored[1]

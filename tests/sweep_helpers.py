@@ -1,11 +1,18 @@
 """The sweep tests' small set-up, shared by tests/test_sweeps.py and the
 scripts it runs in fresh processes (tests import helpers, not test files)."""
 
+import json
+import os
+
+import jax
 import ml_collections
 import numpy as np
 
 from configs import quick
+from sweeps import grid
+from sweeps import spec
 from tests.data_fixtures import cifar10_subset_path
+from training import checkpoints
 from training import input_pipeline
 
 NUM_TRAIN, NUM_TEST, BATCH = 96, 40, 16
@@ -41,3 +48,32 @@ def sweep_config(**sweep):
                   own_batches=False, chunk=0)
   config.sweep = ml_collections.ConfigDict({**defaults, **sweep})
   return config
+
+
+def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
+                  steps_per_epoch: int):
+  """(members, stacked TrainState on one device) of a sweep chunk's newest
+  readable checkpoint (checkpoints/chunk-NNN, as sweeps/run.py lays them
+  out); `num_classes` and `steps_per_epoch` of the data trained on rebuild
+  the state's shape."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  members = spec.chunks_of(spec.grid_members(config),
+                           config.sweep.chunk)[chunk_index]
+  _, _, _, init = grid.build(
+      spec.train_config(config), num_classes, steps_per_epoch,
+      config.sweep.own_batches, devices=jax.devices()[:1])
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
+      jax.eval_shape(lambda: grid.init_grid(init, members)))
+  store = checkpoints.CheckpointStore(
+      os.path.join(workdir, 'checkpoints', f'chunk-{chunk_index:03d}'),
+      config.keep_checkpoints)
+  try:
+    restored = store.restore_latest(template, lambda step, meta: None)
+  finally:
+    store.close()
+  if restored is None:
+    raise ValueError(f'{store.directory} holds no checkpoint.')
+  return members, restored[1]

@@ -170,8 +170,8 @@ def test_multihost_matches_one_host(results):
 
 
 def test_metrics_summed_over_the_global_batch(results):
-  # host_metrics / loop.evaluate_totals read replicated sums on every process: 3
-  # training steps of 16 images, and 24 test images in 2 padded batches of 16
+  # member_values / loop.evaluate_totals read replicated sums on every process:
+  # 3 training steps of 16 images, and 24 test images in 2 padded batches of 16
   # (the padding masked out).
   processes, _ = results
   for _, arrays in processes:

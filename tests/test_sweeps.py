@@ -31,7 +31,7 @@ from sweeps.configs import report_sensitivity
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 from tests.sweep_helpers import BATCH, NUM_TEST, NUM_TRAIN, STEPS_PER_EPOCH
-from tests.sweep_helpers import small_data, sweep_config
+from tests.sweep_helpers import restore_chunk, small_data, sweep_config
 from training import input_pipeline
 from training import optimizers
 from training import records
@@ -207,13 +207,14 @@ class Killed(Exception):
 
 
 def read_rows(workdir, name):
-  return workdir_lib.Workdir(os.path.join(workdir, 'members', name),
-                             ml_collections.ConfigDict()).read_metrics()
+  return workdir_lib.read_rows(workdir_lib.Workdir(
+      os.path.join(workdir, 'members', name),
+      ml_collections.ConfigDict()).jsonl_path)
 
 
 def final_states(workdir, num_chunks):
-  return [host(sweep_run.restore_chunk(workdir, ci, num_classes=10,
-                                  steps_per_epoch=STEPS_PER_EPOCH)[1])
+  return [host(restore_chunk(workdir, ci, num_classes=10,
+                             steps_per_epoch=STEPS_PER_EPOCH)[1])
           for ci in range(num_chunks)]
 
 
@@ -332,8 +333,8 @@ assert jax.device_count() == 2
 config = t.sweep_config(p=(0.25, 0.125, 0.0625), learning_rate=(0.05,))
 config.num_epochs = 1
 sweep_run.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
-members, state = sweep_run.restore_chunk(sys.argv[1], 0, num_classes=10,
-                                    steps_per_epoch=t.STEPS_PER_EPOCH)
+members, state = t.restore_chunk(sys.argv[1], 0, num_classes=10,
+                                 steps_per_epoch=t.STEPS_PER_EPOCH)
 print(json.dumps([len(members), state.params['conv1']['kernel'].shape[0]]))
 """
 

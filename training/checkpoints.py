@@ -134,11 +134,6 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {lines[0] if lines else ""}'
-
-
 class _NoWaitForPreviousSaveWarning(logging.Filter):
   """Drops Orbax's "Waiting for previous save to complete took N seconds. If
   this number is high, consider checkpointing less frequently."
@@ -203,7 +198,7 @@ class CheckpointStore:
     except Exception as e:  # pylint: disable=broad-except
       # A failed save is reported by `save`; closing must not mask it.
       logging.warning('Closing the checkpoint manager of %s: %s',
-                      self.directory, _first_line(e))
+                      self.directory, faults.first_line(e, with_type=True))
 
   def steps(self) -> list:
     return sorted(self._manager.all_steps())
@@ -250,8 +245,8 @@ class CheckpointStore:
       for tmp in glob.glob(os.path.join(glob.escape(self.directory),
                                         f'{step}.orbax-checkpoint-tmp*')):
         shutil.rmtree(tmp, ignore_errors=True)
-    cause = _first_line(error) if error is not None else (
-        'Orbax did not finalize it')
+    cause = (faults.first_line(error, with_type=True) if error is not None
+             else 'Orbax did not finalize it')
     kept = (f'the previous checkpoint (step {previous[-1]}) is intact'
             if previous else 'there was no earlier checkpoint')
     raise faults.WriteError(
@@ -301,7 +296,7 @@ class CheckpointStore:
         loop = check(step, metadata)
       except Exception as e:  # pylint: disable=broad-except
         # Whatever Orbax or TensorStore raise on damaged files.
-        failures.append((step, _first_line(e)))
+        failures.append((step, faults.first_line(e, with_type=True)))
         logging.warning('Checkpoint %s is unreadable (%s); trying the '
                         'previous one.', self._path(step), failures[-1][1])
         continue

@@ -37,11 +37,6 @@ def fail(message: str, status: int = faults.EXIT_REFUSED):
   sys.exit(status)
 
 
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return lines[0] if lines else type(e).__name__
-
-
 def _config_overrides(argv) -> list:
   """(key, value text or None) of each --config.KEY[=VALUE] in argv."""
   out = []
@@ -83,7 +78,7 @@ def _explain(argv, error: Exception) -> str:
   from training import records  # pylint: disable=g-import-not-at-top
   spec = _config_spec(argv)
   if spec is None:
-    return _first_line(error)
+    return faults.first_line(error)
   try:
     config = flags.FLAGS[CONFIG_FLAG].parser.parse(spec)
     config.keys()  # A file that did not load raises only when used.
@@ -99,7 +94,7 @@ def _explain(argv, error: Exception) -> str:
               f'{" under " + parent if parent else ""}: '
               f'{", ".join(siblings)}.')
   m = re.search(rf'flag --{CONFIG_FLAG}\.([^=\s]+)=(.*?): (.*)',
-                _first_line(error))
+                faults.first_line(error))
   if m and m.group(1) in keys and hasattr(keys[m.group(1)], 'items'):
     key = m.group(1)
     return (f'--{CONFIG_FLAG}.{key}={m.group(2)!r} is not allowed: {key} is '
@@ -112,7 +107,7 @@ def _explain(argv, error: Exception) -> str:
     return (f'--{CONFIG_FLAG}.{key}={m.group(2)!r} is not allowed '
             f'({m.group(3)}); allowed: {words}, as in the config '
             f'({key}={keys[key]!r}).')
-  return _first_line(error)
+  return faults.first_line(error)
 
 
 _HELP = ('-h', '-?', '-help', '--help', '-helpshort', '--helpshort')
@@ -208,7 +203,8 @@ def start_backend() -> None:
     jax.devices()
   except RuntimeError as e:
     platforms = os.environ.get('JAX_PLATFORMS')
-    reason = re.sub(r'\s*\(set JAX_PLATFORMS=.*\)\s*$', '', _first_line(e))
+    reason = re.sub(r'\s*\(set JAX_PLATFORMS=.*\)\s*$', '',
+                    faults.first_line(e))
     if platforms:
       fail(f'JAX_PLATFORMS={platforms!r} is not allowed on this host '
            f'({reason}); allowed: platforms it has (e.g. cpu), or unset '
@@ -251,7 +247,7 @@ class _QuietLibraries(std_logging.Filter):
     if record.levelno < std_logging.WARNING:
       return False
     record.exc_info = record.exc_text = None
-    record.msg = _first_line(Exception(record.getMessage()))
+    record.msg = faults.first_line(Exception(record.getMessage()))
     record.args = ()
     return True
 
@@ -260,7 +256,7 @@ def _unraisable_to_log(unraisable) -> None:
   # Orbax's asyncio callbacks, after a failed save, report "Event loop is
   # closed" this way, with a traceback: one log line is enough.
   logging.warning('Ignored in %s: %s', getattr(unraisable, 'object', None),
-                  _first_line(unraisable.exc_value))
+                  faults.first_line(unraisable.exc_value))
 
 
 def prepare_jax() -> None:

@@ -41,6 +41,18 @@ class Diverged(Exception):
     self.reason = reason
 
 
+def first_line(e: BaseException, *, with_type: bool = False) -> str:
+  """The first line of `e`'s message, for a one-line error or log.
+
+  with_type: 'TypeName: first line' ('TypeName: ' when there is no message);
+  else the first line alone, or the type's name when there is no message.
+  """
+  lines = str(e).strip().splitlines()
+  if with_type:
+    return f'{type(e).__name__}: {lines[0] if lines else ""}'
+  return lines[0] if lines else type(e).__name__
+
+
 class WriteError(Exception):
   """A file of the run could not be written (disk full, I/O error); what was
   written before is intact."""

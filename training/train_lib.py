@@ -152,7 +152,11 @@ class MeshSteps:
   member_names = None
 
   def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop',
+               own_batches: bool = False,
                dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
+    """own_batches: one training batch per member (a sweep's option; a run
+    has one member). Set before `place` and `per_device`, which may read it."""
+    self.own_batches = own_batches
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
     self.place(mesh)
@@ -213,7 +217,3 @@ class MeshSteps:
   def from_checkpoint(self, tree):
     """The inverse of `for_checkpoint`, placed as `state_sharding`."""
     return tree
-
-
-def host_metrics(tree) -> dict:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}

@@ -30,7 +30,6 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
-from training import checkpoints
 from training import faults
 from training import paths
 from training import records
@@ -623,12 +622,6 @@ class Workdir:
       write_json_if_changed(self.config_path, self.config.to_dict())
       if data_identity is not None:
         write_json_if_changed(self.data_path, data_identity)
-
-  def checkpoint_store(self, keep: int) -> checkpoints.CheckpointStore:
-    return checkpoints.CheckpointStore(self.checkpoint_dir, keep)
-
-  def read_metrics(self) -> list:
-    return read_rows(self.jsonl_path)
 
   def write_metrics(self, rows: list) -> None:
     """Rewrites both metrics files with `rows` (atomically, from process 0)."""

@@ -152,11 +152,11 @@ def main():
     log(f'step {i + 1} dispatched')
 
   # Evaluation as the epoch loop does: host batches made global with
-  # MeshSteps.shard (global_array), metrics read with host_metrics.
+  # MeshSteps.shard (global_array), metrics read with member_values.
   test = input_pipeline.Split(images=images[:24], labels=labels[:24])
-  eval_metrics = train_lib.host_metrics(
-      loop.evaluate_totals(steps, state, test, GLOBAL_BATCH))
-  train_metrics = train_lib.host_metrics(totals)
+  eval_metrics, = steps.member_values(jax.device_get(
+      loop.evaluate_totals(steps, state, test, GLOBAL_BATCH)))
+  train_metrics, = steps.member_values(jax.device_get(totals))
   log('evaluated')
 
   final_params = local_copy(state.params)

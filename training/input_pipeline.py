@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from training import download
+from training import faults
 
 log = logging.getLogger(__name__)
 
@@ -406,11 +407,6 @@ def _import_tfds():
   return tfds
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {text[0] if text else ""}'
-
-
 def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
                 reason: str, cause: BaseException | None = None
                ) -> DataNotFoundError:
@@ -454,8 +450,9 @@ def _read_tfds_split(source, spec: DatasetSpec, where: str):
       chunk_images = [np.asarray(ex['image']) for ex in examples]
       chunk_labels = [ex['label'] for ex in examples]
     except (KeyError, TypeError) as e:
-      raise ValueError(f'{where}: examples must have "image" and "label" '
-                       f'features ({_first_line(e)}).') from None
+      raise ValueError(
+          f'{where}: examples must have "image" and "label" features '
+          f'({faults.first_line(e, with_type=True)}).') from None
     for i, image in enumerate(chunk_images):
       if image.dtype != np.uint8 or image.shape != spec.image_shape:
         raise ValueError(
@@ -484,16 +481,19 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
     prepared = builder.is_prepared()
   except Exception as e:
     root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
-    raise _tfds_error(dataset, data_dir, root, os.path.join(root, 'downloads'),
-                      f'TFDS cannot build it ({_first_line(e)}).', e) from None
+    raise _tfds_error(
+        dataset, data_dir, root, os.path.join(root, 'downloads'),
+        f'TFDS cannot build it ({faults.first_line(e, with_type=True)}).',
+        e) from None
   error = functools.partial(_tfds_error, dataset, data_dir, looked_in,
                             downloads_dir)
   if prepared:
     raise error(
         'it is prepared there but cannot be opened for random access '
-        f"({_first_line(open_error)}); it may have been prepared in another "
-        "file format (tfds.load writes tfrecord): prepare it with "
-        "file_format='array_record' in another data_dir.", open_error
+        f'({faults.first_line(open_error, with_type=True)}); it may have '
+        'been prepared in another file format (tfds.load writes tfrecord): '
+        "prepare it with file_format='array_record' in another data_dir.",
+        open_error
     ) from None
   if not _tensorflow_available():
     raise error('it is not prepared there, and TensorFlow, which TFDS needs '
@@ -511,7 +511,7 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
     return _open_tfds(tfds, dataset, data_dir)
   except Exception as e:
     raise error(f'it is not prepared there and preparing it failed '
-                f'({_first_line(e)}).', e) from None
+                f'({faults.first_line(e, with_type=True)}).', e) from None
 
 
 def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:

@@ -490,7 +490,10 @@ RANGE_CASES = [
     Case('weight_decay=inf', (
         'weight_decay=inf is out of range; allowed: weight_decay >= 0, '
         'finite.',), call=api(**{'optimizer.weight_decay': np.inf})),
-    Case('sgdm momentum=nan', ('momentum checked as b1', 'b1=nan'),
+    # The harness's own range for momentum (issue 24), no longer b1's.
+    Case('sgdm momentum=nan', (
+        'optimizer (sgdm): momentum=nan is out of range; allowed: 0 <= '
+        'momentum < 1, finite.',),
          call=api(**{'optimizer.name': 'sgdm', 'optimizer.momentum': np.nan})),
     Case('lr_factor=inf', (
         'optimizer.lr_factor=inf is out of range; allowed: 0 <= '

@@ -63,14 +63,14 @@ def main(argv):
   cli.prepare_jax()
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
-  from sweeps import grid, run, spec  # pylint: disable=g-import-not-at-top
+  from sweeps import run  # pylint: disable=g-import-not-at-top
   # On a CPU host, a few devices per member train the grid fastest
   # (docs/benchmarks.md). A grid that does not parse is reported by run_sweep.
   split = False
   with contextlib.suppress(ValueError):
-    at_once = spec.members_at_once(_CONFIG.value, _parse_chunk(_CHUNK.value))
-    split = host_devices.split_cpu(grid.cpu_devices(
-        _CONFIG.value, _parse_chunk(_CHUNK.value)))
+    at_once, devices = run.cpu_split(_CONFIG.value, _WORKDIR.value,
+                                     _parse_chunk(_CHUNK.value))
+    split = host_devices.split_cpu(devices)
   if split:
     # XLA devices that share the host's cores, not cores: say so.
     count = jax.device_count()

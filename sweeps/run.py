@@ -4,7 +4,8 @@ Each chunk (sweeps/spec.py) is trained by the epoch loop that train.py uses
 (training/loop.py), through the vmapped steps of sweeps/grid.py.
 
 Workdir layout:
-  config.json                     the sweep config (chunk resolved)
+  config.json                     the sweep config (chunk resolved, and the
+                                  device layout its numbers depend on)
   members/<name>/config.json      the member's effective train config (+
                                   `sweep_member`: how its data order was drawn)
   members/<name>/metrics.jsonl|csv  the same rows and columns as train.py
@@ -33,12 +34,69 @@ from training import paths
 from training import workdir as workdir_lib
 
 
-def _stored_chunk(workdir: str) -> Optional[int]:
+def _stored_config(workdir: str) -> dict:
+  """The workdir's config.json ({} when none)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
-    return None  # Or not a file: Workdir.check says so.
-  sweep = workdir_lib.read_json_object(path).get('sweep')
-  return sweep.get('chunk') if isinstance(sweep, dict) else None
+    return {}  # Or not a file: Workdir.check says so.
+  return workdir_lib.read_json_object(path)
+
+
+def _stored_sweep(workdir: str) -> dict:
+  """The `sweep` block of the workdir's config.json ({} when none)."""
+  sweep = _stored_config(workdir).get('sweep')
+  return sweep if isinstance(sweep, dict) else {}
+
+
+def _chunk_request(config: ml_collections.ConfigDict, workdir: str,
+                   chunk: Optional[int]) -> int:
+  """--chunk, else sweep.chunk; "auto" resumes with the stored chunk."""
+  requested = spec.sweep_options(config, chunk)['chunk']
+  if requested == spec.AUTO_CHUNK:
+    requested = _stored_sweep(workdir).get('chunk') or spec.AUTO_CHUNK
+  return requested
+
+
+def cpu_split(config: ml_collections.ConfigDict, workdir: str,
+              chunk: Optional[int] = None) -> tuple:
+  """(members at once, XLA devices) to split a CPU host into for this sweep:
+  the recorded mesh when `workdir` holds a sweep, so that a resume computes
+  on the same device layout as the run it continues."""
+  layout = _stored_config(paths.check_output_dir(workdir)).get(
+      'sweep_layout')
+  if isinstance(layout, dict):
+    return layout['grid_devices'], (layout['grid_devices'] *
+                                    layout['devices_per_member'])
+  requested = _chunk_request(config, workdir, chunk)
+  return (spec.members_at_once(config, requested),
+          grid.cpu_devices(config, requested))
+
+
+def _layout(base, workdir: str, chunk_size: int) -> Optional[dict]:
+  """The mesh the grid trains on: (grid x data) devices. Whatever decides
+  the float rounding is recorded in config.json's sweep_layout and a resume
+  must reproduce it; None for a sweep recorded before layouts were (its
+  resume is not checked, as before)."""
+  stored = _stored_config(workdir)
+  per_member = grid.devices_per_member(base, jax.device_count(), chunk_size)
+  if stored and 'sweep_layout' not in stored:
+    return None
+  recorded = stored.get('sweep_layout')
+  if isinstance(recorded, dict):
+    per_member = recorded['devices_per_member']
+  layout = {'grid_devices': jax.device_count() // per_member,
+            'devices_per_member': per_member}
+  if isinstance(recorded, dict) and recorded != layout:
+    raise ValueError(
+        f'workdir={workdir!r} holds a sweep trained on '
+        f'{recorded["grid_devices"]} x {recorded["devices_per_member"]} '
+        f'devices (grid x data); this process has {jax.device_count()} '
+        f'device(s), giving {layout["grid_devices"]} x {per_member}; allowed: '
+        f'{recorded["grid_devices"] * recorded["devices_per_member"]} devices '
+        '(sweep.py splits a CPU host so by itself: set no device count), as '
+        'the device layout changes float rounding, so a resumed sweep would '
+        'not match an uninterrupted one.')
+  return layout
 
 
 def _chunk_dir(workdir: str, index: int) -> str:
@@ -67,12 +125,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                      'allowed; allowed: 1 (a sweep runs in one process, its '
                      'members spread over that process\'s devices).')
   workdir = paths.check_output_dir(workdir)
-  requested_chunk = options['chunk']
-  if requested_chunk == spec.AUTO_CHUNK:
-    requested_chunk = _stored_chunk(workdir) or spec.AUTO_CHUNK
+  requested_chunk = _chunk_request(config, workdir, chunk)
+  # All members for AUTO_CHUNK until the memory estimate in `plan`.
+  chunk_size = spec.first_chunk_size(len(members), requested_chunk)
+  layout = _layout(base, workdir, chunk_size)
 
   def check_workdirs(chunk_size):
-    stored = _stored_chunk(workdir)
+    stored = _stored_sweep(workdir).get('chunk')
     if stored is not None and stored != chunk_size:
       raise ValueError(
           f'sweep.chunk={chunk_size} is not allowed for workdir={workdir!r}: '
@@ -83,6 +142,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     c = config.copy_and_resolve_references()
     with c.unlocked():
       c.sweep.chunk = chunk_size
+      if layout is not None:
+        c.sweep_layout = layout
     sweep_dir = workdir_lib.Workdir(workdir, c)
     sweep_dir.check()
     member_dirs = []
@@ -98,8 +159,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
       member_dirs[-1].check(data_file=sweep_dir.data_path)
     return sweep_dir, member_dirs
 
-  # All members for AUTO_CHUNK until the memory estimate in `plan`.
-  chunk_size = spec.first_chunk_size(len(members), requested_chunk)
   if requested_chunk != spec.AUTO_CHUNK:
     check_workdirs(chunk_size)
   member_dirs = []
@@ -108,7 +167,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     model, optimizer, steps, init = grid.build(
         base, data.num_classes, input_pipeline.steps_per_epoch(
             data.train.num_examples, base.batch_size), options['own_batches'],
-        data=grid.devices_per_member(base, jax.device_count(), chunk_size),
+        data=layout['devices_per_member'] if layout else
+        grid.devices_per_member(base, jax.device_count(), chunk_size),
         dataset=data.spec)
     size = chunk_size
     if requested_chunk == spec.AUTO_CHUNK:

@@ -6,10 +6,12 @@ functions are memoised per base config in sweeps.grid, so every test here
 uses the same base config and batch shapes.
 """
 
+import glob
 import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -318,6 +320,35 @@ def test_interrupted_sweep_resumes_bit_identical(data, tmp_path, straight,
   with pytest.raises(ValueError, match=r'sweep\.chunk=3 is not allowed.*'
                      r'allowed: 2 \(--chunk 2\)'):
     sweep_run.run_sweep(config, b, data=data, progress=False, chunk=3)
+
+  # The device layout the rows depend on is recorded, and "auto" resumes on
+  # it: sweep.py splits a CPU host into that many devices.
+  with open(os.path.join(a, 'config.json')) as f:
+    layout = json.load(f)['sweep_layout']
+  assert sorted(layout) == ['devices_per_member', 'grid_devices']
+  assert 1 <= layout['grid_devices'] * layout['devices_per_member'] <= (
+      jax.device_count())
+  assert sweep_run.cpu_split(config, a, spec.AUTO_CHUNK) == (
+      layout['grid_devices'],
+      layout['grid_devices'] * layout['devices_per_member'])
+  # A layout this process cannot reproduce is refused, nothing written.
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(a, moved)
+  with open(os.path.join(moved, 'config.json')) as f:
+    stored = json.load(f)
+  stored['sweep_layout'] = {'grid_devices': 1,
+                               'devices_per_member': jax.device_count() + 1}
+  with open(os.path.join(moved, 'config.json'), 'w') as f:
+    json.dump(stored, f)
+  before = {p: open(p, 'rb').read() for p in glob.glob(
+      os.path.join(moved, '**'), recursive=True) if os.path.isfile(p)}
+  with pytest.raises(ValueError, match=(
+      r'holds a sweep trained on 1 x \d+ devices \(grid x data\); this '
+      r'process has \d+ device\(s\).*allowed: \d+ devices')):
+    sweep_run.run_sweep(config, moved, data=data, progress=False)
+  after = {p: open(p, 'rb').read() for p in glob.glob(
+      os.path.join(moved, '**'), recursive=True) if os.path.isfile(p)}
+  assert after == before
 
 
 # Several devices. -------------------------------------------------------------

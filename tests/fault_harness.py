@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import random
 import re
 import signal
@@ -462,3 +463,15 @@ def assert_one_error(result, fragments, status=2):
   for fragment in fragments:
     assert fragment in errors[0], (fragment, errors[0])
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+
+
+def remove(*names):
+  """A case's step: removes `names` (files, folders, links) under its tmp."""
+  def step(tmp):
+    for name in names:
+      path = os.path.join(tmp, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+  return step

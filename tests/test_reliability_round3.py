@@ -138,23 +138,12 @@ def move(name, to):
   return lambda tmp: os.rename(os.path.join(tmp, name), os.path.join(tmp, to))
 
 
-def remove(*names):
-  def step(tmp):
-    for name in names:
-      path = os.path.join(tmp, name)
-      if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
-  return step
-
-
 def link(name, target):
   """`name` replaced by a symlink to `target` (both under tmp)."""
   def step(tmp):
     path = os.path.join(tmp, name)
     if os.path.lexists(path):
-      remove(name)(tmp)
+      harness.remove(name)(tmp)
     os.symlink(os.path.join(tmp, target), path)
   return step
 
@@ -346,7 +335,7 @@ SYMLINK_CASES = [
 
 CHECKPOINT_NAME_CASES = [
     ('the newest renamed to an older step, run extended (the issue)',
-     on_trained(remove('W/checkpoints/4', 'W/checkpoints/8'),
+     on_trained(harness.remove('W/checkpoints/4', 'W/checkpoints/8'),
                 move('W/checkpoints/12', 'W/checkpoints/8')),
      dict(command=train_py(num_epochs=4)), (
          'none of the checkpoints in TMP/W/checkpoints can be used '
@@ -354,7 +343,7 @@ CHECKPOINT_NAME_CASES = [
          'step 12); allowed: checkpoints whose name, stored step and metadata '
          'agree',)),
     ('renamed to a later step', on_trained(
-        remove('W/checkpoints/4', 'W/checkpoints/8'),
+        harness.remove('W/checkpoints/4', 'W/checkpoints/8'),
         move('W/checkpoints/12', 'W/checkpoints/16')),
      dict(call=resume(num_epochs=5)), (
          'TMP/W/checkpoints/16: its name says step 16 but its metadata '
@@ -402,17 +391,17 @@ METADATA_CASES = [
          f'(TMP/S/checkpoints/chunk-000/{2 * SWEEP_STEPS}: its '
          '_CHECKPOINT_METADATA is not valid JSON (',)),
     ('train.py: the only checkpoint\'s metadata truncated', on_trained(
-        remove('W/checkpoints/4', 'W/checkpoints/8'),
+        harness.remove('W/checkpoints/4', 'W/checkpoints/8'),
         edit_metadata('W/checkpoints/12', truncated)),
      dict(command=train_py(num_epochs=4)), (
          'TMP/W/checkpoints/12: its _CHECKPOINT_METADATA is not valid JSON',)),
     ('the metadata deleted', on_trained(
-        remove('W/checkpoints/4', 'W/checkpoints/8',
+        harness.remove('W/checkpoints/4', 'W/checkpoints/8',
                'W/checkpoints/12/_CHECKPOINT_METADATA')),
      dict(call=resume(num_epochs=4)), (
          'TMP/W/checkpoints/12: its _CHECKPOINT_METADATA is missing',)),
     ('the metadata a JSON list', on_trained(
-        remove('W/checkpoints/4', 'W/checkpoints/8'),
+        harness.remove('W/checkpoints/4', 'W/checkpoints/8'),
         edit_metadata('W/checkpoints/12', lambda text: '[]')),
      dict(call=resume(num_epochs=4)), (
          'its _CHECKPOINT_METADATA is not the JSON object Orbax writes',)),
@@ -474,12 +463,13 @@ BEFORE_WRITE_CASES = [
      dict(call=resume(num_epochs=4)), (
          'TMP/W/config.json cannot be replaced: it is append-only',)),
     ('sweep: summary.json a directory', on_swept(
-        remove('S/summary.json'), write('S/summary.json/notes', SECRET)),
+        harness.remove('S/summary.json'),
+        write('S/summary.json/notes', SECRET)),
      dict(call=sweep(num_epochs=3)), (
          'TMP/S/summary.json is a directory; allowed: the file padax writes '
          'there',)),
     ('sweep: a chunk\'s checkpoint folder a file', on_swept(
-        remove('S/checkpoints/chunk-000'),
+        harness.remove('S/checkpoints/chunk-000'),
         write('S/checkpoints/chunk-000', SECRET)),
      dict(call=sweep(num_epochs=3)), (
          'TMP/S/checkpoints/chunk-000 is not a directory; allowed: the '
@@ -535,7 +525,7 @@ SURVIVED_CASES = [
      ['unreadable-12', 'unreadable-8']),
     # 2. A checkpoint of before padax recorded its step: its state tells.
     ('an unrecorded checkpoint renamed', then(
-        remove('W/checkpoints/8'),
+        harness.remove('W/checkpoints/8'),
         edit_metadata('W/checkpoints/12', without_recorded_step),
         move('W/checkpoints/12', 'W/checkpoints/8')),
      ['its name says step 8 but its state holds step 12'],

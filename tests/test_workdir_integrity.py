@@ -29,7 +29,9 @@ from configs import quick
 from sweeps import run as sweep_run
 from sweeps.configs import cpu_subset
 from tests.conftest import ROOT
+from tests.fault_harness import assert_one_error
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
+from tests.fault_harness import remove
 from tests.fault_harness import restore_raw
 from tests.helpers import snapshot
 from tests.helpers import without_timing
@@ -101,15 +103,6 @@ def run(argv, cwd, env=None):
       [sys.executable, *argv], cwd=str(cwd), capture_output=True, text=True,
       timeout=300, check=False,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})})
-
-
-def assert_one_error(result, fragments, status=2):
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert result.returncode == status, result.stderr[-3000:]
-  assert len(errors) == 1, result.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in errors[0], (fragment, errors[0])
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
 
 
 @dataclasses.dataclass
@@ -191,17 +184,6 @@ def then(*steps):
 def resume(**changes):
   return lambda tmp: train(os.path.join(tmp, 'W'), os.path.join(tmp, 'data'),
                            **changes)
-
-
-def remove(*names):
-  def step(tmp):
-    for name in names:
-      path = os.path.join(tmp, name)
-      if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
-  return step
 
 
 def write(name, text):

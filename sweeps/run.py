@@ -61,7 +61,9 @@ def cpu_split(config: ml_collections.ConfigDict, workdir: str,
               chunk: Optional[int] = None) -> tuple:
   """(members at once, XLA devices) to split a CPU host into for this sweep:
   the recorded mesh when `workdir` holds a sweep, so that a resume computes
-  on the same device layout as the run it continues."""
+  on the same device layout as the run it continues. ValueError for a bad
+  grid or workdir (run_sweep reports it)."""
+  spec.grid_members(config)  # The grid first, as run_sweep checks it.
   layout = _stored_config(paths.check_output_dir(workdir)).get(
       'sweep_layout')
   if isinstance(layout, dict):

@@ -16,6 +16,8 @@ from training import augment
 from training import configuration
 from training import input_pipeline as ip
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_TEST, SHAPE, CLASSES = 64, 32, (28, 28, 1), 5
 

@@ -22,6 +22,11 @@ import sys
 
 from tests import numerics_environment
 
+import pytest
+
+
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FIXTURE = os.path.join(HERE, 'fixtures', 'behaviour', 'metrics.json')

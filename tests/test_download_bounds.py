@@ -33,6 +33,9 @@ from training import cli
 from training import download
 from training import input_pipeline as ip
 
+pytestmark = pytest.mark.slow
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bytes before a stall: the example (headers, 100 KB, silence).
 STALL_AFTER = 102400

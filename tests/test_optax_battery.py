@@ -41,6 +41,8 @@ import pytest
 
 import padax
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDING_ENV = 'PADAX_OPTAX_SHARDING_BATTERY'
 

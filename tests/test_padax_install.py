@@ -23,6 +23,8 @@ import zipfile
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = '0.1.0'
 # Not part of a clone (.gitignore), or written by builds and test runs.

@@ -30,6 +30,11 @@ from tests import numerics_environment
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
 
+import pytest
+
+
+pytestmark = pytest.mark.slow
+
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'old_workdir')
 
 

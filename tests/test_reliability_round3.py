@@ -40,7 +40,8 @@ from training import faults
 from training import trainer
 from training import workdir as workdir_lib
 
-pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
+pytestmark = [pytest.mark.usefixtures('compilation_cache_dir'),
+              pytest.mark.slow]
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 QUICK = os.path.join(ROOT, 'configs', 'quick.py')

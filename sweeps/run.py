@@ -42,18 +42,18 @@ def _stored_config(workdir: str) -> dict:
   return workdir_lib.read_json_object(path)
 
 
-def _stored_sweep(workdir: str) -> dict:
-  """The `sweep` block of the workdir's config.json ({} when none)."""
-  sweep = _stored_config(workdir).get('sweep')
+def _stored_sweep(stored: dict) -> dict:
+  """The `sweep` block of a stored config ({} when none)."""
+  sweep = stored.get('sweep')
   return sweep if isinstance(sweep, dict) else {}
 
 
-def _chunk_request(config: ml_collections.ConfigDict, workdir: str,
+def _chunk_request(config: ml_collections.ConfigDict, stored: dict,
                    chunk: Optional[int]) -> int:
   """--chunk, else sweep.chunk; "auto" resumes with the stored chunk."""
   requested = spec.sweep_options(config, chunk)['chunk']
   if requested == spec.AUTO_CHUNK:
-    requested = _stored_sweep(workdir).get('chunk') or spec.AUTO_CHUNK
+    requested = _stored_sweep(stored).get('chunk') or spec.AUTO_CHUNK
   return requested
 
 
@@ -64,28 +64,26 @@ def cpu_split(config: ml_collections.ConfigDict, workdir: str,
   on the same device layout as the run it continues. ValueError for a bad
   grid or workdir (run_sweep reports it)."""
   spec.grid_members(config)  # The grid first, as run_sweep checks it.
-  layout = _stored_config(paths.check_output_dir(workdir)).get(
-      'sweep_layout')
+  stored = _stored_config(paths.check_output_dir(workdir))
+  layout = stored.get('sweep_layout')
   if isinstance(layout, dict):
     return layout['grid_devices'], (layout['grid_devices'] *
                                     layout['devices_per_member'])
-  requested = _chunk_request(config, workdir, chunk)
+  requested = _chunk_request(config, stored, chunk)
   return (spec.members_at_once(config, requested),
           grid.cpu_devices(config, requested))
 
 
-def _layout(base, workdir: str, chunk_size: int) -> Optional[dict]:
-  """The mesh the grid trains on: (grid x data) devices. Whatever decides
-  the float rounding is recorded in config.json's sweep_layout and a resume
-  must reproduce it; None for a sweep recorded before layouts were (its
-  resume is not checked, as before)."""
-  stored = _stored_config(workdir)
-  per_member = grid.devices_per_member(base, jax.device_count(), chunk_size)
-  if stored and 'sweep_layout' not in stored:
-    return None
+def _layout(base, stored: dict, workdir: str, chunk_size: int) -> dict:
+  """The mesh the grid trains on: (grid x data) devices, the recorded one
+  (`stored`'s sweep_layout) where there is one. Whatever decides the float
+  rounding is recorded and a resume must reproduce it: ValueError if this
+  process cannot."""
   recorded = stored.get('sweep_layout')
   if isinstance(recorded, dict):
     per_member = recorded['devices_per_member']
+  else:
+    per_member = grid.devices_per_member(base, jax.device_count(), chunk_size)
   layout = {'grid_devices': jax.device_count() // per_member,
             'devices_per_member': per_member}
   if isinstance(recorded, dict) and recorded != layout:
@@ -127,24 +125,29 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                      'allowed; allowed: 1 (a sweep runs in one process, its '
                      'members spread over that process\'s devices).')
   workdir = paths.check_output_dir(workdir)
-  requested_chunk = _chunk_request(config, workdir, chunk)
+  # Read once, before any write: what the workdir's sweep was trained with.
+  stored = _stored_config(workdir)
+  requested_chunk = _chunk_request(config, stored, chunk)
   # All members for AUTO_CHUNK until the memory estimate in `plan`.
   chunk_size = spec.first_chunk_size(len(members), requested_chunk)
-  layout = _layout(base, workdir, chunk_size)
+  layout = _layout(base, stored, workdir, chunk_size)
+  # A sweep recorded before layouts were resumes unrecorded (and unchecked).
+  record_layout = not stored or 'sweep_layout' in stored
 
   def check_workdirs(chunk_size):
-    stored = _stored_sweep(workdir).get('chunk')
-    if stored is not None and stored != chunk_size:
+    stored_chunk = _stored_sweep(stored).get('chunk')
+    if stored_chunk is not None and stored_chunk != chunk_size:
       raise ValueError(
           f'sweep.chunk={chunk_size} is not allowed for workdir={workdir!r}: '
-          f'it holds a sweep trained {stored} members at a time; allowed: '
-          f'{stored} (--chunk {stored}), as the grouping changes float '
+          f'it holds a sweep trained {stored_chunk} members at a time; '
+          f'allowed: {stored_chunk} (--chunk {stored_chunk}), as the grouping '
+          'changes float '
           'rounding, so a resumed sweep would not match an uninterrupted '
           'one.')
     c = config.copy_and_resolve_references()
     with c.unlocked():
       c.sweep.chunk = chunk_size
-      if layout is not None:
+      if record_layout:
         c.sweep_layout = layout
     sweep_dir = workdir_lib.Workdir(workdir, c)
     sweep_dir.check()
@@ -169,8 +172,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
     model, optimizer, steps, init = grid.build(
         base, data.num_classes, input_pipeline.steps_per_epoch(
             data.train.num_examples, base.batch_size), options['own_batches'],
-        data=layout['devices_per_member'] if layout else
-        grid.devices_per_member(base, jax.device_count(), chunk_size),
+        data=layout['devices_per_member'],
         dataset=data.spec)
     size = chunk_size
     if requested_chunk == spec.AUTO_CHUNK:

@@ -59,10 +59,6 @@ def make_report(paths, outdir, epochs=None, labels=None, title=None) -> list:
   (ReportInputError) leaves nothing behind.
   """
   runs = runs_lib.load_runs(paths, labels=labels)
-  if os.path.exists(outdir) and not os.path.isdir(outdir):
-    raise runs_lib.ReportInputError(
-        f'--out {outdir} exists and is not a directory; expected a directory '
-        'for the figures and tables.')
   try:
     # Anything that would fail the first write is refused now.
     paths_lib.check_output_dir(outdir, '--out')

@@ -40,17 +40,18 @@ class _PlainLogFormatter(ticker.LogFormatter):
     return f'{x:.3g}' if super().__call__(x, pos) else ''
 
 
-def _new_figure(figsize) -> Figure:
+def _new_figure(figsize, title: Optional[str] = None) -> Figure:
   fig = Figure(figsize=figsize, dpi=120, layout='constrained')
   FigureCanvasAgg(fig)
+  if title:
+    fig.suptitle(title)
   return fig
 
 
 def check_text(text: str) -> None:
   """Raises ValueError when matplotlib cannot draw `text` in a figure (a
   title, a legend label): mathtext between $ signs that does not parse."""
-  fig = _new_figure((2.0, 1.0))
-  fig.suptitle(text)
+  fig = _new_figure((2.0, 1.0), text)
   try:
     fig.canvas.draw()
   except ValueError as e:
@@ -83,24 +84,21 @@ def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
   axes = grid_axes(runs)
   if axes is None:
     cmap = matplotlib.colormaps['tab10' if len(runs) <= 10 else 'tab20']
-    styles = [dict(color=cmap(i % cmap.N)) for i in range(len(runs))]
-    for i, style in enumerate(styles):
-      if len(runs) > cmap.N:
-        style['linestyle'] = _LINESTYLES[(i // cmap.N) % len(_LINESTYLES)]
-      if markers:
-        style.update(marker='o', markersize=3)
-    return list(range(len(runs))), styles
-  ps, lrs = axes
-  cmap = matplotlib.colormaps['tab10']
-  cells = [(ps.index(run.p), lrs.index(run.lr)) for run in runs]
+    cells = [(i % cmap.N, i // cmap.N) for i in range(len(runs))]
+    order = list(range(len(runs)))
+  else:
+    cmap = matplotlib.colormaps['tab10']
+    cells = [(axes[0].index(run.p), axes[1].index(run.lr)) for run in runs]
+    order = sorted(range(len(runs)), key=cells.__getitem__)
   styles = []
   for i, j in cells:
     style = dict(color=cmap(i % cmap.N),
                  linestyle=_LINESTYLES[j % len(_LINESTYLES)])
     if markers:
-      style.update(marker=_MARKERS[j % len(_MARKERS)], markersize=4)
+      style.update(marker=_MARKERS[j % len(_MARKERS)] if axes else 'o',
+                   markersize=4 if axes else 3)
     styles.append(style)
-  return sorted(range(len(runs)), key=cells.__getitem__), styles
+  return order, styles
 
 
 def _series(run: Run, metric: str):
@@ -152,7 +150,7 @@ def metric_figure(runs: Sequence[Run], metric: str,
                   title: Optional[str] = None) -> Figure:
   """One metric against epoch, one line per run, legend of the labels."""
   many = len(runs) > 6
-  fig = _new_figure((9.0, 4.8) if many else (6.4, 4.8))
+  fig = _new_figure((9.0, 4.8) if many else (6.4, 4.8), title)
   ax = fig.add_subplot()
   lines = draw_metric(ax, runs, metric)
   if lines and many:
@@ -160,8 +158,6 @@ def metric_figure(runs: Sequence[Run], metric: str,
               frameon=False)
   elif lines:
     ax.legend(fontsize='small')
-  if title:
-    fig.suptitle(title)
   return fig
 
 
@@ -171,7 +167,7 @@ def curves_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
   grid = grid_axes(runs)
   ncol = len(grid[0]) if grid and len(grid[0]) <= 6 else min(len(runs), 4)
   legend_rows = math.ceil(len(runs) / max(ncol, 1))
-  fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows))
+  fig = _new_figure((15.0, 4.4 + 0.25 * legend_rows), title)
   handles = []
   for ax, metric in zip(fig.subplots(1, len(METRICS)), METRICS):
     lines = draw_metric(ax, runs, metric)
@@ -181,17 +177,15 @@ def curves_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
     fig.legend(handles=handles, labels=[h.get_label() for h in handles],
                loc='outside lower center', ncol=ncol, fontsize='small',
                frameon=False)
-  if title:
-    fig.suptitle(title)
   return fig
 
 
 def grid_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
   """Heatmap of the best test error (%) per (p, lr); best cell outlined."""
   rows, cols, matrix, counts = tables.grid_matrix(runs)
-  values = np.asarray(matrix, dtype=float).reshape(len(rows), len(cols))
+  values = 100 * np.asarray(matrix, dtype=float).reshape(len(rows), len(cols))
   fig = _new_figure((1.6 + 1.3 * max(len(cols), 2),
-                     1.4 + 0.8 * max(len(rows), 2)))
+                     1.4 + 0.8 * max(len(rows), 2)), title)
   ax = fig.add_subplot()
   cmap = matplotlib.colormaps['viridis_r'].with_extremes(bad='0.9')
   image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect='auto')
@@ -217,8 +211,6 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
       ax.add_patch(patches.Rectangle(
           (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=2))
   ax.set_title('Best test top-1 error (%) over p and lr')
-  if title:
-    fig.suptitle(title)
   return fig
 
 

@@ -14,6 +14,7 @@ from reporting.runs import member_key
 from reporting.tables import MISSING
 from reporting.tables import join_blocks
 from reporting.tables import markdown_table
+from reporting.tables import percent
 from training import records
 
 
@@ -23,7 +24,7 @@ def summarize_member(name: str, values: dict, rows: list,
 
   diverged: what the sweep's NonfiniteWatch recorded ({'step', 'epoch',
   'reason'}), None if nothing; a member whose train loss is not finite in a
-  row counts as diverged too (workdirs from before the watch).
+  row counts as diverged too.
   """
   out = {'name': name, **values, 'epochs': len(rows)}
   errors = [(r['test_error'], r['epoch']) for r in rows
@@ -43,10 +44,6 @@ def summarize_member(name: str, values: dict, rows: list,
       diverged_step=diverged.get('step'),
       diverged_reason=diverged.get('reason'))
   return out
-
-
-def _percent(x):
-  return MISSING if x is None else f'{100 * x:.2f}'
 
 
 def summary_markdown(base: dict, keys: list, summary: list) -> str:
@@ -75,15 +72,15 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
                                'best epoch'],
           [[s['name']] + [fmt_number(s[k]) for k in keys] + [
               str(s['epochs']),
-              _percent(s['final_test_error']) + _divergence(s),
-              _percent(s['best_test_error']),
+              percent(s['final_test_error']) + _divergence(s),
+              percent(s['best_test_error']),
               MISSING if s['best_epoch'] is None else str(s['best_epoch'])]
            for s in summary])]
   done = [s for s in summary if s['best_test_error'] is not None]
   if done:
     best = min(done, key=lambda s: s['best_test_error'])
     blocks.append(f'Best: {best["name"]}, test error '
-                  f'{_percent(best["best_test_error"])}% at epoch '
+                  f'{percent(best["best_test_error"])}% at epoch '
                   f'{best["best_epoch"]}.')
   if 'seed' in keys and len({s['seed'] for s in summary}) > 1:
     blocks += ['Mean ± std over seeds of the final test error (%):',

@@ -21,8 +21,11 @@ def _cell_text(text: str) -> str:
   return str(text).replace('|', '\\|').replace('\n', ' ')
 
 
-def _pct(value: float) -> str:
-  return f'{value:.2f}' if math.isfinite(value) else MISSING
+def percent(fraction) -> str:
+  """`fraction` in percent to two decimals; MISSING for None or NaN."""
+  if fraction is None or not math.isfinite(fraction):
+    return MISSING
+  return f'{100 * fraction:.2f}'
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
@@ -38,15 +41,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
 def join_blocks(blocks) -> str:
   """Markdown blocks separated by one blank line."""
   return '\n'.join(b.strip('\n') + '\n' for b in blocks)
-
-
-def error(run: Run, epoch: int, key: str = 'test_error') -> float:
-  """100 * `key` (an error) at `epoch`, NaN when the run has no such epoch."""
-  row = next((r for r in run.rows if r['epoch'] == epoch), {})
-  try:
-    return 100.0 * float(row.get(key))
-  except (TypeError, ValueError):  # None, or not a number
-    return math.nan
 
 
 def default_epochs(runs: Sequence[Run], count: int = 4) -> list:
@@ -67,10 +61,11 @@ def error_table(runs: Sequence[Run], epochs: Sequence[int],
             ['best', 'best epoch', 'epochs run'])
   rows = []
   for run in runs:
+    by_epoch = dict(zip(run.epochs, run.column(key)))
     best_error, best_epoch = run.best(key)
     rows.append([_cell_text(run.label)] +
-                [_pct(error(run, e, key)) for e in epochs] +
-                [_pct(100.0 * best_error),
+                [percent(by_epoch.get(e)) for e in epochs] +
+                [percent(best_error),
                  MISSING if best_epoch is None else str(best_epoch),
                  str(run.epochs[-1])])
   return markdown_table(header, rows)
@@ -99,8 +94,8 @@ def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
 
 
 def grid_matrix(runs: Sequence[Run]):
-  """(row keys, lr columns, matrix of the mean best error in %, NaN where no
-  run, the count of runs per cell).
+  """(row keys, lr columns, matrix of the mean best error, NaN where no run,
+  the count of runs per cell).
 
   Rows: the p values in ascending order, then other optimizers by name
   (p means nothing for them). Runs without a learning rate are left out.
@@ -117,7 +112,7 @@ def grid_matrix(runs: Sequence[Run]):
                 key=lambda r: (1, 0.0, r) if isinstance(r, str) else (0, r, ''))
   cols = sorted({c for _, c in cells})
   values = [[cells.get((r, c), []) for c in cols] for r in rows]
-  matrix = [[100.0 * sum(v) / len(v) if v else math.nan for v in line]
+  matrix = [[sum(v) / len(v) if v else math.nan for v in line]
             for line in values]
   return rows, cols, matrix, [[len(v) for v in line] for line in values]
 
@@ -130,19 +125,16 @@ def grid_table(runs: Sequence[Run]) -> str:
   """Markdown: best test error (%) per (p, lr), rows p, columns lr; the best
   cell in bold; a cell with several runs (seeds) shows their mean and (n)."""
   rows, cols, matrix, counts = grid_matrix(runs)
-  finite = [v for line in matrix for v in line if math.isfinite(v)]
-  best = _pct(min(finite) if finite else math.nan)
+  best = percent(min((v for line in matrix for v in line if math.isfinite(v)),
+                     default=None))
   lines = []
   for r, values, ns in zip(rows, matrix, counts):
     cells = [row_name(r)]
     for v, n in zip(values, ns):
-      text = _pct(v)
-      if math.isfinite(v) and n > 1:
-        text += f' (n={n})'
+      text = percent(v) + (f' (n={n})' if math.isfinite(v) and n > 1 else '')
       # Bold every cell that rounds to the best value (ties).
-      if math.isfinite(v) and _pct(v) == best:
-        text = f'**{text}**'
-      cells.append(text)
+      cells.append(f'**{text}**' if math.isfinite(v) and percent(v) == best
+                   else text)
     lines.append(cells)
   return markdown_table(['p \\ lr'] + [fmt_number(c) for c in cols], lines)
 

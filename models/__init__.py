@@ -8,8 +8,8 @@ Interface used by the training loop::
                                   mutable=['batch_stats'])
   logits = model.apply(variables, x, train=False)
 
-``x`` is float NHWC (N, 32, 32, 3), already normalised; logits are float32
-whatever the computation ``dtype`` (params are always float32).
+``x`` is float NHWC, already normalised; logits are float32 whatever the
+computation ``dtype`` (params are always float32).
 
   layers.py     PyTorch-initialised convolutions, dense layers, BatchNorm
   kernels.py    the kernels (convolution, BatchNorm, max pool), chosen per
@@ -18,20 +18,22 @@ whatever the computation ``dtype`` (params are always float32).
 
 May import: JAX and Flax only (nothing of training/).
 """
+import functools
+
 import jax.numpy as jnp
 import flax.linen as nn
 
 from models.kernels import PER_PLATFORM, Kernels
-from models.resnet import resnet18
-from models.tiny_cnn import tiny_cnn
-from models.vgg import vgg16
-from models.wide_resnet import wrn16_4
+from models.resnet import ResNet
+from models.tiny_cnn import TinyCNN
+from models.vgg import VGG, VGG16_LAYOUT
+from models.wide_resnet import WideResNet
 
 _BUILDERS = {
-    'vgg16': vgg16,
-    'resnet18': resnet18,
-    'wrn16_4': wrn16_4,
-    'tiny_cnn': tiny_cnn,
+    'vgg16': functools.partial(VGG, VGG16_LAYOUT),
+    'resnet18': functools.partial(ResNet, (2, 2, 2, 2)),
+    'wrn16_4': functools.partial(WideResNet, 16, 4),
+    'tiny_cnn': TinyCNN,
 }
 MODEL_NAMES = tuple(_BUILDERS)
 
@@ -44,7 +46,4 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32,
   if name not in _BUILDERS:
     raise ValueError(f'model={name!r} is not known; allowed: '
                      f'{", ".join(MODEL_NAMES)}')
-  return _BUILDERS[name](num_classes, dtype=dtype, kernels=kernels)
-
-
-__all__ = ['MODEL_NAMES', 'create_model']
+  return _BUILDERS[name](num_classes=num_classes, dtype=dtype, kernels=kernels)

@@ -7,10 +7,9 @@ mean, biased batch variance)``, and a max pool (``nn.max_pool``'s
 signature). The models take one as their ``kernels`` attribute:
 
 * `PER_PLATFORM` (the default): `XLA_CPU` in a program lowered for the CPU,
-  `PLAIN` for any other platform. The choice is `jax.lax.platform_dependent`,
-  resolved when the program is lowered for a platform, not where it is
-  traced: a train step exported from a CPU host for a GPU holds the plain
-  operations only, and XLA never sees the other branch.
+  `PLAIN` for any other platform, by `jax.lax.platform_dependent`, resolved
+  when the program is lowered, not where it is traced: a train step exported
+  from a CPU host for a GPU holds the plain operations only.
 * `PLAIN`: the stock operations (``lax.conv_general_dilated``, BatchNorm by
   autodiff of its formula, ``nn.max_pool``), on every platform.
 * `XLA_CPU`: models/xla_cpu.py's kernels, on every platform.

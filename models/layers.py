@@ -7,10 +7,9 @@ PyTorch's, not Flax's:
 
 * Conv / Linear weights: ``kaiming_uniform_(a=sqrt(5))``, i.e.
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) == ``variance_scaling(1/3, 'fan_in',
-  'uniform')``. (PyTorch 0.3/0.4, which the authors used, drew the same
-  distribution under the name ``uniform_(-stdv, stdv)``.)
-* Conv / Linear biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Flax bias
-  initialisers do not see ``fan_in``, so :func:`torch_bias_init` closes over it.
+  'uniform')`` (the authors' PyTorch called it ``uniform_(-stdv, stdv)``).
+* Conv / Linear biases: the same range. Flax bias initialisers do not see
+  ``fan_in``, so :func:`torch_bias_init` closes over it.
 * BatchNorm: scale 1, bias 0, running mean 0, running var 1.
 """
 from typing import Any, Callable
@@ -24,7 +23,6 @@ from models.kernels import PER_PLATFORM, Kernels
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-# PyTorch's default Conv2d / Linear weight init (kaiming_uniform, a=sqrt(5)).
 torch_kernel_init: Initializer = nn.initializers.variance_scaling(
     1.0 / 3.0, 'fan_in', 'uniform')
 
@@ -67,11 +65,11 @@ def conv(features: int, kernel_size: int, in_features: int, *,
 class BatchNorm(nn.Module):
   """``torch.nn.BatchNorm2d`` (momentum 0.1, eps 1e-5) for NHWC inputs.
 
-  Training normalises with the *biased* variance of the batch (as PyTorch),
-  but the running variance is updated with the *unbiased* estimate
-  ``var * n / (n - 1)``, n = N*H*W, exactly as PyTorch does; ``flax.linen.
-  BatchNorm`` would store the biased one. ``momentum`` is the weight of the
-  old running value (Flax convention): PyTorch's 0.1 is 0.9 here.
+  Training normalises with the *biased* variance of the batch but updates the
+  running variance with the *unbiased* ``var * n / (n - 1)``, n = N*H*W, as
+  PyTorch does (``flax.linen.BatchNorm`` stores the biased one).
+  ``momentum`` is the weight of the old running value (Flax convention):
+  PyTorch's 0.1 is 0.9 here.
 
   Statistics are reduced over every axis but the last, over whatever batch
   the module is given; under ``jit`` with a sharded batch that is the global

@@ -6,9 +6,8 @@ two post-activation BasicBlocks (widths 64/128/256/512, first strides
 changes; global average pool (the authors' ``avg_pool2d(4)`` on the 4x4 map);
 Dense.
 
-Initialisation: PyTorch defaults, since the authors do not re-initialise:
-conv/dense weights ``variance_scaling(1/3, 'fan_in', 'uniform')``, dense bias
-U(+-1/sqrt(fan_in)), BatchNorm scale 1 / bias 0 (see ``models.layers``).
+Initialisation: PyTorch's defaults (``models.layers``), since the authors do
+not re-initialise.
 """
 import functools
 from typing import Sequence
@@ -79,7 +78,3 @@ class ResNet(nn.Module):
                     name='classifier')(x)
     return x.astype(jnp.float32)
 
-
-def resnet18(num_classes: int, dtype: Dtype = jnp.float32,
-             kernels: Kernels = PER_PLATFORM) -> ResNet:
-  return ResNet((2, 2, 2, 2), num_classes, dtype=dtype, kernels=kernels)

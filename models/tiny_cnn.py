@@ -35,7 +35,3 @@ class TinyCNN(nn.Module):
                     name='classifier')(x)
     return x.astype(jnp.float32)
 
-
-def tiny_cnn(num_classes: int, dtype: Dtype = jnp.float32,
-             kernels: Kernels = PER_PLATFORM) -> TinyCNN:
-  return TinyCNN(num_classes, dtype=dtype, kernels=kernels)

@@ -6,9 +6,8 @@ features flatten to 512 and a single Dense layer gives the logits. (The
 authors' trailing ``AvgPool2d(kernel_size=1, stride=1)`` is the identity and
 is left out.)
 
-Initialisation: PyTorch defaults, since the authors do not re-initialise:
-conv/dense weights ``variance_scaling(1/3, 'fan_in', 'uniform')``, biases
-U(+-1/sqrt(fan_in)), BatchNorm scale 1 / bias 0 (see ``models.layers``).
+Initialisation: PyTorch's defaults (``models.layers``), since the authors do
+not re-initialise.
 """
 from typing import Sequence, Union
 
@@ -51,7 +50,3 @@ class VGG(nn.Module):
                     name='classifier')(x)
     return x.astype(jnp.float32)
 
-
-def vgg16(num_classes: int, dtype: Dtype = jnp.float32,
-          kernels: Kernels = PER_PLATFORM) -> VGG:
-  return VGG(VGG16_LAYOUT, num_classes, dtype, kernels)

@@ -13,8 +13,8 @@ Dense.
 Initialisation follows the authors' ``init_model``: every conv weight (the
 1x1 projections included) ~ N(0, 2 / (k*k*out_channels)), i.e.
 ``variance_scaling(2, 'fan_out', 'normal')`` (JAX's 'normal' is not
-truncated); BatchNorm scale 1, bias 0. The Dense layer keeps PyTorch's default (weights
-``variance_scaling(1/3, 'fan_in', 'uniform')``, bias U(+-1/sqrt(fan_in))).
+truncated); BatchNorm and the Dense layer keep PyTorch's defaults
+(``models.layers``).
 """
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,6 @@ from models.kernels import PER_PLATFORM, Kernels
 from models.layers import BatchNorm, Dtype, conv, torch_dense
 from models.resnet import BasicBlock
 
-# The authors' init_model: normal(0, sqrt(2 / n)), n = k * k * out_channels.
 he_normal_fan_out = nn.initializers.variance_scaling(
     2.0, 'fan_out', 'normal')
 
@@ -40,7 +39,7 @@ class WideResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if (self.depth - 4) % 6:
-      raise ValueError(f'depth={self.depth} is not 6n+4')
+      raise ValueError(f'depth={self.depth} is not allowed; allowed: 6n+4.')
     blocks_per_stage = (self.depth - 4) // 6
     base = 16 * self.widen_factor
     x = conv(base, 3, x.shape[-1], kernel_init=he_normal_fan_out,
@@ -52,14 +51,11 @@ class WideResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(base * 2 ** stage, strides,
                        kernel_init=he_normal_fan_out, dtype=self.dtype,
-                       kernels=self.kernels, name=f'stage{stage + 1}_block{block + 1}')(x, train)
+                       kernels=self.kernels,
+                       name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = nn.avg_pool(x, (8, 8), strides=(8, 8))
     x = x.reshape((x.shape[0], -1))
     x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
                     name='classifier')(x)
     return x.astype(jnp.float32)
 
-
-def wrn16_4(num_classes: int, dtype: Dtype = jnp.float32,
-            kernels: Kernels = PER_PLATFORM) -> WideResNet:
-  return WideResNet(16, 4, num_classes, dtype, kernels)

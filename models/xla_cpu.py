@@ -1,11 +1,9 @@
 """The XLA:CPU kernels of the models: faster there, and only used there.
 
-`models.kernels.PER_PLATFORM` (the models' default) picks these when a program
-is lowered for the CPU and the plain operations (`models.kernels.PLAIN`) for
-every other platform, so nothing here depends on where the program is traced.
-Each function has the signature of its plain counterpart and computes the same
-values and gradients, up to float rounding (the same sums in another order;
-tests/test_kernels.py):
+`models.kernels.PER_PLATFORM` (the models' default) picks these in a program
+lowered for the CPU. Each function has the signature of its plain counterpart
+and computes the same values and gradients, up to float rounding (the same
+sums in another order; tests/test_kernels.py):
 
 * `conv_general_dilated`: a convolution with an output map of at most
   PATCHES_MATMUL_MAX_POSITIONS positions is one matmul of its patches;
@@ -17,15 +15,12 @@ tests/test_kernels.py):
   `max_pool_2x2`: strided slices, with the select-and-scatter gradient
   written out.
 
-Timings behind each choice are in docs/benchmarks.md (benchmarks/cpu_kernels.py).
+Timings behind each choice: docs/benchmarks.md (benchmarks/cpu_kernels.py).
 
-Numerical promise of `batch_norm_train`, held on XLA:CPU only (where these
-kernels run): each example's sum is one matmul row whatever the batch split,
-so a batch sharded over several CPU devices gets the same per-example sums as
-on one device and differs only in how the N of them are added
-(tests/test_data_parallel.py checks the closeness of whole steps on CPU
-devices, where PER_PLATFORM runs these kernels). The plain kernels make no
-such promise: accelerators reduce as their compiler chooses.
+`batch_norm_train` sums each example in one matmul row whatever the batch
+split, so a batch sharded over several CPU devices differs from one device
+only in how the N per-example sums are added (tests/test_data_parallel.py).
+The plain kernels make no such promise.
 """
 import functools
 
@@ -34,9 +29,8 @@ import jax
 import jax.numpy as jnp
 
 # Output maps of at most this many positions (VGG16's 2x2 and 1x1 stages)
-# are convolved as one matmul over their patches: XLA:CPU's own convolution
-# was far slower there (docs/benchmarks.md); larger maps keep it, where it
-# is faster.
+# are convolved as one matmul over their patches, where XLA:CPU's own
+# convolution is slower.
 PATCHES_MATMUL_MAX_POSITIONS = 4
 
 
@@ -73,16 +67,9 @@ def _materialized(x: jax.Array, first: jax.Array) -> jax.Array:
   return _kept_conditional(x, first)
 
 
-def _materialized_fwd(x, first):
-  return _kept_conditional(x, first), None
-
-
-def _materialized_bwd(_, cotangent):
-  # The identity's gradient; the predicate gets none.
-  return cotangent, None
-
-
-_materialized.defvjp(_materialized_fwd, _materialized_bwd)
+# The identity's gradient; the predicate gets none.
+_materialized.defvjp(lambda x, first: (_kept_conditional(x, first), None),
+                     lambda _, cotangent: (cotangent, None))
 
 
 def materialized(x: jax.Array, weights: jax.Array) -> jax.Array:
@@ -90,16 +77,13 @@ def materialized(x: jax.Array, weights: jax.Array) -> jax.Array:
 
   The weight gradient of a convolution reads its input in another layout.
   XLA:CPU fuses that transpose with the element-wise ops that produced the
-  input (BatchNorm, ReLU, the residual adds of several blocks) and computes
-  them again, reading every tensor of the chain with a stride: 20% of a
-  ResNet18 step. XLA does not fuse across a conditional, so passing the
-  input through one makes the transpose read it once. ``optimization_barrier``
-  would say this directly, but XLA:CPU removes barriers before fusion. The
-  predicate comes from the (replicated) weights, so a batch-sharded ``x``
-  needs no collective. A custom batching rule keeps the conditional under
-  ``vmap`` (sweeps), and a custom gradient passes the cotangent straight
-  through. Never for GPUs, where a conditional waits for its predicate on
-  the host.
+  input (BatchNorm, ReLU, residual adds) and computes them again, reading
+  each with a stride. XLA does not fuse across a conditional, so passing the
+  input through one makes the transpose read it once (XLA:CPU removes an
+  ``optimization_barrier`` before fusion). The predicate comes from the
+  (replicated) weights, so a batch-sharded ``x`` needs no collective. A
+  custom batching rule keeps the conditional under ``vmap`` (sweeps). Never
+  for GPUs, where a conditional waits for its predicate on the host.
   """
   return _materialized(x, weights.reshape(-1)[0])
 
@@ -136,22 +120,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding,
 
 
 def channel_sums(x: jax.Array) -> jax.Array:
-  """Sums of an (N, positions, C) array over its first two axes: per-example
-  sums as a batched matrix-vector product (`per_example_sums`), then a sum
-  over the N examples.
-
-  XLA:CPU splits a plain reduction this large into reduce-windows that read
-  the channels with a stride; the matmuls ran 3-13x faster at ResNet18's
-  shapes, with no more rounding error (benchmarks/cpu_kernels.py, `bn`)."""
-  return jnp.sum(per_example_sums(x), axis=0)
-
-
-def per_example_sums(x: jax.Array) -> jax.Array:
-  """(N, C) sums of an (N, positions, C) array over its positions: one
-  matrix-vector product per example, the same whatever the batch split."""
+  """Sums of an (N, positions, C) array over its first two axes: one
+  matrix-vector product per example (the same whatever the batch split),
+  then a sum over the N examples. XLA:CPU splits a plain reduction this
+  large into reduce-windows that read the channels with a stride."""
   ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
   per_example = jnp.matmul(ones, x, precision=jax.lax.Precision.HIGHEST)
-  return per_example[:, 0]
+  return jnp.sum(per_example[:, 0], axis=0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -212,7 +187,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Same values, and the same gradient: all of it to the first maximum of each
   window in row-major order, as XLA's select-and-scatter (and PyTorch) give
-  it. Written with strided slices because XLA:CPU expanded the
+  it. Written with strided slices because XLA:CPU expands the
   select-and-scatter of the generic pool into gathers and scatters over
   index arrays.
   """

@@ -3,21 +3,14 @@ r"""Figures and tables from train.py workdirs and sweep dirs.
   python report.py WORKDIR [WORKDIR ...] --out OUTDIR \
       [--epochs 50,100,150,200] [--labels L1 L2 ...] [--title TITLE]
 
-Each WORKDIR is a train.py workdir (config.json, metrics.jsonl) or a sweep dir
-(its members/<name>/ workdirs, each one run). OUTDIR receives:
-  train_loss.png, test_error.png, test_top5_error.png  one line per run
-  curves.png   the three side by side (the report's Figures 2-5)
-  table.md     test top-1 and top-5 error after the epochs (default: four
-               evenly spaced up to the longest run's last), the lowest and
-               its epoch (the paper's Tables 2 and 3, in error)
-  grid.md, grid.png  for a sweep, or runs varying both p and lr: the best
-               test error per (p, lr) (the report's sensitivity study)
-Runs appear in the order given, a sweep's members ordered by p, then lr
-(by value). In the figures of a p x lr grid each p has one colour and each
-lr one line style. Bad input (a path without metrics.jsonl, an empty metrics
-file, a bad flag, a title or label whose $...$ mathtext matplotlib cannot
-draw): one error line naming the path or flag, exit status 2, nothing
-written.
+Each WORKDIR is a train.py workdir or a sweep dir (each of its members one
+run). OUTDIR receives train_loss.png, test_error.png and test_top5_error.png
+(one line per run), curves.png (the three side by side: the report's Figures
+2-5), table.md (test top-1 and top-5 error after the epochs, default four
+evenly spaced: the paper's Tables 2 and 3, in error) and, for a sweep or runs
+varying both p and lr, grid.md and grid.png (the best test error per (p,
+lr)). Bad input (a path without metrics.jsonl, a bad flag, a title or label
+matplotlib cannot draw): one error line, exit status 2, nothing written.
 """
 
 import argparse

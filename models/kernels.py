@@ -55,13 +55,11 @@ def _per_platform(cpu: Callable, default: Callable,
   platform conditional passes to either branch; the others are static.
   """
   def chosen(*args, **static):
-    arrays, rest = args[:num_arrays], args[num_arrays:]
-
-    def call(fn):
-      return lambda *arrays: fn(*arrays, *rest, **static)
-
-    return jax.lax.platform_dependent(*arrays, cpu=call(cpu),
-                                      default=call(default))
+    rest = args[num_arrays:]
+    return jax.lax.platform_dependent(
+        *args[:num_arrays],
+        cpu=lambda *arrays: cpu(*arrays, *rest, **static),
+        default=lambda *arrays: default(*arrays, *rest, **static))
 
   return chosen
 

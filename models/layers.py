@@ -37,12 +37,13 @@ def torch_bias_init(fan_in: int) -> Initializer:
   return init
 
 
-def torch_dense(features: int, in_features: int, dtype: Dtype,
-                name: str) -> nn.Dense:
-  """``nn.Linear`` with PyTorch's default initialisation."""
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=torch_kernel_init,
-                  bias_init=torch_bias_init(in_features), name=name)
+def classifier(x: jax.Array, num_classes: int, dtype: Dtype) -> jax.Array:
+  """float32 logits from ``x`` by an ``nn.Linear`` with PyTorch's default
+  initialisation, the submodule 'classifier' of the caller."""
+  dense = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=torch_kernel_init,
+                   bias_init=torch_bias_init(x.shape[-1]), name='classifier')
+  return dense(x).astype(jnp.float32)
 
 
 def conv(features: int, kernel_size: int, in_features: int, *,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from models.kernels import PER_PLATFORM, Kernels
-from models.layers import (BatchNorm, Dtype, Initializer, conv, torch_dense,
+from models.layers import (BatchNorm, Dtype, Initializer, classifier, conv,
                            torch_kernel_init)
 
 
@@ -74,7 +74,5 @@ class ResNet(nn.Module):
         x = BasicBlock(width, strides, dtype=self.dtype, kernels=self.kernels,
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
-                    name='classifier')(x)
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 

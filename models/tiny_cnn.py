@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from models.kernels import PER_PLATFORM, Kernels
-from models.layers import BatchNorm, Dtype, conv, torch_dense
+from models.layers import BatchNorm, Dtype, classifier, conv
 
 
 class TinyCNN(nn.Module):
@@ -31,7 +31,5 @@ class TinyCNN(nn.Module):
       if i < len(self.widths):
         x = self.kernels.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
-    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
-                    name='classifier')(x)
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from models.kernels import PER_PLATFORM, Kernels
-from models.layers import BatchNorm, Dtype, conv, torch_dense
+from models.layers import BatchNorm, Dtype, classifier, conv
 
 MAX_POOL = 'M'
 VGG16_LAYOUT = (64, 64, MAX_POOL, 128, 128, MAX_POOL, 256, 256, 256, MAX_POOL,
@@ -46,7 +46,5 @@ class VGG(nn.Module):
       x = nn.relu(x)
       index += 1
     x = x.reshape((x.shape[0], -1))
-    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
-                    name='classifier')(x)
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from models.kernels import PER_PLATFORM, Kernels
-from models.layers import BatchNorm, Dtype, conv, torch_dense
+from models.layers import BatchNorm, Dtype, classifier, conv
 from models.resnet import BasicBlock
 
 he_normal_fan_out = nn.initializers.variance_scaling(
@@ -55,7 +55,5 @@ class WideResNet(nn.Module):
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = nn.avg_pool(x, (8, 8), strides=(8, 8))
     x = x.reshape((x.shape[0], -1))
-    x = torch_dense(self.num_classes, x.shape[-1], self.dtype,
-                    name='classifier')(x)
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 

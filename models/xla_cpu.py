@@ -1,21 +1,11 @@
 """The XLA:CPU kernels of the models: faster there, and only used there.
 
 `models.kernels.PER_PLATFORM` (the models' default) picks these in a program
-lowered for the CPU. Each function has the signature of its plain counterpart
-and computes the same values and gradients, up to float rounding (the same
-sums in another order; tests/test_kernels.py):
-
-* `conv_general_dilated`: a convolution with an output map of at most
-  PATCHES_MATMUL_MAX_POSITIONS positions is one matmul of its patches;
-  larger ones are XLA's convolution, with the input passed through a
-  conditional that keeps it in a buffer of its own (`materialized`).
-* `batch_norm_train`: BatchNorm's channel sums as per-example matmuls, with
-  the gradient written out so that its sums are matmuls too.
-* `max_pool`: ``nn.max_pool``, except that the 2x2, stride-2 pool is
-  `max_pool_2x2`: strided slices, with the select-and-scatter gradient
-  written out.
-
-Timings behind each choice: docs/benchmarks.md (benchmarks/cpu_kernels.py).
+lowered for the CPU. `conv_general_dilated`, `batch_norm_train` and
+`max_pool` each have the signature of their plain counterpart and compute the
+same values and gradients, up to float rounding (the same sums in another
+order; tests/test_kernels.py). Timings behind each choice: docs/benchmarks.md
+(benchmarks/cpu_kernels.py).
 
 `batch_norm_train` sums each example in one matmul row whatever the batch
 split, so a batch sharded over several CPU devices differs from one device
@@ -40,8 +30,7 @@ def _is_plain_2d(dimension_numbers, lhs_dilation, rhs_dilation,
   nhwc = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1),
                                         ('NHWC', 'HWIO', 'NHWC'))
   return (dimension_numbers == nhwc and feature_group_count == 1 and
-          all(d == 1 for d in (lhs_dilation or (1, 1))) and
-          all(d == 1 for d in (rhs_dilation or (1, 1))))
+          set(lhs_dilation or ()) | set(rhs_dilation or ()) <= {1})
 
 
 @jax.custom_batching.custom_vmap
@@ -63,15 +52,6 @@ def _kept_conditional_vmap(axis_size, in_batched, x, first):
 
 
 @jax.custom_vjp
-def _materialized(x: jax.Array, first: jax.Array) -> jax.Array:
-  return _kept_conditional(x, first)
-
-
-# The identity's gradient; the predicate gets none.
-_materialized.defvjp(lambda x, first: (_kept_conditional(x, first), None),
-                     lambda _, cotangent: (cotangent, None))
-
-
 def materialized(x: jax.Array, weights: jax.Array) -> jax.Array:
   """``x``, unchanged, but computed into a buffer of its own.
 
@@ -85,7 +65,12 @@ def materialized(x: jax.Array, weights: jax.Array) -> jax.Array:
   custom batching rule keeps the conditional under ``vmap`` (sweeps). Never
   for GPUs, where a conditional waits for its predicate on the host.
   """
-  return _materialized(x, weights.reshape(-1)[0])
+  return _kept_conditional(x, weights.reshape(-1)[0])
+
+
+# The identity's gradient; the weights get none.
+materialized.defvjp(lambda x, weights: (materialized(x, weights), None),
+                    lambda _, cotangent: (cotangent, None))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding,

@@ -4,7 +4,6 @@ sweeps/run.py writes it after each chunk as summary.json and summary.md;
 nothing here imports JAX.
 """
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -27,20 +26,19 @@ def summarize_member(name: str, values: dict, rows: list,
   row counts as diverged too.
   """
   out = {'name': name, **values, 'epochs': len(rows)}
-  errors = [(r['test_error'], r['epoch']) for r in rows
-            if r['test_error'] is not None and math.isfinite(r['test_error'])]
-  best = min(errors) if errors else (None, None)
+  best = min(((r['test_error'], r['epoch']) for r in rows
+              if records.finite_or_none(r['test_error']) is not None),
+             default=(None, None))
   final = rows[-1] if rows else {}
-  nan_epochs = [r['epoch'] for r in rows if r['train_loss'] is None or
-                not math.isfinite(r['train_loss'])]
+  nan_epochs = [r['epoch'] for r in rows
+                if records.finite_or_none(r['train_loss']) is None]
   diverged = diverged or {}
   out.update(
       final_test_error=records.finite_or_none(final.get('test_error')),
       best_test_error=best[0], best_epoch=best[1],
       final_train_loss=records.finite_or_none(final.get('train_loss')),
       skipped_steps=sum(r.get('skipped_steps') or 0 for r in rows),
-      diverged_epoch=diverged.get('epoch', nan_epochs[0] if nan_epochs
-                                  else None),
+      diverged_epoch=diverged.get('epoch', next(iter(nan_epochs), None)),
       diverged_step=diverged.get('step'),
       diverged_reason=diverged.get('reason'))
   return out

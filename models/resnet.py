@@ -75,4 +75,3 @@ class ResNet(nn.Module):
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return classifier(x, self.num_classes, self.dtype)
-

@@ -32,4 +32,3 @@ class TinyCNN(nn.Module):
         x = self.kernels.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
     return classifier(x, self.num_classes, self.dtype)
-

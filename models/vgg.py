@@ -47,4 +47,3 @@ class VGG(nn.Module):
       index += 1
     x = x.reshape((x.shape[0], -1))
     return classifier(x, self.num_classes, self.dtype)
-

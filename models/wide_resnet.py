@@ -56,4 +56,3 @@ class WideResNet(nn.Module):
     x = nn.avg_pool(x, (8, 8), strides=(8, 8))
     x = x.reshape((x.shape[0], -1))
     return classifier(x, self.num_classes, self.dtype)
-

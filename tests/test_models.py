@@ -14,7 +14,7 @@ from models import MODEL_NAMES, create_model
 from models import xla_cpu
 from models.layers import BatchNorm, torch_bias_init, torch_kernel_init
 from models.resnet import BasicBlock
-from models.wide_resnet import he_normal_fan_out
+from models.wide_resnet import WideResNet, he_normal_fan_out
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +99,12 @@ def test_unknown_model_name():
   assert "model='resnet19'" in message
   for name in MODEL_NAMES:
     assert name in message
+
+
+def test_wide_resnet_depth_not_6n_plus_4_refused():
+  with pytest.raises(ValueError,
+                     match=r'^depth=15 is not allowed; allowed: 6n\+4\.'):
+    _abstract_init(WideResNet(15, 1, 10))
 
 
 # ------------------------------------------------------ tiny, for real

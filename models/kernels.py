@@ -12,10 +12,8 @@ signature). The models take one as their ``kernels`` attribute:
   from a CPU host for a GPU holds the plain operations only.
 * `PLAIN`: the stock operations (``lax.conv_general_dilated``, BatchNorm by
   autodiff of its formula, ``nn.max_pool``), on every platform.
-* `XLA_CPU`: models/xla_cpu.py's kernels, on every platform.
-
-The three give the same values and gradients up to float rounding
-(tests/test_kernels.py).
+* `XLA_CPU`: models/xla_cpu.py's kernels, on every platform (the same
+  values and gradients as `PLAIN` up to float rounding).
 """
 import dataclasses
 from typing import Callable

@@ -166,6 +166,15 @@ def closest_key(key: str, keys) -> str:
   return f' (did you mean {match[0]}?)' if match else ''
 
 
+def not_a_key(key: str, keys) -> str:
+  """What follows "KEY is not a key" in a message: the closest of `keys` and
+  those allowed beside `key`, ' (did you mean X?); allowed under P: A, B.'"""
+  parent = key.rpartition('.')[0]
+  return (f'{closest_key(key, keys)}; allowed'
+          f'{" under " + parent if parent else ""}: '
+          f'{", ".join(sibling_keys(key, keys))}.')
+
+
 def _is_number(v) -> bool:
   return (isinstance(v, (int, float, np.integer, np.floating))
           and not isinstance(v, (bool, np.bool_)))
@@ -197,11 +206,8 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
   known = records.flatten(reference, nodes=True)
   for key, value in given.items():
     if key not in known:
-      parent = key.rpartition('.')[0]
       raise ValueError(
-          f'{key}={value!r} is not a config key{closest_key(key, known)}; '
-          f'allowed{" under " + parent if parent else ""}: '
-          f'{", ".join(sibling_keys(key, known))}.')
+          f'{key}={value!r} is not a config key{not_a_key(key, known)}')
     words, check = value_kind(known[key])
     if not check(value):
       raise ValueError(f'{key}={value!r} is not allowed (a '
@@ -211,7 +217,6 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
     if key not in given:
       raise ValueError(f'{key} is missing from the config; allowed: a config '
                        f'with every key of {what} (there {key}={value!r}).')
-
 
 
 def _choice(key, value, allowed) -> None:

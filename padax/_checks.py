@@ -23,20 +23,13 @@ import numpy as np
 
 
 def concrete_values(value: Any) -> Optional[np.ndarray]:
-  """Returns `value` as a float64 NumPy array if it is known now, else None.
-
-  None for a callable, a string, a traced JAX array or anything NumPy cannot
-  read as numbers. Concreteness is detected through JAX's public error types:
-  converting a tracer to NumPy raises one of `jax.errors`'s concretization
-  errors.
-  """
+  """`value` as a float64 NumPy array if it is known now, else None (a
+  callable, a string, a traced array, anything that is not numbers)."""
   if callable(value) or isinstance(value, (str, bytes)):
     return None
   try:
     return np.asarray(value, dtype=np.float64)
-  except (jax.errors.ConcretizationTypeError,
-          jax.errors.TracerArrayConversionError):
-    return None
+  # A tracer raises jax.errors' concretization errors, TypeErrors too.
   except (TypeError, ValueError, OverflowError):
     return None
 
@@ -107,19 +100,17 @@ def check_range(
                                         else x < high)
   # NaN fails both comparisons; inf is refused whatever the bounds.
   if not (math.isfinite(x) and x >= low and upper_ok):
-    if not math.isfinite(x):
-      allowed = _describe(name, low, high, high_inclusive, schedule_allowed,
-                          finite=True)
+    allowed = _describe(name, low, high, high_inclusive, schedule_allowed,
+                        finite=not math.isfinite(x))
     raise ValueError(
         f'{owner}: {name}={_shown(value)} is out of range; allowed: '
         f'{allowed}.')
 
 
 def _shown(value: Any) -> str:
-  """The value as the message shows it: Python numbers as they are written."""
-  if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
-    return repr(value.item())
-  if isinstance(value, jax.Array) and concrete_values(value) is not None:
+  """The value as the message shows it: an array's numbers as Python's."""
+  if (isinstance(value, (np.ndarray, np.generic, jax.Array))
+      and concrete_values(value) is not None):
     return repr(np.asarray(value).tolist())
   return repr(value)
 
@@ -238,13 +229,8 @@ def check_float_dtype(owner: str, name: str, value: Any) -> Optional[np.dtype]:
 
 
 def check_float_params(owner: str, params: Any) -> None:
-  """Refuses parameters of a non-floating dtype (integer, bool, complex).
-
-  Padam's moments and its fractional powers need floating point; an integer
-  parameter would keep integer moments and round every update. Leaves that
-  must not be trained can be passed through with ``optax.partition`` (and
-  ``optax.set_to_zero()``) or ``optax.masked``.
-  """
+  """Refuses parameters of a non-floating dtype (integer, bool, complex):
+  an integer parameter would keep integer moments and round every update."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None:

@@ -255,17 +255,20 @@ def _integer(key, value, low, high) -> None:
                      f'{low} <= {key} <= {high}.')
 
 
-def _in_range(key, value, low, high) -> None:
-  # Written so that NaN fails too.
-  if not (np.isfinite(value) and low <= value <= high):
-    raise ValueError(f'config: {key}={value!r} is out of range; allowed: '
-                     f'{low:g} <= {key} <= {high:g}.')
-
-
-def _describe_range(name, low, high, high_included) -> str:
-  if high is None:
-    return f'{name} >= {low:g}'
-  return f'{low:g} <= {name} {"<=" if high_included else "<"} {high:g}'
+def _number(prefix, key, value, low, high=None, high_included=True) -> None:
+  """ValueError (`prefix` first) unless `value` is a finite number in range;
+  high None: no upper bound."""
+  allowed = (f'{key} >= {low:g}' if high is None else
+             f'{low:g} <= {key} {"<=" if high_included else "<"} {high:g}')
+  if not _is_number(value):
+    raise ValueError(f'{prefix}{key}={value!r} is not a number; allowed: '
+                     f'{allowed}.')
+  x = float(value)
+  finite = math.isfinite(x)
+  if not finite or x < low or (high is not None and
+                               (x > high if high_included else x >= high)):
+    raise ValueError(f'{prefix}{key}={value!r} is out of range; allowed: '
+                     f'{allowed}{"" if finite else ", finite"}.')
 
 
 def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
@@ -273,21 +276,9 @@ def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
   (the config keys HYPERPARAMETERS names, and learning_rate)."""
   if key == 'formulation':
     _choice('optimizer.formulation', value, FORMULATIONS)
-    return
-  owner = f'optimizer ({optimizer_name})'
-  low, high, high_included = HYPERPARAMETER_RANGES[key]
-  allowed = _describe_range(key, low, high, high_included)
-  if not _is_number(value):
-    raise ValueError(f'{owner}: {key}={value!r} is not a number; allowed: '
-                     f'{allowed}.')
-  x = float(value)
-  if not math.isfinite(x):
-    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
-                     f'{allowed}, finite.')
-  if x < low or (high is not None and
-                 (x > high if high_included else x >= high)):
-    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
-                     f'{allowed}.')
+  else:
+    _number(f'optimizer ({optimizer_name}): ', key, value,
+            *HYPERPARAMETER_RANGES[key])
 
 
 def validate(config: ml_collections.ConfigDict, *,
@@ -321,8 +312,8 @@ def validate(config: ml_collections.ConfigDict, *,
                        f'integers >= 1 and <= {MAX_EPOCHS}, e.g. (50, 100, 150) '
                        '(a repeated epoch compounds, as in MultiStepLR).')
   # What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
-  _in_range('optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
-  _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
+  _number('', 'optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
+  _number('', 'optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
   for key in ('learning_rate',) + HYPERPARAMETERS[opt.name]:
     check_hyperparameter(opt.name, key, opt[key])
   for key in ('batch_size', 'eval_batch_size'):

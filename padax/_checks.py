@@ -34,19 +34,12 @@ def concrete_values(value: Any) -> Optional[np.ndarray]:
     return None
 
 
-def _is_bool(value: Any) -> bool:
-  if isinstance(value, (bool, np.bool_)):
-    return True
-  dtype = getattr(value, 'dtype', None)
-  return dtype is not None and np.dtype(dtype) == np.bool_
-
-
 def scalar_problem(value: Any) -> Optional[str]:
   """Why `value` is not a real scalar of an allowed dtype, or None if it is.
 
   Looks only at the type, shape and dtype, so it works for traced arrays.
   """
-  if _is_bool(value):
+  if isinstance(value, bool) or getattr(value, 'dtype', None) == np.bool_:
     return 'is a bool, not a number'
   if isinstance(value, (int, float)):
     return None
@@ -65,16 +58,9 @@ def scalar_problem(value: Any) -> Optional[str]:
   return 'is not a number'
 
 
-def check_range(
-    owner: str,
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: Optional[float] = None,
-    high_inclusive: bool = True,
-    schedule_allowed: bool = False,
-) -> None:
+def check_range(owner: str, name: str, value: Any, *, low: float,
+                high: Optional[float] = None, high_inclusive: bool = True,
+                schedule_allowed: bool = False) -> None:
   """Raises ValueError unless `value` is a finite real scalar in range.
 
   The range is [low, high] (or [low, high) with ``high_inclusive=False``;

@@ -238,9 +238,8 @@ def _bias_correction(decay, t: jax.Array) -> jax.Array:
   """1 - decay**t as -expm1(t log decay), in t's dtype.
 
   For a Python number the log is taken in double precision, as the authors'
-  code computes its corrections in Python floats: 1 - b2**t from a float32 b2
-  is off by 1.3e-5 (relative) at t = 1 for b2 = 0.999, since float32(0.999)
-  itself is. A JAX array (concrete or traced) is used in t's dtype.
+  code computes its corrections in Python floats (float32(0.999) is not
+  0.999). A JAX array (concrete or traced) is used in t's dtype.
   """
   if isinstance(decay, jax.Array):
     log_decay = jnp.log(jnp.asarray(decay, t.dtype))

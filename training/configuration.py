@@ -185,8 +185,8 @@ def value_kind(value) -> tuple:
   if isinstance(value, (bool, np.bool_)):
     return 'True or False', lambda v: isinstance(v, (bool, np.bool_))
   if isinstance(value, int):
-    return 'an integer', lambda v: _is_number(v) and float(v).is_integer() and (
-        not isinstance(v, (float, np.floating)))
+    return 'an integer', lambda v: _is_number(v) and not isinstance(
+        v, (float, np.floating))
   if isinstance(value, float):
     return 'a number', _is_number
   if isinstance(value, str):

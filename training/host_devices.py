@@ -56,8 +56,8 @@ def split_cpu(count: int, environ=os.environ) -> bool:
   split was set.
   """
   user_chose_count = ('--xla_force_host_platform_device_count' in
-                      _named_flags(os.environ) or
-                      os.environ.get('JAX_NUM_CPU_DEVICES'))
+                      _named_flags(environ) or
+                      environ.get('JAX_NUM_CPU_DEVICES'))
   if count <= 1 or user_chose_count or accelerator_expected(environ):
     return False
   import jax  # pylint: disable=g-import-not-at-top

@@ -1,17 +1,5 @@
-"""Argument checks with messages that name the argument.
-
-A numeric hyperparameter of padax is a real scalar: a Python ``int`` or
-``float``, or a 0-d NumPy or JAX array of a floating dtype (an integer array
-only in JAX's weak type, which is what a Python ``int`` becomes inside
-``optax.inject_hyperparams``), or, where allowed, a schedule (a callable of
-the step count). Bools, strings, lists and arrays of more than one element are
-refused, whatever their values.
-
-A value known at construction (a number or a concrete array) must also be
-finite and in range. A traced array (inside `jax.jit` or `jax.vmap`, e.g. under
-``optax.inject_hyperparams``) has a known shape and dtype, which are checked
-when it is traced, but no value; a schedule's values are known only when the
-update runs. Those values are not checked.
+"""Argument checks with messages that name the argument, the value and what is
+allowed; `check_hyperparameters` says what a numeric hyperparameter may be.
 """
 
 import math
@@ -133,8 +121,12 @@ def check_hyperparameters(owner: str, **values: Any) -> None:
   way) states no range of its own. The ranges: ``learning_rate >= 0``,
   ``0 <= p <= 1/2`` (both may be optax schedules, whose values are not
   checked), ``0 <= b1 < 1``, ``0 <= b2 < 1``, ``eps >= 0``,
-  ``weight_decay >= 0``. Every value must be a real scalar (see the module
-  docstring) and, when known, finite.
+  ``weight_decay >= 0``. Every value must be a real scalar: a Python ``int``
+  or ``float``, or a 0-d NumPy or JAX array of a floating dtype (or the
+  weakly typed integer array ``optax.inject_hyperparams`` makes of an
+  ``int``); bools, strings, lists and larger arrays are refused. A value
+  known now must also be finite and in range; the values of a traced array
+  (inside ``jax.jit``, ``jax.vmap``) and of a schedule are not checked.
 
   Args:
     owner: who is checking, the start of the message (e.g. ``'padam'``).

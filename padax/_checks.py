@@ -1,17 +1,5 @@
-"""Argument checks with messages that name the argument.
-
-A numeric hyperparameter of padax is a real scalar: a Python ``int`` or
-``float``, or a 0-d NumPy or JAX array of a floating dtype (an integer array
-only in JAX's weak type, which is what a Python ``int`` becomes inside
-``optax.inject_hyperparams``), or, where allowed, a schedule (a callable of
-the step count). Bools, strings, lists and arrays of more than one element are
-refused, whatever their values.
-
-A value known at construction (a number or a concrete array) must also be
-finite and in range. A traced array (inside `jax.jit` or `jax.vmap`, e.g. under
-``optax.inject_hyperparams``) has a known shape and dtype, which are checked
-when it is traced, but no value; a schedule's values are known only when the
-update runs. Those values are not checked.
+"""Argument checks with messages that name the argument, the value and what is
+allowed; `check_hyperparameters` says what a numeric hyperparameter may be.
 """
 
 import math
@@ -23,29 +11,15 @@ import numpy as np
 
 
 def concrete_values(value: Any) -> Optional[np.ndarray]:
-  """Returns `value` as a float64 NumPy array if it is known now, else None.
-
-  None for a callable, a string, a traced JAX array or anything NumPy cannot
-  read as numbers. Concreteness is detected through JAX's public error types:
-  converting a tracer to NumPy raises one of `jax.errors`'s concretization
-  errors.
-  """
+  """`value` as a float64 NumPy array if it is known now, else None (a
+  callable, a string, a traced array, anything that is not numbers)."""
   if callable(value) or isinstance(value, (str, bytes)):
     return None
   try:
     return np.asarray(value, dtype=np.float64)
-  except (jax.errors.ConcretizationTypeError,
-          jax.errors.TracerArrayConversionError):
-    return None
+  # A tracer raises jax.errors' concretization errors, TypeErrors too.
   except (TypeError, ValueError, OverflowError):
     return None
-
-
-def _is_bool(value: Any) -> bool:
-  if isinstance(value, (bool, np.bool_)):
-    return True
-  dtype = getattr(value, 'dtype', None)
-  return dtype is not None and np.dtype(dtype) == np.bool_
 
 
 def scalar_problem(value: Any) -> Optional[str]:
@@ -53,7 +27,7 @@ def scalar_problem(value: Any) -> Optional[str]:
 
   Looks only at the type, shape and dtype, so it works for traced arrays.
   """
-  if _is_bool(value):
+  if isinstance(value, bool) or getattr(value, 'dtype', None) == np.bool_:
     return 'is a bool, not a number'
   if isinstance(value, (int, float)):
     return None
@@ -72,16 +46,9 @@ def scalar_problem(value: Any) -> Optional[str]:
   return 'is not a number'
 
 
-def check_range(
-    owner: str,
-    name: str,
-    value: Any,
-    *,
-    low: float,
-    high: Optional[float] = None,
-    high_inclusive: bool = True,
-    schedule_allowed: bool = False,
-) -> None:
+def check_range(owner: str, name: str, value: Any, *, low: float,
+                high: Optional[float] = None, high_inclusive: bool = True,
+                schedule_allowed: bool = False) -> None:
   """Raises ValueError unless `value` is a finite real scalar in range.
 
   The range is [low, high] (or [low, high) with ``high_inclusive=False``;
@@ -107,19 +74,17 @@ def check_range(
                                         else x < high)
   # NaN fails both comparisons; inf is refused whatever the bounds.
   if not (math.isfinite(x) and x >= low and upper_ok):
-    if not math.isfinite(x):
-      allowed = _describe(name, low, high, high_inclusive, schedule_allowed,
-                          finite=True)
+    allowed = _describe(name, low, high, high_inclusive, schedule_allowed,
+                        finite=not math.isfinite(x))
     raise ValueError(
         f'{owner}: {name}={_shown(value)} is out of range; allowed: '
         f'{allowed}.')
 
 
 def _shown(value: Any) -> str:
-  """The value as the message shows it: Python numbers as they are written."""
-  if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
-    return repr(value.item())
-  if isinstance(value, jax.Array) and concrete_values(value) is not None:
+  """The value as the message shows it: an array's numbers as Python's."""
+  if (isinstance(value, (np.ndarray, np.generic, jax.Array))
+      and concrete_values(value) is not None):
     return repr(np.asarray(value).tolist())
   return repr(value)
 
@@ -156,8 +121,12 @@ def check_hyperparameters(owner: str, **values: Any) -> None:
   way) states no range of its own. The ranges: ``learning_rate >= 0``,
   ``0 <= p <= 1/2`` (both may be optax schedules, whose values are not
   checked), ``0 <= b1 < 1``, ``0 <= b2 < 1``, ``eps >= 0``,
-  ``weight_decay >= 0``. Every value must be a real scalar (see the module
-  docstring) and, when known, finite.
+  ``weight_decay >= 0``. Every value must be a real scalar: a Python ``int``
+  or ``float``, or a 0-d NumPy or JAX array of a floating dtype (or the
+  weakly typed integer array ``optax.inject_hyperparams`` makes of an
+  ``int``); bools, strings, lists and larger arrays are refused. A value
+  known now must also be finite and in range; the values of a traced array
+  (inside ``jax.jit``, ``jax.vmap``) and of a schedule are not checked.
 
   Args:
     owner: who is checking, the start of the message (e.g. ``'padam'``).
@@ -238,13 +207,8 @@ def check_float_dtype(owner: str, name: str, value: Any) -> Optional[np.dtype]:
 
 
 def check_float_params(owner: str, params: Any) -> None:
-  """Refuses parameters of a non-floating dtype (integer, bool, complex).
-
-  Padam's moments and its fractional powers need floating point; an integer
-  parameter would keep integer moments and round every update. Leaves that
-  must not be trained can be passed through with ``optax.partition`` (and
-  ``optax.set_to_zero()``) or ``optax.masked``.
-  """
+  """Refuses parameters of a non-floating dtype (integer, bool, complex):
+  an integer parameter would keep integer moments and round every update."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     dtype = getattr(leaf, 'dtype', None)
     if dtype is None:

@@ -89,17 +89,8 @@ def padam(
     * github.com/uclaml/Padam, the authors' code; arXiv:1901.09878, the
       reproducibility report.
   """
-  _checks.check_hyperparameters(
-      'padam', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
-      **_given(weight_decay=weight_decay))
-  return _chain(
-      'padam', weight_decay,
-      *_decay(weight_decay, mask),
-      transform.scale_by_partial_adaptive(
-          b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad,
-          formulation=formulation, mu_dtype=mu_dtype),
-      _learning_rate('padam', learning_rate),
-  )
+  return _padam_chain('padam', False, learning_rate, p, b1, b2, eps,
+                      weight_decay, amsgrad, formulation, mask, mu_dtype)
 
 
 def padamw(
@@ -160,46 +151,35 @@ def padamw(
       arXiv:1901.09878.
     * Decoupled weight decay: Loshchilov & Hutter, arXiv:1711.05101.
   """
-  _checks.check_hyperparameters(
-      'padamw', learning_rate=learning_rate, p=p, b1=b1, b2=b2, eps=eps,
-      **_given(weight_decay=weight_decay))
-  return _chain(
-      'padamw', weight_decay,
-      transform.scale_by_partial_adaptive(
-          b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad,
-          formulation=formulation, mu_dtype=mu_dtype),
-      *_decay(weight_decay, mask),
-      _learning_rate('padamw', learning_rate),
-  )
+  return _padam_chain('padamw', True, learning_rate, p, b1, b2, eps,
+                      weight_decay, amsgrad, formulation, mask, mu_dtype)
 
 
-def _learning_rate(owner, learning_rate) -> optax.GradientTransformation:
-  if callable(learning_rate):
-    learning_rate = _checks.checked_schedule(owner, 'learning_rate',
-                                             learning_rate)
-  return optax.scale_by_learning_rate(learning_rate)
-
-
-def _given(**values) -> dict:
-  """The values that are not None (None: the optional term is left out)."""
-  return {name: value for name, value in values.items() if value is not None}
-
-
-def _decay(weight_decay, mask) -> tuple:
+def _padam_chain(owner, decoupled, learning_rate, p, b1, b2, eps,
+                 weight_decay, amsgrad, formulation, mask, mu_dtype):
+  """The chain of `padam` (the weight-decay term before the scaling) or,
+  `decoupled`, of `padamw` (after it), then the learning rate."""
+  # None (the optional term left out) is not checked.
+  given = {} if weight_decay is None else dict(weight_decay=weight_decay)
+  _checks.check_hyperparameters(owner, learning_rate=learning_rate, p=p,
+                                b1=b1, b2=b2, eps=eps, **given)
   # Whether the term is there must not depend on the value, which
   # inject_hyperparams turns into an array: only None (which it keeps static)
   # leaves it out, as optax's own optimizers do.
-  if weight_decay is None:
-    return ()
-  return (optax.add_decayed_weights(weight_decay, mask),)
-
-
-def _chain(owner, weight_decay, *transforms):
-  """optax.chain(*transforms), whose update refuses, with what to do, a
-  state laid out for a chain with or without the weight-decay term."""
+  decay = () if weight_decay is None else (
+      optax.add_decayed_weights(weight_decay, mask),)
+  scale = (transform.scale_by_partial_adaptive(
+      b1=b1, b2=b2, eps=eps, p=p, amsgrad=amsgrad, formulation=formulation,
+      mu_dtype=mu_dtype),)
+  if callable(learning_rate):
+    learning_rate = _checks.checked_schedule(owner, 'learning_rate',
+                                             learning_rate)
+  transforms = (*(scale + decay if decoupled else decay + scale),
+                optax.scale_by_learning_rate(learning_rate))
   chained = optax.chain(*transforms)
 
   def update(updates, state, params=None, **extra_args):
+    # A state laid out for the chain with or without the weight-decay term.
     if isinstance(state, tuple) and len(state) != len(transforms):
       raise ValueError(_layout_message(owner, weight_decay, len(state),
                                        len(transforms)))

@@ -178,9 +178,7 @@ def scale_by_partial_adaptive(
     bc2 = _bias_correction(b2, t)
 
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = jax.tree.map(
-        lambda g, v: None if g is None else _second_moment(g, v, b2),
-        updates, state.nu, is_leaf=_is_none)
+    nu = _map(lambda g, v: _second_moment(g, v, b2), updates, state.nu)
     if formulation == PAPER:
       # As optax.amsgrad: divide in the moment's dtype by float32 corrections.
       nu_eff = _map(lambda v: _capped(v / bc2.astype(v.dtype), v), nu)
@@ -190,9 +188,7 @@ def scale_by_partial_adaptive(
       step_factor = jnp.sqrt(bc2) / bc1
       numerator = _map(lambda m: m * step_factor.astype(m.dtype), mu)
     if amsgrad:
-      nu_max = jax.tree.map(
-          lambda a, b: None if a is None else jnp.maximum(a, b),
-          state.nu_max, nu_eff, is_leaf=_is_none)
+      nu_max = _map(jnp.maximum, state.nu_max, nu_eff)
       nu_denominator = nu_max
     else:
       nu_max = None
@@ -204,16 +200,15 @@ def scale_by_partial_adaptive(
       denominator = lambda v: _power.power(jnp.sqrt(v) + eps_(v), 2 * p_t)
     else:
       denominator = lambda v: _power.power(v, p_t) + eps_(v)
-    new_updates = jax.tree.map(
-        lambda g, n, r: None if g is None else (
-            n / denominator(r)).astype(g.dtype),
-        updates, numerator, nu_denominator, is_leaf=_is_none)
+    new_updates = _map(lambda g, n, r: (n / denominator(r)).astype(g.dtype),
+                       updates, numerator, nu_denominator)
     # The state keeps its dtypes (mu in mu_dtype) so a jitted step never
     # retraces; arithmetic above ran in the promoted dtype.
-    mu = _cast_like(mu, state.mu)
-    nu = _cast_like(nu, state.nu)
+    cast_like = lambda t, r: t.astype(r.dtype)
+    mu = _map(cast_like, mu, state.mu)
+    nu = _map(cast_like, nu, state.nu)
     if amsgrad:
-      nu_max = _cast_like(nu_max, state.nu_max)
+      nu_max = _map(cast_like, nu_max, state.nu_max)
     return new_updates, ScaleByPartialAdaptiveState(
         count=count_inc, mu=mu, nu=nu, nu_max=nu_max)
 
@@ -223,10 +218,9 @@ def scale_by_partial_adaptive(
 def _second_moment(g: jax.Array, v: jax.Array, b2) -> jax.Array:
   """b2 v + (1 - b2) g^2 with |g| at most sqrt(largest finite value).
 
-  The expression of optax.tree.update_moment_per_elem_norm: every gradient
-  whose square is finite gives the same bits (a fix-up applied after it
-  changed how XLA fused, and rounded, the ordinary case); a larger one
-  counts as that large, so g^2 never overflows to inf.
+  The expression of optax.tree.update_moment_per_elem_norm, so every
+  gradient whose square is finite gives the same bits; a larger one counts
+  as that large, so g^2 never overflows to inf.
   """
   limit = jnp.sqrt(jnp.asarray(jnp.finfo(v.dtype).max, v.dtype))
   g = jnp.clip(g, -limit, limit)
@@ -244,9 +238,8 @@ def _bias_correction(decay, t: jax.Array) -> jax.Array:
   """1 - decay**t as -expm1(t log decay), in t's dtype.
 
   For a Python number the log is taken in double precision, as the authors'
-  code computes its corrections in Python floats: 1 - b2**t from a float32 b2
-  is off by 1.3e-5 (relative) at t = 1 for b2 = 0.999, since float32(0.999)
-  itself is. A JAX array (concrete or traced) is used in t's dtype.
+  code computes its corrections in Python floats (float32(0.999) is not
+  0.999). A JAX array (concrete or traced) is used in t's dtype.
   """
   if isinstance(decay, jax.Array):
     log_decay = jnp.log(jnp.asarray(decay, t.dtype))
@@ -260,13 +253,7 @@ def _is_none(x) -> bool:
   return x is None
 
 
-def _map(fn, tree):
-  """jax.tree.map over one tree, passing None leaves through."""
-  return jax.tree.map(lambda t: None if t is None else fn(t), tree,
-                      is_leaf=_is_none)
-
-
-def _cast_like(tree, reference):
-  return jax.tree.map(
-      lambda t, r: None if t is None else t.astype(r.dtype),
-      tree, reference, is_leaf=_is_none)
+def _map(fn, tree, *rest):
+  """jax.tree.map, passing the None leaves of `tree` through."""
+  return jax.tree.map(lambda t, *r: None if t is None else fn(t, *r), tree,
+                      *rest, is_leaf=_is_none)

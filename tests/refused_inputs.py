@@ -157,7 +157,8 @@ CASES = (
             setup=_file_as_workdir),
     # The environment.
     Refused('unknown allocator', quick_args(), (
-        "PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system.",),
+        "PADAX_ALLOCATOR='jemalloc' is not allowed; allowed: mimalloc, "
+        'system.',),
             env={'PADAX_ALLOCATOR': 'jemalloc'}),
     Refused('CPU device count not a number', quick_args(), (
         "JAX_NUM_CPU_DEVICES='abc' is not allowed; allowed: an integer >= 1",),

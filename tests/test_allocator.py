@@ -70,7 +70,8 @@ def test_bad_choice_names_key_value_and_choices():
   with pytest.raises(ValueError) as info:
     allocator.mimalloc_environment({'PADAX_ALLOCATOR': 'jemalloc'})
   assert str(info.value) == (
-      "PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system.")
+      "PADAX_ALLOCATOR='jemalloc' is not allowed; allowed: mimalloc, "
+      'system.')
 
 
 def _train(workdir, data_dir, **env_overrides):
@@ -117,7 +118,8 @@ def test_train_py_refuses_a_bad_choice_before_any_file(tmp_path):
       text=True, timeout=120, check=False)
   assert result.returncode == 2, result.stderr[-3000:]
   assert result.stderr.strip().splitlines() == [
-      "error: PADAX_ALLOCATOR='jemalloc'; allowed: mimalloc, system."]
+      "error: PADAX_ALLOCATOR='jemalloc' is not allowed; allowed: mimalloc, "
+      'system.']
   assert not workdir.exists()
 
 

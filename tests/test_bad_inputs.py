@@ -443,3 +443,23 @@ def test_sgd_momentum_has_its_own_range_and_name():
         rf'^optimizer \(sgdm\): momentum={value!r} is out of range; '
         r'allowed: 0 <= momentum < 1')):
       configuration.check_hyperparameter('sgdm', 'momentum', value)
+
+
+def test_every_optimizer_hyperparameter_has_a_harness_range_of_its_own(
+    monkeypatch):
+  # Each numeric argument of a training/optimizers.py factory is checked
+  # against the harness's table, whose default value it allows.
+  defaults = configuration.base_config().optimizer
+  for name, keys in optimizers.HYPERPARAMETERS.items():
+    for key in keys:
+      configuration.check_hyperparameter(name, key, defaults[key])
+  # A new one, which padax does not know, needs only its range here.
+  with pytest.raises(TypeError, match='unknown hyperparameter'):
+    padax.check_hyperparameters('padax', dampening=0.5)
+  monkeypatch.setitem(configuration.HYPERPARAMETER_RANGES, 'dampening',
+                      (0.0, 1.0, True))
+  configuration.check_hyperparameter('sgdm', 'dampening', 1.0)
+  with pytest.raises(ValueError, match=(
+      r'^optimizer \(sgdm\): dampening=1\.5 is out of range; allowed: '
+      r'0 <= dampening <= 1\.$')):
+    configuration.check_hyperparameter('sgdm', 'dampening', 1.5)

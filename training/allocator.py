@@ -1,17 +1,14 @@
 """mimalloc under train.py and sweep.py on a Linux CPU host.
 
-XLA:CPU allocates each step's temporaries afresh (for ResNet18 at batch 128,
-several buffers of 76-302 MB a step), which glibc's malloc maps from the
-kernel and unmaps when freed: ~190k page faults and 0.3 s of kernel time a
-ResNet18 step. mimalloc, told to keep freed memory (MIMALLOC_PURGE_DELAY=-1),
-reuses the same pages every step (docs/benchmarks.md).
-
-An allocator is chosen when a process starts, so `use_mimalloc` restarts the
-script (os.execve, same PID) with mimalloc in LD_PRELOAD. Not where
-mimalloc (`cmeel-mimalloc`, requirements/train.txt) is not installed, off
-Linux, where JAX will run on an accelerator, when the user set LD_PRELOAD,
-or with PADAX_ALLOCATOR=system. Numerics do not depend on the allocator
-(tests/test_allocator.py).
+XLA:CPU allocates each step's large temporaries afresh, which glibc's malloc
+maps from the kernel and unmaps when freed, page faults every step. mimalloc,
+told to keep freed memory (MIMALLOC_PURGE_DELAY=-1), reuses the same pages
+(docs/benchmarks.md). An allocator is chosen when a process starts, so
+`use_mimalloc` restarts the script (os.execve, same PID) with mimalloc in
+LD_PRELOAD. Not where mimalloc (`cmeel-mimalloc`, requirements/train.txt) is
+not installed, off Linux, where JAX will run on an accelerator, when the user
+set LD_PRELOAD, or with PADAX_ALLOCATOR=system. Numerics do not depend on the
+allocator (tests/test_allocator.py).
 """
 
 import importlib.metadata
@@ -45,7 +42,7 @@ def mimalloc_environment(environ) -> Optional[dict]:
   """The environment to restart with, or None to keep this process as is."""
   choice = environ.get(ENV_VAR, 'mimalloc')
   if choice not in CHOICES:
-    raise ValueError(f'{ENV_VAR}={choice!r}; allowed: '
+    raise ValueError(f'{ENV_VAR}={choice!r} is not allowed; allowed: '
                      f'{", ".join(CHOICES)}.')
   if (choice == 'system' or not sys.platform.startswith('linux') or
       environ.get('LD_PRELOAD') or

@@ -87,12 +87,8 @@ def _explain(argv, error: Exception) -> str:
   keys = records.flatten(config, nodes=True)
   for key, value in _config_overrides(argv):
     if key not in keys:
-      parent = key.rpartition('.')[0]
-      siblings = configuration.sibling_keys(key, keys)
       return (f'--{CONFIG_FLAG}.{key}={value!r}: {key} is not a key of the '
-              f'config {spec}{configuration.closest_key(key, keys)}; allowed'
-              f'{" under " + parent if parent else ""}: '
-              f'{", ".join(siblings)}.')
+              f'config {spec}{configuration.not_a_key(key, keys)}')
   m = re.search(rf'flag --{CONFIG_FLAG}\.([^=\s]+)=(.*?): (.*)',
                 faults.first_line(error))
   if m and m.group(1) in keys and hasattr(keys[m.group(1)], 'items'):

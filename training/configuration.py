@@ -166,6 +166,15 @@ def closest_key(key: str, keys) -> str:
   return f' (did you mean {match[0]}?)' if match else ''
 
 
+def not_a_key(key: str, keys) -> str:
+  """What follows "KEY is not a key" in a message: the closest of `keys` and
+  those allowed beside `key`, ' (did you mean X?); allowed under P: A, B.'"""
+  parent = key.rpartition('.')[0]
+  return (f'{closest_key(key, keys)}; allowed'
+          f'{" under " + parent if parent else ""}: '
+          f'{", ".join(sibling_keys(key, keys))}.')
+
+
 def _is_number(v) -> bool:
   return (isinstance(v, (int, float, np.integer, np.floating))
           and not isinstance(v, (bool, np.bool_)))
@@ -176,8 +185,8 @@ def value_kind(value) -> tuple:
   if isinstance(value, (bool, np.bool_)):
     return 'True or False', lambda v: isinstance(v, (bool, np.bool_))
   if isinstance(value, int):
-    return 'an integer', lambda v: _is_number(v) and float(v).is_integer() and (
-        not isinstance(v, (float, np.floating)))
+    return 'an integer', lambda v: _is_number(v) and not isinstance(
+        v, (float, np.floating))
   if isinstance(value, float):
     return 'a number', _is_number
   if isinstance(value, str):
@@ -197,11 +206,8 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
   known = records.flatten(reference, nodes=True)
   for key, value in given.items():
     if key not in known:
-      parent = key.rpartition('.')[0]
       raise ValueError(
-          f'{key}={value!r} is not a config key{closest_key(key, known)}; '
-          f'allowed{" under " + parent if parent else ""}: '
-          f'{", ".join(sibling_keys(key, known))}.')
+          f'{key}={value!r} is not a config key{not_a_key(key, known)}')
     words, check = value_kind(known[key])
     if not check(value):
       raise ValueError(f'{key}={value!r} is not allowed (a '
@@ -211,7 +217,6 @@ def check_keys_and_types(config: ml_collections.ConfigDict,
     if key not in given:
       raise ValueError(f'{key} is missing from the config; allowed: a config '
                        f'with every key of {what} (there {key}={value!r}).')
-
 
 
 def _choice(key, value, allowed) -> None:
@@ -250,17 +255,20 @@ def _integer(key, value, low, high) -> None:
                      f'{low} <= {key} <= {high}.')
 
 
-def _in_range(key, value, low, high) -> None:
-  # Written so that NaN fails too.
-  if not (np.isfinite(value) and low <= value <= high):
-    raise ValueError(f'config: {key}={value!r} is out of range; allowed: '
-                     f'{low:g} <= {key} <= {high:g}.')
-
-
-def _describe_range(name, low, high, high_included) -> str:
-  if high is None:
-    return f'{name} >= {low:g}'
-  return f'{low:g} <= {name} {"<=" if high_included else "<"} {high:g}'
+def _number(prefix, key, value, low, high=None, high_included=True) -> None:
+  """ValueError (`prefix` first) unless `value` is a finite number in range;
+  high None: no upper bound."""
+  allowed = (f'{key} >= {low:g}' if high is None else
+             f'{low:g} <= {key} {"<=" if high_included else "<"} {high:g}')
+  if not _is_number(value):
+    raise ValueError(f'{prefix}{key}={value!r} is not a number; allowed: '
+                     f'{allowed}.')
+  x = float(value)
+  finite = math.isfinite(x)
+  if not finite or x < low or (high is not None and
+                               (x > high if high_included else x >= high)):
+    raise ValueError(f'{prefix}{key}={value!r} is out of range; allowed: '
+                     f'{allowed}{"" if finite else ", finite"}.')
 
 
 def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
@@ -268,21 +276,9 @@ def check_hyperparameter(optimizer_name: str, key: str, value) -> None:
   (the config keys HYPERPARAMETERS names, and learning_rate)."""
   if key == 'formulation':
     _choice('optimizer.formulation', value, FORMULATIONS)
-    return
-  owner = f'optimizer ({optimizer_name})'
-  low, high, high_included = HYPERPARAMETER_RANGES[key]
-  allowed = _describe_range(key, low, high, high_included)
-  if not _is_number(value):
-    raise ValueError(f'{owner}: {key}={value!r} is not a number; allowed: '
-                     f'{allowed}.')
-  x = float(value)
-  if not math.isfinite(x):
-    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
-                     f'{allowed}, finite.')
-  if x < low or (high is not None and
-                 (x > high if high_included else x >= high)):
-    raise ValueError(f'{owner}: {key}={value!r} is out of range; allowed: '
-                     f'{allowed}.')
+  else:
+    _number(f'optimizer ({optimizer_name}): ', key, value,
+            *HYPERPARAMETER_RANGES[key])
 
 
 def validate(config: ml_collections.ConfigDict, *,
@@ -316,8 +312,8 @@ def validate(config: ml_collections.ConfigDict, *,
                        f'integers >= 1 and <= {MAX_EPOCHS}, e.g. (50, 100, 150) '
                        '(a repeated epoch compounds, as in MultiStepLR).')
   # What the lr is multiplied by at a milestone: a decay (MultiStepLR's gamma).
-  _in_range('optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
-  _in_range('optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
+  _number('', 'optimizer.lr_factor', opt.lr_factor, 0.0, 1.0)
+  _number('', 'optimizer.p_decay_factor', opt.p_decay_factor, 0.0, 1.0)
   for key in ('learning_rate',) + HYPERPARAMETERS[opt.name]:
     check_hyperparameter(opt.name, key, opt[key])
   for key in ('batch_size', 'eval_batch_size'):

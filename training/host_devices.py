@@ -1,14 +1,13 @@
 """XLA:CPU set-up before JAX starts: flags, and splitting the host into devices.
 
 train.py and sweep.py call these first. `set_cpu_xla_flags` takes YNNPACK
-off XLA's convolutions, which made the paper models' CPU train steps
-2.5-3.8x faster. `split_cpu` makes several host devices that run their
-programs side by side, each on a smaller working set: for models whose
-operations are too small to keep the cores busy (the tiny CNN: 1.12x on 4
-devices), and for sweep.py's grid; how many is `config.cpu_devices`
-(`cpu_devices_per_run`). Neither applies where JAX will run on an
-accelerator (`accelerator_expected`). Figures: docs/benchmarks.md. Nothing
-here starts a JAX backend.
+off XLA's convolutions, which made the paper models' CPU train steps faster.
+`split_cpu` makes several host devices that run their programs side by side,
+each on a smaller working set: for models whose operations are too small to
+keep the cores busy, and for sweep.py's grid; how many is
+`config.cpu_devices` (`cpu_devices_per_run`). Neither applies where JAX will
+run on an accelerator (`accelerator_expected`). Figures: docs/benchmarks.md.
+Nothing here starts a JAX backend.
 """
 
 import importlib.metadata
@@ -57,8 +56,8 @@ def split_cpu(count: int, environ=os.environ) -> bool:
   split was set.
   """
   user_chose_count = ('--xla_force_host_platform_device_count' in
-                      _named_flags(os.environ) or
-                      os.environ.get('JAX_NUM_CPU_DEVICES'))
+                      _named_flags(environ) or
+                      environ.get('JAX_NUM_CPU_DEVICES'))
   if count <= 1 or user_chose_count or accelerator_expected(environ):
     return False
   import jax  # pylint: disable=g-import-not-at-top
@@ -68,9 +67,8 @@ def split_cpu(count: int, environ=os.environ) -> bool:
 
 # XLA:CPU options for training, as `--name=value` in XLA_FLAGS syntax.
 CPU_XLA_FLAGS = (
-    # No YNNPACK fusions: convolutions then run on XLA's own (Eigen) kernels.
-    # With YNNPACK (XLA:CPU's default in JAX 0.10) a convolution's weight
-    # gradient took 10-20x its forward pass (docs/benchmarks.md).
+    # No YNNPACK fusions (XLA:CPU's default, under which a convolution's
+    # weight gradient is slow): XLA's own (Eigen) kernels.
     '--xla_cpu_experimental_ynn_fusion_type=',
 )
 

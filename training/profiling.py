@@ -17,9 +17,6 @@ class StepTrace:
   """Call `after_step(metrics)` after each dispatched step; use as a context."""
 
   def __init__(self, directory: str, count: int = 5):
-    if count < 1:
-      raise ValueError(f'profile steps: count={count}, skip={WARMUP_STEPS}; '
-                       'allowed: count >= 1, skip >= 0.')
     self.directory, self.count = directory, count
     self._seen = 0
     self._tracing = False

@@ -23,6 +23,8 @@ extensions = [
 ]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# A class's fields have their types, by name, in its signature.
+napoleon_attr_annotations = False
 autodoc_typehints = 'signature'
 autodoc_member_order = 'bysource'
 default_role = 'py:obj'
@@ -77,22 +79,5 @@ def _signature_with_type_aliases(app, what, name, obj, options, signature,
   return text, returns if returns is not None else return_annotation
 
 
-def _attribute_types_with_type_aliases(app, what, name, obj, options, lines):
-  """The same for the types napoleon gives a class's Attributes section
-  (`.. attribute:: name` followed by `:type: ...`), after napoleon ran."""
-  del app, name, options
-  written = _annotations_as_written(obj) if what == 'class' else None
-  if not written:
-    return
-  attribute = None
-  for i, line in enumerate(lines):
-    if line.startswith('.. attribute:: '):
-      attribute = line.split('::', 1)[1].strip()
-    elif attribute in written[0] and line.strip().startswith(':type: '):
-      lines[i] = line[:line.index(':type: ')] + ':type: ' + written[0][attribute]
-      attribute = None
-
-
 def setup(app):
   app.connect('autodoc-process-signature', _signature_with_type_aliases)
-  app.connect('autodoc-process-docstring', _attribute_types_with_type_aliases)

@@ -232,14 +232,17 @@ def test_tfds_missing_package(monkeypatch):
 # Bad input.
 
 
-@pytest.mark.parametrize('kwargs, fragments', [
-    (dict(dataset='mnist'), ('dataset', "'mnist'", "'cifar10'", "'cifar100'")),
-    (dict(dataset='CIFAR10'), ('dataset', "'CIFAR10'", "'cifar10'")),
-    (dict(dataset='cifar10', source='gcs'), ('source', "'gcs'", "'download'",
-                                             "'tfds'", "'local'")),
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(dataset='mnist'),
+     "dataset='mnist' is not allowed; allowed: cifar10, cifar100."),
+    (dict(dataset='CIFAR10'),
+     "dataset='CIFAR10' is not allowed; allowed: cifar10, cifar100."),
+    (dict(dataset='cifar10', source='gcs'),
+     "source='gcs' is not allowed; allowed: download, local, tfds, arrays."),
 ])
-def test_unknown_dataset_or_source(kwargs, fragments):
-  expect_error(ValueError, lambda: ip.load_cifar(**kwargs), *fragments)
+def test_unknown_dataset_or_source(kwargs, message):
+  error = expect_error(ValueError, lambda: ip.load_cifar(**kwargs))
+  assert str(error) == message
 
 
 def test_local_needs_data_dir():
@@ -406,6 +409,79 @@ def test_load_refuses_bad_train_examples(tmp_path, count, fragments):
     ip.load(config)
 
   expect_error(ValueError, validate_and_load, *fragments)
+
+
+# ---------------------------------------------------------------------------
+# The validation split (config.validation_examples).
+
+
+def _rows(split):
+  return [image.tobytes() + bytes([label]) for image, label
+          in zip(split.images, split.labels)]
+
+
+@pytest.mark.parametrize('train_examples', [0, 12])
+def test_validation_split_is_held_out_of_training(tmp_path, train_examples):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  local = dict(data_source='local', data_dir=str(tmp_path),
+               train_examples=train_examples)
+  full = ip.load(_config(**local))
+  data = ip.load(_config(validation_examples=5, **local))
+  n = full.train.num_examples
+  # The documented rule: the first 5 indices of a permutation drawn with
+  # numpy's default_rng(0), whatever config.seed.
+  held = set(np.random.default_rng(0).permutation(n)[:5].tolist())
+  rows = _rows(full.train)
+  assert _rows(data.validation) == [rows[i] for i in sorted(held)]
+  assert _rows(data.train) == [rows[i] for i in range(n) if i not in held]
+  assert not set(_rows(data.validation)) & set(_rows(data.train))
+  assert _rows(data.test) == _rows(full.test)
+  other_seed = ip.load(_config(validation_examples=5, seed=7, **local))
+  assert _rows(other_seed.validation) == _rows(data.validation)
+  assert _rows(other_seed.train) == _rows(data.train)
+
+
+def test_validation_split_changes_the_fingerprint_and_none_keeps_it(tmp_path):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  local = dict(data_source='local', data_dir=str(tmp_path))
+  without = ip.load(_config(**local))
+  assert without.validation is None
+  assert ip.fingerprint(without) == ip.fingerprint(
+      ip.load_cifar('cifar10', source='local', data_dir=str(tmp_path)))
+  assert set(ip.fingerprint(without)) == {'dataset', 'train_examples',
+                                          'test_examples', 'fingerprint'}
+  three, four = (ip.fingerprint(ip.load(_config(validation_examples=v,
+                                                **local))) for v in (3, 4))
+  assert three['validation_examples'] == 3 and three['train_examples'] == 17
+  fingerprints = {three['fingerprint'], four['fingerprint'],
+                  ip.fingerprint(without)['fingerprint']}
+  assert len(fingerprints) == 3
+
+
+@pytest.mark.parametrize('changes, fragments', [
+    (dict(validation_examples=20), (
+        'validation_examples=20 is not allowed', '20 training images',
+        'allowed: 0 (none) to 19.')),
+    (dict(validation_examples=6, train_examples=6), (
+        'validation_examples=6 is not allowed', '6 training images',
+        'allowed: 0 (none) to 5.')),
+    (dict(validation_examples=-1), (
+        'validation_examples=-1 is not allowed; allowed: an integer >= 0.',)),
+    (dict(validation_examples=2.5), (
+        'validation_examples=2.5 is not allowed', 'allowed: an integer')),
+])
+def test_load_refuses_bad_validation_examples(tmp_path, changes, fragments):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  config = ml_collections.ConfigDict(dict(
+      _config(data_source='local', data_dir=str(tmp_path)).to_dict(),
+      **changes))
+
+  def validate_and_load():
+    configuration.validate(config)
+    ip.load(config)
+
+  error = expect_error(ValueError, validate_and_load, *fragments)
+  assert '\n' not in str(error)
 
 
 # ---------------------------------------------------------------------------

@@ -112,21 +112,20 @@ def _partial_prefix(folder: str) -> str:
   return f'.{folder}.partial-'
 
 
-def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
-          cache_dir: str | os.PathLike | None = None, *, size: int,
+def fetch(layout, cache_dir: str | os.PathLike | None = None, *,
           base_url: str | None = None,
           connect_timeout: float = CONNECT_TIMEOUT_S,
           min_progress: tuple[int, float] | None = None) -> str:
-  """Path of `cache_dir/folder`, downloading and extracting it if absent.
+  """Path of `cache_dir/layout.folder`, downloading and extracting it if
+  absent.
 
   Args:
-    archive: the archive's file name, e.g. 'cifar-10-python.tar.gz'.
-    folder: the folder it holds, e.g. 'cifar-10-batches-py'.
-    files: the files of `folder` to extract (the others are skipped).
-    md5: the archive's published MD5 (PADAX_CIFAR_MD5 replaces it).
+    layout: a dataset's official release (input_pipeline.DatasetSpec's
+      layout): its `archive` name, the `folder` it holds, the `files` of that
+      folder to extract, the archive's published `md5` (PADAX_CIFAR_MD5
+      replaces it) and `size` in bytes (PADAX_CIFAR_SIZE replaces it; with
+      PADAX_CIFAR_MD5 alone it is only the most the download may bring).
     cache_dir: where the folder is kept (None: `default_cache_dir()`).
-    size: the archive's size in bytes (PADAX_CIFAR_SIZE replaces it); with
-      PADAX_CIFAR_MD5 alone it is only the most the download may bring.
     base_url: where the archive lies (None: PADAX_CIFAR_BASE_URL, else the
       official site).
     connect_timeout: seconds for DNS, connection and response headers.
@@ -141,6 +140,7 @@ def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
   """
   cache_dir = os.path.abspath(os.path.expanduser(
       os.fspath(cache_dir) if cache_dir else default_cache_dir()))
+  archive, folder, files = layout.archive, layout.folder, layout.files
   target = os.path.join(cache_dir, folder)
   _reclaim_stale_partials(cache_dir, folder)
   if os.path.isdir(target):
@@ -148,8 +148,8 @@ def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
   url = archive_url(archive, base_url)
   size_override = _env_size()
   exact = size_override is not None or not os.environ.get(MD5_ENV)
-  md5 = os.environ.get(MD5_ENV) or md5
-  transfer = _Transfer(url, size_override or size, exact)
+  md5 = os.environ.get(MD5_ENV) or layout.md5
+  transfer = _Transfer(url, size_override or layout.size, exact)
   min_bytes, window_s = _min_progress(min_progress)
   with _SignalGuard(transfer) as guard:
     response = _open(url, connect_timeout, window_s)

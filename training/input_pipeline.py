@@ -374,14 +374,13 @@ def _load_local(spec: DatasetSpec, data_dir) -> CifarData:
 
 def _warn_unless_official(path: str, layout: _PythonLayout) -> None:
   """One warning line when the archive at `path` is not the official one."""
-  digest = hashlib.md5(usedforsecurity=False)
   with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  if digest.hexdigest() != layout.md5:
+    md5 = hashlib.file_digest(
+        f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+  if md5 != layout.md5:
     log.warning('%s has MD5 %s, not the official %s of %s: the results may '
-                "differ from the official data's.", path, digest.hexdigest(),
-                layout.md5, layout.archive)
+                "differ from the official data's.", path, md5, layout.md5,
+                layout.archive)
 
 
 def _load_download(spec: DatasetSpec, data_dir) -> CifarData:
@@ -716,15 +715,13 @@ def load_cifar(dataset: str, *, source: str = 'download',
       installed); 'arrays' reads your own images from the .npz file
       `data_dir` instead of `dataset` (`load_arrays`).
     data_dir: for 'download', the cache directory (None:
-      $XDG_CACHE_HOME/padax/datasets, i.e. ~/.cache/padax/datasets); for
-      'local', a directory holding `cifar-10-batches-py/` /
-      `cifar-100-python/` (or that folder itself) or the official
-      `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` (or the path of
-      that archive); for 'tfds', TFDS's data_dir (None: TFDS's default). The
-      python layout is pickled, so only load files you trust.
-    manual_dir: 'tfds' only: a directory holding the official *binary* archive
-      (`cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`) for TFDS to
-      prepare from without downloading (needs TensorFlow).
+      `download.default_cache_dir()`); for 'local', the dataset's python
+      release (its spec's layout: the folder, the official archive, or a
+      directory holding either); for 'tfds', TFDS's data_dir (None: TFDS's
+      default). The python layout is pickled: only load files you trust.
+    manual_dir: 'tfds' only: a directory holding the official *binary*
+      archive (the layout's `tfds_archive`) for TFDS to prepare from without
+      downloading (needs TensorFlow).
 
   Returns:
     CifarData with uint8 NHWC images and int32 labels.

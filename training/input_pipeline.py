@@ -423,12 +423,12 @@ def _import_tfds():
   return tfds
 
 
-def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
-                reason: str, cause: BaseException | None = None
-               ) -> DataNotFoundError:
-  layout = SPECS[dataset].layout
+def _tfds_error(spec: DatasetSpec, data_dir, looked_in: str,
+                downloads_dir: str, reason: str,
+                cause: BaseException | None = None) -> DataNotFoundError:
+  layout = spec.layout
   err = DataNotFoundError(
-      f'CIFAR dataset {dataset!r} is not available from TFDS '
+      f'CIFAR dataset {spec.name!r} is not available from TFDS '
       f'(data_dir={None if data_dir is None else os.fspath(data_dir)!r}, '
       f'looked in {looked_in}): {reason}\n'
       'Provide the data in one of these ways:\n'
@@ -446,9 +446,9 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
   return err
 
 
-def _open_tfds(tfds, dataset: str, data_dir):
+def _open_tfds(tfds, spec: DatasetSpec, data_dir):
   return tfds.data_source(
-      dataset, split=['train', 'test'], data_dir=data_dir, download=False,
+      spec.name, split=['train', 'test'], data_dir=data_dir, download=False,
       builder_kwargs={'file_format': 'array_record'})
 
 
@@ -485,12 +485,13 @@ def _read_tfds_split(source, spec: DatasetSpec, where: str):
   return images, labels
 
 
-def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
+def _prepare_tfds(tfds, spec: DatasetSpec, data_dir, manual_dir,
+                  open_error):
   """The sources TFDS could not open (`open_error`), once it has prepared the
   dataset; else the DataNotFoundError saying why it cannot."""
-  layout = SPECS[dataset].layout
+  layout = spec.layout
   try:
-    builder = tfds.builder(dataset, data_dir=data_dir,
+    builder = tfds.builder(spec.name, data_dir=data_dir,
                            file_format='array_record')
     looked_in = os.fspath(builder.data_dir)
     downloads_dir = os.path.join(os.fspath(builder.data_dir_root), 'downloads')
@@ -498,10 +499,10 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
   except Exception as e:
     root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
     raise _tfds_error(
-        dataset, data_dir, root, os.path.join(root, 'downloads'),
+        spec, data_dir, root, os.path.join(root, 'downloads'),
         f'TFDS cannot build it ({faults.first_line(e, with_type=True)}).',
         e) from None
-  error = functools.partial(_tfds_error, dataset, data_dir, looked_in,
+  error = functools.partial(_tfds_error, spec, data_dir, looked_in,
                             downloads_dir)
   if prepared:
     raise error(
@@ -524,24 +525,24 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
   try:
     builder.download_and_prepare(file_format='array_record',
                                  download_config=download_config)
-    return _open_tfds(tfds, dataset, data_dir)
+    return _open_tfds(tfds, spec, data_dir)
   except Exception as e:
     raise error(f'it is not prepared there and preparing it failed '
                 f'({faults.first_line(e, with_type=True)}).', e) from None
 
 
 def _load_tfds(spec: DatasetSpec, data_dir, manual_dir) -> CifarData:
-  tfds, dataset = _import_tfds(), spec.name
+  tfds = _import_tfds()
   try:
-    sources = _open_tfds(tfds, dataset, data_dir)
+    sources = _open_tfds(tfds, spec, data_dir)
   except Exception as e:  # pylint: disable=broad-except
-    sources = _prepare_tfds(tfds, dataset, data_dir, manual_dir, e)
-  where = f'tfds {dataset} (data_dir={data_dir})'
+    sources = _prepare_tfds(tfds, spec, data_dir, manual_dir, e)
+  where = f'tfds {spec.name} (data_dir={data_dir})'
   return _cifar_data(
       spec, {f'{where} {split}': _read_tfds_split(source, spec,
                                                   f'{where} {split}')
              for split, source in zip(('train', 'test'), sources)},
-      f"tfds {dataset} array_record (data_dir="
+      f"tfds {spec.name} array_record (data_dir="
       f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
 
 

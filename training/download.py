@@ -49,6 +49,8 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
+from training import faults
+
 BASE_URL = 'https://www.cs.toronto.edu/~kriz'
 BASE_URL_ENV = 'PADAX_CIFAR_BASE_URL'
 MD5_ENV = 'PADAX_CIFAR_MD5'
@@ -360,8 +362,7 @@ def _reason(e: BaseException) -> str:
   if isinstance(e, urllib.error.URLError):
     return str(e.reason)
   # tarfile lists each compression it tried on a line of its own.
-  lines = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {lines[0].rstrip(":") if lines else ""}'
+  return faults.first_line(e, with_type=True).rstrip(':')
 
 
 def _open(url: str, timeout: float, read_timeout: float):

@@ -23,11 +23,8 @@ Bounds of a download:
   exclusive `flock`; every `fetch` removes the partials of its folder that no
   running download holds (left by SIGKILL or a power cut).
 
-Overrides, for a mirror or for tests: the environment variables
-PADAX_CIFAR_BASE_URL (where the archives lie by their official names),
-PADAX_CIFAR_MD5 (the expected MD5; the official size then only caps the
-download), PADAX_CIFAR_SIZE (the archive's size in bytes) and
-PADAX_CIFAR_MIN_PROGRESS ('BYTES/SECONDS').
+For a mirror or for tests, the PADAX_CIFAR_* environment variables override
+the URL, the MD5, the size and the progress bound (see `fetch`).
 """
 
 from __future__ import annotations
@@ -112,12 +109,12 @@ def fetch(layout, cache_dir: str | os.PathLike | None = None, *,
       replaces it) and `size` in bytes (PADAX_CIFAR_SIZE replaces it; with
       PADAX_CIFAR_MD5 alone it is only the most the download may bring).
     cache_dir: where the folder is kept (None: `default_cache_dir()`).
-    base_url: where the archive lies (None: PADAX_CIFAR_BASE_URL, else the
-      official site).
+    base_url: where the archive lies by its official name (None:
+      PADAX_CIFAR_BASE_URL, else the official site).
     connect_timeout: seconds for DNS, connection and response headers.
     min_progress: (bytes, seconds): at least `bytes` in each window of
-      `seconds` (None: PADAX_CIFAR_MIN_PROGRESS, else MIN_PROGRESS_BYTES
-      per PROGRESS_WINDOW_S).
+      `seconds` (None: PADAX_CIFAR_MIN_PROGRESS, 'BYTES/SECONDS', else
+      MIN_PROGRESS_BYTES per PROGRESS_WINDOW_S).
 
   Raises:
     DownloadError: naming the URL and the reason; nothing is left behind.

@@ -620,11 +620,9 @@ def load_arrays(path: str | os.PathLike | None) -> CifarData:
       tuple(float(m) / 255 for m in pixels.mean(0, dtype=np.float64)),
       tuple(float(s) / 255 for s in std),
       crop_padding=max(1, round(min(train.shape[1:3]) / 8)), flip=False)
-  split = lambda name: Split(
-      images=np.ascontiguousarray(arrays[f'{name}_images']),
-      labels=arrays[f'{name}_labels'].astype(np.int32))
-  return CifarData(split('train'), split('test'), num_classes, 'arrays',
-                   f'arrays {path}', spec)
+  return _cifar_data(spec, {split: (arrays[f'{split}_images'],
+                                    arrays[f'{split}_labels'])
+                           for split in ('train', 'test')}, f'arrays {path}')
 
 
 # ---------------------------------------------------------------------------

@@ -244,8 +244,8 @@ def batch_arrays(batch: dict, where: str, spec: DatasetSpec
   if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
     raise ValueError(
         f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 "
-        f'(N, {row}) rows of {height * width} R, G, B values '
-        f'({height}x{width} CIFAR images).')
+        f'(N, {row}) rows of {height * width} R, {height * width} G, '
+        f'{height * width} B values ({height}x{width} CIFAR images).')
   if labels.shape != data.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(
         f'{where}: {layout.label_key!r} is {labels.dtype} {labels.shape}; '

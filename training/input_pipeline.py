@@ -695,7 +695,8 @@ def hold_out_validation(data: CifarData, count: int) -> CifarData:
                              labels=data.train.labels[rows])
   return dataclasses.replace(
       data, train=split(~held), validation=split(held),
-      source=f'{data.source}, {count} of them held out for validation')
+      source=f'{data.source}, {count} of its {available} training images '
+             'held out for validation')
 
 
 def load_cifar(dataset: str, *, source: str = 'download',

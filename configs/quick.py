@@ -16,8 +16,8 @@ def get_config():
   config.model = 'tiny_cnn'
   config.num_epochs = 6
   config.batch_size = 128
-  # The tiny CNN's operations are too small to keep a CPU's cores busy: 4
-  # devices ran its step 1.12x faster (docs/benchmarks.md).
+  # The tiny CNN's operations are too small to keep a CPU's cores busy: its
+  # step runs faster split over 4 devices (docs/benchmarks.md).
   config.cpu_devices = 4
   config.optimizer.lr_milestones = (4,)
   config.checkpoint_every_epochs = 2

@@ -216,6 +216,20 @@ def test_scripts_refuse_a_malformed_file_in_one_line(tmp_path, script, config):
   assert snapshot(str(tmp_path)) == before
 
 
+def test_train_py_refuses_a_validation_split_of_every_image(tmp_path):
+  path = _write(tmp_path)
+  before = snapshot(str(tmp_path))
+  done = _run('train.py', 'configs/quick.py', tmp_path / 'W', path,
+              f'--config.validation_examples={NUM_TRAIN}')
+  assert done.returncode == 2, done.stderr[-3000:]
+  errors = [l for l in done.stderr.splitlines() if l.startswith('error:')]
+  assert errors == [
+      f'error: validation_examples={NUM_TRAIN} is not allowed: arrays {path} '
+      f'has {NUM_TRAIN} training images; allowed: 0 (none) to '
+      f'{NUM_TRAIN - 1}.'], done.stderr[-3000:]
+  assert snapshot(str(tmp_path)) == before
+
+
 @pytest.mark.parametrize('model', ['vgg16', 'wrn16_4'])
 def test_models_built_for_32_pixels_refuse_smaller_images(tmp_path, model):
   data = ip.load_arrays(_write(tmp_path))

@@ -3,6 +3,7 @@ built from small random batches, served from a local HTTP server on
 127.0.0.1 (training/download.py, input_pipeline source='download')."""
 
 import contextlib
+import dataclasses
 import hashlib
 import http.server
 import os
@@ -85,6 +86,11 @@ def archive(tmp_path):
   return body, hashlib.md5(body).hexdigest(), expected
 
 
+def _release(md5, size):
+  """CIFAR-10's official release, the archive's MD5 and size replaced."""
+  return dataclasses.replace(ip.CIFAR10.layout, md5=md5, size=size)
+
+
 def assert_same_data(a, b):
   for x, y in ((a.train, b.train), (a.test, b.test)):
     np.testing.assert_array_equal(x.images, y.images)
@@ -127,8 +133,7 @@ def test_corrupted_archive_is_refused_and_nothing_kept(tmp_path, archive):
   cache = tmp_path / 'new' / 'cache'
   with ArchiveServer({CIFAR10_ARCHIVE: bytes(corrupted)}) as server:
     with pytest.raises(download.DownloadError) as info:
-      download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES, md5,
-                     cache, size=len(body), base_url=server.url)
+      download.fetch(_release(md5, len(body)), cache, base_url=server.url)
   message = str(info.value)
   assert 'not the expected archive' in message and md5 in message
   assert hashlib.md5(corrupted).hexdigest() in message
@@ -143,15 +148,14 @@ def test_interrupted_download_leaves_nothing_then_succeeds(tmp_path, archive):
   with ArchiveServer({CIFAR10_ARCHIVE: body}) as server:
     server.cut_after = len(body) // 3
     with pytest.raises(download.DownloadError) as info:
-      download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES, md5,
-                     cache, size=len(body), base_url=server.url)
+      download.fetch(_release(md5, len(body)), cache, base_url=server.url)
     assert 'broke off after' in str(info.value)
     assert f'of {len(body)}' in str(info.value)
     # Nothing half written stays for a later run to find.
     assert files_under(cache) == []
     server.cut_after = None
-    folder = download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
-                            md5, cache, size=len(body), base_url=server.url)
+    folder = download.fetch(_release(md5, len(body)), cache,
+                            base_url=server.url)
   assert len(server.requests) == 2
   assert_same_data(ip.load_cifar('cifar10', source='local', data_dir=folder),
                    expected)
@@ -166,9 +170,8 @@ def test_archive_without_a_batch_is_refused(tmp_path):
   with ArchiveServer({CIFAR10_ARCHIVE: body}) as server:
     with pytest.raises(download.DownloadError, match='lacks cifar-10-batches-'
                        'py/test_batch'):
-      download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
-                     hashlib.md5(body).hexdigest(), tmp_path / 'cache',
-                     size=len(body), base_url=server.url)
+      download.fetch(_release(hashlib.md5(body).hexdigest(), len(body)),
+                     tmp_path / 'cache', base_url=server.url)
   assert not (tmp_path / 'cache').exists()
 
 
@@ -181,8 +184,7 @@ def test_silent_host_fails_at_the_deadline(tmp_path):
     url = f'http://127.0.0.1:{silent.getsockname()[1]}'
     start = time.monotonic()
     with pytest.raises(download.DownloadError, match='no answer within 0.5 s'):
-      download.fetch(CIFAR10_ARCHIVE, CIFAR10_FOLDER, CIFAR10_FILES,
-                     '0' * 32, tmp_path / 'cache', size=1 << 20,
+      download.fetch(_release('0' * 32, 1 << 20), tmp_path / 'cache',
                      base_url=url, connect_timeout=0.5)
     assert time.monotonic() - start < 3
   assert not (tmp_path / 'cache').exists()

@@ -1,5 +1,6 @@
 """Tests of training/input_pipeline.py."""
 
+import functools
 import os
 import pickle
 import subprocess
@@ -23,6 +24,9 @@ from training import configuration
 from training import input_pipeline as ip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The device-side functions as the train step calls them for CIFAR-10.
+cifar_augment = functools.partial(augment.augment, dataset=ip.CIFAR10)
+cifar_normalize = functools.partial(augment.normalize, dataset=ip.CIFAR10)
 # Images per file of the genuine subset ($PADAX_TEST_CIFAR10_SUBSET).
 SUBSET_PER_FILE = 1017
 
@@ -232,14 +236,17 @@ def test_tfds_missing_package(monkeypatch):
 # Bad input.
 
 
-@pytest.mark.parametrize('kwargs, fragments', [
-    (dict(dataset='mnist'), ('dataset', "'mnist'", "'cifar10'", "'cifar100'")),
-    (dict(dataset='CIFAR10'), ('dataset', "'CIFAR10'", "'cifar10'")),
-    (dict(dataset='cifar10', source='gcs'), ('source', "'gcs'", "'download'",
-                                             "'tfds'", "'local'")),
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(dataset='mnist'),
+     "dataset='mnist' is not allowed; allowed: cifar10, cifar100."),
+    (dict(dataset='CIFAR10'),
+     "dataset='CIFAR10' is not allowed; allowed: cifar10, cifar100."),
+    (dict(dataset='cifar10', source='gcs'),
+     "source='gcs' is not allowed; allowed: download, local, tfds, arrays."),
 ])
-def test_unknown_dataset_or_source(kwargs, fragments):
-  expect_error(ValueError, lambda: ip.load_cifar(**kwargs), *fragments)
+def test_unknown_dataset_or_source(kwargs, message):
+  error = expect_error(ValueError, lambda: ip.load_cifar(**kwargs))
+  assert str(error) == message
 
 
 def test_local_needs_data_dir():
@@ -409,6 +416,79 @@ def test_load_refuses_bad_train_examples(tmp_path, count, fragments):
 
 
 # ---------------------------------------------------------------------------
+# The validation split (config.validation_examples).
+
+
+def _rows(split):
+  return [image.tobytes() + bytes([label]) for image, label
+          in zip(split.images, split.labels)]
+
+
+@pytest.mark.parametrize('train_examples', [0, 12])
+def test_validation_split_is_held_out_of_training(tmp_path, train_examples):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  local = dict(data_source='local', data_dir=str(tmp_path),
+               train_examples=train_examples)
+  full = ip.load(_config(**local))
+  data = ip.load(_config(validation_examples=5, **local))
+  n = full.train.num_examples
+  # The documented rule: the first 5 indices of a permutation drawn with
+  # numpy's default_rng(0), whatever config.seed.
+  held = set(np.random.default_rng(0).permutation(n)[:5].tolist())
+  rows = _rows(full.train)
+  assert _rows(data.validation) == [rows[i] for i in sorted(held)]
+  assert _rows(data.train) == [rows[i] for i in range(n) if i not in held]
+  assert not set(_rows(data.validation)) & set(_rows(data.train))
+  assert _rows(data.test) == _rows(full.test)
+  other_seed = ip.load(_config(validation_examples=5, seed=7, **local))
+  assert _rows(other_seed.validation) == _rows(data.validation)
+  assert _rows(other_seed.train) == _rows(data.train)
+
+
+def test_validation_split_changes_the_fingerprint_and_none_keeps_it(tmp_path):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  local = dict(data_source='local', data_dir=str(tmp_path))
+  without = ip.load(_config(**local))
+  assert without.validation is None
+  assert ip.fingerprint(without) == ip.fingerprint(
+      ip.load_cifar('cifar10', source='local', data_dir=str(tmp_path)))
+  assert set(ip.fingerprint(without)) == {'dataset', 'train_examples',
+                                          'test_examples', 'fingerprint'}
+  three, four = (ip.fingerprint(ip.load(_config(validation_examples=v,
+                                                **local))) for v in (3, 4))
+  assert three['validation_examples'] == 3 and three['train_examples'] == 17
+  fingerprints = {three['fingerprint'], four['fingerprint'],
+                  ip.fingerprint(without)['fingerprint']}
+  assert len(fingerprints) == 3
+
+
+@pytest.mark.parametrize('changes, fragments', [
+    (dict(validation_examples=20), (
+        'validation_examples=20 is not allowed', '20 training images',
+        'allowed: 0 (none) to 19.')),
+    (dict(validation_examples=6, train_examples=6), (
+        'validation_examples=6 is not allowed', '6 training images',
+        'allowed: 0 (none) to 5.')),
+    (dict(validation_examples=-1), (
+        'validation_examples=-1 is not allowed; allowed: an integer >= 0.',)),
+    (dict(validation_examples=2.5), (
+        'validation_examples=2.5 is not allowed', 'allowed: an integer')),
+])
+def test_load_refuses_bad_validation_examples(tmp_path, changes, fragments):
+  write_cifar10_layout(tmp_path, n_per_file=4)
+  config = ml_collections.ConfigDict(dict(
+      _config(data_source='local', data_dir=str(tmp_path)).to_dict(),
+      **changes))
+
+  def validate_and_load():
+    configuration.validate(config)
+    ip.load(config)
+
+  error = expect_error(ValueError, validate_and_load, *fragments)
+  assert '\n' not in str(error)
+
+
+# ---------------------------------------------------------------------------
 # Device-side functions.
 
 
@@ -419,7 +499,7 @@ def test_normalize_matches_numpy():
   mean = np.array([0.4914, 0.4822, 0.4465], np.float32)
   std = np.array([0.2023, 0.1994, 0.2010], np.float32)
   expected = (images.astype(np.float32) / 255.0 - mean) / std
-  for fn in (augment.normalize, jax.jit(augment.normalize)):
+  for fn in (cifar_normalize, jax.jit(cifar_normalize)):
     out = fn(images)
     assert out.dtype == np.float32 and out.shape == images.shape
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-6)
@@ -452,7 +532,7 @@ def test_augment_is_a_padded_crop_plus_flip():
   # Values >= 1 so zero padding is distinguishable from image content.
   images = rng.integers(1, 256, (512, 32, 32, 3), dtype=np.uint8)
   key = jax.random.key(42)
-  out = np.asarray(jax.jit(augment.augment)(key, images))
+  out = np.asarray(jax.jit(cifar_augment)(key, images))
   assert out.dtype == np.uint8 and out.shape == images.shape
   matches = _identify_crops(images, out)
   assert all(len(m) == 1 for m in matches), 'every output must be one crop'
@@ -467,8 +547,8 @@ def test_augment_is_a_padded_crop_plus_flip():
   assert np.all(out[i, :4] == 0)
   assert (out[i] == 0).sum() == (4 * 32 + 28 * 4) * 3
   # Same key -> same result, eager or jitted; another key -> different.
-  np.testing.assert_array_equal(np.asarray(augment.augment(key, images)), out)
-  other = np.asarray(jax.jit(augment.augment)(jax.random.key(43), images))
+  np.testing.assert_array_equal(np.asarray(cifar_augment(key, images)), out)
+  other = np.asarray(jax.jit(cifar_augment)(jax.random.key(43), images))
   assert not np.array_equal(other, out)
 
 
@@ -476,8 +556,8 @@ def test_augment_raw_keys_and_vmap():
   rng = np.random.default_rng(1)
   images = rng.integers(1, 256, (2, 6, 32, 32, 3), dtype=np.uint8)
   keys = jax.random.split(jax.random.key(0), 2)
-  jitted = jax.jit(augment.augment)
-  batched = np.asarray(jax.jit(jax.vmap(augment.augment))(keys, images))
+  jitted = jax.jit(cifar_augment)
+  batched = np.asarray(jax.jit(jax.vmap(cifar_augment))(keys, images))
   for k in range(2):
     np.testing.assert_array_equal(
         batched[k], np.asarray(jitted(keys[k], images[k])))
@@ -493,7 +573,11 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     import numpy as np
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import functools
     from training import augment
+    from training import input_pipeline
+    cifar_augment = functools.partial(augment.augment,
+                                      dataset=input_pipeline.CIFAR10)
 
     devices = jax.devices('cpu')
     if len(devices) < 4:
@@ -503,12 +587,12 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     mesh = Mesh(np.array(devices[:4]), ('data',))
     batch = NamedSharding(mesh, P('data'))
     replicated = NamedSharding(mesh, P())
-    sharded_fn = jax.jit(augment.augment, in_shardings=(replicated, batch),
+    sharded_fn = jax.jit(cifar_augment, in_shardings=(replicated, batch),
                          out_shardings=batch)
     sharded = sharded_fn(key, jax.device_put(images, batch))
     assert len(sharded.sharding.device_set) == 4, sharded.sharding
     assert len(sharded.addressable_shards) == 4
-    single = jax.jit(augment.augment)(key, jax.device_put(images, devices[0]))
+    single = jax.jit(cifar_augment)(key, jax.device_put(images, devices[0]))
     np.savez(sys.argv[2], sharded=np.asarray(sharded),
              single=np.asarray(single))
 ''')
@@ -530,7 +614,7 @@ def test_augment_independent_of_sharding(tmp_path):
     pytest.skip('could not simulate 4 CPU devices with XLA_FLAGS')
   assert result.returncode == 0, result.stderr[-3000:]
   out = np.load(tmp_path / 'out.npz')
-  reference = np.asarray(augment.augment(jax.random.key(seed), images))
+  reference = np.asarray(cifar_augment(jax.random.key(seed), images))
   np.testing.assert_array_equal(out['single'], reference)
   np.testing.assert_array_equal(out['sharded'], reference)
 

@@ -261,7 +261,8 @@ def test_train_py_end_to_end_on_mocked_tfds(tmp_path, jax_cache_dir):
   model = models.create_model('tiny_cnn', 10)
   logits = model.apply(
       {'params': state['params'], 'batch_stats': state['batch_stats']},
-      augment.normalize(mocked.test_images), train=False)
+      augment.normalize(mocked.test_images, input_pipeline.CIFAR10),
+      train=False)
   logits, labels = np.asarray(logits, np.float64), mocked.test_labels
   error = float(np.mean(np.argmax(logits, -1) != labels))
   loss = float(np.mean(-jax.nn.log_softmax(logits)[np.arange(100), labels]))

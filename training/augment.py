@@ -14,8 +14,7 @@ from training import input_pipeline
 
 
 def normalize(images_uint8: jax.Array,
-              dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10
-             ) -> jax.Array:
+              dataset: input_pipeline.DatasetSpec) -> jax.Array:
   """(x / 255 - mean) / std per channel of `dataset`, float32; channels last."""
   images = jnp.asarray(images_uint8)
   channels = len(dataset.mean)
@@ -28,8 +27,7 @@ def normalize(images_uint8: jax.Array,
 
 
 def augment(rng: jax.Array, images_uint8: jax.Array,
-            dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10
-           ) -> jax.Array:
+            dataset: input_pipeline.DatasetSpec) -> jax.Array:
   """Random crop of the zero-padded image + random horizontal flip, each as
   `dataset` has it (crop_padding 0: no crop; flip False: no flip).
 

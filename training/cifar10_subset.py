@@ -8,8 +8,8 @@ DIR receives the first N images (--examples) of each of the six batch files
 of the official CIFAR-10 python release, in their order and with their
 labels, in two layouts:
 
-  DIR/cifar-10-batches-py/   the official pickled batches, cut to N images
-                             (and batches.meta)
+  DIR/cifar-10-batches-py/   the official pickled batches, cut to N images,
+                             and batches.meta (the class names)
   DIR/cifar-10-batches-bin/  the official binary layout of the same images:
                              data_batch_1.bin ... data_batch_5.bin and
                              test_batch.bin hold N records of one label byte
@@ -32,93 +32,35 @@ import argparse
 import os
 import pickle
 import sys
-import tarfile
 import tempfile
 
 import numpy as np
 
 from training import download
+from training import input_pipeline
 
-FOLDER = 'cifar-10-batches-py'
+SPEC = input_pipeline.CIFAR10
+FOLDER = SPEC.layout.folder
 BIN_FOLDER = 'cifar-10-batches-bin'
-ARCHIVE = 'cifar-10-python.tar.gz'
-BATCHES = tuple(f'data_batch_{i}' for i in range(1, 6)) + ('test_batch',)
 META = 'batches.meta'
 LABEL_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
                'horse', 'ship', 'truck')
 # The tests' expectations (tests/test_input_pipeline.py, the behaviour
 # fixture) are of the first 1017 images of each file.
 TEST_EXAMPLES = 1017
-IMAGE_BYTES = 3 * 32 * 32
 
 
 class SourceError(ValueError):
   """The source is not the CIFAR-10 python release, or too short."""
 
 
-def locate_source(path: str) -> tuple[str, str]:
-  """('folder' | 'archive', location) of the python release at `path`."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isfile(path):
-    return 'archive', path
-  if os.path.isfile(os.path.join(path, BATCHES[0])):
-    return 'folder', path
-  if os.path.isdir(os.path.join(path, FOLDER)):
-    return 'folder', os.path.join(path, FOLDER)
-  if os.path.isfile(os.path.join(path, ARCHIVE)):
-    return 'archive', os.path.join(path, ARCHIVE)
-  raise SourceError(
-      f'--source={path!r} holds no CIFAR-10 python release; allowed: the '
-      f'official {ARCHIVE}, a folder holding it or its {FOLDER}/, or that '
-      'folder itself (the main job downloads it to '
-      f'{os.path.join(download.default_cache_dir(), FOLDER)}).')
-
-
-def read_source(kind: str, location: str) -> dict[str, bytes]:
-  """{file name: bytes} of the six batch files and, where present,
-  batches.meta (the main job's cache does not keep it)."""
-  wanted = BATCHES + (META,)
-  if kind == 'folder':
-    files = {}
-    for name in wanted:
-      path = os.path.join(location, name)
-      if os.path.isfile(path):
-        with open(path, 'rb') as f:
-          files[name] = f.read()
-  else:
-    try:
-      files = {name: f.read()
-               for name, f in download.archive_files(location, FOLDER, wanted)}
-    except (OSError, EOFError, tarfile.TarError) as e:
-      raise SourceError(f'--source={location!r} is not a readable {ARCHIVE} '
-                        f'({type(e).__name__}: {e}).') from None
-  missing = [n for n in BATCHES if n not in files]
-  if missing:
-    raise SourceError(f'--source={location!r} lacks {", ".join(missing)} of '
-                      f'{FOLDER}/; allowed: the complete python release.')
-  return files
-
-
-def cut_batch(raw: bytes, examples: int, where: str) -> dict:
+def cut_batch(batch: dict, examples: int, where: str) -> dict:
   """The batch file's dict with its first `examples` images: `data` and
   every per-image list (labels, filenames) cut, other entries kept."""
-  try:
-    batch = pickle.loads(raw, encoding='bytes')
-  except Exception:  # pylint: disable=broad-except
-    batch = None  # pickle raises many different exception types.
-  data = np.asarray(batch.get(b'data')) if isinstance(batch, dict) else None
-  if (data is None or data.dtype != np.uint8 or data.ndim != 2 or
-      data.shape[1] != IMAGE_BYTES):
-    raise SourceError(f'{where} is not a CIFAR-10 python batch file '
-                      "(expected a dict whose b'data' is uint8 (N, 3072)).")
-  count = data.shape[0]
+  count = len(input_pipeline.batch_arrays(batch, where, SPEC)[1])
   if count < examples:
     raise SourceError(f'--examples={examples}: {where} holds only {count} '
                       f'images; allowed: 1 to {count}.')
-  labels = np.asarray(batch.get(b'labels', []))
-  if (labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer)
-      or labels.min() < 0 or labels.max() > 9):
-    raise SourceError(f"{where}: b'labels' is not {count} labels in 0..9.")
   return {key: value[:examples]
           if hasattr(value, '__len__') and not isinstance(value, bytes)
           and len(value) == count else value
@@ -144,16 +86,16 @@ def build(out_dir: str, source: str, examples: int = TEST_EXAMPLES) -> str:
     if os.path.lexists(os.path.join(out_dir, folder)):
       raise SourceError(f'{os.path.join(out_dir, folder)} exists; allowed: '
                         'an output folder without it (nothing is replaced).')
-  kind, location = locate_source(source)
-  files = read_source(kind, location)
-  batches = {name: cut_batch(files[name], examples,
-                             f'{location}:{name}' if kind == 'archive'
-                             else os.path.join(location, name))
-             for name in BATCHES}
-  meta = files.get(META) or pickle.dumps(
-      {b'num_cases_per_batch': 10000,
-       b'label_names': [name.encode() for name in LABEL_NAMES],
-       b'num_vis': IMAGE_BYTES})
+  source = os.path.abspath(os.path.expanduser(source))
+  found = input_pipeline.locate(source, SPEC.layout)
+  if found is None:
+    raise SourceError(
+        f'--source={source!r} holds no CIFAR-10 python release; allowed: the '
+        f'official {SPEC.layout.archive}, a folder holding it or its '
+        f'{FOLDER}/, or that folder itself (the main job downloads it to '
+        f'{os.path.join(download.default_cache_dir(), FOLDER)}).')
+  batches = {name: cut_batch(batch, examples, where) for name, (where, batch)
+             in input_pipeline.read_batches(*found, SPEC.layout).items()}
   os.makedirs(out_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(prefix='.cifar10-subset.partial-',
                                    dir=out_dir) as staging:
@@ -167,7 +109,9 @@ def build(out_dir: str, source: str, examples: int = TEST_EXAMPLES) -> str:
       with open(os.path.join(bin_dir, f'{name}.bin'), 'wb') as f:
         f.write(binary_records(batch))
     with open(os.path.join(python_dir, META), 'wb') as f:
-      f.write(meta)
+      pickle.dump({b'num_cases_per_batch': 10000,
+                   b'label_names': [name.encode() for name in LABEL_NAMES],
+                   b'num_vis': int(np.prod(SPEC.image_shape))}, f)
     with open(os.path.join(bin_dir, 'batches.meta.txt'), 'w',
               encoding='ascii', newline='\n') as f:
       f.write(''.join(name + '\n' for name in LABEL_NAMES))
@@ -190,7 +134,7 @@ def main(argv=None) -> int:
   parser.add_argument('dir', metavar='DIR', help='the folder to write into')
   parser.add_argument(
       '--source', default=download.default_cache_dir(),
-      help=f'the official {ARCHIVE}, a folder holding it or {FOLDER}/, or '
+      help=f'the official {SPEC.layout.archive}, a folder holding it or {FOLDER}/, or '
       'that folder (default: the main job\'s download, %(default)s)')
   parser.add_argument('--examples', type=int, default=TEST_EXAMPLES,
                       help='images taken from the start of each batch file '
@@ -198,7 +142,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     out_dir = build(args.dir, args.source, args.examples)
-  except SourceError as e:
+  except ValueError as e:  # SourceError, or what the reader refuses.
     parser.error(str(e))
   print(f'Wrote {os.path.join(out_dir, FOLDER)} and '
         f'{os.path.join(out_dir, BIN_FOLDER)} ({args.examples} images per '

@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data_dir = ''
   # Train on the first N training images only; 0: all of them.
   config.train_examples = 0
+  # Hold out this many of those training images for validation; 0: none.
+  config.validation_examples = 0
   config.dtype = 'float32'
   config.batch_size = 128
   config.eval_batch_size = 500
@@ -243,6 +245,8 @@ INTEGER_RANGES = {
     'keep_checkpoints': (1, 1_000),
     'max_consecutive_skips': (1, 1_000_000),
     'optimizer.p_decay_every_epochs': (0, MAX_EPOCHS),
+    # Below the training images; loading the data checks that.
+    'validation_examples': (0, np.iinfo(np.int32).max),
 }
 
 

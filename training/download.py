@@ -1,50 +1,36 @@
-"""Fetches an official CIFAR archive once: checked, extracted, cached.
+"""Fetches a dataset's official archive once: checked, extracted, cached.
 
-`fetch(...)` returns the folder of a dataset's canonical python layout in a
-cache directory. The first call downloads the official archive, checks its
-published MD5, extracts the layout's files and moves the folder into place
-with one rename: the folder is there complete, or not at all. Whatever fails
-(no network, a wrong checksum, a cut connection, a stall, SIGTERM, Ctrl-C)
-leaves nothing behind: no partial file, and no directory that the call
-created.
-
-Plain `urllib`, not TFDS's download manager: TFDS needs TensorFlow to prepare
-CIFAR, retries an unreachable host for minutes, and leaves empty folders on
-every failed attempt; here the connection gets a few seconds
-(`CONNECT_TIMEOUT_S`, DNS included) and a failure is one `DownloadError`.
+`fetch(layout)` returns the folder of the layout's python release in a cache
+directory, downloading the archive the first time, checking its published
+MD5, and moving the extracted folder into place with one rename: complete,
+or not there at all. Whatever fails (no network, a wrong checksum, a cut
+connection, a stall, SIGTERM, Ctrl-C) leaves no partial file and no
+directory the call created. Plain `urllib`, not TFDS's download manager,
+which needs TensorFlow for CIFAR and retries an unreachable host for
+minutes: here a failure is one `DownloadError` within seconds.
 
 Bounds of a download:
-* Size: the archive's known size caps it. A Content-Length other than that
-  size is refused before anything is written, and the transfer stops as soon
-  as more bytes arrive than the size allows (a body without Content-Length
-  included).
-* Progress: at least `MIN_PROGRESS_BYTES` must arrive in each successive
-  window of `PROGRESS_WINDOW_S` seconds. A connection silent for a whole
-  window fails then; a trickle fails at the first byte after its window
-  ends, so within two windows. Hence an overall deadline of
-  (size / MIN_PROGRESS_BYTES + 1) windows, which is enforced too.
-* Messages give the bytes actually received (and the size expected).
-* Signals: SIGTERM and SIGINT during `fetch` (in the main thread) remove the
-  partial download and raise `Interrupted`, a KeyboardInterrupt (train.py:
-  exit status 130, one line).
-* Stale partials: a download stages in `CACHE/.FOLDER.partial-*` and holds an
-  exclusive `flock` on that folder while it runs. SIGKILL (or a power cut)
-  leaves the folder behind; every `fetch` removes the partials of its folder
-  whose lock it can take, never one that a running download holds.
+* Size: the archive's size caps it; a Content-Length other than that size
+  is refused before anything is written, and the transfer stops as soon as
+  more bytes arrive than the size allows.
+* Progress: at least MIN_PROGRESS_BYTES must arrive in each successive
+  window of PROGRESS_WINDOW_S seconds (a silent connection fails at the
+  window's end, a trickle at its first byte after it), and the whole
+  download within (size / MIN_PROGRESS_BYTES + 1) windows.
+* Signals: SIGTERM and SIGINT (in the main thread) remove the partial
+  download and raise `Interrupted`, a KeyboardInterrupt.
+* Stale partials: a download stages in `CACHE/.FOLDER.partial-*` under an
+  exclusive `flock`; every `fetch` removes the partials of its folder that no
+  running download holds (left by SIGKILL or a power cut).
 
-Overrides, for a mirror or for tests: the `base_url`, `md5`, `size` and
-`min_progress` arguments, or the environment variables
-`PADAX_CIFAR_BASE_URL` (a URL under which the archives lie by their official
-names), `PADAX_CIFAR_MD5` (the expected MD5 of the archive, replacing the
-published one; the official size then only caps the download),
-`PADAX_CIFAR_SIZE` (the archive's size in bytes) and
-`PADAX_CIFAR_MIN_PROGRESS` ('BYTES/SECONDS': at least BYTES in each window
-of SECONDS).
+For a mirror or for tests, the PADAX_CIFAR_* environment variables override
+the URL, the MD5, the size and the progress bound (see `fetch`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -60,10 +46,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-try:
-  import fcntl
-except ImportError:  # Not POSIX: no flock, stale partials stay.
-  fcntl = None
+from training import faults
 
 BASE_URL = 'https://www.cs.toronto.edu/~kriz'
 BASE_URL_ENV = 'PADAX_CIFAR_BASE_URL'
@@ -112,27 +95,26 @@ def _partial_prefix(folder: str) -> str:
   return f'.{folder}.partial-'
 
 
-def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
-          cache_dir: str | os.PathLike | None = None, *, size: int,
+def fetch(layout, cache_dir: str | os.PathLike | None = None, *,
           base_url: str | None = None,
           connect_timeout: float = CONNECT_TIMEOUT_S,
           min_progress: tuple[int, float] | None = None) -> str:
-  """Path of `cache_dir/folder`, downloading and extracting it if absent.
+  """Path of `cache_dir/layout.folder`, downloading and extracting it if
+  absent.
 
   Args:
-    archive: the archive's file name, e.g. 'cifar-10-python.tar.gz'.
-    folder: the folder it holds, e.g. 'cifar-10-batches-py'.
-    files: the files of `folder` to extract (the others are skipped).
-    md5: the archive's published MD5 (PADAX_CIFAR_MD5 replaces it).
+    layout: a dataset's official release (input_pipeline.DatasetSpec's
+      layout): its `archive` name, the `folder` it holds, the `files` of that
+      folder to extract, the archive's published `md5` (PADAX_CIFAR_MD5
+      replaces it) and `size` in bytes (PADAX_CIFAR_SIZE replaces it; with
+      PADAX_CIFAR_MD5 alone it is only the most the download may bring).
     cache_dir: where the folder is kept (None: `default_cache_dir()`).
-    size: the archive's size in bytes (PADAX_CIFAR_SIZE replaces it); with
-      PADAX_CIFAR_MD5 alone it is only the most the download may bring.
-    base_url: where the archive lies (None: PADAX_CIFAR_BASE_URL, else the
-      official site).
+    base_url: where the archive lies by its official name (None:
+      PADAX_CIFAR_BASE_URL, else the official site).
     connect_timeout: seconds for DNS, connection and response headers.
     min_progress: (bytes, seconds): at least `bytes` in each window of
-      `seconds` (None: PADAX_CIFAR_MIN_PROGRESS, else MIN_PROGRESS_BYTES
-      per PROGRESS_WINDOW_S).
+      `seconds` (None: PADAX_CIFAR_MIN_PROGRESS, 'BYTES/SECONDS', else
+      MIN_PROGRESS_BYTES per PROGRESS_WINDOW_S).
 
   Raises:
     DownloadError: naming the URL and the reason; nothing is left behind.
@@ -141,70 +123,78 @@ def fetch(archive: str, folder: str, files: Sequence[str], md5: str,
   """
   cache_dir = os.path.abspath(os.path.expanduser(
       os.fspath(cache_dir) if cache_dir else default_cache_dir()))
-  target = os.path.join(cache_dir, folder)
-  _reclaim_stale_partials(cache_dir, folder)
+  target = os.path.join(cache_dir, layout.folder)
+  _reclaim_stale_partials(cache_dir, layout.folder)
   if os.path.isdir(target):
     return target
-  url = archive_url(archive, base_url)
   size_override = _env_size()
-  exact = size_override is not None or not os.environ.get(MD5_ENV)
-  md5 = os.environ.get(MD5_ENV) or md5
-  transfer = _Transfer(url, size_override or size, exact)
-  min_bytes, window_s = _min_progress(min_progress)
-  with _SignalGuard(transfer) as guard:
-    response = _open(url, connect_timeout, window_s)
-    with response:
+  transfer = _Transfer(
+      archive_url(layout.archive, base_url), size_override or layout.size,
+      exact=size_override is not None or not os.environ.get(MD5_ENV),
+      md5=os.environ.get(MD5_ENV) or layout.md5,
+      min_progress=_min_progress(min_progress))
+  with transfer:
+    with _open(transfer.url, connect_timeout, transfer.window_s) as response:
       transfer.check_length(response.headers.get('Content-Length'))
-      _download(response, transfer, guard, archive, folder, files, md5,
-                cache_dir, target, min_bytes, window_s)
+      _download(response, transfer, layout, cache_dir, target)
   return target
 
 
-def _download(response, transfer, guard, archive, folder, files, md5,
-              cache_dir, target, min_bytes, window_s) -> None:
+def _download(response, transfer, layout, cache_dir, target) -> None:
   """Saves, checks and extracts `response` into `target` (fetch's body)."""
   created = _missing_dirs(cache_dir)
   staging = lock = None
+  done = False
   try:
     try:
       os.makedirs(cache_dir, exist_ok=True)
     except OSError as e:
       raise DownloadError(f'cannot create the cache directory {e.filename} '
                           f'({e.strerror or e}).') from None
-    with guard.deferred():  # The staging folder and its lock, or neither.
-      staging, lock = _stage(cache_dir, folder)
-    path = os.path.join(staging, archive)
-    _save(response, path, md5, transfer, min_bytes, window_s)
-    _extract(path, folder, files, os.path.join(staging, folder), transfer.url)
+    with transfer.deferred():  # The staging folder and its lock, or neither.
+      staging, lock = _stage(cache_dir, layout.folder)
+    path = os.path.join(staging, layout.archive)
+    _save(response, path, transfer)
+    _extract(path, layout.folder, layout.files,
+             os.path.join(staging, layout.folder), transfer.url)
     try:
-      os.rename(os.path.join(staging, folder), target)
+      os.rename(os.path.join(staging, layout.folder), target)
     except OSError:
       if not os.path.isdir(target):  # Else another process was first.
         raise
     transfer.cached_in = target
-  except BaseException:
-    with guard.deferred(then_raise=False):
-      _unstage(staging, lock)
-      for directory in created:
+    done = True
+  finally:
+    # Failing, a signal here must not replace the error being raised.
+    with transfer.deferred(then_raise=done):
+      if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(lock)
+      for directory in [] if done else created:
         try:
           os.rmdir(directory)
         except OSError:
           break
-    raise
-  with guard.deferred():
-    _unstage(staging, lock)
 
 
 class _Transfer:
-  """One download: its URL, the size expected, the bytes received so far."""
+  """One download: its URL, the size expected, the bytes received so far.
 
-  def __init__(self, url: str, size: int, exact: bool):
-    self.url = url
+  Within it (main thread only), the first SIGTERM or SIGINT raises
+  `Interrupted`; in `deferred()` a signal waits until the block is done, so
+  that the staging folder is created, or removed, whole.
+  """
+
+  def __init__(self, url: str, size: int, *, exact: bool, md5: str,
+               min_progress: tuple[int, float]):
+    self.url, self.md5, self.exact = url, md5, exact
+    self.min_bytes, self.window_s = min_progress
     self.cap = size  # No more bytes than this are accepted.
     self.expected = size if exact else None  # The exact size, when known.
-    self.exact = exact
     self.received = 0
-    self.cached_in = None
+    self.cached_in = self.signal_name = None
+    self._raised = self._deferring = False
+    self._previous = {}
 
   def progress(self) -> str:
     if self.expected is None:
@@ -229,29 +219,6 @@ class _Transfer:
           'downloading.')
     self.expected = length
 
-  def interrupted(self, signal_name: str) -> Interrupted:
-    if self.cached_in:
-      return Interrupted(
-          f'interrupted ({signal_name}) right after the download of '
-          f'{self.url}; its data is cached in {self.cached_in}.')
-    return Interrupted(
-        f'interrupted ({signal_name}) during the download of {self.url}, '
-        f'after {self.progress()}; nothing kept (the next run downloads it '
-        'again).')
-
-
-class _SignalGuard:
-  """Within it (main thread only), the first SIGTERM or SIGINT raises
-  `Interrupted`; in `deferred()` a signal waits until the block is done, so
-  that the staging folder is created, or removed, whole."""
-
-  def __init__(self, transfer: _Transfer):
-    self.transfer = transfer
-    self.signal_name = None
-    self._raised = False
-    self._deferring = False
-    self._previous = {}
-
   def _handle(self, signum, frame):
     del frame
     self.signal_name = self.signal_name or signal.Signals(signum).name
@@ -260,7 +227,14 @@ class _SignalGuard:
 
   def _raise(self):
     self._raised = True
-    raise self.transfer.interrupted(self.signal_name)
+    if self.cached_in:
+      raise Interrupted(
+          f'interrupted ({self.signal_name}) right after the download of '
+          f'{self.url}; its data is cached in {self.cached_in}.')
+    raise Interrupted(
+        f'interrupted ({self.signal_name}) during the download of '
+        f'{self.url}, after {self.progress()}; nothing kept (the next run '
+        'downloads it again).')
 
   @contextlib.contextmanager
   def deferred(self, then_raise: bool = True):
@@ -324,7 +298,7 @@ def _min_progress(value: tuple[int, float] | None) -> tuple[int, float]:
 
 
 def _stage(cache_dir: str, folder: str):
-  """(path, locked descriptor or None) of a new staging folder in
+  """(path, locked descriptor) of a new staging folder in
   `cache_dir`, locked against `_reclaim_stale_partials`."""
   for _ in range(3):
     try:
@@ -332,8 +306,6 @@ def _stage(cache_dir: str, folder: str):
     except OSError as e:
       raise DownloadError(f'cannot write in the cache directory {cache_dir} '
                           f'({e.strerror or e}).') from None
-    if fcntl is None:
-      return path, None
     lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     # Waits only while another fetch, which found the folder unlocked,
     # removes it: then the folder is gone and a new one is made.
@@ -345,18 +317,9 @@ def _stage(cache_dir: str, folder: str):
                       'process removes them.')
 
 
-def _unstage(path, lock) -> None:
-  if path is not None:
-    shutil.rmtree(path, ignore_errors=True)
-  if lock is not None:
-    os.close(lock)
-
-
 def _reclaim_stale_partials(cache_dir: str, folder: str) -> None:
   """Removes the staging folders of `folder` that no process holds: those of
   a download that was killed (SIGKILL, power cut)."""
-  if fcntl is None:
-    return
   try:
     names = sorted(os.listdir(cache_dir))
   except OSError:
@@ -396,8 +359,7 @@ def _reason(e: BaseException) -> str:
   if isinstance(e, urllib.error.URLError):
     return str(e.reason)
   # tarfile lists each compression it tried on a line of its own.
-  lines = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {lines[0].rstrip(":") if lines else ""}'
+  return faults.first_line(e, with_type=True).rstrip(':')
 
 
 def _open(url: str, timeout: float, read_timeout: float):
@@ -450,11 +412,11 @@ def _open(url: str, timeout: float, read_timeout: float):
   return outcome['response']
 
 
-def _save(response, path: str, md5: str, transfer: _Transfer,
-          min_bytes: int, window_s: float) -> None:
+def _save(response, path: str, transfer: _Transfer) -> None:
   """Streams the response to `path` within the bounds of a download (see
   the module's docstring), then checks its length and MD5."""
-  url = transfer.url
+  url, md5 = transfer.url, transfer.md5
+  min_bytes, window_s = transfer.min_bytes, transfer.window_s
   digest = hashlib.md5(usedforsecurity=False)
   start = time.monotonic()
   # At the minimum rate the whole archive takes this long, plus a window.

@@ -61,14 +61,16 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CifarData:
-  """Train and test splits of one dataset, and its spec (by default the
-  spec of `name`)."""
+  """Train and test splits of one dataset, its spec (by default the spec of
+  `name`) and the training images held out for validation, if any
+  (`hold_out_validation`)."""
   train: Split
   test: Split
   num_classes: int
   name: str  # 'cifar10' | 'cifar100' | 'arrays'
   source: str  # human-readable origin of the data
   spec: DatasetSpec | None = None
+  validation: Split | None = None
 
   def __post_init__(self):
     if self.spec is None:
@@ -157,8 +159,8 @@ def _describe_layout(layout: _PythonLayout, where: str = 'DATA_DIR') -> str:
 
 def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
   if value not in allowed:
-    raise ValueError(
-        f'Unknown {key} {value!r}; expected one of {", ".join(map(repr, allowed))}.')
+    raise ValueError(f'{key}={value!r} is not allowed; allowed: '
+                     f'{", ".join(allowed)}.')
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -170,7 +172,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         'this dataset?')
 
 
-def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
+def _cifar_data(spec: DatasetSpec, splits: dict[str, tuple], source: str
                ) -> CifarData:
   """CifarData of {where: (images, labels)}, train then test, as uint8 and
   int32 arrays; no split may be empty."""
@@ -180,9 +182,8 @@ def _cifar_data(dataset: str, splits: dict[str, tuple], source: str
   train, test = (Split(images=np.ascontiguousarray(images, dtype=np.uint8),
                        labels=np.ascontiguousarray(labels, dtype=np.int32))
                  for images, labels in splits.values())
-  return CifarData(train=train, test=test,
-                   num_classes=SPECS[dataset].num_classes, name=dataset,
-                   source=source)
+  return CifarData(train=train, test=test, num_classes=spec.num_classes,
+                   name=spec.name, source=source, spec=spec)
 
 
 # ---------------------------------------------------------------------------
@@ -201,9 +202,8 @@ def _dict_get(obj: dict, key: bytes, where: str) -> Any:
       f'(found keys {sorted(map(repr, obj))[:8]}).')
 
 
-def _parse_batch(content: bytes, where: str, layout: _PythonLayout,
-                 num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """Unpickles one batch file and returns NHWC uint8 images and labels."""
+def _unpickle_batch(content: bytes, where: str) -> dict:
+  """The dict pickled in one batch file, as written (bytes keys)."""
   if not content:
     raise ValueError(f'{where}: the file is empty (0 bytes); expected a CIFAR '
                      'python batch file.')
@@ -217,38 +217,64 @@ def _parse_batch(content: bytes, where: str, layout: _PythonLayout,
     raise ValueError(
         f'{where}: not a CIFAR python batch file (expected a pickled dict, '
         f'got {type(obj).__name__}).')
+  return obj
+
+
+def batch_arrays(batch: dict, where: str, spec: DatasetSpec
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """NHWC uint8 images and labels of one python batch file's dict, checked
+  against `spec`."""
+  layout = spec.layout
+  height, width, channels = spec.image_shape
+  row = height * width * channels
   try:
-    data = np.asarray(_dict_get(obj, b'data', where))
-    labels = np.asarray(_dict_get(obj, layout.label_key, where))
+    data = np.asarray(_dict_get(batch, b'data', where))
+    labels = np.asarray(_dict_get(batch, layout.label_key, where))
   except ValueError as e:  # A ragged list: not one array.
     if 'not a CIFAR python batch file' in str(e):
       raise
     raise ValueError(
         f"{where}: not a CIFAR python batch file: b'data' or "
         f'{layout.label_key!r} is not an array (rows of different lengths?); '
-        'expected uint8 (N, 3072) images and N integer labels.') from None
+        f'expected uint8 (N, {row}) images and N integer labels.') from None
   if data.size == 0 and labels.size == 0:
     # No images: an empty list unpickles as float64 (0,); the split's check
     # (_cifar_data) says whether the split is empty.
-    data, labels = np.zeros((0, 3 * 32 * 32), np.uint8), labels.astype(int)
-  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    data, labels = np.zeros((0, row), np.uint8), labels.astype(int)
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
     raise ValueError(
         f"{where}: b'data' is {data.dtype} {data.shape}; expected uint8 "
-        '(N, 3072) rows of 1024 R, 1024 G, 1024 B values (32x32 CIFAR images).')
+        f'(N, {row}) rows of {height * width} R, {height * width} G, '
+        f'{height * width} B values ({height}x{width} CIFAR images).')
   if labels.shape != data.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(
         f'{where}: {layout.label_key!r} is {labels.dtype} {labels.shape}; '
         f'expected {data.shape[0]} integer labels, one per image.')
-  _check_labels(labels, num_classes, where)
-  images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  _check_labels(labels, spec.num_classes, where)
+  images = data.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
   return images, labels
 
 
-def _read_batches(kind: str, location: str, layout: _PythonLayout,
-                  num_classes: int) -> dict:
-  """{file name: (images, labels)} of the layout's batch files in `location`,
-  a folder ('folder') or the official archive ('archive')."""
-  parsed = {}
+def locate(path: str, layout: _PythonLayout) -> tuple[str, str] | None:
+  """('folder' | 'archive', location) of `layout`'s python release at
+  `path`: the archive, its folder, or a directory holding either; None if
+  there is none."""
+  if os.path.isfile(path):
+    return 'archive', path
+  if (os.path.basename(path) == layout.folder or
+      any(os.path.exists(os.path.join(path, f)) for f in layout.files)):
+    return 'folder', path
+  if os.path.isdir(os.path.join(path, layout.folder)):
+    return 'folder', os.path.join(path, layout.folder)
+  if os.path.isfile(os.path.join(path, layout.archive)):
+    return 'archive', os.path.join(path, layout.archive)
+  return None
+
+
+def read_batches(kind: str, location: str, layout: _PythonLayout
+                ) -> dict[str, tuple[str, dict]]:
+  """{file name: (where, its unpickled dict)} of the layout's batch files in
+  `location`, a folder ('folder') or the official archive ('archive')."""
   if kind == 'folder':
     missing = [f for f in layout.files
                if not os.path.isfile(os.path.join(location, f))]
@@ -256,11 +282,12 @@ def _read_batches(kind: str, location: str, layout: _PythonLayout,
       raise DataNotFoundError(
           f'Incomplete {layout.title} python layout at {location}: missing '
           f'{", ".join(missing)} (expected {", ".join(layout.files)}).')
+    batches = {}
     for name in layout.files:
       path = os.path.join(location, name)
       with open(path, 'rb') as f:
-        parsed[name] = _parse_batch(f.read(), path, layout, num_classes)
-    return parsed
+        batches[name] = path, _unpickle_batch(f.read(), path)
+    return batches
   official = (f'expected the official {layout.archive} ({layout.size} bytes, '
               f'MD5 {layout.md5})')
   size = os.path.getsize(location)
@@ -274,24 +301,23 @@ def _read_batches(kind: str, location: str, layout: _PythonLayout,
                                             layout.files):
       contents[member] = f.read()
   except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-    lines = str(e).strip().splitlines()
-    reason = f'{type(e).__name__}: {lines[0].rstrip(":") if lines else ""}'
-    if member is None and not contents:
-      what = 'not a tar archive, compressed or not'
-    else:
-      what = 'it is cut short or damaged'
+    what = ('not a tar archive, compressed or not' if member is None
+            else 'it is cut short or damaged')
     raise DataNotFoundError(
         f'{location}: cannot read the {layout.title} archive ({size} bytes): '
-        f'{what} ({reason}); {official}.') from None
+        f"{what} ({faults.first_line(e, with_type=True).rstrip(':')}); "
+        f'{official}.'
+    ) from None
+  batches = {}
   for name, content in contents.items():
-    parsed[name] = _parse_batch(content, f'{location}:{layout.folder}/{name}',
-                                layout, num_classes)
-  missing = [f'{layout.folder}/{n}' for n in layout.files if n not in parsed]
+    where = f'{location}:{layout.folder}/{name}'
+    batches[name] = where, _unpickle_batch(content, where)
+  missing = [f'{layout.folder}/{n}' for n in layout.files if n not in batches]
   if missing:
     raise DataNotFoundError(
         f'Incomplete {layout.title} archive {location}: missing members '
         f'{", ".join(missing)}; expected the official {layout.archive}.')
-  return parsed
+  return batches
 
 
 def _other_dataset_hint(path: str, dataset: str) -> str:
@@ -304,8 +330,8 @@ def _other_dataset_hint(path: str, dataset: str) -> str:
   return ''
 
 
-def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
-  layout = SPECS[dataset].layout
+def _load_local(spec: DatasetSpec, data_dir) -> CifarData:
+  layout = spec.layout
   if data_dir is None:
     raise ValueError(
         f"source='local' needs data_dir (--config.data_dir=DATA_DIR): a "
@@ -324,53 +350,43 @@ def _load_local(dataset: str, data_dir: str | os.PathLike | None) -> CifarData:
     raise DataNotFoundError(
         f"data_dir {path} does not exist; source='local' expects "
         f'{_describe_layout(layout, path)}.')
-
-  if os.path.isfile(path):
-    kind, location = 'archive', path
-  elif (os.path.basename(path) == layout.folder or
-        any(os.path.exists(os.path.join(path, f)) for f in layout.files)):
-    kind, location = 'folder', path
-  elif os.path.isdir(os.path.join(path, layout.folder)):
-    kind, location = 'folder', os.path.join(path, layout.folder)
-  elif os.path.isfile(os.path.join(path, layout.archive)):
-    kind, location = 'archive', os.path.join(path, layout.archive)
-  else:
+  found = locate(path, layout)
+  if found is None:
     raise DataNotFoundError(
         f'No {layout.title} data found in {path}: expected '
-        f'{_describe_layout(layout, path)}.{_other_dataset_hint(path, dataset)}')
-
-  parsed = _read_batches(kind, location, layout,
-                         SPECS[dataset].num_classes)
+        f'{_describe_layout(layout, path)}.'
+        f'{_other_dataset_hint(path, spec.name)}')
+  kind, location = found
+  arrays = {name: batch_arrays(batch, where, spec) for name, (where, batch)
+            in read_batches(kind, location, layout).items()}
   if kind == 'archive':
     _warn_unless_official(location, layout)
 
   def concat(names):
-    return (np.concatenate([parsed[n][0] for n in names]),
-            np.concatenate([parsed[n][1] for n in names]))
+    return (np.concatenate([arrays[n][0] for n in names]),
+            np.concatenate([arrays[n][1] for n in names]))
 
   return _cifar_data(
-      dataset, {f'{location} (train)': concat(layout.train_files),
-                f'{location} (test)': concat(layout.test_files)},
+      spec, {f'{location} (train)': concat(layout.train_files),
+             f'{location} (test)': concat(layout.test_files)},
       f'local {layout.title} python {kind} {location}')
 
 
 def _warn_unless_official(path: str, layout: _PythonLayout) -> None:
   """One warning line when the archive at `path` is not the official one."""
-  digest = hashlib.md5(usedforsecurity=False)
   with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  if digest.hexdigest() != layout.md5:
+    md5 = hashlib.file_digest(
+        f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+  if md5 != layout.md5:
     log.warning('%s has MD5 %s, not the official %s of %s: the results may '
-                "differ from the official data's.", path, digest.hexdigest(),
-                layout.md5, layout.archive)
+                "differ from the official data's.", path, md5, layout.md5,
+                layout.archive)
 
 
-def _load_download(dataset: str, data_dir) -> CifarData:
-  layout = SPECS[dataset].layout
+def _load_download(spec: DatasetSpec, data_dir) -> CifarData:
+  layout = spec.layout
   try:
-    folder = download.fetch(layout.archive, layout.folder, layout.files,
-                            layout.md5, data_dir, size=layout.size)
+    folder = download.fetch(layout, data_dir)
   except download.DownloadError as e:
     raise DataNotFoundError(
         f'{e} To use a copy instead (offline: fetched elsewhere), download '
@@ -378,7 +394,7 @@ def _load_download(dataset: str, data_dir) -> CifarData:
         '--config.data_source=local --config.data_dir=DATA_DIR, DATA_DIR '
         f'holding {layout.archive} or its extracted {layout.folder}/.'
     ) from None
-  data = _load_local(dataset, folder)
+  data = _load_local(spec, folder)
   return dataclasses.replace(
       data, source=f'{layout.title} from {download.archive_url(layout.archive)}'
                    f', cached in {folder}')
@@ -407,12 +423,12 @@ def _import_tfds():
   return tfds
 
 
-def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
-                reason: str, cause: BaseException | None = None
-               ) -> DataNotFoundError:
-  layout = SPECS[dataset].layout
+def _tfds_error(spec: DatasetSpec, data_dir, looked_in: str,
+                downloads_dir: str, reason: str,
+                cause: BaseException | None = None) -> DataNotFoundError:
+  layout = spec.layout
   err = DataNotFoundError(
-      f'CIFAR dataset {dataset!r} is not available from TFDS '
+      f'CIFAR dataset {spec.name!r} is not available from TFDS '
       f'(data_dir={None if data_dir is None else os.fspath(data_dir)!r}, '
       f'looked in {looked_in}): {reason}\n'
       'Provide the data in one of these ways:\n'
@@ -430,9 +446,9 @@ def _tfds_error(dataset: str, data_dir, looked_in: str, downloads_dir: str,
   return err
 
 
-def _open_tfds(tfds, dataset: str, data_dir):
+def _open_tfds(tfds, spec: DatasetSpec, data_dir):
   return tfds.data_source(
-      dataset, split=['train', 'test'], data_dir=data_dir, download=False,
+      spec.name, split=['train', 'test'], data_dir=data_dir, download=False,
       builder_kwargs={'file_format': 'array_record'})
 
 
@@ -469,12 +485,13 @@ def _read_tfds_split(source, spec: DatasetSpec, where: str):
   return images, labels
 
 
-def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
+def _prepare_tfds(tfds, spec: DatasetSpec, data_dir, manual_dir,
+                  open_error):
   """The sources TFDS could not open (`open_error`), once it has prepared the
   dataset; else the DataNotFoundError saying why it cannot."""
-  layout = SPECS[dataset].layout
+  layout = spec.layout
   try:
-    builder = tfds.builder(dataset, data_dir=data_dir,
+    builder = tfds.builder(spec.name, data_dir=data_dir,
                            file_format='array_record')
     looked_in = os.fspath(builder.data_dir)
     downloads_dir = os.path.join(os.fspath(builder.data_dir_root), 'downloads')
@@ -482,10 +499,10 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
   except Exception as e:
     root = '<TFDS data_dir>' if data_dir is None else os.fspath(data_dir)
     raise _tfds_error(
-        dataset, data_dir, root, os.path.join(root, 'downloads'),
+        spec, data_dir, root, os.path.join(root, 'downloads'),
         f'TFDS cannot build it ({faults.first_line(e, with_type=True)}).',
         e) from None
-  error = functools.partial(_tfds_error, dataset, data_dir, looked_in,
+  error = functools.partial(_tfds_error, spec, data_dir, looked_in,
                             downloads_dir)
   if prepared:
     raise error(
@@ -508,27 +525,24 @@ def _prepare_tfds(tfds, dataset: str, data_dir, manual_dir, open_error):
   try:
     builder.download_and_prepare(file_format='array_record',
                                  download_config=download_config)
-    return _open_tfds(tfds, dataset, data_dir)
+    return _open_tfds(tfds, spec, data_dir)
   except Exception as e:
     raise error(f'it is not prepared there and preparing it failed '
                 f'({faults.first_line(e, with_type=True)}).', e) from None
 
 
-def _load_tfds(dataset: str, data_dir, manual_dir) -> CifarData:
+def _load_tfds(spec: DatasetSpec, data_dir, manual_dir) -> CifarData:
   tfds = _import_tfds()
   try:
-    sources = _open_tfds(tfds, dataset, data_dir)
+    sources = _open_tfds(tfds, spec, data_dir)
   except Exception as e:  # pylint: disable=broad-except
-    sources = _prepare_tfds(tfds, dataset, data_dir, manual_dir, e)
-  train_source, test_source = sources
-  where = f'tfds {dataset} (data_dir={data_dir})'
+    sources = _prepare_tfds(tfds, spec, data_dir, manual_dir, e)
+  where = f'tfds {spec.name} (data_dir={data_dir})'
   return _cifar_data(
-      dataset,
-      {f'{where} train': _read_tfds_split(train_source, SPECS[dataset],
-                                          f'{where} train'),
-       f'{where} test': _read_tfds_split(test_source, SPECS[dataset],
-                                         f'{where} test')},
-      f"tfds {dataset} array_record (data_dir="
+      spec, {f'{where} {split}': _read_tfds_split(source, spec,
+                                                  f'{where} {split}')
+             for split, source in zip(('train', 'test'), sources)},
+      f"tfds {spec.name} array_record (data_dir="
       f"{'TFDS default' if data_dir is None else os.fspath(data_dir)})")
 
 
@@ -606,11 +620,9 @@ def load_arrays(path: str | os.PathLike | None) -> CifarData:
       tuple(float(m) / 255 for m in pixels.mean(0, dtype=np.float64)),
       tuple(float(s) / 255 for s in std),
       crop_padding=max(1, round(min(train.shape[1:3]) / 8)), flip=False)
-  split = lambda name: Split(
-      images=np.ascontiguousarray(arrays[f'{name}_images']),
-      labels=arrays[f'{name}_labels'].astype(np.int32))
-  return CifarData(split('train'), split('test'), num_classes, 'arrays',
-                   f'arrays {path}', spec)
+  return _cifar_data(spec, {split: (arrays[f'{split}_images'],
+                                    arrays[f'{split}_labels'])
+                           for split in ('train', 'test')}, f'arrays {path}')
 
 
 # ---------------------------------------------------------------------------
@@ -621,13 +633,17 @@ def load(config) -> CifarData:
   """The data a train or sweep config asks for (train.py, sweep.py).
 
   Reads `config.dataset`, `config.data_source`, `config.data_dir` ('' for
-  the source's default) and `config.train_examples` (0: every training
-  image; N > 0: the first N, in the order of the official files, which are
-  shuffled; the test split stays whole). See `load_cifar`.
+  the source's default), `config.train_examples` (0: every training image;
+  N > 0: the first N, in the order of the official files, which are
+  shuffled; the test split stays whole) and `config.validation_examples`
+  (0: no validation split, `data.validation` is None; V > 0: V of those
+  training images become `data.validation` and are not trained on, see
+  `hold_out_validation`). See `load_cifar`.
   """
   data = load_cifar(config.dataset, source=config.data_source,
                     data_dir=config.data_dir or None)
-  return first_train_examples(data, config.get('train_examples', 0))
+  data = first_train_examples(data, config.get('train_examples', 0))
+  return hold_out_validation(data, config.get('validation_examples', 0))
 
 
 def first_train_examples(data: CifarData, count: int) -> CifarData:
@@ -649,6 +665,40 @@ def first_train_examples(data: CifarData, count: int) -> CifarData:
       source=f'{data.source}, first {count} of {available} training images')
 
 
+# The permutation that picks the validation images is drawn with this seed,
+# not config.seed: every member of a sweep, whatever its seed, validates on
+# the same images.
+VALIDATION_SEED = 0
+
+
+def hold_out_validation(data: CifarData, count: int) -> CifarData:
+  """`data` with `count` of its training examples moved to `validation`.
+
+  With N training examples, the held-out ones are those at the first
+  `count` indices of numpy.random.default_rng(VALIDATION_SEED)
+  .permutation(N), in increasing index order; the others stay in `train`
+  in their order. The choice depends on N and `count` only. 0: `data` as
+  is (no validation split). `count` is an integer >= 0, as
+  configuration.validate checks; ValueError unless it is below N.
+  """
+  available = data.train.num_examples
+  if count == 0:
+    return data
+  if count >= available:
+    raise ValueError(
+        f'validation_examples={count} is not allowed: {data.source} has '
+        f'{available} training images; allowed: 0 (none) to {available - 1}.')
+  held = np.zeros(available, bool)
+  held[np.random.default_rng(VALIDATION_SEED).permutation(available)[:count]
+      ] = True
+  split = lambda rows: Split(images=data.train.images[rows],
+                             labels=data.train.labels[rows])
+  return dataclasses.replace(
+      data, train=split(~held), validation=split(held),
+      source=f'{data.source}, {count} of its {available} training images '
+             'held out for validation')
+
+
 def load_cifar(dataset: str, *, source: str = 'download',
                data_dir: str | os.PathLike | None = None,
                manual_dir: str | os.PathLike | None = None) -> CifarData:
@@ -665,15 +715,13 @@ def load_cifar(dataset: str, *, source: str = 'download',
       installed); 'arrays' reads your own images from the .npz file
       `data_dir` instead of `dataset` (`load_arrays`).
     data_dir: for 'download', the cache directory (None:
-      $XDG_CACHE_HOME/padax/datasets, i.e. ~/.cache/padax/datasets); for
-      'local', a directory holding `cifar-10-batches-py/` /
-      `cifar-100-python/` (or that folder itself) or the official
-      `cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` (or the path of
-      that archive); for 'tfds', TFDS's data_dir (None: TFDS's default). The
-      python layout is pickled, so only load files you trust.
-    manual_dir: 'tfds' only: a directory holding the official *binary* archive
-      (`cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz`) for TFDS to
-      prepare from without downloading (needs TensorFlow).
+      `download.default_cache_dir()`); for 'local', the dataset's python
+      release (its spec's layout: the folder, the official archive, or a
+      directory holding either); for 'tfds', TFDS's data_dir (None: TFDS's
+      default). The python layout is pickled: only load files you trust.
+    manual_dir: 'tfds' only: a directory holding the official *binary*
+      archive (the layout's `tfds_archive`) for TFDS to prepare from without
+      downloading (needs TensorFlow).
 
   Returns:
     CifarData with uint8 NHWC images and int32 labels.
@@ -690,11 +738,10 @@ def load_cifar(dataset: str, *, source: str = 'download',
     raise ValueError("manual_dir is only used with source='tfds'.")
   if source == 'arrays':
     return load_arrays(data_dir)
-  if source == 'local':
-    return _load_local(dataset, data_dir)
-  if source == 'download':
-    return _load_download(dataset, data_dir)
-  return _load_tfds(dataset, data_dir, manual_dir)
+  loader = {'local': _load_local, 'download': _load_download}.get(source)
+  if loader:
+    return loader(SPECS[dataset], data_dir)
+  return _load_tfds(SPECS[dataset], data_dir, manual_dir)
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
@@ -754,19 +801,26 @@ _FINGERPRINT_STRIDE = 12
 def fingerprint(data: CifarData) -> dict:
   """The identity of `data`, for a workdir to record (its data.json).
 
-  {'dataset', 'train_examples', 'test_examples', 'fingerprint'}: the
-  fingerprint is a sha256 over, per split, its shape, all its labels and
-  every 12th byte of every image (256 of each image's 3072: ~15 MB for
-  CIFAR's 60,000 images, tens of milliseconds). Any change to the number of
-  examples, a label, the order, or an image's sampled bytes changes it; the
-  same arrays from another path or source give the same one.
+  {'dataset', 'train_examples', 'test_examples', 'fingerprint'}, and
+  'validation_examples' when `data` has a validation split: the fingerprint
+  is a sha256 over, per split (train, test, then validation if any), its
+  shape, all its labels and every 12th byte of every image. Any change to
+  the number of examples, a label, the order, an image's sampled bytes or
+  the validation split changes it; the same arrays from another path or
+  source give the same one.
   """
   h = hashlib.sha256()
-  for split in (data.train, data.test):
+  splits = (data.train, data.test) + (
+      () if data.validation is None else (data.validation,))
+  for split in splits:
     images = np.ascontiguousarray(split.images).reshape(split.num_examples, -1)
     h.update(repr(split.images.shape).encode())
     h.update(np.ascontiguousarray(split.labels, dtype='<i4').tobytes())
     h.update(np.ascontiguousarray(images[:, ::_FINGERPRINT_STRIDE]).tobytes())
-  return {'dataset': data.name, 'train_examples': data.train.num_examples,
-          'test_examples': data.test.num_examples,
-          'fingerprint': f'sha256:{h.hexdigest()}'}
+  identity = {'dataset': data.name,
+              'train_examples': data.train.num_examples,
+              'test_examples': data.test.num_examples,
+              'fingerprint': f'sha256:{h.hexdigest()}'}
+  if data.validation is not None:
+    identity['validation_examples'] = data.validation.num_examples
+  return identity

@@ -40,7 +40,8 @@ RUN_LENGTH_KEYS = ('num_epochs',)
 
 # Keys added to the config after workdirs were written without them: a stored
 # config that lacks one holds a run made with its value here.
-ADDED_KEYS = {'nonfinite_policy': 'stop', 'max_consecutive_skips': 10}
+ADDED_KEYS = {'nonfinite_policy': 'stop', 'max_consecutive_skips': 10,
+              'validation_examples': 0}
 
 LOCK_FILE = 'lock'
 # Tmp files of atomic_write: only names of this pattern are ever removed.

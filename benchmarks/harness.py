@@ -55,9 +55,11 @@ def _version(package: str) -> str:
 
 
 def header_lines(packages=('jax', 'jaxlib', 'flax', 'optax', 'numpy')):
-  """'# ...' lines: time, machine and its load, versions, and the git state
+  """'# ...' lines: time, machine and its load, versions, this process's
+  allocator, and the git state
   of the code the JAX cases ran (read-only queries: models/ and training/
   may hold uncommitted changes while a benchmark runs)."""
+  from training import allocator  # pylint: disable=g-import-not-at-top
   dirty = _git('status', '--porcelain', '--', 'models', 'training',
                'configs', 'padax') or 'clean'
   now = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
@@ -67,7 +69,8 @@ def header_lines(packages=('jax', 'jaxlib', 'flax', 'optax', 'numpy')):
       f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at '
       'start',
       f'# Python {platform.python_version()}; '
-      + ', '.join(_version(p) for p in packages),
+      + ', '.join(_version(p) for p in packages)
+      + f'; {allocator.describe()}',
       f'# code: git {_git("rev-parse", "--short", "HEAD")}; models/ '
       f'training/ configs/ padax/: {dirty.replace(chr(10), "; ")}',
   ]
@@ -169,7 +172,8 @@ class Tally:
   CpuMeter's wall and CPU seconds (None once a region's is unknown)."""
 
   def __init__(self):
-    self.times, self.wall_s, self.own_cpu_s, self.other_cpu_s = [], 0.0, 0.0, 0.0
+    self.times = []
+    self.wall_s = self.own_cpu_s = self.other_cpu_s = 0.0
 
   def add(self, seconds, wall_s, own_cpu_s, other_cpu_s):
     self.times.append(seconds)

@@ -1,19 +1,8 @@
 """One benchmark case in a fresh Python process with its own environment.
 
-XLA reads XLA_FLAGS (the simulated CPU device count among them), and JAX its
-JAX_* variables, once, when the first backend starts: a case that needs other
-values than the running process runs in a new one.
-
-  result = subprocess_case.run(measure, dict(model='resnet18'), devices=4,
-                               env={'JAX_PLATFORMS': 'cpu'})
-
-runs `measure(model='resnet18')`, a module-level function of a benchmark
-script (imported there, not run), in `python benchmarks/subprocess_case.py
-ROOT SCRIPT NAME KWARGS_JSON`, and returns its JSON result, the child's last
-line on stdout. The child imports the project's code from ROOT (`root`:
-this checkout unless given) and inherits this process's environment
-(LD_PRELOAD too, so mimalloc) with `env` applied (None removes a variable);
-its stderr is this process's.
+XLA reads XLA_FLAGS and JAX its JAX_* variables once, when the first backend
+starts: a case that needs other values than the running process runs in a
+new one, `subprocess_case.run(measure, dict(model='resnet18'), devices=4)`.
 """
 
 import importlib.util
@@ -49,7 +38,13 @@ def environment(env: Optional[dict] = None,
 def run(function: Callable, kwargs: Optional[dict] = None, *,
         env: Optional[dict] = None, devices: Optional[int] = None,
         root: str = ROOT):
-  """`function(**kwargs)` in a fresh process; returns its JSON result."""
+  """`function(**kwargs)` in a fresh process; returns its JSON result.
+
+  `function` is a module-level function of a benchmark script (imported in
+  the child, not run). The child imports the project's code from `root` and
+  inherits this process's environment (LD_PRELOAD too, so mimalloc) with
+  `env` applied (None removes a variable); its stderr is this process's.
+  """
   command = [sys.executable, os.path.abspath(__file__), root,
              os.path.abspath(inspect.getfile(function)), function.__name__,
              json.dumps(kwargs or {})]

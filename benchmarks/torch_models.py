@@ -177,16 +177,9 @@ class Padam(torch.optim.Optimizer):
 
 
 def _self_check() -> None:
-  """The same parameter shapes and logits as the Flax models; Padam as
-  padax's.
-
-  Flax creates parameters in the order its modules are called, which is the
-  order the PyTorch twins register theirs (conv weight, bias; BN scale,
-  bias; ...). The Flax parameters are copied into the PyTorch model in that
-  order (conv kernels HWIO -> OIHW, dense (in, out) -> (out, in)), and both
-  must give the same logits on the same batch, in training mode (batch
-  statistics) and in eval mode.
-  """
+  """The same parameter shapes and logits as the Flax models, given the
+  same parameters (Flax creates them in the order the twins register
+  theirs), in training and eval mode; Padam as padax's."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top

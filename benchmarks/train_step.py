@@ -1,12 +1,10 @@
 """Images/s of train.py's jitted train step, and the set-up every benchmark of
-that step shares.
+that step shares (importing the project's code only when called, so that
+ab_checkouts.py can run `measure` on another checkout).
 
   python benchmarks/train_step.py [--models vgg16,resnet18,wrn16_4]
       [--batch-size 128] [--steps 3]
   python benchmarks/train_step.py --data-parallel   # 1 vs 4 simulated devices
-
-The functions import the project's code when called, not when this file is
-imported, so that `ab_checkouts.py` can run `measure` on another checkout.
 """
 
 import argparse

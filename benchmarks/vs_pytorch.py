@@ -1,7 +1,7 @@
 """Train-step images/s on the CPU: padax (JAX) vs PyTorch, same models, one run.
 
   python benchmarks/vs_pytorch.py [--models resnet18,vgg16,wrn16_4]
-      [--batch-size 128] [--steps 5] [--warmup 1] [--torch-threads 0]
+      [--batch-size 128] [--steps 5] [--warmup 1]
       [--cases torch_padam,torch_sgd,jax_padam,jax_sgd]
   python benchmarks/vs_pytorch.py --cases torch_padam,jax_padam,\
       jax_padam@1-device,jax_padam@xla-defaults     # train.py's set-up vs others
@@ -39,13 +39,12 @@ LR, P, WEIGHT_DECAY, MOMENTUM = 0.1, 0.125, 5e-4, 0.9
 # loss.
 
 
-def torch_cases(model_name, batch_size, threads):
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  import torch_models  # pylint: disable=g-import-not-at-top
-
-  if threads:
-    torch.set_num_threads(threads)
+def torch_cases(model_name, batch_size):
+  # pylint: disable=g-import-not-at-top
+  import torch
+  import torch.nn.functional as F
+  import torch_models
+  # pylint: enable=g-import-not-at-top
   gen = torch.Generator().manual_seed(0)
   dataset = train_step.cifar10()
   size, _, channels = dataset['image_shape']  # Square images.
@@ -120,14 +119,12 @@ def apply_jax_setup(setup, model_name, batch_size):
 def split_case(case):
   """'jax_padam@1-device' -> ('jax_padam', '1-device'); torch: setup ''."""
   name, _, setup = case.partition('@')
-  if name in JAX_CASES and not setup:
-    setup = JAX_SETUPS[0]
-  return name, setup
+  return name, setup or ('' if name in TORCH_CASES else JAX_SETUPS[0])
 
 
 def worker_key(case):
   """(framework, JAX set-up) of the worker process that runs `case`."""
-  return ('torch' if case in TORCH_CASES else 'jax', split_case(case)[1])
+  return case.split('_')[0], split_case(case)[1]
 
 
 def jax_cases(model_name, batch_size):
@@ -165,7 +162,7 @@ def worker_main(args):
   reply = subprocess_case.reply_channel()
   t0 = time.perf_counter()
   if args.worker == 'torch':
-    make, info = torch_cases(args.models, args.batch_size, args.torch_threads)
+    make, info = torch_cases(args.models, args.batch_size)
   else:
     apply_jax_setup(args.jax_setup, args.models, args.batch_size)
     make, info = jax_cases(args.models, args.batch_size)
@@ -192,8 +189,8 @@ class Worker:
   def __init__(self, framework, setup, model, cases, args):
     command = [sys.executable, os.path.abspath(__file__), '--worker',
                framework, '--models', model, '--cases', ','.join(cases),
-               '--batch-size', str(args.batch_size), '--torch-threads',
-               str(args.torch_threads), '--jax-setup', setup or JAX_SETUPS[0]]
+               '--batch-size', str(args.batch_size), '--jax-setup',
+               setup or JAX_SETUPS[0]]
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, text=True,
                                     bufsize=1)
@@ -287,9 +284,6 @@ def main():
   parser.add_argument('--warmup', type=int, default=1,
                       help='untimed steps per case first (>= 1: the first '
                       'compiles)')
-  parser.add_argument('--torch-threads', type=int, default=0,
-                      help="torch.set_num_threads; 0 keeps PyTorch's default "
-                      '(the number of physical cores)')
   parser.add_argument('--cases', default=','.join(TORCH_CASES + JAX_CASES),
                       help=f'comma-separated, of {TORCH_CASES + JAX_CASES}, '
                       f'a JAX case optionally @ one of {JAX_SETUPS}')

@@ -23,15 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import sweep_throughput
 import train_step
 from configs import default
-from sweeps import grid
 from training import input_pipeline, train_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 CIFAR10 = input_pipeline.SPECS['cifar10']
-GRID_P = (0.25, 0.125, 0.0625)
-GRID_LR = (0.1, 0.01, 0.001)
 FULL = dict(models=('vgg16', 'resnet18', 'wrn16_4'), batch=128,
             max_batch=1024, steps=20, epoch_model='vgg16',
             train_images=CIFAR10.train_examples,
@@ -75,12 +73,10 @@ def _run_steps(compiled, state, batch, steps):
   return state, time.perf_counter() - start
 
 
-def _state(model, optimizer, sharding=None, **hyperparameters):
-  """The initial TrainState on `sharding`, with `hyperparameters` injected."""
-  state = train_lib.create_train_state(jax.random.key(0), model, optimizer)
-  if hyperparameters:
-    state = grid.set_hyperparameters(state, hyperparameters)
-  return jax.device_put(state, sharding)
+def _state(model, optimizer, sharding):
+  """The initial TrainState on `sharding`."""
+  return jax.device_put(train_lib.create_train_state(
+      jax.random.key(0), model, optimizer), sharding)
 
 
 def _mesh_steps(device, name, dtype, steps_per_epoch=100):
@@ -169,38 +165,24 @@ def epoch_row(device, sizes, rng):
               peak_bytes=_peak_bytes(device))
 
 
-def grid_rows(device, sizes, rng):
-  """The 9-member (p, lr) grid vmapped vs one member after another."""
-  members = [(p, lr) for p in GRID_P for lr in GRID_LR]
-  steps_each, batch_size = sizes['grid_steps'], sizes['batch']
-  model, optimizer, steps = _mesh_steps(device, sizes['grid_model'],
-                                        jnp.float32)
-  host_batch = train_step.random_batch(rng, batch_size)
-  batch = steps.shard(host_batch)
-  states = [_state(model, optimizer, steps.replicated, p=p, learning_rate=lr)
-            for p, lr in members]
-  # Before the steps, which donate the states.
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-  sequential, compile_one = _compiled(steps.train_step, states[0], batch)
-  seconds = sum(_run_steps(sequential, state, batch, steps_each)[1]
-                for state in states)
-  grid_steps = grid.GridSteps(grid.make_grid_mesh([device]), model,
-                              optimizer)
-  stacked = jax.device_put(stacked, grid_steps.state_sharding)
-  grid_batch = jax.device_put(host_batch, grid_steps.sharded)
-  vmapped, compile_grid = _compiled(grid_steps.train_step, stacked,
-                                    grid_batch)
-  _, grid_s = _run_steps(vmapped, stacked, grid_batch, steps_each)
-  images = len(members) * steps_each * batch_size
+def grid_rows(sizes):
+  """The 9-member (p, lr) grid vmapped vs one member after another, on one
+  device: sweep_throughput's two 1-device variants."""
+  r = sweep_throughput.measure(sizes['grid_model'], sizes['batch'],
+                               members=9, steps=sizes['grid_steps'],
+                               repeats=1, skip=('devices',))
   common = dict(part='grid', model=sizes['grid_model'], dtype='float32',
-                batch=batch_size, members=len(members), steps=steps_each)
-  return [dict(common, form='one after another', seconds=seconds,
-               images_per_s=images / seconds, compile_s=compile_one,
-               program_bytes=_program_bytes(sequential)),
-          dict(common, form='vmapped grid', seconds=grid_s,
-               images_per_s=images / grid_s, compile_s=compile_grid,
-               program_bytes=_program_bytes(vmapped),
-               speedup=seconds / grid_s)]
+                batch=sizes['batch'], members=9, steps=sizes['grid_steps'])
+  images = 9 * sizes['grid_steps'] * sizes['batch']
+  rows = []
+  for form, variant in (('one after another', 'sequential, 1 device'),
+                        ('vmapped grid', 'vmapped, 1 device')):
+    ips = r['images_per_second'][variant]
+    rows.append(dict(common, form=form, seconds=images / ips,
+                     images_per_s=ips, first_run_s=r['first_run_s'][variant],
+                     speedup=ips / r['images_per_second'][
+                         'sequential, 1 device']))
+  return rows
 
 
 def _mb(x):
@@ -225,11 +207,11 @@ def markdown(rows):
           f'{r["train_s"]:.2f}', r['eval_images'], f'{r["eval_s"]:.2f}',
           f'{r["epoch_s"]:.2f}'))
   grid_table = part('grid', (
-      'grid', 'members x steps', 'batch', 'seconds', 'images/s', 'compile s',
-      'vs one after another'), lambda r: (
+      'grid', 'members x steps', 'batch', 'seconds', 'images/s',
+      'compile + first run s', 'vs one after another'), lambda r: (
           f'{r["model"]}, {r["form"]}', f'{r["members"]} x {r["steps"]}',
           r['batch'], f'{r["seconds"]:.2f}', f'{r["images_per_s"]:.0f}',
-          f'{r["compile_s"]:.1f}', f'{r.get("speedup", 1.0):.2f}x'))
+          f'{r["first_run_s"]:.1f}', f'{r["speedup"]:.2f}x'))
   return '\n'.join(steps + [''] + epoch + [''] + grid_table)
 
 
@@ -250,7 +232,7 @@ def main(argv=None):
   rows = train_step_rows(device, sizes,
                          time.perf_counter() + args.budget, rng)
   rows.append(epoch_row(device, sizes, rng))
-  rows += grid_rows(device, sizes, rng)
+  rows += grid_rows(sizes)
   text = '\n'.join(header) + '\n\n' + markdown(rows) + '\n'
   print(text)
   for r in rows:

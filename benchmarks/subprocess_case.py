@@ -35,6 +35,13 @@ def environment(env: Optional[dict] = None,
   return out
 
 
+def _command(function: Callable, kwargs: Optional[dict], root: str,
+             *serve: str) -> list:
+  return [sys.executable, os.path.abspath(__file__), root,
+          os.path.abspath(inspect.getfile(function)), function.__name__,
+          json.dumps(kwargs or {}), *serve]
+
+
 def run(function: Callable, kwargs: Optional[dict] = None, *,
         env: Optional[dict] = None, devices: Optional[int] = None,
         root: str = ROOT):
@@ -45,30 +52,58 @@ def run(function: Callable, kwargs: Optional[dict] = None, *,
   inherits this process's environment (LD_PRELOAD too, so mimalloc) with
   `env` applied (None removes a variable); its stderr is this process's.
   """
-  command = [sys.executable, os.path.abspath(__file__), root,
-             os.path.abspath(inspect.getfile(function)), function.__name__,
-             json.dumps(kwargs or {})]
-  out = subprocess.run(command, env=environment(env, devices), check=True,
+  out = subprocess.run(_command(function, kwargs, root),
+                       env=environment(env, devices), check=True,
                        stdout=subprocess.PIPE, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
-def reply_channel():
-  """A private copy of stdout for results; stdout itself then goes to stderr,
-  so that nothing a library prints can be taken for a result."""
+class Server:
+  """A long-lived child process, for cases that must not recompile every
+  call: `function(**kwargs)` (as for `run`) returns (calls, info), named
+  callables and a JSON-able dict; `call(name)` runs one there and returns
+  its JSON result."""
+
+  def __init__(self, function: Callable, kwargs: Optional[dict] = None, *,
+               env: Optional[dict] = None):
+    self.process = subprocess.Popen(
+        _command(function, kwargs, ROOT, 'serve'), env=environment(env),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.info = self._read()
+
+  def _read(self):
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f'benchmark server {self.process.args} exited with '
+                         f'{self.process.wait()} (its stderr is above)')
+    return json.loads(line)
+
+  def call(self, name: str):
+    self.process.stdin.write(name + '\n')
+    return self._read()
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def _main(root: str, script: str, name: str, kwargs: str, serve: str = ''):
+  sys.path[:0] = [root, HERE]
+  # Results go to a private copy of stdout; stdout itself then goes to
+  # stderr, so that nothing a library prints can be taken for a result.
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
   os.dup2(2, 1)
-  return reply
-
-
-def _main(root: str, script: str, name: str, kwargs: str):
-  sys.path[:0] = [root, HERE]
-  reply = reply_channel()
   module_spec = importlib.util.spec_from_file_location('benchmark_case',
                                                        script)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  reply.write(json.dumps(getattr(module, name)(**json.loads(kwargs))) + '\n')
+  result = getattr(module, name)(**json.loads(kwargs))
+  if serve:
+    calls, result = result
+  reply.write(json.dumps(result) + '\n')
+  if serve:
+    for line in sys.stdin:
+      reply.write(json.dumps(calls[line.strip()]()) + '\n')
 
 
 if __name__ == '__main__':

@@ -11,20 +11,21 @@ jax_sgd: the jitted step train.py runs (`train_step.build`, configs/quick.py's
 Padam or its 'sgdm'); torch_padam and torch_sgd: the same augmentation,
 forward, loss, backward and optimizer in eager PyTorch (NCHW), with the
 models and Padam of benchmarks/torch_models.py. Each framework and JAX set-up
-(`jax_...@SETUP`, see apply_jax_setup) runs in its own long-lived worker
+(`jax_...@SETUP`, see apply_jax_setup) runs in its own long-lived server
 process; the parent interleaves the cases one step at a time.
 """
 
 import argparse
+import functools
 import json
 import os
-import subprocess
 import sys
 import time
 
 import harness
 import subprocess_case
 import train_step
+from training import allocator  # pylint: disable=g-bad-import-order
 
 TORCH_CASES = ('torch_padam', 'torch_sgd')
 JAX_CASES = ('jax_padam', 'jax_sgd')
@@ -34,7 +35,7 @@ JAX_SETUPS = ('train.py', '1-device', 'xla-defaults')
 LR, P, WEIGHT_DECAY, MOMENTUM = 0.1, 0.125, 5e-4, 0.9
 
 
-# Workers: each `*_cases` returns (make, info): make(case) gives (step, number
+# Servers: each `*_cases` returns (make, info): make(case) gives (step, number
 # of parameters), step() runs one training step to completion and returns the
 # loss.
 
@@ -123,7 +124,7 @@ def split_case(case):
 
 
 def worker_key(case):
-  """(framework, JAX set-up) of the worker process that runs `case`."""
+  """(framework, JAX set-up) of the server process that runs `case`."""
   return case.split('_')[0], split_case(case)[1]
 
 
@@ -156,61 +157,30 @@ def jax_cases(model_name, batch_size):
                     allocator=allocator.describe())
 
 
-def worker_main(args):
-  """Runs one step of the case named on each stdin line; replies in JSON on
-  the real stdout."""
-  reply = subprocess_case.reply_channel()
+def serve(framework, setup, model, cases, batch_size):
+  """In a subprocess_case.Server: builds `cases` of one framework and JAX
+  set-up for `model`; each call times one step of a case."""
   t0 = time.perf_counter()
-  if args.worker == 'torch':
-    make, info = torch_cases(args.models, args.batch_size)
+  if framework == 'torch':
+    make, info = torch_cases(model, batch_size)
   else:
-    apply_jax_setup(args.jax_setup, args.models, args.batch_size)
-    make, info = jax_cases(args.models, args.batch_size)
-  cases, info['parameters'] = {}, {}
-  for name in args.cases.split(','):
-    cases[name], info['parameters'][name] = make(name)
+    apply_jax_setup(setup, model, batch_size)
+    make, info = jax_cases(model, batch_size)
+  steps, info['parameters'] = {}, {}
+  for name in cases:
+    steps[name], info['parameters'][name] = make(name)
   info['build_s'] = time.perf_counter() - t0
-  reply.write(json.dumps(dict(ready=True, info=info)) + '\n')
-  for case in sys.stdin:
+
+  def timed(step):
     with harness.CpuMeter() as meter:
       t = time.perf_counter()
-      loss = cases[case.strip()]()
+      loss = step()
       seconds = time.perf_counter() - t
-    reply.write(json.dumps(dict(
-        time=seconds, loss=loss, wall_s=meter.wall_s,
-        own_cpu_s=meter.own_cpu_s, other_cpu_s=meter.other_cpu_s)) + '\n')
+    return dict(time=seconds, loss=loss, wall_s=meter.wall_s,
+                own_cpu_s=meter.own_cpu_s, other_cpu_s=meter.other_cpu_s)
 
-
-class Worker:
-  """A worker subprocess for one framework and one model: long-lived, unlike
-  subprocess_case.run's, since a process per step would recompile each time.
-  """
-
-  def __init__(self, framework, setup, model, cases, args):
-    command = [sys.executable, os.path.abspath(__file__), '--worker',
-               framework, '--models', model, '--cases', ','.join(cases),
-               '--batch-size', str(args.batch_size), '--jax-setup',
-               setup or JAX_SETUPS[0]]
-    self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True,
-                                    bufsize=1)
-    self.info = self._read()['info']
-
-  def _read(self):
-    line = self.process.stdout.readline()
-    if not line:
-      code = self.process.wait()
-      raise RuntimeError(f'benchmark worker {self.process.args} exited with '
-                         f'{code} (its stderr is above)')
-    return json.loads(line)
-
-  def step(self, case):
-    self.process.stdin.write(case + '\n')
-    return self._read()
-
-  def close(self):
-    self.process.stdin.close()
-    self.process.wait()
+  return {name: functools.partial(timed, step)
+          for name, step in steps.items()}, info
 
 
 def measure_model(model, cases, args):
@@ -218,20 +188,24 @@ def measure_model(model, cases, args):
   by_worker = {}
   for case in cases:
     by_worker.setdefault(worker_key(case), []).append(case)
-  # Started one after the other: building (and compiling) alone.
-  workers = {key: Worker(*key, model, names, args)
-             for key, names in by_worker.items()}
+  # Started one after the other: building (and compiling) alone. train.py's
+  # set-up runs under mimalloc, as train.py restarts itself.
+  workers = {(framework, setup): subprocess_case.Server(serve, dict(
+      framework=framework, setup=setup, model=model, cases=names,
+      batch_size=args.batch_size), env=(
+          allocator.mimalloc_environment(os.environ) if setup == 'train.py'
+          else None)) for (framework, setup), names in by_worker.items()}
   owner = {case: workers[worker_key(case)] for case in cases}
   tallies = {case: harness.Tally() for case in cases}
   first, loss = {}, {}
   try:
     for case in cases:
-      first[case] = owner[case].step(case)['time']
+      first[case] = owner[case].call(case)['time']
       for _ in range(args.warmup - 1):
-        owner[case].step(case)
+        owner[case].call(case)
     for order in harness.rounds(cases, args.steps):
       for case in order:
-        out = owner[case].step(case)
+        out = owner[case].call(case)
         loss[case] = out['loss']
         tallies[case].add(out['time'], out['wall_s'], out['own_cpu_s'],
                           out['other_cpu_s'])
@@ -287,18 +261,7 @@ def main():
   parser.add_argument('--cases', default=','.join(TORCH_CASES + JAX_CASES),
                       help=f'comma-separated, of {TORCH_CASES + JAX_CASES}, '
                       f'a JAX case optionally @ one of {JAX_SETUPS}')
-  parser.add_argument('--worker', choices=('torch', 'jax'),
-                      help=argparse.SUPPRESS)
-  parser.add_argument('--jax-setup', choices=JAX_SETUPS,
-                      default=JAX_SETUPS[0], help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.worker == 'jax' and args.jax_setup == 'train.py':
-    # Before anything else: may restart this worker under mimalloc, as
-    # train.py restarts itself.
-    harness.use_train_py_setup(xla_flags=False)
-  if args.worker:
-    worker_main(args)
-    return
 
   cases = args.cases.split(',')
   unknown = [c for c in cases

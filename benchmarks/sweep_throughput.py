@@ -15,6 +15,7 @@ wall time of the variant's timed runs.
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -70,57 +71,48 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     return steps_fns, states, steps_fns.shard(host_batch)
 
   def grid_variant(devices, data=1):
+    """The sweep's step, all members in one stacked state (a list of one)."""
     mesh = grid_lib.make_grid_mesh(devices, data)
     # Padded as sweeps pad (the last member repeated).
     steps_fns = grid_lib.GridSteps(mesh, model, optimizer).for_members(grid)
     state = grid_lib.init_grid(jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
         out_shardings=steps_fns.state_sharding), steps_fns.padded_members)
-    return steps_fns, state, jax.tree.map(
+    return steps_fns, [state], jax.tree.map(
         lambda x: steps_fns.global_array(x, steps_fns.sharded), host_batch)
 
   # Built lazily: a skipped variant costs neither compile time nor memory.
-  sequential = {'sequential, 1 device':
-                lambda: sequential_variant(jax.devices()[:1])}
+  builders = {'sequential, 1 device':
+              lambda: sequential_variant(jax.devices()[:1])}
   # train.py on the same virtual devices, data parallel (the batch must split).
   split = host_devices.largest_divisor(min(jax.device_count(), 4),
                                        batch_size)
   if split > 1:
-    sequential[f'sequential, {split} devices'] = lambda: sequential_variant(
+    builders[f'sequential, {split} devices'] = lambda: sequential_variant(
         jax.devices()[:split])
-  variants = {'vmapped, 1 device': lambda: grid_variant(jax.devices()[:1])}
+  builders['vmapped, 1 device'] = lambda: grid_variant(jax.devices()[:1])
   if jax.device_count() >= members:
-    variants[f'vmapped, {members} devices (one member each)'] = (
+    builders[f'vmapped, {members} devices (one member each)'] = (
         lambda: grid_variant(jax.devices()[:members]))
   # sweep.py's CPU default: each member data parallel over its own devices.
   data = host_devices.largest_divisor(jax.device_count() // members,
                                       batch_size)
   if data > 1:
-    variants[f'vmapped, {members}x{data} devices (grid x data)'] = (
+    builders[f'vmapped, {members}x{data} devices (grid x data)'] = (
         lambda: grid_variant(jax.devices()[:members * data], data))
-  kept = lambda name: name == 'sequential, 1 device' or not any(
-      k in name for k in skip)
-  sequential = {n: build() for n, build in sequential.items() if kept(n)}
-  variants = {n: build() for n, build in variants.items() if kept(n)}
+  variants = {n: build() for n, build in builders.items()
+              if n == 'sequential, 1 device' or not any(k in n for k in skip)}
 
-  def run_sequential(name):
-    steps_fns, states, batch = sequential[name]
-    out = []
-    for k in range(members):
+  def run(name):
+    """`steps` steps of every state of the variant, one after another."""
+    steps_fns, states, batch = variants[name]
+    for k, state in enumerate(states):
       for _ in range(steps):
-        states[k], metrics = steps_fns.train_step(states[k], batch)
-      out.append(metrics)
-    jax.block_until_ready(out)
+        state, metrics = steps_fns.train_step(state, batch)
+      states[k] = state
+    jax.block_until_ready((states, metrics))
 
-  def run_grid(name):
-    steps_fns, state, batch = variants[name]
-    for _ in range(steps):
-      state, metrics = steps_fns.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    variants[name] = (steps_fns, state, batch)
-
-  runs = {name: (lambda n=name: run_sequential(n)) for name in sequential}
-  runs.update({name: (lambda n=name: run_grid(n)) for name in variants})
+  runs = {name: functools.partial(run, name) for name in variants}
   compile_s = {}
   for name, run in runs.items():  # Compile and warm up.
     t0 = time.perf_counter()

@@ -107,29 +107,25 @@ def main():
   args = parser.parse_args()
   harness.print_header(f'# batch {args.batch_size}, median of {args.steps} '
                        'steps after the first')
-  names = args.models.split(',')
-  if args.data_parallel:
-    def row(name):
-      one, four = (subprocess_case.run(
-          measure, dict(model_name=name, batch_size=args.batch_size,
-                        steps=args.steps), devices=n,
-          env={'JAX_PLATFORMS': 'cpu'}) for n in (1, 4))
-      return (name, f'{one["images_per_second"]:.1f}',
-              f'{four["images_per_second"]:.1f}',
-              f'{four["median_s"] / one["median_s"]:.2f}x')
+  kwargs = dict(batch_size=args.batch_size, steps=args.steps)
 
-    harness.print_table(('model', '1 device img/s', '4 simulated devices '
-                         'img/s', '4-device step time / 1-device'),
-                        map(row, names))
-    return
+  def rows():
+    for name in args.models.split(','):
+      if args.data_parallel:  # The same global batch, a process each.
+        results = [subprocess_case.run(
+            measure, dict(kwargs, model_name=name), devices=n,
+            env={'JAX_PLATFORMS': 'cpu'}) for n in (1, 4)]
+      else:
+        results = [measure(name, **kwargs)]
+      for r in results:
+        yield (name, r['devices'], f'{r["images_per_second"]:.1f}',
+               f'{r["median_s"]:.3f}',
+               f'{r["compile_and_first_step_s"]:.1f}',
+               f'{r["median_s"] / results[0]["median_s"]:.2f}x')
 
-  def row(name):
-    r = measure(name, args.batch_size, args.steps)
-    return (name, f'{r["images_per_second"]:.1f}', f'{r["median_s"]:.2f}',
-            f'{r["compile_and_first_step_s"]:.1f}')
-
-  harness.print_table(('model', 'images/s', 'step s',
-                       'compile + first step s'), map(row, names))
+  harness.print_table(('model', 'devices', 'images/s', 'step s',
+                       'compile + first step s', 'step time / first row'),
+                      rows())
 
 
 if __name__ == '__main__':

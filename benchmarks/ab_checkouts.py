@@ -55,7 +55,8 @@ def main():
           ratios.append(this / then)
           print(f'{model} round {r + 1}: this {this:.1f} img/s, base '
                 f'{then:.1f} img/s, ratio {this / then:.3f}', flush=True)
-        print(f'{model}: median ratio this/base {statistics.median(ratios):.3f}')
+        print(f'{model}: median ratio this/base '
+              f'{statistics.median(ratios):.3f}')
     finally:
       subprocess.run(['git', 'worktree', 'remove', '--force', base],
                      cwd=harness.ROOT, check=False)

@@ -13,7 +13,6 @@ conv2d at the conv shapes.
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import harness

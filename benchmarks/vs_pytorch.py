@@ -4,7 +4,7 @@
       [--batch-size 128] [--steps 5] [--warmup 1]
       [--cases torch_padam,torch_sgd,jax_padam,jax_sgd]
   python benchmarks/vs_pytorch.py --cases torch_padam,jax_padam,\
-      jax_padam@1-device,jax_padam@xla-defaults     # train.py's set-up vs others
+      jax_padam@1-device,jax_padam@xla-defaults  # train.py's set-up vs others
 
 Needs PyTorch (`pip install -r requirements/benchmark.txt`). jax_padam and
 jax_sgd: the jitted step train.py runs (`train_step.build`, configs/quick.py's

@@ -22,6 +22,13 @@ VGG16_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
 TINY_CNN_LAYOUT = (16, 'M', 32, 'M', 64)
 
 
+def conv_bn(in_channels: int, channels: int, kernel: int = 3, stride: int = 1,
+            bias: bool = False) -> list:
+  """A 'same' convolution and its BatchNorm."""
+  return [nn.Conv2d(in_channels, channels, kernel, stride, kernel // 2,
+                    bias=bias), nn.BatchNorm2d(channels)]
+
+
 class VGG(nn.Module):
   """Conv-BatchNorm-ReLU stacks, 'M' in `layout` a 2x2 max-pool, then a
   global average pool (VGG16's last map is 1x1) and a linear classifier."""
@@ -33,8 +40,7 @@ class VGG(nn.Module):
       if item == 'M':
         layers.append(nn.MaxPool2d(2, 2))
         continue
-      layers += [nn.Conv2d(in_channels, item, 3, padding=1, bias=bias),
-                 nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+      layers += [*conv_bn(in_channels, item, bias=bias), nn.ReLU(inplace=True)]
       in_channels = item
     self.features = nn.Sequential(*layers)
     self.classifier = nn.Linear(in_channels, num_classes)
@@ -49,20 +55,15 @@ class BasicBlock(nn.Module):
 
   def __init__(self, in_channels: int, channels: int, stride: int):
     super().__init__()
-    self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(channels)
-    self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(channels)
+    self.branch = nn.Sequential(*conv_bn(in_channels, channels, 3, stride),
+                                nn.ReLU(inplace=True),
+                                *conv_bn(channels, channels))
     self.shortcut = nn.Identity()
     if stride != 1 or in_channels != channels:
-      self.shortcut = nn.Sequential(
-          nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-          nn.BatchNorm2d(channels))
+      self.shortcut = nn.Sequential(*conv_bn(in_channels, channels, 1, stride))
 
   def forward(self, x):
-    y = F.relu(self.bn1(self.conv1(x)))
-    y = self.bn2(self.conv2(y))
-    return F.relu(y + self.shortcut(x))
+    return F.relu(self.branch(x) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -74,9 +75,7 @@ class ResNet(nn.Module):
 
   def __init__(self, widths, blocks_per_stage: int, num_classes: int):
     super().__init__()
-    self.stem = nn.Sequential(
-        nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
-        nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+    self.stem = nn.Sequential(*conv_bn(3, widths[0]), nn.ReLU(inplace=True))
     blocks, in_channels = [], widths[0]
     for stage, width in enumerate(widths):
       for block in range(blocks_per_stage):

@@ -5,51 +5,36 @@ throughput of the paper models, a CIFAR-10-sized VGG16 epoch, and the
   python benchmarks/accelerator.py [--out results.md]   # ~8 min on one GPU
   python benchmarks/accelerator.py --tiny               # CPU, seconds (tests)
 
-Measures, on jax.devices()[0] (one device: the numbers are per chip):
-* train step images/s of VGG16, ResNet18, WRN-16-4, float32 and bfloat16,
-  at batch 128 and then at doubled batches up to 1024 while each is >3%
-  faster, fits and --budget allows; compile time (lower + compile), the
-  executable's memory (XLA's memory analysis) and the device's peak memory
-  so far where the backend reports it;
-* one CIFAR-10-sized epoch of VGG16 in bfloat16: 50,000 synthetic uint8
-  images held on the device, shuffled batches of 128 gathered there,
-  augmentation inside the step (as train.py), then evaluation of 10,000;
-* the (p, lr) grid: 9 ResNet18 members vmapped (sweeps.grid.GridSteps) vs
-  the same 9 one after another (train_lib.MeshSteps), the same steps each.
-Results: a markdown table per part (stdout, and --out), then JSON lines.
---tiny runs every part with the tiny CNN and one small batch size, so that
-the test suite runs it on a CPU. Each timing follows a compiling call and
-ends on block_until_ready.
+On jax.devices()[0] (the numbers are per chip). Train-step batches double
+from 128 up to 1024 while each is >3% faster, fits and --budget allows. The
+epoch holds the synthetic training images on the device and gathers shuffled
+batches there, augmentation inside the step, as train.py. Results: a
+markdown table per part (stdout, and --out), then JSON lines. Each timing
+follows a compiling call and ends on block_until_ready.
 """
 
 import argparse
 import json
-import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import harness
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import run_info
+import sweep_throughput
 import train_step
 from configs import default
-from sweeps import grid
-from training import train_lib
+from training import input_pipeline, train_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
-GRID_P = (0.25, 0.125, 0.0625)
-GRID_LR = (0.1, 0.01, 0.001)
+CIFAR10 = input_pipeline.SPECS['cifar10']
 FULL = dict(models=('vgg16', 'resnet18', 'wrn16_4'), batch=128,
-            max_batch=1024, steps=20, epoch_model='vgg16', train_images=50_000,
-            eval_images=10_000, eval_batch=1000, grid_model='resnet18',
-            grid_steps=10)
+            max_batch=1024, steps=20, epoch_model='vgg16',
+            train_images=CIFAR10.train_examples,
+            eval_images=CIFAR10.test_examples, eval_batch=1000,
+            grid_model='resnet18', grid_steps=10)
 TINY = dict(models=('tiny_cnn',), batch=8, max_batch=8, steps=2,
             epoch_model='tiny_cnn', train_images=64, eval_images=32,
             eval_batch=16, grid_model='tiny_cnn', grid_steps=2)
@@ -88,6 +73,12 @@ def _run_steps(compiled, state, batch, steps):
   return state, time.perf_counter() - start
 
 
+def _state(model, optimizer, sharding):
+  """The initial TrainState on `sharding`."""
+  return jax.device_put(train_lib.create_train_state(
+      jax.random.key(0), model, optimizer), sharding)
+
+
 def _mesh_steps(device, name, dtype, steps_per_epoch=100):
   # default.get_config(): Padam, the paper's setting.
   return train_step.make_steps(name, default.get_config(), [device], dtype,
@@ -103,8 +94,7 @@ def train_step_rows(device, sizes, deadline, rng):
       best, batch_size = None, sizes['batch']
       while batch_size <= sizes['max_batch']:
         try:
-          state = jax.device_put(train_lib.create_train_state(
-              jax.random.key(0), model, optimizer), steps.replicated)
+          state = _state(model, optimizer, steps.replicated)
           batch = steps.shard(train_step.random_batch(rng, batch_size))
           compiled, compile_s = _compiled(steps.train_step, state, batch)
           _, seconds = _run_steps(compiled, state, batch, sizes['steps'])
@@ -145,15 +135,13 @@ def epoch_row(device, sizes, rng):
                        labels=test['labels'][i:i + sizes['eval_batch']],
                        mask=np.ones(sizes['eval_batch'], np.float32)))
       for i in range(0, sizes['eval_images'], sizes['eval_batch'])]
-  state = jax.device_put(train_lib.create_train_state(
-      jax.random.key(0), model, optimizer), steps.replicated)
+  state = _state(model, optimizer, steps.replicated)
   order = rng.permutation(n)[:steps_per_epoch * batch_size].reshape(
       steps_per_epoch, batch_size)
   # Compile (gather, step, eval, add) outside the timed epoch.
   batch = steps.gather(images, labels, order[0])
   jax.block_until_ready(steps.train_step(
-      jax.device_put(train_lib.create_train_state(
-          jax.random.key(0), model, optimizer), steps.replicated), batch))
+      _state(model, optimizer, steps.replicated), batch))
   jax.block_until_ready(steps.add(*[steps.eval_step(state, eval_batches[0])]
                                   * 2))
   start = time.perf_counter()
@@ -177,81 +165,53 @@ def epoch_row(device, sizes, rng):
               peak_bytes=_peak_bytes(device))
 
 
-def _members_state(model, optimizer, p, lr):
-  return grid.set_hyperparameters(train_lib.create_train_state(
-      jax.random.key(0), model, optimizer), dict(p=p, learning_rate=lr))
-
-
-def grid_rows(device, sizes, rng):
-  """The 9-member (p, lr) grid vmapped vs one member after another."""
-  members = [(p, lr) for p in GRID_P for lr in GRID_LR]
-  steps_each, batch_size = sizes['grid_steps'], sizes['batch']
-  model, optimizer, steps = _mesh_steps(device, sizes['grid_model'],
-                                        jnp.float32)
-  host_batch = train_step.random_batch(rng, batch_size)
-  batch = steps.shard(host_batch)
-  one = jax.device_put(_members_state(model, optimizer, *members[0]),
-                       steps.replicated)
-  sequential, compile_one = _compiled(steps.train_step, one, batch)
-  seconds = 0.0
-  for p, lr in members:
-    state = jax.device_put(_members_state(model, optimizer, p, lr),
-                           steps.replicated)
-    _, s = _run_steps(sequential, state, batch, steps_each)
-    seconds += s
-  grid_steps = grid.GridSteps(grid.make_grid_mesh([device]), model,
-                              optimizer)
-  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[
-      _members_state(model, optimizer, p, lr) for p, lr in members])
-  stacked = jax.device_put(stacked, grid_steps.state_sharding)
-  grid_batch = jax.device_put(host_batch, grid_steps.sharded)
-  vmapped, compile_grid = _compiled(grid_steps.train_step, stacked,
-                                    grid_batch)
-  _, grid_s = _run_steps(vmapped, stacked, grid_batch, steps_each)
-  images = len(members) * steps_each * batch_size
+def grid_rows(sizes):
+  """The 9-member (p, lr) grid vmapped vs one member after another, on one
+  device: sweep_throughput's two 1-device variants."""
+  r = sweep_throughput.measure(sizes['grid_model'], sizes['batch'],
+                               members=9, steps=sizes['grid_steps'],
+                               repeats=1, skip=('devices',))
   common = dict(part='grid', model=sizes['grid_model'], dtype='float32',
-                batch=batch_size, members=len(members), steps=steps_each)
-  return [dict(common, form='one after another', seconds=seconds,
-               images_per_s=images / seconds, compile_s=compile_one,
-               program_bytes=_program_bytes(sequential)),
-          dict(common, form='vmapped grid', seconds=grid_s,
-               images_per_s=images / grid_s, compile_s=compile_grid,
-               program_bytes=_program_bytes(vmapped),
-               speedup=seconds / grid_s)]
+                batch=sizes['batch'], members=9, steps=sizes['grid_steps'])
+  images = 9 * sizes['grid_steps'] * sizes['batch']
+  rows = []
+  for form, variant in (('one after another', 'sequential, 1 device'),
+                        ('vmapped grid', 'vmapped, 1 device')):
+    ips = r['images_per_second'][variant]
+    rows.append(dict(common, form=form, seconds=images / ips,
+                     images_per_s=ips, first_run_s=r['first_run_s'][variant],
+                     speedup=ips / r['images_per_second'][
+                         'sequential, 1 device']))
+  return rows
 
 
 def _mb(x):
   return '-' if x is None else f'{x / 2**20:.0f}'
 
 
-def _table(rows, part, header, cells):
-  """Markdown lines: `header` (columns, the first left-aligned), then
-  `cells(row)` for each row of `part`."""
-  return (['| ' + ' | '.join(header) + ' |',
-           '|---|' + '---:|' * (len(header) - 1)] +
-          ['| ' + ' | '.join(cells(r)) + ' |' for r in rows
-           if r['part'] == part])
-
-
 def markdown(rows):
-  steps = _table(rows, 'train_step', (
+  def part(name, header, cells):
+    return harness.table(header, [cells(r) for r in rows
+                                  if r['part'] == name])
+
+  steps = part('train_step', (
       'model', 'dtype', 'batch', 'images/s', 'compile s', 'program MiB',
       'peak device MiB'), lambda r: (
-          r['model'], r['dtype'], str(r['batch']),
-          f'{r["images_per_s"]:.0f}', f'{r["compile_s"]:.1f}',
-          _mb(r['program_bytes']), _mb(r['peak_bytes'])))
-  epoch = _table(rows, 'epoch', (
+          r['model'], r['dtype'], r['batch'], f'{r["images_per_s"]:.0f}',
+          f'{r["compile_s"]:.1f}', _mb(r['program_bytes']),
+          _mb(r['peak_bytes'])))
+  epoch = part('epoch', (
       'epoch', 'dtype', 'batch', 'train images', 'train s', 'eval images',
       'eval s', 'epoch s'), lambda r: (
-          r['model'], r['dtype'], str(r['batch']), str(r['train_images']),
-          f'{r["train_s"]:.2f}', str(r['eval_images']), f'{r["eval_s"]:.2f}',
+          r['model'], r['dtype'], r['batch'], r['train_images'],
+          f'{r["train_s"]:.2f}', r['eval_images'], f'{r["eval_s"]:.2f}',
           f'{r["epoch_s"]:.2f}'))
-  grid_table = _table(rows, 'grid', (
-      'grid', 'members x steps', 'batch', 'seconds', 'images/s', 'compile s',
-      'vs one after another'), lambda r: (
+  grid_table = part('grid', (
+      'grid', 'members x steps', 'batch', 'seconds', 'images/s',
+      'compile + first run s', 'vs one after another'), lambda r: (
           f'{r["model"]}, {r["form"]}', f'{r["members"]} x {r["steps"]}',
-          str(r['batch']), f'{r["seconds"]:.2f}', f'{r["images_per_s"]:.0f}',
-          f'{r["compile_s"]:.1f}', f'{r.get("speedup", 1.0):.2f}x'))
+          r['batch'], f'{r["seconds"]:.2f}', f'{r["images_per_s"]:.0f}',
+          f'{r["first_run_s"]:.1f}', f'{r["speedup"]:.2f}x'))
   return '\n'.join(steps + [''] + epoch + [''] + grid_table)
 
 
@@ -266,13 +226,13 @@ def main(argv=None):
   sizes = TINY if args.tiny else FULL
   device = jax.devices()[0]
   rng = np.random.default_rng(0)
-  header = run_info.header_lines(('jax', 'jaxlib', 'flax', 'optax'))
+  header = harness.header_lines(('jax', 'jaxlib', 'flax', 'optax'))
   header.append(f'# device: {device.platform}, {device.device_kind}'
                 f'{" (--tiny)" if args.tiny else ""}')
   rows = train_step_rows(device, sizes,
                          time.perf_counter() + args.budget, rng)
   rows.append(epoch_row(device, sizes, rng))
-  rows += grid_rows(device, sizes, rng)
+  rows += grid_rows(sizes)
   text = '\n'.join(header) + '\n\n' + markdown(rows) + '\n'
   print(text)
   for r in rows:

@@ -4,19 +4,11 @@
       [--batch-size 128]
   python benchmarks/compile_time.py --train-py [--data-dir DIR]
 
-For each model, two fresh processes in turn share one new, empty persistent
-compilation cache (as train.py and sweep.py turn on by default): the first
-compiles the train step (`MeshSteps` on one device) into it, the second (as
-a resumed or repeated run) loads it. Each reports the seconds of `lower` and
-of `compile`, and whether JAX logged a cache hit.
-
-`--train-py`: train.py itself, as a grid of separate runs uses it. Per
-config (configs/quick.py for one epoch; configs/paper.py's ResNet18 with
-Padam for one step), two runs share one new, empty cache: the first, then
-one into a new workdir with another learning rate, p and seed. Each
-reports every program JAX compiled or loaded from the persistent cache
-(counted through `jax.monitoring`) and their seconds. DIR: a local copy of
-CIFAR-10 (`--config.data_source=local`); without it, the download.
+Per model, two fresh processes share one new, empty persistent compilation
+cache: the first compiles the train step into it, the second loads it.
+`--train-py`: per config, two train.py runs share one new cache, the second
+with another learning rate, p and seed. DIR: a local copy of CIFAR-10
+(`--config.data_source=local`); without it, the download.
 """
 
 import argparse
@@ -26,56 +18,29 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import run_info
+import harness
 import subprocess_case
 import train_step
-# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TRAIN_PY = os.path.join(harness.ROOT, 'train.py')
+TRAIN_PY_CASES = {
+    'quick, 1 epoch': ['--config', os.path.join(
+        harness.ROOT, 'configs', 'quick.py'), '--config.num_epochs=1'],
+    # One step: the first batch of 128 images is the whole training set.
+    'paper resnet18 padam, 1 step': [
+        '--config', os.path.join(harness.ROOT, 'configs',
+                                 'paper.py') + ':resnet18,cifar10,padam',
+        '--config.num_epochs=1', '--config.train_examples=128'],
+}
+# The second run of each: other values of what a grid varies.
+OTHER_VALUES = ['--config.optimizer.learning_rate=0.05',
+                '--config.optimizer.p=0.0625', '--config.seed=1']
 
 
-def compile_step(model_name: str, batch_size: int) -> dict:
-  """In a fresh process: lower and compile the train step."""
-  # pylint: disable=g-import-not-at-top
-  import logging
-  import jax
-  import numpy as np
-  from training import train_lib
-  # pylint: enable=g-import-not-at-top
-
-  hits = []
-
-  class Hits(logging.Handler):
-
-    def emit(self, record):
-      if 'Persistent compilation cache hit' in record.getMessage():
-        hits.append(record.getMessage())
-
-  logging.getLogger('jax').addHandler(Hits())  # JAX's loggers' root
-  model, optimizer, steps = train_step.make_steps(model_name,
-                                                  devices=jax.devices()[:1])
-  state = jax.eval_shape(
-      lambda: train_lib.create_train_state(jax.random.key(0), model,
-                                           optimizer))
-  batch = {'images': jax.ShapeDtypeStruct((batch_size, 32, 32, 3), np.uint8),
-           'labels': jax.ShapeDtypeStruct((batch_size,), np.int32)}
-  t0 = time.perf_counter()
-  lowered = steps.train_step.lower(state, batch)
-  t1 = time.perf_counter()
-  lowered.compile()
-  t2 = time.perf_counter()
-  return dict(model=model_name, lower_s=t1 - t0, compile_s=t2 - t1,
-              cache_hit=any('train_step' in h for h in hits))
-
-
-def train_py_programs(argv: list) -> dict:
-  """In a fresh process: train.py with `argv`; the programs JAX compiled and
-  those it loaded from the persistent cache, with their seconds."""
-  # pylint: disable=g-import-not-at-top
-  import runpy
-  from jax import monitoring
-  # pylint: enable=g-import-not-at-top
+def count_programs() -> dict:
+  """From now on, the (name, seconds) of every program JAX compiles, under
+  'compiled', or loads from the persistent cache, under 'loaded'."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
   hits = []
   programs = {'compiled': [], 'loaded': []}
 
@@ -94,6 +59,38 @@ def train_py_programs(argv: list) -> dict:
 
   monitoring.register_event_listener(on_event)
   monitoring.register_event_duration_secs_listener(on_duration)
+  return programs
+
+
+def compile_step(model_name: str, batch_size: int) -> dict:
+  """In a fresh process: lower and compile the train step."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from training import train_lib
+  # pylint: enable=g-import-not-at-top
+  programs = count_programs()
+  model, optimizer, steps = train_step.make_steps(model_name,
+                                                  devices=jax.devices()[:1])
+  state = jax.eval_shape(
+      lambda: train_lib.create_train_state(jax.random.key(0), model,
+                                           optimizer))
+  batch = train_step.random_batch(np.random.default_rng(0), batch_size)
+  t0 = time.perf_counter()
+  lowered = steps.train_step.lower(state, batch)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2 = time.perf_counter()
+  return dict(model=model_name, lower_s=t1 - t0, compile_s=t2 - t1,
+              cache_hit=any('train_step' in name
+                            for name, _ in programs['loaded']))
+
+
+def train_py_programs(argv: list) -> dict:
+  """In a fresh process: train.py with `argv`; the programs JAX compiled and
+  those it loaded from the persistent cache, with their seconds."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  programs = count_programs()
   sys.argv = [TRAIN_PY, *argv]
   t0 = time.perf_counter()
   try:
@@ -107,21 +104,6 @@ def train_py_programs(argv: list) -> dict:
       for kind, p in programs.items()})
 
 
-TRAIN_PY = os.path.join(subprocess_case.ROOT, 'train.py')
-TRAIN_PY_CASES = {
-    'quick, 1 epoch': ['--config', os.path.join(
-        subprocess_case.ROOT, 'configs', 'quick.py'), '--config.num_epochs=1'],
-    # One step: the first batch of 128 images is the whole training set.
-    'paper resnet18 padam, 1 step': [
-        '--config', os.path.join(subprocess_case.ROOT, 'configs',
-                                 'paper.py') + ':resnet18,cifar10,padam',
-        '--config.num_epochs=1', '--config.train_examples=128'],
-}
-# The second run of each: other values of what a grid varies.
-OTHER_VALUES = ['--config.optimizer.learning_rate=0.05',
-                '--config.optimizer.p=0.0625', '--config.seed=1']
-
-
 def _names(names) -> str:
   return ', '.join(f'{n} x{c}' if c > 1 else n for n, c in names) or '-'
 
@@ -130,26 +112,29 @@ def train_py_main(data_dir) -> None:
   data = ([] if data_dir is None else
           ['--config.data_source=local',
            f'--config.data_dir={os.path.abspath(data_dir)}'])
-  print(f'# train.py, two runs per config sharing one new cache: the '
-        f'first, then one with {" ".join(OTHER_VALUES)} into a new workdir')
-  print('| config | run | programs compiled | compile s | programs loaded '
-        'from cache | load s | wall s |')
-  print('|---|---|---:|---:|---:|---:|---:|')
+  harness.print_header(
+      '# train.py, two runs per config sharing one new cache: the first, '
+      f'then one with {" ".join(OTHER_VALUES)} into a new workdir')
   compiled_again = {}
-  for name, argv in TRAIN_PY_CASES.items():
-    with tempfile.TemporaryDirectory() as tmp:
-      env = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, 'cache'),
-                 JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
-      for run, extra in (('first', []), ('other lr, p, seed', OTHER_VALUES)):
-        r = subprocess_case.run(train_py_programs, dict(argv=[
-            *argv, *data, *extra, '--progress=false',
-            f'--workdir={os.path.join(tmp, run.split()[0])}']), env=env)
-        c, l = r['compiled'], r['loaded']
-        print(f'| {name} | {run} | {c["count"]} | {c["seconds"]:.1f} | '
-              f'{l["count"]} | {l["seconds"]:.1f} | {r["wall_s"]:.1f} |',
-              flush=True)
-        if extra:
+
+  def rows():
+    for name, argv in TRAIN_PY_CASES.items():
+      with tempfile.TemporaryDirectory() as tmp:
+        env = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, 'cache'),
+                   JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
+        for run, extra in (('first', []), ('other lr, p, seed',
+                                           OTHER_VALUES)):
+          r = subprocess_case.run(train_py_programs, dict(argv=[
+              *argv, *data, *extra, '--progress=false',
+              f'--workdir={os.path.join(tmp, run.split()[0])}']), env=env)
+          c, l = r['compiled'], r['loaded']
           compiled_again[name] = c['names']
+          yield (name, run, c['count'], f'{c["seconds"]:.1f}', l['count'],
+                 f'{l["seconds"]:.1f}', f'{r["wall_s"]:.1f}')
+
+  harness.print_table(('config', 'run', 'programs compiled', 'compile s',
+                       'programs loaded from cache', 'load s', 'wall s'),
+                      rows())
   for name, names in compiled_again.items():
     print(f'# {name}, second run compiled: {_names(names)}')
 
@@ -166,31 +151,30 @@ def main():
   if args.train_py:
     # train.py restarts under mimalloc (os.execve), which a subprocess_case
     # child cannot survive: its children inherit mimalloc from here instead.
-    from training import allocator  # pylint: disable=g-import-not-at-top
-    allocator.use_mimalloc()
-    print('\n'.join(run_info.header_lines()))
+    harness.use_train_py_setup(xla_flags=False)
     train_py_main(args.data_dir)
     return
-  # train.py's XLA:CPU flags, for this process and the ones it starts.
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.set_cpu_xla_flags()
-  print('\n'.join(run_info.header_lines()))
-  print(f'# train step at batch {args.batch_size} on one CPU device; each '
-        'model: a fresh cache, then two processes in turn')
-  print('| model | cold: lower + compile (s) | second process: lower + load '
-        '(s) | cache hit | compile saved |')
-  print('|---|---:|---:|---|---:|')
-  for name in args.models.split(','):
+  harness.use_train_py_setup(mimalloc=False)
+  harness.print_header(f'# train step at batch {args.batch_size} on one CPU '
+                       'device; each model: a fresh cache, then two '
+                       'processes in turn')
+
+  def row(name):
     with tempfile.TemporaryDirectory() as cache:
-      env = dict(JAX_COMPILATION_CACHE_DIR=cache, JAX_LOG_COMPILES='1',
+      env = dict(JAX_COMPILATION_CACHE_DIR=cache,
                  JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
       cold, warm = (subprocess_case.run(
           compile_step, dict(model_name=name, batch_size=args.batch_size),
           env=env) for _ in range(2))
-    print(f'| {name} | {cold["lower_s"]:.1f} + {cold["compile_s"]:.1f} | '
-          f'{warm["lower_s"]:.1f} + {warm["compile_s"]:.1f} | '
-          f'{"yes" if warm["cache_hit"] and not cold["cache_hit"] else "no"} '
-          f'| {cold["compile_s"] - warm["compile_s"]:.1f} s |', flush=True)
+    hit = warm['cache_hit'] and not cold['cache_hit']
+    return (name, f'{cold["lower_s"]:.1f} + {cold["compile_s"]:.1f}',
+            f'{warm["lower_s"]:.1f} + {warm["compile_s"]:.1f}',
+            'yes' if hit else 'no',
+            f'{cold["compile_s"] - warm["compile_s"]:.1f} s')
+
+  harness.print_table(('model', 'cold: lower + compile (s)',
+                       'second process: lower + load (s)', 'cache hit',
+                       'compile saved'), map(row, args.models.split(',')))
 
 
 if __name__ == '__main__':

@@ -3,36 +3,19 @@
   python benchmarks/cpu_kernels.py [--batch-size 128] [--repeats 5]
       [--parts conv,small,pool,bn,torch]
 
-One fresh process per part and XLA flag set (XLA reads XLA_FLAGS when it
-starts), timing jitted functions on random float32 NHWC inputs (median of
---repeats after one compiling call):
-
-* conv: the 3x3 'same' convolutions of ResNet18's four stages (32x32x64 to
-  4x4x512), forward, input gradient (dx) and weight gradient (dw) apart,
-  under XLA's CPU defaults (YNNPACK fusions), host_devices.CPU_XLA_FLAGS
-  (YNNPACK off: XLA's own Eigen kernels), and oneDNN with YNNPACK off.
-* small: VGG16's stage-5 convolution (2x2x512) forward + both gradients,
-  lax.conv vs models.xla_cpu's patches matmul;
-* pool: VGG16's 2x2 max pools forward + gradient, flax.linen.max_pool vs
-  models.xla_cpu.max_pool_2x2;
-* bn: training-mode BatchNorm at the `conv` shapes: the channel sums as
-  jnp.sum vs models.xla_cpu's matmuls (time, and the worst channel's
-  rounding error relative to its sum of |x|), and the whole normalisation
-  forward + gradients, autodiff vs models.xla_cpu.batch_norm_train;
-  (these three under CPU_XLA_FLAGS)
-* torch: PyTorch's conv2d (NCHW) forward + both gradients at the `conv`
-  shapes, for scale.
-
-Results: a markdown table per part, then JSON lines.
+One fresh process per part and XLA flag set; jitted functions on random
+float32 NHWC inputs, median of --repeats after one compiling call. conv:
+ResNet18's 3x3 convolutions under each of FLAG_SETS; small, pool, bn: XLA's
+operations against models.xla_cpu's under CPU_XLA_FLAGS; torch: PyTorch's
+conv2d at the conv shapes.
 """
 
 import argparse
 import json
 import statistics
-import sys
 import time
 
-import run_info
+import harness
 import subprocess_case
 
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))  # (H = W, channels)
@@ -190,59 +173,59 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--parts', default='conv,small,pool,bn,torch')
   args = parser.parse_args()
-  print('\n'.join(run_info.header_lines(('jax', 'jaxlib', 'flax', 'torch'))))
-  print(f'# batch {args.batch_size}, float32, median of {args.repeats} '
-        'after one compiling call; milliseconds')
+  harness.print_header(
+      f'# batch {args.batch_size}, float32, median of {args.repeats} after '
+      'one compiling call; milliseconds',
+      packages=('jax', 'jaxlib', 'flax', 'torch'))
   results = []
   parts = args.parts.split(',')
+
+  def ms(seconds, spec='.0f'):
+    return harness.fmt(None if seconds is None else 1e3 * seconds, spec)
+
+  def rows(part, flags, cells):
+    found, used = _run(part, flags, args)
+    for r in found:
+      results.append(dict(part=part, flags=used, **r))
+      yield cells(r)
+
   if 'conv' in parts:
-    print('\n| XLA flags | layer | forward | dx | dw | all three |')
-    print('|---|---|---:|---:|---:|---:|')
-    for label, flags in FLAG_SETS.items():
-      rows, used = _run('conv', flags, args)
-      for r in rows:
-        total = r['forward'] + r['dx'] + r['dw']
-        print(f'| {label} | {r["layer"]} | {1e3 * r["forward"]:.0f} | '
-              f'{1e3 * r["dx"]:.0f} | {1e3 * r["dw"]:.0f} | '
-              f'{1e3 * total:.0f} |', flush=True)
-        results.append(dict(part='conv', flags=used, **r))
+    print()
+    harness.print_table(
+        ('XLA flags', 'layer', 'forward', 'dx', 'dw', 'all three'),
+        (row for label, flags in FLAG_SETS.items() for row in rows(
+            'conv', flags, lambda r, label=label: (
+                label, r['layer'], ms(r['forward']), ms(r['dx']),
+                ms(r['dw']), ms(r['forward'] + r['dx'] + r['dw'])))))
   for part in ('small', 'pool'):
     if part in parts:
-      rows, used = _run(part, None, args)
-      print(f'\n| {part}: form (XLA_FLAGS={used!r}) | layer | forward | '
-            'forward + gradients |')
-      print('|---|---|---:|---:|')
-      for r in rows:
-        forward = r.get('forward')
-        print(f'| {r["form"]} | {r["layer"]} | '
-              f'{"-" if forward is None else f"{1e3 * forward:.1f}"} | '
-              f'{1e3 * r["forward_and_grads"]:.1f} |', flush=True)
-        results.append(dict(part=part, flags=used, **r))
+      print()
+      harness.print_table(
+          (f'{part}: form', 'layer', 'forward', 'forward + gradients'),
+          rows(part, None, lambda r: (r['form'], r['layer'],
+                                      ms(r.get('forward'), '.1f'),
+                                      ms(r['forward_and_grads'], '.1f'))))
   if 'bn' in parts:
-    rows, used = _run('bn', None, args)
-    print(f'\n| bn (XLA_FLAGS={used!r}) | layer | as a reduction (autodiff) '
-          '| as a matmul (models.xla_cpu) | ratio | rounding: reduction, '
-          'matmul |')
-    print('|---|---|---:|---:|---:|---:|')
-    for r in rows:
-      errors = ('-' if 'matmul_rounding' not in r else
-                f'{r["reduction_rounding"]:.1e}, {r["matmul_rounding"]:.1e}')
-      print(f'| {r["form"]} | {r["layer"]} | {1e3 * r["reduction"]:.2f} | '
-            f'{1e3 * r["matmul"]:.2f} | '
-            f'{r["reduction"] / r["matmul"]:.1f}x | {errors} |', flush=True)
-      results.append(dict(part='bn', flags=used, **r))
+    print()
+    harness.print_table(
+        ('bn', 'layer', 'as a reduction (autodiff)',
+         'as a matmul (models.xla_cpu)', 'ratio',
+         'rounding: reduction, matmul'),
+        rows('bn', None, lambda r: (
+            r['form'], r['layer'], ms(r['reduction'], '.2f'),
+            ms(r['matmul'], '.2f'), f'{r["reduction"] / r["matmul"]:.1f}x',
+            '-' if 'matmul_rounding' not in r else
+            f'{r["reduction_rounding"]:.1e}, {r["matmul_rounding"]:.1e}')))
   if 'torch' in parts:
-    rows, _ = _run('torch', '', args)
-    print('\n| PyTorch conv2d (NCHW) | layer | forward + gradients |')
-    print('|---|---|---:|')
-    for r in rows:
-      print(f'| torch | {r["layer"]} | {1e3 * r["forward_and_grads"]:.0f} |')
-      results.append(dict(part='torch', **r))
+    print()
+    harness.print_table(
+        ('PyTorch conv2d (NCHW)', 'layer', 'forward + gradients'),
+        rows('torch', '', lambda r: ('torch', r['layer'],
+                                     ms(r['forward_and_grads']))))
   print()
   for r in results:
     print(json.dumps(r))
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, subprocess_case.ROOT)
   main()

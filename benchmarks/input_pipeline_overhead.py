@@ -1,53 +1,33 @@
-"""Input-pipeline overhead: a real training epoch vs the same steps on one device batch.
+"""Input-pipeline overhead: a real training epoch vs the same steps on one
+device batch.
 
   python benchmarks/input_pipeline_overhead.py [--models tiny_cnn,resnet18:4]
       [--rounds 5] [--batch-size 128] [--data-dir DIR]
 
-Target: a real epoch on the genuine subset takes no more than 5% longer than
-the same number of steps on data already on the device.
-
-Data: CIFAR-10's first 5000 training images (39 steps of 128), downloaded
-once, or a local copy with --data-dir. Model and optimizer as
-`configs/quick.py`; `--models name:N` cuts each epoch to its first N steps
-(and the evaluation to one batch), for the big models. Cases, interleaved
-in rotating order for `--rounds` rounds after one untimed warm-up each:
-
-* train_epochs: one epoch of `training.loop.train_epochs`, the loop train.py
-  runs (no progress bar), in a fresh temporary workdir, timed as the loop
-  times its training (steps x batch / its images_per_second), without the
-  evaluation, metrics files and checkpoint that follow.
-* device_batch: the same number of `steps.train_step` calls on one batch
-  already on the device, then waiting for the result.
-
-Reported: the median time of each case, its ratio to device_batch, and the
-average cores busy in this process and in all others (for train_epochs over
-the whole call, evaluation and checkpoint included).
+Data: CIFAR-10's first 5000 training images, downloaded once, or a local copy
+with --data-dir. `--models name:N` cuts each epoch to its first N steps (and
+the evaluation to one batch). train_epochs is timed as the loop times its
+training, without the evaluation, metrics files and checkpoint that follow;
+its cores busy are over the whole call.
 """
 
 import argparse
 import dataclasses
 import json
 import os
-import statistics
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, HERE]
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import harness
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import jax
 import numpy as np
 
-import cpu_meter
-import run_info
 import models
 from configs import quick
 from training import checkpoints, faults, input_pipeline, loop, optimizers
 from training import train_lib
 from training import workdir as workdir_lib
-# pylint: enable=g-import-not-at-top,wrong-import-position
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 CASES = ('train_epochs', 'device_batch')
 
@@ -103,38 +83,30 @@ def measure(model_name, max_steps, data, batch_size, rounds):
     return state, None
 
   runners = dict(zip(CASES, (run_train_epochs, run_device_batch)))
-  results = {c: dict(model=model_name, case=c, steps=num_steps,
-                     batch_size=batch_size, times=[], wall_s=0.0,
-                     own_cpu_s=0.0, other_cpu_s=0.0) for c in CASES}
+  tallies = {c: harness.Tally() for c in CASES}
   for case in CASES:  # Warm-up: compiles the step, gather and add.
     state, _ = runners[case](state)
     jax.block_until_ready(state)
-  for round_index in range(rounds):
-    shift = round_index % len(CASES)
-    for case in CASES[shift:] + CASES[:shift]:
-      with cpu_meter.CpuMeter() as meter:
+  for order in harness.rounds(CASES, rounds):
+    for case in order:
+      with harness.CpuMeter() as meter:
         state, seconds = runners[case](state)
         jax.block_until_ready(state)
-      r = results[case]
-      r['times'].append(meter.wall_s if seconds is None else seconds)
-      r['wall_s'] += meter.wall_s
-      for key in ('own_cpu_s', 'other_cpu_s'):
-        value = getattr(meter, key)
-        r[key] = None if r[key] is None or value is None else r[key] + value
+      tallies[case].add(meter.wall_s if seconds is None else seconds,
+                        meter.wall_s, meter.own_cpu_s, meter.other_cpu_s)
 
-  base = results['device_batch']['times']
-  for r in results.values():
-    r['median_s'] = statistics.median(r['times'])
+  base = tallies['device_batch'].summary()
+  results = []
+  for case, tally in tallies.items():
+    r = dict(model=model_name, case=case, steps=num_steps,
+             batch_size=batch_size, **tally.summary())
     r['ms_per_step'] = 1e3 * r['median_s'] / num_steps
     r['images_per_second'] = num_steps * batch_size / r['median_s']
-    r['ratio_to_device_batch'] = r['median_s'] / statistics.median(base)
-    # Round i of every case ran close in time: the median of the per-round
-    # ratios is less sensitive to drift in the machine's load.
-    r['paired_ratio_to_device_batch'] = statistics.median(
-        t / d for t, d in zip(r['times'], base))
-    r['own_cores'] = cpu_meter.cores(r['own_cpu_s'], r['wall_s'])
-    r['other_cores'] = cpu_meter.cores(r['other_cpu_s'], r['wall_s'])
-  return list(results.values())
+    r['ratio_to_device_batch'] = r['median_s'] / base['median_s']
+    r['paired_ratio_to_device_batch'] = harness.paired_median(
+        r['times'], base['times'])
+    results.append(r)
+  return results
 
 
 def main():
@@ -147,20 +119,16 @@ def main():
   parser.add_argument('--data-dir', default='',
                       help='a local CIFAR-10 copy; default: the download')
   args = parser.parse_args()
-  # train.py's XLA:CPU flags, for this process and the ones it starts.
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.set_cpu_xla_flags()
-
   config = quick.get_config()
   config.data_source = 'local' if args.data_dir else 'download'
   config.data_dir = args.data_dir
   config.train_examples = 0 if args.data_dir else 5000
   data = input_pipeline.load(config)
-  print('\n'.join(run_info.header_lines()))
-  print(f'# devices {[str(d) for d in jax.devices()]}')
-  print(f'# data: {data.source}, {data.train.num_examples} training images, '
-        f'batch {args.batch_size}; median of {args.rounds} rounds, cases '
-        'interleaved', flush=True)
+  harness.print_header(
+      f'# devices {[str(d) for d in jax.devices()]}',
+      f'# data: {data.source}, {data.train.num_examples} training images, '
+      f'batch {args.batch_size}; median of {args.rounds} rounds, cases '
+      'interleaved')
   rows = []
   for spec in args.models.split(','):
     name, _, max_steps = spec.partition(':')
@@ -171,20 +139,20 @@ def main():
   print('vs device_batch: median / median, and in brackets the median of '
         'the per-round ratios')
   print()
-  print('| model | steps | case | median s | ms/step | images/s | '
-        'vs device_batch | own cores | other cores |')
-  print('|---|---:|---|---:|---:|---:|---:|---:|---:|')
-  for r in rows:
-    print(f'| {r["model"]} | {r["steps"]} | {r["case"]} | '
-          f'{r["median_s"]:.3f} | {r["ms_per_step"]:.1f} | '
-          f'{r["images_per_second"]:.0f} | {r["ratio_to_device_batch"]:.3f} '
-          f'({r["paired_ratio_to_device_batch"]:.3f}) | '
-          f'{cpu_meter.fmt(r["own_cores"])} | '
-          f'{cpu_meter.fmt(r["other_cores"])} |')
+  print('\n'.join(harness.table(
+      ('model', 'steps', 'case', 'median s', 'ms/step', 'images/s',
+       'vs device_batch', 'own cores', 'other cores'),
+      [(r['model'], r['steps'], r['case'], f'{r["median_s"]:.3f}',
+        f'{r["ms_per_step"]:.1f}', f'{r["images_per_second"]:.0f}',
+        f'{r["ratio_to_device_batch"]:.3f} '
+        f'({r["paired_ratio_to_device_batch"]:.3f})',
+        harness.fmt(r['own_cores']), harness.fmt(r['other_cores']))
+       for r in rows])))
   print()
   for r in rows:
     print(json.dumps(r))
 
 
 if __name__ == '__main__':
+  harness.use_train_py_setup(mimalloc=False)
   main()

@@ -1,23 +1,16 @@
 """Optimizer step time on ResNet18-shaped parameters: padax vs Optax baselines.
 
-Times one jitted `update` + `optax.apply_updates` with donated parameters and
-state, on a pytree shaped like the CIFAR ResNet18's parameters (11,173,962
-float32 values in 62 arrays). Cases run interleaved in rounds, so the drift of
-a noisy machine hits every case alike; reported: median step time and its
-ratio to optax.amsgrad's in the same run.
-
   python benchmarks/optimizer_update.py [--rounds 6] [--steps-per-round 5]
+
+One jitted `update` + `optax.apply_updates`, donated parameters and state;
+median step time and its ratio to optax.amsgrad's in the same run.
 """
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import harness
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
@@ -26,18 +19,22 @@ import optax
 
 import models
 import padax
+from training import input_pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def resnet18_parameter_shapes() -> list:
   """Shapes of the CIFAR ResNet18's trainable parameters (62 arrays)."""
   model = models.create_model('resnet18', 10)
+  image = jnp.zeros((1, *input_pipeline.SPECS['cifar10'].image_shape))
   params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
+      jax.random.key(0), image, train=False))['params']
   return [leaf.shape for leaf in jax.tree.leaves(params)]
 
 
-def make_cases(steps_per_epoch: int = 391) -> dict:
+def make_cases() -> dict:
+  cifar10 = input_pipeline.SPECS['cifar10']
+  steps_per_epoch = input_pipeline.steps_per_epoch(cifar10.train_examples, 128)
   p_decay = optax.exponential_decay(
       0.25, transition_steps=50 * steps_per_epoch, decay_rate=0.5,
       staircase=True)
@@ -89,8 +86,8 @@ def main():
       params, state = jax.block_until_ready(step(params, state, grads))
     runners[name] = dict(step=step, params=params, state=state, times=[])
 
-  for _ in range(args.rounds):
-    for run in runners.values():
+  for order in harness.rounds(runners.values(), args.rounds):
+    for run in order:
       for _ in range(args.steps_per_round):
         t0 = time.perf_counter()
         run['params'], run['state'] = jax.block_until_ready(
@@ -99,16 +96,13 @@ def main():
 
   base = statistics.median(runners['optax.amsgrad']['times']) if (
       'optax.amsgrad' in runners) else None
-  print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
-        f'{jax.devices()[0].device_kind}, jax {jax.__version__}, '
-        f'optax {optax.__version__}, {len(shapes)} arrays / {total:,} values, '
-        f'median of {args.rounds * args.steps_per_round} steps')
-  print('| optimizer | median ms | vs optax.amsgrad |')
-  print('|---|---:|---:|')
-  for name, run in runners.items():
-    median = statistics.median(run['times'])
-    ratio = f'{median / base:.2f}x' if base else '-'
-    print(f'| {name} | {1e3 * median:.1f} | {ratio} |')
+  harness.print_header(
+      f'# {len(shapes)} arrays / {total:,} values, median of '
+      f'{args.rounds * args.steps_per_round} steps')
+  medians = {n: statistics.median(r['times']) for n, r in runners.items()}
+  harness.print_table(('optimizer', 'median ms', 'vs optax.amsgrad'), [
+      (name, f'{1e3 * m:.1f}', f'{m / base:.2f}x' if base else '-')
+      for name, m in medians.items()])
 
 
 if __name__ == '__main__':

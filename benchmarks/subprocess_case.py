@@ -1,19 +1,8 @@
 """One benchmark case in a fresh Python process with its own environment.
 
-XLA reads XLA_FLAGS (the simulated CPU device count among them), and JAX its
-JAX_* variables, once, when the first backend starts: a case that needs other
-values than the running process runs in a new one.
-
-  result = subprocess_case.run(measure, dict(model='resnet18'), devices=4,
-                               env={'JAX_PLATFORMS': 'cpu'})
-
-runs `measure(model='resnet18')`, a module-level function of a benchmark
-script (imported there, not run), in `python benchmarks/subprocess_case.py
-ROOT SCRIPT NAME KWARGS_JSON`, and returns its JSON result, the child's last
-line on stdout. The child imports the project's code from ROOT (`root`:
-this checkout unless given) and inherits this process's environment
-(LD_PRELOAD too, so mimalloc) with `env` applied (None removes a variable);
-its stderr is this process's.
+XLA reads XLA_FLAGS and JAX its JAX_* variables once, when the first backend
+starts: a case that needs other values than the running process runs in a
+new one, `subprocess_case.run(measure, dict(model='resnet18'), devices=4)`.
 """
 
 import importlib.util
@@ -46,34 +35,75 @@ def environment(env: Optional[dict] = None,
   return out
 
 
+def _command(function: Callable, kwargs: Optional[dict], root: str,
+             *serve: str) -> list:
+  return [sys.executable, os.path.abspath(__file__), root,
+          os.path.abspath(inspect.getfile(function)), function.__name__,
+          json.dumps(kwargs or {}), *serve]
+
+
 def run(function: Callable, kwargs: Optional[dict] = None, *,
         env: Optional[dict] = None, devices: Optional[int] = None,
         root: str = ROOT):
-  """`function(**kwargs)` in a fresh process; returns its JSON result."""
-  command = [sys.executable, os.path.abspath(__file__), root,
-             os.path.abspath(inspect.getfile(function)), function.__name__,
-             json.dumps(kwargs or {})]
-  out = subprocess.run(command, env=environment(env, devices), check=True,
+  """`function(**kwargs)` in a fresh process; returns its JSON result.
+
+  `function` is a module-level function of a benchmark script (imported in
+  the child, not run). The child imports the project's code from `root` and
+  inherits this process's environment (LD_PRELOAD too, so mimalloc) with
+  `env` applied (None removes a variable); its stderr is this process's.
+  """
+  out = subprocess.run(_command(function, kwargs, root),
+                       env=environment(env, devices), check=True,
                        stdout=subprocess.PIPE, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
-def reply_channel():
-  """A private copy of stdout for results; stdout itself then goes to stderr,
-  so that nothing a library prints can be taken for a result."""
+class Server:
+  """A long-lived child process, for cases that must not recompile every
+  call: `function(**kwargs)` (as for `run`) returns (calls, info), named
+  callables and a JSON-able dict; `call(name)` runs one there and returns
+  its JSON result."""
+
+  def __init__(self, function: Callable, kwargs: Optional[dict] = None, *,
+               env: Optional[dict] = None):
+    self.process = subprocess.Popen(
+        _command(function, kwargs, ROOT, 'serve'), env=environment(env),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.info = self._read()
+
+  def _read(self):
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f'benchmark server {self.process.args} exited with '
+                         f'{self.process.wait()} (its stderr is above)')
+    return json.loads(line)
+
+  def call(self, name: str):
+    self.process.stdin.write(name + '\n')
+    return self._read()
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def _main(root: str, script: str, name: str, kwargs: str, serve: str = ''):
+  sys.path[:0] = [root, HERE]
+  # Results go to a private copy of stdout; stdout itself then goes to
+  # stderr, so that nothing a library prints can be taken for a result.
   reply = os.fdopen(os.dup(1), 'w', buffering=1)
   os.dup2(2, 1)
-  return reply
-
-
-def _main(root: str, script: str, name: str, kwargs: str):
-  sys.path[:0] = [root, HERE]
-  reply = reply_channel()
   module_spec = importlib.util.spec_from_file_location('benchmark_case',
                                                        script)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  reply.write(json.dumps(getattr(module, name)(**json.loads(kwargs))) + '\n')
+  result = getattr(module, name)(**json.loads(kwargs))
+  if serve:
+    calls, result = result
+  reply.write(json.dumps(result) + '\n')
+  if serve:
+    for line in sys.stdin:
+      reply.write(json.dumps(calls[line.strip()]()) + '\n')
 
 
 if __name__ == '__main__':

@@ -1,48 +1,28 @@
-"""Images/s of a K-member vmapped sweep grid against the same K members one after another.
+"""Images/s of a K-member vmapped sweep grid against the same K members one
+after another.
 
   python benchmarks/sweep_throughput.py [--models tiny_cnn,resnet18]
       [--batch-sizes tiny_cnn=128,resnet18=32] [--members 9] [--steps 2]
-      [--repeats 3] [--virtual-devices 36]
+      [--repeats 3] [--virtual-devices 36] [--skip " 1 device"]
 
 One fresh process per model with `--virtual-devices` simulated CPU devices
-(real ones on a GPU machine). In it, interleaved `repeats` times so that
-machine drift hits every variant alike, the same K members (p x lr grid,
-Padam, shared random batches on the device) take `steps` steps:
-
-  sequential        train.py's jitted step (`training.train_lib.MeshSteps`)
-                    on one device, member after member; and the same step
-                    data parallel over up to 4 of the virtual devices
-                    (train.py on a CPU split into devices);
-  vmapped, 1 dev    the sweep's step (`sweeps.grid.GridSteps`: jax.vmap of
-                    the same train_step) with all K members on one device;
-  vmapped, K dev    the same GridSteps over a (grid, data) mesh of K x 1
-                    virtual devices: each device vmaps over its own member
-                    (shard_map);
-  vmapped, K x D    K x D devices, each member's batch split over its own D
-                    devices (what sweep.py sets up on a CPU host, D = 4).
-
-Images/s counts every member's images (K * batch per grid step); the ratio
-is against the 1-device sequential run. `cores busy` is the process's CPU
-time over the wall time of the variant's timed runs: how far a variant
-fills the machine (2 cores here: 2.0 is full).
+(real ones on a GPU machine); the variants, interleaved `--repeats` times:
+train.py's step (`MeshSteps`) member after member on 1 device and data
+parallel over up to 4, and the sweep's `GridSteps` on 1 device, on K
+(one member each) and on K x D (sweep.py's CPU layout). Images/s counts
+every member's images; `cores busy` is the process's CPU time over the
+wall time of the variant's timed runs.
 """
 
 import argparse
+import functools
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import cpu_meter
+import harness
 import subprocess_case
 import train_step
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_BATCH = {'tiny_cnn': 128, 'resnet18': 32}
 
@@ -86,62 +66,53 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
     member_init = jax.jit(
         lambda key, v: grid_lib.set_hyperparameters(init(key), v),
         out_shardings=steps_fns.replicated)
-    states = [member_init(jax.random.key(m.seed), m.hyperparameters)
-              for m in grid]
+    states = [member_init(jax.random.key(m.seed), {
+        k: v for k, v in m.values.items() if k != 'seed'}) for m in grid]
     return steps_fns, states, steps_fns.shard(host_batch)
 
   def grid_variant(devices, data=1):
+    """The sweep's step, all members in one stacked state (a list of one)."""
     mesh = grid_lib.make_grid_mesh(devices, data)
     # Padded as sweeps pad (the last member repeated).
     steps_fns = grid_lib.GridSteps(mesh, model, optimizer).for_members(grid)
     state = grid_lib.init_grid(jax.jit(
         lambda keys, v: grid_lib.set_hyperparameters(jax.vmap(init)(keys), v),
         out_shardings=steps_fns.state_sharding), steps_fns.padded_members)
-    return steps_fns, state, jax.tree.map(
+    return steps_fns, [state], jax.tree.map(
         lambda x: steps_fns.global_array(x, steps_fns.sharded), host_batch)
 
   # Built lazily: a skipped variant costs neither compile time nor memory.
-  sequential = {'sequential, 1 device':
-                lambda: sequential_variant(jax.devices()[:1])}
+  builders = {'sequential, 1 device':
+              lambda: sequential_variant(jax.devices()[:1])}
   # train.py on the same virtual devices, data parallel (the batch must split).
   split = host_devices.largest_divisor(min(jax.device_count(), 4),
                                        batch_size)
   if split > 1:
-    sequential[f'sequential, {split} devices'] = lambda: sequential_variant(
+    builders[f'sequential, {split} devices'] = lambda: sequential_variant(
         jax.devices()[:split])
-  variants = {'vmapped, 1 device': lambda: grid_variant(jax.devices()[:1])}
+  builders['vmapped, 1 device'] = lambda: grid_variant(jax.devices()[:1])
   if jax.device_count() >= members:
-    variants[f'vmapped, {members} devices (one member each)'] = (
+    builders[f'vmapped, {members} devices (one member each)'] = (
         lambda: grid_variant(jax.devices()[:members]))
   # sweep.py's CPU default: each member data parallel over its own devices.
   data = host_devices.largest_divisor(jax.device_count() // members,
                                       batch_size)
   if data > 1:
-    variants[f'vmapped, {members}x{data} devices (grid x data)'] = (
+    builders[f'vmapped, {members}x{data} devices (grid x data)'] = (
         lambda: grid_variant(jax.devices()[:members * data], data))
-  kept = lambda name: name == 'sequential, 1 device' or not any(
-      k in name for k in skip)
-  sequential = {n: build() for n, build in sequential.items() if kept(n)}
-  variants = {n: build() for n, build in variants.items() if kept(n)}
+  variants = {n: build() for n, build in builders.items()
+              if n == 'sequential, 1 device' or not any(k in n for k in skip)}
 
-  def run_sequential(name):
-    steps_fns, states, batch = sequential[name]
-    out = []
-    for k in range(members):
+  def run(name):
+    """`steps` steps of every state of the variant, one after another."""
+    steps_fns, states, batch = variants[name]
+    for k, state in enumerate(states):
       for _ in range(steps):
-        states[k], metrics = steps_fns.train_step(states[k], batch)
-      out.append(metrics)
-    jax.block_until_ready(out)
+        state, metrics = steps_fns.train_step(state, batch)
+      states[k] = state
+    jax.block_until_ready((states, metrics))
 
-  def run_grid(name):
-    steps_fns, state, batch = variants[name]
-    for _ in range(steps):
-      state, metrics = steps_fns.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    variants[name] = (steps_fns, state, batch)
-
-  runs = {name: (lambda n=name: run_sequential(n)) for name in sequential}
-  runs.update({name: (lambda n=name: run_grid(n)) for name in variants})
+  runs = {name: functools.partial(run, name) for name in variants}
   compile_s = {}
   for name, run in runs.items():  # Compile and warm up.
     t0 = time.perf_counter()
@@ -152,26 +123,23 @@ def measure(model_name: str, batch_size: int, members: int, steps: int,
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, _, **kw: compiles.append(event)
       if event == '/jax/core/compile/backend_compile_duration' else None)
-  times = {name: [] for name in runs}
-  cpu_s = {name: 0.0 for name in runs}
-  for _ in range(repeats):
-    for name, run in runs.items():
-      with cpu_meter.CpuMeter() as meter:
-        run()
-      times[name].append(meter.wall_s)
-      cpu_s[name] = (None if meter.own_cpu_s is None or cpu_s[name] is None
-                     else cpu_s[name] + meter.own_cpu_s)
+  tallies = {name: harness.Tally() for name in runs}
+  for order in harness.rounds(runs, repeats):
+    for name in order:
+      with harness.CpuMeter() as meter:
+        runs[name]()
+      tallies[name].add(meter.wall_s, meter.wall_s, meter.own_cpu_s, None)
   if compiles:
     raise RuntimeError(f'{len(compiles)} XLA compilation(s) during the timed '
                        'runs: the warm-up did not compile everything')
   images = members * batch_size * steps
-  result = {name: images / statistics.median(t) for name, t in times.items()}
-  cores_busy = {name: cpu_meter.cores(cpu_s[name], sum(times[name]))
-                for name in runs}
+  summaries = {name: t.summary() for name, t in tallies.items()}
   return dict(model=model_name, batch_size=batch_size, members=members,
               steps=steps, repeats=repeats, devices=jax.device_count(),
               device_kind=jax.devices()[0].device_kind,
-              images_per_second=result, cores_busy=cores_busy,
+              images_per_second={n: images / r['median_s']
+                                 for n, r in summaries.items()},
+              cores_busy={n: r['own_cores'] for n, r in summaries.items()},
               first_run_s=compile_s)
 
 
@@ -191,39 +159,33 @@ def main():
   parser.add_argument('--virtual-devices', type=int, default=36,
                       help='simulated CPU devices (ignored on a GPU)')
   args = parser.parse_args()
-  # train.py's XLA:CPU flags, for this process and the ones it starts.
-  from training import allocator, host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.set_cpu_xla_flags()
   batch = dict(DEFAULT_BATCH)
   for item in filter(None, args.batch_sizes.split(',')):
     name, value = item.split('=')
     batch[name] = int(value)
-  names = args.models.split(',')
+  harness.print_header(
+      f'# {args.members} members (Padam, p x lr), {args.steps} steps per '
+      f'member, median of {args.repeats} interleaved repeats')
 
-  print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
-        f'{os.cpu_count()} cores, {args.members} members (Padam, p x lr), '
-        f'{args.steps} steps per member, median of {args.repeats} '
-        f'interleaved repeats, allocator: {allocator.describe()}')
-  print('| model | batch per member | variant | images/s | '
-        'vs sequential, 1 device | cores busy |')
-  print('|---|---:|---|---:|---:|---:|')
-  for name in names:
-    r = subprocess_case.run(measure, dict(
-        model_name=name, batch_size=batch.get(name, 128),
-        members=args.members, steps=args.steps, repeats=args.repeats,
-        skip=list(filter(None, args.skip.split(',')))),
-        devices=args.virtual_devices if args.virtual_devices > 1 else None)
-    ips = r['images_per_second']
-    for variant, value in ips.items():
-      busy = r['cores_busy'][variant]
-      print(f'| {name} ({r["device_kind"]}) | {r["batch_size"]} | {variant} | '
-            f'{value:.1f} | {value / ips["sequential, 1 device"]:.2f}x | '
-            f'{"n/a" if busy is None else f"{busy:.2f}"} |', flush=True)
-    print(json.dumps(r), file=sys.stderr)
+  def rows():
+    for name in args.models.split(','):
+      r = subprocess_case.run(measure, dict(
+          model_name=name, batch_size=batch.get(name, 128),
+          members=args.members, steps=args.steps, repeats=args.repeats,
+          skip=list(filter(None, args.skip.split(',')))),
+          devices=args.virtual_devices if args.virtual_devices > 1 else None)
+      print(json.dumps(r), file=sys.stderr)
+      ips = r['images_per_second']
+      for variant, value in ips.items():
+        yield (f'{name} ({r["device_kind"]})', r['batch_size'], variant,
+               f'{value:.1f}', f'{value / ips["sequential, 1 device"]:.2f}x',
+               harness.fmt(r['cores_busy'][variant]))
+
+  harness.print_table(('model', 'batch per member', 'variant', 'images/s',
+                       'vs sequential, 1 device', 'cores busy'), rows())
 
 
 if __name__ == '__main__':
-  # sweep.py's allocator (it restarts itself under mimalloc the same way).
-  from training import allocator  # pylint: disable=g-import-not-at-top
-  allocator.use_mimalloc()
+  # sweep.py's set-up (it restarts itself under mimalloc the same way).
+  harness.use_train_py_setup()
   main()

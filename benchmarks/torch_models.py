@@ -1,11 +1,10 @@
-"""PyTorch twins of the Flax CIFAR models in `models/`, and a PyTorch Padam.
+"""PyTorch twins of the Flax CIFAR models in `models/`, and a PyTorch Padam,
+for `benchmarks/vs_pytorch.py`.
 
-Only for `benchmarks/vs_pytorch.py`, which times one training step of each
-framework on the same architectures, written layer for layer from the Flax
-definitions in `models/` (BatchNorm: PyTorch's default, momentum 0.1, eps
-1e-5, which `models.layers.BatchNorm` reproduces). Run this file to check
-the parameter counts and logits against the Flax models, and `Padam`
-against `padax.padam`:
+Written layer for layer from the Flax definitions (BatchNorm: PyTorch's
+default, momentum 0.1, eps 1e-5, which `models.layers.BatchNorm`
+reproduces). Run this file to check the logits against the Flax models and
+`Padam` against `padax.padam`:
 
   python benchmarks/torch_models.py
 """
@@ -18,72 +17,65 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# Parameter counts of the Flax models for 10 classes (models/, docs/README).
-EXPECTED_PARAMETERS = {
-    'vgg16': 14_728_266,
-    'resnet18': 11_173_962,
-    'wrn16_4': 2_777_674,
-}
-
 VGG16_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
                 512, 512, 512, 'M', 512, 512, 512, 'M')
+TINY_CNN_LAYOUT = (16, 'M', 32, 'M', 64)
+
+
+def conv_bn(in_channels: int, channels: int, kernel: int = 3, stride: int = 1,
+            bias: bool = False) -> list:
+  """A 'same' convolution and its BatchNorm."""
+  return [nn.Conv2d(in_channels, channels, kernel, stride, kernel // 2,
+                    bias=bias), nn.BatchNorm2d(channels)]
 
 
 class VGG(nn.Module):
-  """VGG with BatchNorm after every conv; 'M' in `layout` is a 2x2 max-pool."""
+  """Conv-BatchNorm-ReLU stacks, 'M' in `layout` a 2x2 max-pool, then a
+  global average pool (VGG16's last map is 1x1) and a linear classifier."""
 
-  def __init__(self, layout, num_classes: int):
+  def __init__(self, layout, num_classes: int, bias: bool = True):
     super().__init__()
     layers, in_channels = [], 3
     for item in layout:
       if item == 'M':
         layers.append(nn.MaxPool2d(2, 2))
         continue
-      layers += [nn.Conv2d(in_channels, item, 3, padding=1, bias=True),
-                 nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+      layers += [*conv_bn(in_channels, item, bias=bias), nn.ReLU(inplace=True)]
       in_channels = item
     self.features = nn.Sequential(*layers)
     self.classifier = nn.Linear(in_channels, num_classes)
 
   def forward(self, x):
-    return self.classifier(torch.flatten(self.features(x), 1))
+    return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
 class BasicBlock(nn.Module):
-  """conv3x3-BN-ReLU-conv3x3-BN, + shortcut (1x1 conv + BN on a shape change), ReLU."""
+  """conv3x3-BN-ReLU-conv3x3-BN, + shortcut (1x1 conv + BN on a shape
+  change), ReLU."""
 
   def __init__(self, in_channels: int, channels: int, stride: int):
     super().__init__()
-    self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(channels)
-    self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(channels)
+    self.branch = nn.Sequential(*conv_bn(in_channels, channels, 3, stride),
+                                nn.ReLU(inplace=True),
+                                *conv_bn(channels, channels))
     self.shortcut = nn.Identity()
     if stride != 1 or in_channels != channels:
-      self.shortcut = nn.Sequential(
-          nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-          nn.BatchNorm2d(channels))
+      self.shortcut = nn.Sequential(*conv_bn(in_channels, channels, 1, stride))
 
   def forward(self, x):
-    y = F.relu(self.bn1(self.conv1(x)))
-    y = self.bn2(self.conv2(y))
-    return F.relu(y + self.shortcut(x))
+    return F.relu(self.branch(x) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
   """CIFAR ResNet of post-activation BasicBlocks; `widths` per stage.
 
   The stem has width `widths[0]`; the first block of every stage but the
-  first has stride 2. `pool` is the final average pool's kernel (the whole
-  remaining map for 32x32 inputs).
+  first has stride 2; a global average pool before the classifier.
   """
 
-  def __init__(self, widths, blocks_per_stage: int, num_classes: int,
-               pool: int):
+  def __init__(self, widths, blocks_per_stage: int, num_classes: int):
     super().__init__()
-    self.stem = nn.Sequential(
-        nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
-        nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+    self.stem = nn.Sequential(*conv_bn(3, widths[0]), nn.ReLU(inplace=True))
     blocks, in_channels = [], widths[0]
     for stage, width in enumerate(widths):
       for block in range(blocks_per_stage):
@@ -91,31 +83,10 @@ class ResNet(nn.Module):
         blocks.append(BasicBlock(in_channels, width, stride))
         in_channels = width
     self.blocks = nn.Sequential(*blocks)
-    self.pool = nn.AvgPool2d(pool)
     self.classifier = nn.Linear(in_channels, num_classes)
 
   def forward(self, x):
-    x = self.pool(self.blocks(self.stem(x)))
-    return self.classifier(torch.flatten(x, 1))
-
-
-class TinyCNN(nn.Module):
-  """`models.tiny_cnn`: for quick checks of the benchmark itself."""
-
-  def __init__(self, num_classes: int, widths=(16, 32, 64)):
-    super().__init__()
-    layers, in_channels = [], 3
-    for i, width in enumerate(widths):
-      layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                 nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-      if i < len(widths) - 1:
-        layers.append(nn.MaxPool2d(2, 2))
-      in_channels = width
-    self.features = nn.Sequential(*layers)
-    self.classifier = nn.Linear(in_channels, num_classes)
-
-  def forward(self, x):
-    return self.classifier(self.features(x).mean(dim=(2, 3)))
+    return self.classifier(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
 def _init_wrn_(model: nn.Module) -> nn.Module:
@@ -130,11 +101,11 @@ def _init_wrn_(model: nn.Module) -> nn.Module:
 
 _BUILDERS = {
     'vgg16': lambda n: VGG(VGG16_LAYOUT, n),
-    'resnet18': lambda n: ResNet((64, 128, 256, 512), 2, n, pool=4),
+    'resnet18': lambda n: ResNet((64, 128, 256, 512), 2, n),
     # The authors' `WResNet_cifar10` (not Zagoruyko & Komodakis'): stem width
     # 64, stages 64/128/256 of two blocks each.
-    'wrn16_4': lambda n: _init_wrn_(ResNet((64, 128, 256), 2, n, pool=8)),
-    'tiny_cnn': TinyCNN,
+    'wrn16_4': lambda n: _init_wrn_(ResNet((64, 128, 256), 2, n)),
+    'tiny_cnn': lambda n: VGG(TINY_CNN_LAYOUT, n, bias=False),
 }
 MODEL_NAMES = tuple(_BUILDERS)
 
@@ -144,18 +115,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
-  """Builds model `name`; for 10 classes, checks its parameter count."""
   if name not in _BUILDERS:
     raise ValueError(f'model={name!r} is not known; allowed: '
                      f'{", ".join(MODEL_NAMES)}')
-  model = _BUILDERS[name](num_classes)
-  expected = EXPECTED_PARAMETERS.get(name) if num_classes == 10 else None
-  if expected is not None:
-    got = count_parameters(model)
-    assert got == expected, (
-        f'torch {name} has {got:,} parameters; the Flax model has '
-        f'{expected:,}')
-  return model
+  return _BUILDERS[name](num_classes)
 
 
 class Padam(torch.optim.Optimizer):
@@ -178,60 +141,44 @@ class Padam(torch.optim.Optimizer):
     super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
                                   weight_decay=weight_decay, partial=partial))
 
-  def _state(self, param):
-    """Per-parameter state, created (zeros) on first use."""
-    state = self.state[param]
-    if not state:
-      state['step'] = 0
-      for key in ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'):
-        state[key] = torch.zeros_like(param)
-    return state
-
   @torch.no_grad()
   def step(self):
     for group in self.param_groups:
-      self._update_group(group)
-
-  def _update_group(self, group):
-    params = [p for p in group['params'] if p.grad is not None]
-    if not params:
-      return
-    grads = [p.grad for p in params]
-    states = [self._state(p) for p in params]
-    exp_avgs = [s['exp_avg'] for s in states]
-    exp_avg_sqs = [s['exp_avg_sq'] for s in states]
-    b1, b2 = group['betas']
-    for s in states:
-      s['step'] += 1
-    t = states[0]['step']  # Every parameter of a group steps together.
-
-    if group['weight_decay']:
-      # L2 added to a copy of the gradient: p.grad itself is left alone.
-      grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
-    torch._foreach_mul_(exp_avgs, b1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
-    torch._foreach_mul_(exp_avg_sqs, b2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
-    second = [s['max_exp_avg_sq'] for s in states]
-    torch._foreach_maximum_(second, exp_avg_sqs)
-    denom = torch._foreach_sqrt(second)
-    torch._foreach_add_(denom, group['eps'])
-    torch._foreach_pow_(denom, 2.0 * group['partial'])
-    step_size = (group['lr'] * math.sqrt(1.0 - b2 ** t) /
-                 (1.0 - b1 ** t))
-    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
+      params = [p for p in group['params'] if p.grad is not None]
+      if not params:
+        continue
+      for p in params:
+        if not self.state[p]:  # Zeros on first use.
+          self.state[p].update(step=0, **{
+              k: torch.zeros_like(p)
+              for k in ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq')})
+        self.state[p]['step'] += 1
+      states = [self.state[p] for p in params]
+      exp_avgs = [s['exp_avg'] for s in states]
+      exp_avg_sqs = [s['exp_avg_sq'] for s in states]
+      grads = [p.grad for p in params]
+      b1, b2 = group['betas']
+      t = states[0]['step']  # Every parameter of a group steps together.
+      if group['weight_decay']:
+        # L2 added to a copy of the gradient: p.grad itself is left alone.
+        grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
+      torch._foreach_mul_(exp_avgs, b1)
+      torch._foreach_add_(exp_avgs, grads, alpha=1.0 - b1)
+      torch._foreach_mul_(exp_avg_sqs, b2)
+      torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - b2)
+      second = [s['max_exp_avg_sq'] for s in states]
+      torch._foreach_maximum_(second, exp_avg_sqs)
+      denom = torch._foreach_sqrt(second)
+      torch._foreach_add_(denom, group['eps'])
+      torch._foreach_pow_(denom, 2.0 * group['partial'])
+      step_size = group['lr'] * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+      torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
 def _self_check() -> None:
-  """Parameter counts; the same logits as the Flax models; Padam as padax's.
-
-  Flax creates parameters in the order its modules are called, which is the
-  order the PyTorch twins register theirs (conv weight, bias; BN scale,
-  bias; ...). The Flax parameters are copied into the PyTorch model in that
-  order (conv kernels HWIO -> OIHW, dense (in, out) -> (out, in)), and both
-  must give the same logits on the same batch, in training mode (batch
-  statistics) and in eval mode.
-  """
+  """The same parameter shapes and logits as the Flax models, given the
+  same parameters (Flax creates them in the order the twins register
+  theirs), in training and eval mode; Padam as padax's."""
   sys.path.insert(0, os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
@@ -241,10 +188,8 @@ def _self_check() -> None:
   import optax
   import models
   import padax
+  from training import input_pipeline
   # pylint: enable=g-import-not-at-top
-  for name in EXPECTED_PARAMETERS:
-    model = create_model(name, 10)  # Asserts the count.
-    print(f'{name}: {count_parameters(model):,} parameters (matches Flax)')
 
   def to_torch_layout(array):
     array = np.asarray(array)
@@ -252,7 +197,8 @@ def _self_check() -> None:
       return array.transpose(3, 2, 0, 1)
     return array.T if array.ndim == 2 else array
 
-  x = np.random.default_rng(0).standard_normal((8, 32, 32, 3), np.float32)
+  x = np.random.default_rng(0).standard_normal(
+      (8, *input_pipeline.SPECS['cifar10'].image_shape), np.float32)
   for name in MODEL_NAMES:
     flax_model = models.create_model(name, 10)
     variables = flax_model.init(jax.random.key(0), x[:1], train=False)
@@ -279,7 +225,8 @@ def _self_check() -> None:
         want = flax_model.apply(variables, x, train=False)
       np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4,
                                  err_msg=f'{name} train={train}')
-    print(f'{name}: {len(torch_params)} parameter tensors of the same shapes; '
+    print(f'{name}: {len(torch_params)} parameter tensors '
+          f'({count_parameters(torch_model):,} values) of the same shapes; '
           'same logits as Flax (train and eval mode)')
 
   torch.manual_seed(0)

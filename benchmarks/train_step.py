@@ -1,45 +1,44 @@
 """Images/s of train.py's jitted train step, and the set-up every benchmark of
-that step shares.
+that step shares (importing the project's code only when called, so that
+ab_checkouts.py can run `measure` on another checkout).
 
   python benchmarks/train_step.py [--models vgg16,resnet18,wrn16_4]
       [--batch-size 128] [--steps 3]
   python benchmarks/train_step.py --data-parallel   # 1 vs 4 simulated devices
-
-Random CIFAR-shaped uint8 batches already on the device; the step is the one
-`train.py` runs (`training.train_lib.MeshSteps`: augmentation, forward, loss,
-backward, Padam p=1/8 injected, BatchNorm update), donated state.
-`--data-parallel` runs the same global batch on 1 device and on 4 simulated
-CPU devices, each in a fresh process: on one CPU the 4 "devices" share the
-same cores, so the ratio measures the cost of partitioning and collectives,
-not a speed-up.
-
-The functions import the project's code when called, not when this file is
-imported, so that `ab_checkouts.py` can run `measure` on another checkout.
 """
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 
 import subprocess_case
 
-STEPS_PER_EPOCH = 390
+def cifar10(batch_size: int = 128) -> dict:
+  """CIFAR-10's image shape, classes and steps per epoch, from its
+  `training.input_pipeline` spec: `measure` takes them as an argument, so
+  that it also runs on checkouts older than the spec (ab_checkouts.py)."""
+  from training import input_pipeline  # pylint: disable=g-import-not-at-top
+  spec = input_pipeline.SPECS['cifar10']
+  return dict(image_shape=spec.image_shape, num_classes=spec.num_classes,
+              steps_per_epoch=input_pipeline.steps_per_epoch(
+                  spec.train_examples, batch_size))
 
 
-def random_batch(rng, n: int) -> dict:
-  """`n` random CIFAR-shaped uint8 images and int32 labels, on the host."""
+def random_batch(rng, n: int, dataset=None) -> dict:
+  """`n` random uint8 images of `dataset`'s shape (default: cifar10()) and
+  int32 labels, on the host."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  return {'images': rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-          'labels': rng.integers(0, 10, (n,), np.int32)}
+  dataset = dataset or cifar10()
+  return {'images': rng.integers(0, 256, (n, *dataset['image_shape']),
+                                 np.uint8),
+          'labels': rng.integers(0, dataset['num_classes'], (n,), np.int32)}
 
 
 def make_steps(model_name: str, config=None, devices=None, dtype=None,
-               steps_per_epoch: int = STEPS_PER_EPOCH):
+               steps_per_epoch: int = 0):
   """(model, optimizer, MeshSteps) as train.py builds them; `config` defaults
-  to configs/quick.py's (Padam p=1/8, lr 0.1, L2 5e-4, injected)."""
+  to configs/quick.py's (Padam p=1/8, lr 0.1, L2 5e-4, injected), and
+  `steps_per_epoch` to CIFAR-10's at batch 128."""
   # pylint: disable=g-import-not-at-top
   import models
   from configs import quick
@@ -47,13 +46,14 @@ def make_steps(model_name: str, config=None, devices=None, dtype=None,
   # pylint: enable=g-import-not-at-top
   model = models.create_model(
       model_name, 10, **({} if dtype is None else dict(dtype=dtype)))
-  optimizer = optimizers.create_optimizer(config or quick.get_config(),
-                                          steps_per_epoch)
+  optimizer = optimizers.create_optimizer(
+      config or quick.get_config(),
+      steps_per_epoch or cifar10()['steps_per_epoch'])
   return model, optimizer, train_lib.MeshSteps(train_lib.make_mesh(devices),
                                                model, optimizer)
 
 
-def build(model_name: str, batch_size: int, config=None):
+def build(model_name: str, batch_size: int, config=None, dataset=None):
   """make_steps' MeshSteps, its initial state and a random batch, on the
   devices."""
   # pylint: disable=g-import-not-at-top
@@ -61,17 +61,22 @@ def build(model_name: str, batch_size: int, config=None):
   import numpy as np
   from training import train_lib
   # pylint: enable=g-import-not-at-top
-  model, optimizer, steps = make_steps(model_name, config)
+  dataset = dataset or cifar10()
+  model, optimizer, steps = make_steps(model_name, config,
+                                       steps_per_epoch=dataset[
+                                           'steps_per_epoch'])
   state = jax.jit(lambda r: train_lib.create_train_state(r, model, optimizer),
                   out_shardings=steps.replicated)(jax.random.key(0))
-  batch = steps.shard(random_batch(np.random.default_rng(0), batch_size))
+  batch = steps.shard(random_batch(np.random.default_rng(0), batch_size,
+                                   dataset))
   return steps, state, batch
 
 
 def measure(model_name: str, batch_size: int, steps: int, warmup: int = 1,
-            config: str = 'quick') -> dict:
+            config: str = 'quick', dataset=None) -> dict:
   """Times `steps` train steps after `warmup` (the first compiles), with
-  train.py's XLA:CPU flags; `config` 'paper' is configs/paper.py's Padam."""
+  train.py's XLA:CPU flags; `config` 'paper' is configs/paper.py's Padam,
+  `dataset` as cifar10() gives it (its default)."""
   from training import host_devices  # pylint: disable=g-import-not-at-top
   host_devices.set_cpu_xla_flags()  # Before JAX starts (no-op if set).
   import jax  # pylint: disable=g-import-not-at-top
@@ -79,7 +84,7 @@ def measure(model_name: str, batch_size: int, steps: int, warmup: int = 1,
   step_fns, state, batch = build(
       model_name, batch_size,
       paper.get_config(f'{model_name},cifar10,padam')
-      if config == 'paper' else None)
+      if config == 'paper' else None, dataset)
   times = []
   for _ in range(warmup + steps):
     t0 = time.perf_counter()
@@ -100,40 +105,30 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--data-parallel', action='store_true')
   args = parser.parse_args()
-  # train.py's XLA:CPU flags, for this process and the ones it starts.
-  from training import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.set_cpu_xla_flags()
-  names = args.models.split(',')
+  harness.print_header(f'# batch {args.batch_size}, median of {args.steps} '
+                       'steps after the first')
+  kwargs = dict(batch_size=args.batch_size, steps=args.steps)
 
-  import jax  # pylint: disable=g-import-not-at-top
-  print(f'# {time.strftime("%Y-%m-%d")}, {platform.node()}, '
-        f'{os.cpu_count()} cores, {jax.devices()[0].device_kind}, '
-        f'jax {jax.__version__}, batch {args.batch_size}, '
-        f'median of {args.steps} steps after the first')
-  if args.data_parallel:
-    print('| model | 1 device img/s | 4 simulated devices img/s | '
-          '4-device step time / 1-device |')
-    print('|---|---:|---:|---:|')
-    for name in names:
-      one, four = (subprocess_case.run(
-          measure, dict(model_name=name, batch_size=args.batch_size,
-                        steps=args.steps), devices=n,
-          env={'JAX_PLATFORMS': 'cpu'}) for n in (1, 4))
-      print(f'| {name} | {one["images_per_second"]:.1f} | '
-            f'{four["images_per_second"]:.1f} | '
-            f'{four["median_s"] / one["median_s"]:.2f}x |', flush=True)
-    return
-  print('| model | images/s | step s | compile + first step s |')
-  print('|---|---:|---:|---:|')
-  for name in names:
-    r = measure(name, args.batch_size, args.steps)
-    print(f'| {name} | {r["images_per_second"]:.1f} | {r["median_s"]:.2f} | '
-          f'{r["compile_and_first_step_s"]:.1f} |', flush=True)
+  def rows():
+    for name in args.models.split(','):
+      if args.data_parallel:  # The same global batch, a process each.
+        results = [subprocess_case.run(
+            measure, dict(kwargs, model_name=name), devices=n,
+            env={'JAX_PLATFORMS': 'cpu'}) for n in (1, 4)]
+      else:
+        results = [measure(name, **kwargs)]
+      for r in results:
+        yield (name, r['devices'], f'{r["images_per_second"]:.1f}',
+               f'{r["median_s"]:.3f}',
+               f'{r["compile_and_first_step_s"]:.1f}',
+               f'{r["median_s"] / results[0]["median_s"]:.2f}x')
+
+  harness.print_table(('model', 'devices', 'images/s', 'step s',
+                       'compile + first step s', 'step time / first row'),
+                      rows())
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, subprocess_case.ROOT)
-  # train.py's allocator (mimalloc on a Linux CPU host); children inherit it.
-  from training import allocator  # pylint: disable=g-import-not-at-top
-  allocator.use_mimalloc()
+  import harness  # pylint: disable=g-import-not-at-top
+  harness.use_train_py_setup()
   main()

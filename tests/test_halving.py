@@ -144,8 +144,9 @@ def test_gather_members_hand_picked():
 @pytest.mark.parametrize('indices', [[4], [-1], [[0, 1]]])
 def test_gather_members_bad_indices_refused(indices):
   # jax would clamp an index out of range silently.
-  with pytest.raises(ValueError, match='^member indices .*\\(leaves lead '
-                     'with 4 members.*allowed: a list of indices in \\[0, n\\)'):
+  with pytest.raises(ValueError, match='^member indices .*leaves lead with 4 '
+                     'members.*allowed: a list of indices in '
+                     '\\[0, n\\)'):
     halving.gather_members(_stacked(), indices)
 
 

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-import models
 import padax
 from configs import quick
 from sweeps import run as sweep_run
@@ -405,7 +404,6 @@ def test_at_least_25_bad_inputs_are_tried():
 
 
 def test_config_names_are_those_of_models_optimizers_and_padax():
-  assert configuration.MODEL_NAMES == models.MODEL_NAMES
   assert configuration.HYPERPARAMETERS == optimizers.HYPERPARAMETERS
   assert configuration.OPTIMIZERS == optimizers.OPTIMIZERS
   assert configuration.FORMULATIONS == padax.FORMULATIONS

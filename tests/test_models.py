@@ -4,6 +4,10 @@ train/eval interface, BatchNorm semantics and initialisers.
 The big models are only traced (``jax.eval_shape``); real computation uses
 tiny_cnn and single blocks so the file stays fast on CPU.
 """
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,6 +22,7 @@ from models.wide_resnet import WideResNet, he_normal_fan_out
 
 pytestmark = pytest.mark.slow
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.PRNGKey(0)
 INPUT = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
 
@@ -404,3 +409,10 @@ def test_max_pool_2x2_matches_flax_max_pool_exactly():
   assert (tied > 1).sum() > 20
   nonzero = (np.asarray(ours).reshape(3, 4, 2, 3, 2, 5) != 0).sum(axis=(2, 4))
   assert nonzero.max() == 1
+
+
+def test_the_model_names_and_their_sizes_load_without_jax():
+  # The config check reads them before train.py imports JAX.
+  code = ('import sys, models, training.configuration; '
+          'sys.exit(3 if {"jax", "flax"} & set(sys.modules) else 0)')
+  assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 0

@@ -20,6 +20,7 @@ import math
 import ml_collections
 import numpy as np
 
+import models
 from training import faults
 from training import input_pipeline
 from training import records
@@ -27,11 +28,6 @@ from training import records
 # The computation dtypes a config may name (`compute_dtype` gives JAX's).
 DTYPE_NAMES = ('float32', 'bfloat16')
 
-# models.create_model's names.
-MODEL_NAMES = ('vgg16', 'resnet18', 'wrn16_4', 'tiny_cnn')
-# The smallest image side a model takes: VGG16 halves the image five times
-# and WRN-16-4 pools an 8x8 map after two halvings; the others pool globally.
-MIN_IMAGE_SIDE = {'vgg16': 32, 'wrn16_4': 32}
 
 # The optimizers a config names, with the config keys each takes besides
 # learning_rate (the arguments of training/optimizers.py's factories).
@@ -293,7 +289,7 @@ def validate(config: ml_collections.ConfigDict, *,
   the batch sizes must divide evenly.
   """
   check_keys_and_types(config, base_config())
-  _choice('model', config.model, MODEL_NAMES)
+  _choice('model', config.model, models.MODEL_NAMES)
   _choice('dataset', config.dataset, input_pipeline.DATASETS)
   _choice('data_source', config.data_source, input_pipeline.SOURCES)
   _choice('dtype', config.dtype, DTYPE_NAMES)
@@ -342,13 +338,14 @@ def check_against_data(config: ml_collections.ConfigDict,
   one only adds padding, and memory, without evaluating more.
   """
   train, test = data.train.num_examples, data.test.num_examples
-  side = MIN_IMAGE_SIDE.get(config.model, 1)
+  side = models.MIN_IMAGE_SIDE.get(config.model, 1)
   if min(data.spec.image_shape[:2]) < side:
+    any_size = [m for m in models.MODEL_NAMES if m not in models.MIN_IMAGE_SIDE]
     raise ValueError(
         f'model={config.model!r} is not allowed for the '
         f'{data.spec.image_shape} images of {data.source}; allowed: images of '
-        f'at least {side}x{side} for {config.model}, or model=resnet18 or '
-        'tiny_cnn, which take any size.')
+        f'at least {side}x{side} for {config.model}, or model='
+        f'{" or ".join(any_size)}, which take any size.')
   if config.batch_size > train:
     raise ValueError(
         f'batch_size={config.batch_size} is larger than the {train} training '

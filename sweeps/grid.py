@@ -55,23 +55,24 @@ class GridSteps(train_lib.MeshSteps):
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
                nonfinite: str = 'stop',
                dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
-    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
-                     own_batches=own_batches, dataset=dataset)
+    self.own_batches = own_batches
     self.padded_members = []
+    members = NamedSharding(mesh, P(GRID_AXIS))
+    batches = NamedSharding(
+        mesh, P(GRID_AXIS, DATA_AXIS) if own_batches else P(DATA_AXIS))
 
-  def place(self, mesh) -> None:
-    self.state_sharding = self.metrics_sharding = NamedSharding(
-        mesh, P(GRID_AXIS))
-    self.sharded = NamedSharding(
-        mesh, P(GRID_AXIS, DATA_AXIS) if self.own_batches else P(DATA_AXIS))
-    self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    def per_device(step, train):
+      batch_axis = 0 if train and own_batches else None
+      return jax.shard_map(
+          jax.vmap(step, in_axes=(0, batch_axis)), mesh=mesh,
+          in_specs=(P(GRID_AXIS),
+                    P() if batch_axis is None else P(GRID_AXIS)),
+          out_specs=P(GRID_AXIS), axis_names={GRID_AXIS})
 
-  def per_device(self, step, train):
-    batch_axis = 0 if train and self.own_batches else None
-    return jax.shard_map(
-        jax.vmap(step, in_axes=(0, batch_axis)), mesh=self.mesh,
-        in_specs=(P(GRID_AXIS), P() if batch_axis is None else P(GRID_AXIS)),
-        out_specs=P(GRID_AXIS), axis_names={GRID_AXIS})
+    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
+                     dataset=dataset, per_device=per_device,
+                     shardings=(members, batches,
+                                NamedSharding(mesh, P(DATA_AXIS))))
 
   def for_members(self, members: list) -> 'GridSteps':
     """These steps, for a chunk of `members` (spec.Member), padded to a

@@ -1,14 +1,11 @@
 """A grid of hyperparameters trained at once: one `jax.vmap` of train.py's step.
 
 The K members of a chunk (sweeps/spec.py) are ONE stacked TrainState (a
-leading member axis on every leaf), trained by `jax.vmap` of
-`training.train_lib.train_step`, sharded over a `grid` mesh axis (a chunk is
-padded with copies of its last member to a multiple of the device count;
-the copies are dropped before writing or checkpointing).
+leading member axis on every leaf), padded with copies of its last member to
+a multiple of the `grid` devices (dropped before writing or checkpointing).
 `optimizers.create_optimizer` injects the PEAK lr and INITIAL p (and the other
 numeric hyperparameters) into `opt_state.hyperparams`, so the members share
-one optimizer and each carries its own values (and BatchNorm statistics) in
-its state. `GridSteps.for_members(chunk)` is what training/loop.py trains.
+one optimizer and each carries its own values in its state.
 """
 
 import copy

@@ -1,19 +1,13 @@
 """`run_sweep(config, workdir)`: every member of a grid, chunk after chunk.
 
 Each chunk (sweeps/spec.py) is trained by the epoch loop that train.py uses
-(training/loop.py), through the vmapped steps of sweeps/grid.py.
-
-Workdir layout:
-  config.json                     the sweep config (chunk resolved, and the
-                                  device layout its numbers depend on)
-  members/<name>/config.json      the member's effective train config (+
-                                  `sweep_member`: how its data order was drawn)
-  members/<name>/metrics.jsonl|csv  the same rows and columns as train.py
-  checkpoints/chunk-NNN/<step>    Orbax checkpoints of a chunk's stacked state
-  summary.json, summary.md        per member: p, lr, seed, final and best test
-                                  error, best epoch (reporting/sweep_summary.py)
-Running again on the same workdir resumes every chunk from its latest
-checkpoint and ends bit-identical to an uninterrupted sweep.
+(training/loop.py), through the vmapped steps of sweeps/grid.py. The sweep's
+directory (training/rundir.py) records the sweep config (chunk resolved, and
+the device layout its numbers depend on), members/<name>/ as train.py's run
+directories (their config with `sweep_member`: how its data order was
+drawn), checkpoints/chunk-NNN/ of each chunk's stacked state, and
+summary.json|md (reporting/sweep_summary.py). Running again on the same
+workdir resumes every chunk and ends bit-identical to an uninterrupted sweep.
 """
 
 import json

@@ -88,9 +88,6 @@ def checkpoint_due(epoch: int, config, last_epoch: int = None) -> bool:
   return epoch % config.checkpoint_every_epochs == 0 or epoch == last_epoch
 
 
-# --- writers ---------------------------------------------------------------
-
-
 def _write_error(path: str, e: OSError) -> faults.WriteError:
   return faults.WriteError(
       f'{path} could not be written ({e.strerror or e}); its previous '
@@ -137,17 +134,15 @@ def write_json_if_changed(path: str, value) -> None:
   atomic_write(path, json.dumps(value, indent=2, sort_keys=True))
 
 
-# --- readers ---------------------------------------------------------------
-
-
-def read_json(path: str):
-  """The JSON value in `path`; ValueError naming the file and what is wrong."""
+def read_json_object(path: str) -> dict:
+  """The JSON object in `path`; ValueError naming the file and what is
+  wrong."""
   if os.path.isdir(path):
     raise ValueError(f'{path} is a directory; allowed: the JSON file padax '
                      f'writes there: {MOVE_AWAY}.')
   try:
     with open(path, encoding='utf-8') as f:
-      return json.loads(f.read())
+      value = json.loads(f.read())
   except OSError as e:
     raise ValueError(f'{path} cannot be read ({e.strerror or e}); allowed: '
                      f'a readable file: fix its permissions, or '
@@ -160,10 +155,6 @@ def read_json(path: str):
     raise ValueError(f'{path} is not valid JSON ({e.msg} at line {e.lineno} '
                      f'column {e.colno}); allowed: the JSON padax writes: '
                      f'{MOVE_AWAY}.') from None
-
-
-def read_json_object(path: str) -> dict:
-  value = read_json(path)
   if not isinstance(value, dict):
     raise ValueError(
         f'{path} holds a JSON {type(value).__name__} '
@@ -193,18 +184,23 @@ def read_rows(path: str, strict: bool = True) -> list:
     raise ValueError(f'{path} is a directory; allowed: the metrics file padax '
                      f'writes: {MOVE_AWAY}.')
   try:
-    entries = records.read_json_lines(path)
+    with open(path, encoding='utf-8') as f:
+      lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f'{path} cannot be read as text ({e}); allowed: the '
                      f'metrics file padax writes: {MOVE_AWAY}.') from None
-  except records.JsonLineError as e:
-    raise ValueError(
-        f'{path}: line {e.number} is not valid JSON ({e.error.msg} at column '
-        f'{e.error.colno}: {e.line[:40]!r}); allowed: one JSON object per '
-        f'epoch, as padax writes them: repair or remove the line, or '
-        f'{MOVE_AWAY}.') from None
   rows = {}
-  for number, line, row in entries:
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f'{path}: line {number} is not valid JSON ({e.msg} at column '
+          f'{e.colno}: {line[:40]!r}); allowed: one JSON object per epoch, '
+          f'as padax writes them: repair or remove the line, or '
+          f'{MOVE_AWAY}.') from None
     epoch = row.get('epoch') if isinstance(row, dict) else None
     if not strict and isinstance(epoch, float) and epoch.is_integer():
       epoch = int(epoch)
@@ -240,9 +236,6 @@ def _csv_epochs(path: str) -> int:
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise ValueError(f'{path} cannot be read as CSV ({e}); allowed: the '
                      f'metrics file padax writes: {MOVE_AWAY}.') from None
-
-
-# --- checkpoints on disk (the store is training/checkpoints.py) -------------
 
 
 class CheckpointReadError(ValueError):
@@ -318,9 +311,6 @@ def check_usable(directory: str) -> None:
         'afresh.')
 
 
-# --- the checks, before anything is written --------------------------------
-
-
 def is_padax_lock(text: str) -> bool:
   """Whether `text` (a lock file's content) is a record a run wrote."""
   return bool(_LOCK_RECORD.match(text))
@@ -364,11 +354,10 @@ def lock_file_problem(path: str, workdir: str, fd: int = None) -> str:
     return (f'{path} was not written by padax (it holds no padax lock '
             f'record); {allowed}.')
   if not text and not held and not os.path.lexists(
-      os.path.join(workdir, 'config.json')):
+      os.path.join(workdir, CONFIG_FILE)):
     return (f'{path} was not written by padax (an empty file in a directory '
             f'without padax\'s config.json); {allowed}.')
   return ''
-
 
 
 def _check_changeable(path: str) -> None:
@@ -437,7 +426,6 @@ def _check_checkpoint_entries(checkpoint_dir: str) -> None:
               f'{entry.path} is not a directory; allowed: the directory of a '
               f'chunk\'s checkpoints: {MOVE_AWAY}.')
         folders.append(entry.path)
-
 
 
 def _data_summary(identity: dict) -> str:

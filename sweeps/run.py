@@ -149,10 +149,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   chunk_size = spec.first_chunk_size(len(members), requested_chunk)
   layout = _layout(base, stored, workdir, chunk_size)
   # A sweep recorded before layouts were resumes unrecorded (and unchecked).
-  if stored and 'sweep_layout' not in stored:
-    layout_record = None
-  else:
-    layout_record = layout
+  layout_record = None if stored and 'sweep_layout' not in stored else layout
   check = lambda size: _check_workdirs(config, workdir, members, stored, size,
                                        layout_record, options['own_batches'])
   if requested_chunk != spec.AUTO_CHUNK:

@@ -106,18 +106,17 @@ class NonfiniteWatch:
   policy 'stop': a member's first non-finite step fails it. 'skip': train_step
   already dropped the update; `max_in_a_row` skipped steps in a row fail it.
   loop: the checkpoints.LoopState it counts in; shape: the
-  run_shape.RunShape. A failed member of a single run (`stop_run`) raises
+  run_shape.RunShape. A failed single run (no `member_names`) raises
   Diverged; in a sweep it is recorded in `diverged` (step, epoch, reason)
   with a warning, and the others go on (vmap keeps members apart).
   """
 
   def __init__(self, policy: str, max_in_a_row: int, loop, *, shape,
-               stop_run: bool, member_names: Optional[list] = None):
+               member_names: Optional[list] = None):
     self.policy = policy
     self.max_in_a_row = max_in_a_row
     self.loop = loop
     self.shape = shape
-    self.stop_run = stop_run
     self.member_names = member_names
     self._pending = collections.deque()
 
@@ -148,7 +147,7 @@ class NonfiniteWatch:
                   'a non-finite loss or gradient')
       else:
         continue
-      if self.stop_run:
+      if self.member_names is None:
         raise Diverged(step, reason)
       epoch = self.shape.epoch_of(step)
       self.loop.diverged[k] = {'step': step, 'epoch': epoch, 'reason': reason}

@@ -124,8 +124,7 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
           for d in member_dirs]
   watch = faults.NonfiniteWatch(
       config.nonfinite_policy, config.max_consecutive_skips, loop,
-      shape=shape, stop_run=steps.member_names is None,
-      member_names=steps.member_names)
+      shape=shape, member_names=steps.member_names)
   if completed_epochs >= config.num_epochs:
     logging.info('Nothing left to train%s: all num_epochs=%d epochs are done; '
                  'a larger --config.num_epochs trains on from this '

@@ -26,7 +26,8 @@ import models
 from configs import quick
 from training import checkpoints, faults, input_pipeline, loop, optimizers
 from training import train_lib
-from training import workdir as workdir_lib
+from training import rundir
+from training import run_shape
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 CASES = ('train_epochs', 'device_batch')
@@ -62,13 +63,14 @@ def measure(model_name, max_steps, data, batch_size, rounds):
   def run_train_epochs(state):
     """Seconds of one train_epochs epoch's training, from its metrics row."""
     with tempfile.TemporaryDirectory() as workdir:
-      run_dir = workdir_lib.Workdir(workdir, config)
+      run_dir = rundir.Workdir(workdir, config)
       run_dir.prepare()
       store = checkpoints.CheckpointStore(run_dir.checkpoint_dir,
                                            config.keep_checkpoints)
       try:
         result = loop.train_epochs(
             config, steps, init(jax.random.key(config.seed)), store=store,
+            shape=run_shape.RunShape.of(config, data),
             member_dirs=[run_dir], data=data, stop=faults.StopRequests(),
             progress=False)
       finally:

@@ -1,13 +1,12 @@
 """Loads train.py workdirs and sweep dirs into `Run`s.
 
-A workdir (training/workdir.py) holds config.json and metrics.jsonl, one JSON
+A workdir (training/rundir.py) holds config.json and metrics.jsonl, one JSON
 object per epoch with the columns of records.COLUMNS. A sweep dir holds
 config.json, summary.json and members/<name>/, each member a workdir.
 """
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import re
@@ -15,10 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from training import records
-
-CONFIG_FILE = 'config.json'
-METRICS_FILE = 'metrics.jsonl'
-MEMBERS_DIR = 'members'
+from training import rundir
 
 # Optimizers for which optimizer.p means something.
 P_OPTIMIZERS = ('padam',)
@@ -28,9 +24,10 @@ P_OPTIMIZERS = ('padam',)
 NOT_IN_LABELS = ('data_dir', 'data_source', 'checkpoint_every_epochs',
                   'keep_checkpoints', 'eval_batch_size')
 
-WORKDIR_EXPECTED = ('expected a train.py workdir (a directory holding '
-                    f'{CONFIG_FILE} and {METRICS_FILE}) or a sweep dir '
-                    f'(holding {MEMBERS_DIR}/<name>/ workdirs)')
+WORKDIR_EXPECTED = (
+    'expected a train.py workdir (a directory holding '
+    f'{rundir.CONFIG_FILE} and {rundir.METRICS_JSONL}) or a sweep dir '
+    f'(holding {rundir.MEMBERS_DIR}/<name>/ workdirs)')
 
 
 class ReportInputError(ValueError):
@@ -101,63 +98,28 @@ def fmt_number(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def read_metrics(path: str) -> list:
-  """metrics.jsonl rows, checked and sorted by epoch (the last row of an epoch
-  wins). Raises ReportInputError naming the file on anything unreadable."""
-  rows = {}
-  try:
-    entries = records.read_json_lines(path)
-  except (OSError, UnicodeDecodeError) as e:
-    raise ReportInputError(f'{path}: cannot be read ({e}).') from None
-  except records.JsonLineError as e:
-    raise ReportInputError(
-        f'{path} line {e.number}: not JSON ({e.error}); expected one JSON '
-        'object per epoch, as train.py writes.') from None
-  for number, _, row in entries:
-    if not isinstance(row, dict):
-      raise ReportInputError(
-          f'{path} line {number}: a {type(row).__name__}, expected a JSON '
-          'object per epoch.')
-    epoch = row.get('epoch')
-    if isinstance(epoch, float) and epoch.is_integer():
-      epoch = int(epoch)
-    if isinstance(epoch, bool) or not isinstance(epoch, int):
-      raise ReportInputError(
-          f'{path} line {number}: no integer "epoch" (got {epoch!r}); '
-          'expected one JSON object per epoch with the keys '
-          f'{", ".join(records.COLUMNS)}.')
-    rows[epoch] = dict(row, epoch=epoch)
-  if not rows:
-    raise ReportInputError(
-        f'{path}: no metrics rows (has the run finished an epoch?); expected '
-        'one JSON object per epoch, as train.py writes.')
-  return [rows[e] for e in sorted(rows)]
-
-
 def load_workdir(path: str, name: Optional[str] = None,
                  sweep: Optional[str] = None) -> Run:
   """The Run in a train.py workdir (or a sweep member dir)."""
   if not os.path.isdir(path):
     what = 'is not a directory' if os.path.exists(path) else 'does not exist'
     raise ReportInputError(f'{path} {what}; {WORKDIR_EXPECTED}.')
-  metrics_path = os.path.join(path, METRICS_FILE)
+  metrics_path = os.path.join(path, rundir.METRICS_JSONL)
   if not os.path.isfile(metrics_path):
     raise ReportInputError(
-        f'{path} is not a workdir: it has no {METRICS_FILE}; '
+        f'{path} is not a workdir: it has no {rundir.METRICS_JSONL}; '
         f'{WORKDIR_EXPECTED}.')
-  rows = read_metrics(metrics_path)
-  config_path = os.path.join(path, CONFIG_FILE)
-  config = {}
-  if os.path.isfile(config_path):
-    try:
-      with open(config_path) as f:
-        config = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
-      raise ReportInputError(f'{config_path}: cannot be read ({e}).') from None
-    except json.JSONDecodeError as e:
-      raise ReportInputError(f'{config_path}: not valid JSON ({e}).') from None
-    if not isinstance(config, dict):
-      raise ReportInputError(f'{config_path}: expected a JSON object.')
+  try:
+    # A report takes the rows as they are: any order, an epoch written twice
+    # (the last wins), no step needed.
+    rows = rundir.read_rows(metrics_path, strict=False)
+    config = rundir.read_stored_config(path)
+  except ValueError as e:
+    raise ReportInputError(str(e)) from None
+  if not rows:
+    raise ReportInputError(
+        f'{metrics_path}: no metrics rows (has the run finished an epoch?); '
+        'expected one JSON object per epoch, as train.py writes.')
   if name is None:
     name = os.path.basename(os.path.abspath(path))
   return Run(name=name, label=name, config=config, rows=rows,
@@ -199,7 +161,7 @@ def load_sweep(path: str, warn) -> list:
   Members without metrics yet (a sweep still running) are skipped, with a
   note to `warn`; a sweep with no member holding metrics is an error.
   """
-  members_dir = os.path.join(path, MEMBERS_DIR)
+  members_dir = os.path.join(path, rundir.MEMBERS_DIR)
   sweep_name = os.path.basename(os.path.abspath(path))
   names = sorted((n for n in os.listdir(members_dir)
                   if os.path.isdir(os.path.join(members_dir, n))),
@@ -207,7 +169,7 @@ def load_sweep(path: str, warn) -> list:
   runs, skipped = [], []
   for n in names:
     member = os.path.join(members_dir, n)
-    metrics = os.path.join(member, METRICS_FILE)
+    metrics = os.path.join(member, rundir.METRICS_JSONL)
     if not os.path.isfile(metrics) or not _has_content(metrics):
       skipped.append(n)
       continue
@@ -216,8 +178,8 @@ def load_sweep(path: str, warn) -> list:
   if not runs:
     raise ReportInputError(
         f'{path} is a sweep dir but none of its {len(names)} members in '
-        f'{members_dir} has {METRICS_FILE} rows yet; expected members/<name>/ '
-        'workdirs with metrics.')
+        f'{members_dir} has {rundir.METRICS_JSONL} rows yet; expected '
+        'members/<name>/ workdirs with metrics.')
   if skipped:
     warn(f'{path}: skipped {len(skipped)} member(s) without metrics yet: '
          f'{", ".join(skipped)}')
@@ -246,8 +208,9 @@ def load_runs(paths: Sequence[str], labels: Optional[Sequence[str]] = None,
     raise ReportInputError(f'no workdir given; {WORKDIR_EXPECTED}.')
   runs, seen = [], set()
   for path in paths:
-    is_sweep = (os.path.isdir(os.path.join(path, MEMBERS_DIR))
-                and not os.path.exists(os.path.join(path, METRICS_FILE)))
+    is_sweep = (
+        os.path.isdir(os.path.join(path, rundir.MEMBERS_DIR)) and
+        not os.path.exists(os.path.join(path, rundir.METRICS_JSONL)))
     loaded = load_sweep(path, warn) if is_sweep else [load_workdir(path)]
     for run in loaded:
       key = os.path.realpath(run.path)

@@ -1,14 +1,11 @@
 """A grid of hyperparameters trained at once: one `jax.vmap` of train.py's step.
 
 The K members of a chunk (sweeps/spec.py) are ONE stacked TrainState (a
-leading member axis on every leaf), trained by `jax.vmap` of
-`training.train_lib.train_step`, sharded over a `grid` mesh axis (a chunk is
-padded with copies of its last member to a multiple of the device count;
-the copies are dropped before writing or checkpointing).
+leading member axis on every leaf), padded with copies of its last member to
+a multiple of the `grid` devices (dropped before writing or checkpointing).
 `optimizers.create_optimizer` injects the PEAK lr and INITIAL p (and the other
 numeric hyperparameters) into `opt_state.hyperparams`, so the members share
-one optimizer and each carries its own values (and BatchNorm statistics) in
-its state. `GridSteps.for_members(chunk)` is what training/loop.py trains.
+one optimizer and each carries its own values in its state.
 """
 
 import copy
@@ -55,23 +52,24 @@ class GridSteps(train_lib.MeshSteps):
   def __init__(self, mesh, model, optimizer, *, own_batches: bool = False,
                nonfinite: str = 'stop',
                dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
-    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
-                     own_batches=own_batches, dataset=dataset)
+    self.own_batches = own_batches
     self.padded_members = []
+    members = NamedSharding(mesh, P(GRID_AXIS))
+    batches = NamedSharding(
+        mesh, P(GRID_AXIS, DATA_AXIS) if own_batches else P(DATA_AXIS))
 
-  def place(self, mesh) -> None:
-    self.state_sharding = self.metrics_sharding = NamedSharding(
-        mesh, P(GRID_AXIS))
-    self.sharded = NamedSharding(
-        mesh, P(GRID_AXIS, DATA_AXIS) if self.own_batches else P(DATA_AXIS))
-    self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
+    def per_device(step, train):
+      batch_axis = 0 if train and own_batches else None
+      return jax.shard_map(
+          jax.vmap(step, in_axes=(0, batch_axis)), mesh=mesh,
+          in_specs=(P(GRID_AXIS),
+                    P() if batch_axis is None else P(GRID_AXIS)),
+          out_specs=P(GRID_AXIS), axis_names={GRID_AXIS})
 
-  def per_device(self, step, train):
-    batch_axis = 0 if train and self.own_batches else None
-    return jax.shard_map(
-        jax.vmap(step, in_axes=(0, batch_axis)), mesh=self.mesh,
-        in_specs=(P(GRID_AXIS), P() if batch_axis is None else P(GRID_AXIS)),
-        out_specs=P(GRID_AXIS), axis_names={GRID_AXIS})
+    super().__init__(mesh, model, optimizer, nonfinite=nonfinite,
+                     dataset=dataset, per_device=per_device,
+                     shardings=(members, batches,
+                                NamedSharding(mesh, P(DATA_AXIS))))
 
   def for_members(self, members: list) -> 'GridSteps':
     """These steps, for a chunk of `members` (spec.Member), padded to a

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from training import workdir
+from training import rundir
 
 OPTION_KEYS = ('eta', 'first_rung_epochs')
 _RECORD_KEYS = ('epoch', 'eta', 'members', 'val_errors', 'survivors')
@@ -152,7 +152,7 @@ class Rung:
   @classmethod
   def read(cls, path: str) -> 'Rung':
     """The record at `path`; ValueError naming the file if it is damaged."""
-    return cls.from_json(workdir.read_json_object(path), path)
+    return cls.from_json(rundir.read_json_object(path), path)
 
 
 def gather_members(tree, indices):

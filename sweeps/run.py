@@ -1,19 +1,13 @@
 """`run_sweep(config, workdir)`: every member of a grid, chunk after chunk.
 
 Each chunk (sweeps/spec.py) is trained by the epoch loop that train.py uses
-(training/loop.py), through the vmapped steps of sweeps/grid.py.
-
-Workdir layout:
-  config.json                     the sweep config (chunk resolved, and the
-                                  device layout its numbers depend on)
-  members/<name>/config.json      the member's effective train config (+
-                                  `sweep_member`: how its data order was drawn)
-  members/<name>/metrics.jsonl|csv  the same rows and columns as train.py
-  checkpoints/chunk-NNN/<step>    Orbax checkpoints of a chunk's stacked state
-  summary.json, summary.md        per member: p, lr, seed, final and best test
-                                  error, best epoch (reporting/sweep_summary.py)
-Running again on the same workdir resumes every chunk from its latest
-checkpoint and ends bit-identical to an uninterrupted sweep.
+(training/loop.py), through the vmapped steps of sweeps/grid.py. The sweep's
+directory (training/rundir.py) records the sweep config (chunk resolved, and
+the device layout its numbers depend on), members/<name>/ as train.py's run
+directories (their config with `sweep_member`: how its data order was
+drawn), checkpoints/chunk-NNN/ of each chunk's stacked state, and
+summary.json|md (reporting/sweep_summary.py). Running again on the same
+workdir resumes every chunk and ends bit-identical to an uninterrupted sweep.
 """
 
 import json
@@ -31,15 +25,7 @@ from training import configuration
 from training import input_pipeline
 from training import loop
 from training import paths
-from training import workdir as workdir_lib
-
-
-def _stored_config(workdir: str) -> dict:
-  """The workdir's config.json ({} when none)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    return {}  # Or not a file: Workdir.check says so.
-  return workdir_lib.read_json_object(path)
+from training import rundir
 
 
 def _stored_sweep(stored: dict) -> dict:
@@ -64,7 +50,7 @@ def cpu_split(config: ml_collections.ConfigDict, workdir: str,
   on the same device layout as the run it continues. ValueError for a bad
   grid or workdir (run_sweep reports it)."""
   spec.grid_members(config)  # The grid first, as run_sweep checks it.
-  stored = _stored_config(paths.check_output_dir(workdir))
+  stored = rundir.read_stored_config(paths.check_output_dir(workdir))
   layout = stored.get('sweep_layout')
   if isinstance(layout, dict):
     return layout['grid_devices'], (layout['grid_devices'] *
@@ -99,8 +85,39 @@ def _layout(base, stored: dict, workdir: str, chunk_size: int) -> dict:
   return layout
 
 
-def _chunk_dir(workdir: str, index: int) -> str:
-  return os.path.join(workdir, 'checkpoints', f'chunk-{index:03d}')
+def _check_workdirs(config, workdir: str, members: list, stored: dict,
+                    chunk_size: int, layout: Optional[dict],
+                    own_batches: bool) -> tuple:
+  """(sweep Workdir, member Workdirs), checked for a sweep of `chunk_size`
+  members at a time; ValueError for a workdir trained in other chunks.
+  layout: the device layout to record (None: a sweep recorded before
+  layouts, resumed unrecorded)."""
+  stored_chunk = _stored_sweep(stored).get('chunk')
+  if stored_chunk is not None and stored_chunk != chunk_size:
+    raise ValueError(
+        f'sweep.chunk={chunk_size} is not allowed for workdir={workdir!r}: '
+        f'it holds a sweep trained {stored_chunk} members at a time; '
+        f'allowed: {stored_chunk} (--chunk {stored_chunk}), as the grouping '
+        'changes float rounding, so a resumed sweep would not match an '
+        'uninterrupted one.')
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.sweep.chunk = chunk_size
+    if layout is not None:
+      c.sweep_layout = layout
+  sweep_dir = rundir.Workdir(workdir, c)
+  sweep_dir.check()
+  member_dirs = []
+  for m in members:
+    cfg = spec.member_config(config, m)
+    cfg.sweep_member = {'name': m.name, 'own_batches': own_batches,
+                        'data_seed': m.seed if own_batches else config.seed}
+    member_path = os.path.join(workdir, rundir.MEMBERS_DIR, m.name)
+    # The sweep's own directory: not one that leads out of the workdir.
+    rundir.refuse_symlink(member_path, 'directory')
+    member_dirs.append(rundir.Workdir(member_path, cfg))
+    member_dirs[-1].check(data_file=sweep_dir.data_path)
+  return sweep_dir, member_dirs
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
@@ -126,73 +143,39 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                      'members spread over that process\'s devices).')
   workdir = paths.check_output_dir(workdir)
   # Read once, before any write: what the workdir's sweep was trained with.
-  stored = _stored_config(workdir)
+  stored = rundir.read_stored_config(workdir)
   requested_chunk = _chunk_request(config, stored, chunk)
-  # All members for AUTO_CHUNK until the memory estimate in `plan`.
+  # All members for AUTO_CHUNK until the memory estimate below.
   chunk_size = spec.first_chunk_size(len(members), requested_chunk)
   layout = _layout(base, stored, workdir, chunk_size)
   # A sweep recorded before layouts were resumes unrecorded (and unchecked).
-  record_layout = not stored or 'sweep_layout' in stored
-
-  def check_workdirs(chunk_size):
-    stored_chunk = _stored_sweep(stored).get('chunk')
-    if stored_chunk is not None and stored_chunk != chunk_size:
-      raise ValueError(
-          f'sweep.chunk={chunk_size} is not allowed for workdir={workdir!r}: '
-          f'it holds a sweep trained {stored_chunk} members at a time; '
-          f'allowed: {stored_chunk} (--chunk {stored_chunk}), as the grouping '
-          'changes float '
-          'rounding, so a resumed sweep would not match an uninterrupted '
-          'one.')
-    c = config.copy_and_resolve_references()
-    with c.unlocked():
-      c.sweep.chunk = chunk_size
-      if record_layout:
-        c.sweep_layout = layout
-    sweep_dir = workdir_lib.Workdir(workdir, c)
-    sweep_dir.check()
-    member_dirs = []
-    for m in members:
-      cfg = spec.member_config(config, m)
-      cfg.sweep_member = {'name': m.name, 'own_batches': options['own_batches'],
-                          'data_seed': m.seed if options['own_batches']
-                                       else base.seed}
-      member_path = os.path.join(workdir, 'members', m.name)
-      # The sweep's own directory: not one that leads out of the workdir.
-      workdir_lib.refuse_symlink(member_path, 'directory')
-      member_dirs.append(workdir_lib.Workdir(member_path, cfg))
-      member_dirs[-1].check(data_file=sweep_dir.data_path)
-    return sweep_dir, member_dirs
-
+  layout_record = None if stored and 'sweep_layout' not in stored else layout
+  check = lambda size: _check_workdirs(config, workdir, members, stored, size,
+                                       layout_record, options['own_batches'])
   if requested_chunk != spec.AUTO_CHUNK:
-    check_workdirs(chunk_size)
-  member_dirs = []
-
-  def plan(data):
-    model, optimizer, steps, init = grid.build(
-        base, data.num_classes, input_pipeline.steps_per_epoch(
-            data.train.num_examples, base.batch_size), options['own_batches'],
-        data=layout['devices_per_member'],
-        dataset=data.spec)
-    size = chunk_size
-    if requested_chunk == spec.AUTO_CHUNK:
-      member_bytes = grid.estimate_member_bytes(model, optimizer,
-                                                base.batch_size, data.spec)
-      size = grid.auto_chunk(len(members), member_bytes,
-                             grid.free_memory_bytes(),
-                             reserved_bytes=data.train.images.nbytes,
-                             num_devices=steps.mesh.shape[grid.GRID_AXIS])
-      logging.info('Auto chunk: %d of %d members at once (~%.1f MiB each)',
-                   size, len(members), member_bytes / 2**20)
-    sweep_dir, dirs = check_workdirs(size)
-    member_dirs.extend(dirs)
-    groups = spec.chunks_of(list(zip(members, dirs)), size)
-    return sweep_dir, [_chunk(steps, init, group, i, len(groups), workdir)
-                       for i, group in enumerate(groups)]
+    sweep_dir, member_dirs = check(chunk_size)
+  data, shape = loop.load_data(base, workdir, data=data,
+                               profile_steps=profile_steps)
+  model, optimizer, steps, init = grid.build(
+      base, shape.num_classes, shape.steps_per_epoch, options['own_batches'],
+      data=layout['devices_per_member'], dataset=data.spec)
+  if requested_chunk == spec.AUTO_CHUNK:
+    member_bytes = grid.estimate_member_bytes(model, optimizer,
+                                              base.batch_size, data.spec)
+    chunk_size = grid.auto_chunk(len(members), member_bytes,
+                                 grid.free_memory_bytes(),
+                                 reserved_bytes=data.train.images.nbytes,
+                                 num_devices=steps.mesh.shape[grid.GRID_AXIS])
+    logging.info('Auto chunk: %d of %d members at once (~%.1f MiB each)',
+                 chunk_size, len(members), member_bytes / 2**20)
+    sweep_dir, member_dirs = check(chunk_size)
+  groups = spec.chunks_of(list(zip(members, member_dirs)), chunk_size)
+  chunks = [_chunk(steps, init, group, i, len(groups), workdir)
+            for i, group in enumerate(groups)]
 
   keys = [k for k in spec.GRID_KEYS if k in members[0].values]
   diverged = {}  # {member name: watch record}
-  for trained, result in loop.run(base, workdir, plan, data=data,
+  for trained, result in loop.run(base, shape, data, sweep_dir, chunks,
                                   progress=progress,
                                   profile_steps=profile_steps,
                                   after_epoch=after_epoch):
@@ -200,13 +183,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                                result.loop.diverged)
                      if d is not None})
     summary = [sweep_summary.summarize_member(
-        m.name, m.values, workdir_lib.read_rows(d.jsonl_path),
+        m.name, m.values, rundir.read_rows(d.jsonl_path),
         diverged.get(m.name)) for m, d in zip(members, member_dirs)]
-    workdir_lib.atomic_write(
-        os.path.join(workdir, 'summary.json'),
+    rundir.atomic_write(
+        os.path.join(workdir, rundir.SUMMARY_JSON),
         json.dumps({'members': summary}, indent=2, sort_keys=True))
-    workdir_lib.atomic_write(
-        os.path.join(workdir, 'summary.md'),
+    rundir.atomic_write(
+        os.path.join(workdir, rundir.SUMMARY_MD),
         sweep_summary.summary_markdown(base.to_dict(), keys, summary))
   return summary
 
@@ -227,4 +210,5 @@ def _chunk(steps, init, group: list, index: int, count: int,
     return grid.init_grid(init, chunk_steps.padded_members)
 
   return loop.Chunk(chunk_steps, init_chunk, [d for _, d in group],
-                    _chunk_dir(workdir, index), f'chunk {index + 1}/{count}')
+                    rundir.chunk_dir(workdir, index),
+                    f'chunk {index + 1}/{count}')

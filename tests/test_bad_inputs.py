@@ -32,7 +32,8 @@ from training import configuration
 from training import host_devices
 from training import optimizers
 from training import trainer
-from training import workdir as workdir_lib
+from training import run_lock
+from training import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +69,13 @@ def _not_cifar_data(tmp):
 def _stored_config(tmp):
   config = quick.get_config()
   config.seed = 7
-  workdir_lib.Workdir(os.path.join(tmp, 'W'), config).prepare()
+  rundir.Workdir(os.path.join(tmp, 'W'), config).prepare()
 
 
 def _stored_sweep(tmp):
   config = cpu_subset.get_config()
   config.sweep.chunk = 2
-  workdir_lib.Workdir(os.path.join(tmp, 'W'), config).prepare()
+  rundir.Workdir(os.path.join(tmp, 'W'), config).prepare()
 
 
 def _file_as_workdir(tmp):
@@ -366,7 +367,7 @@ def test_bad_jax_platform_is_one_error_line(tmp_path):
 
 @pytest.mark.parametrize('command', [TRAIN, SWEEP], ids=['train', 'sweep'])
 def test_workdir_in_use_is_refused(tmp_path, command):
-  lock = workdir_lib.RunLock(str(tmp_path / 'W'))
+  lock = run_lock.RunLock(str(tmp_path / 'W'))
   lock.acquire()
   try:
     before = snapshot(str(tmp_path))

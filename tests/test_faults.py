@@ -34,12 +34,17 @@ from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-
 from tests.helpers import snapshot
 from training import checkpoints
 from training import faults
-from training import workdir as workdir_lib
+from training import run_shape
+from training import rundir
 
 pytestmark = pytest.mark.slow
 
 LONG = os.environ.get('PADAX_FAULTS_LONG', '') not in ('', '0')
 SEED = int(os.environ.get('PADAX_FAULTS_SEED', '0'))
+# The shape of the runs these checkpoints are of: 4 steps per epoch.
+FOUR_STEP_EPOCHS = run_shape.RunShape(
+    steps_per_epoch=4, batch_size=8, train_examples=32, test_examples=8,
+    num_classes=10, image_shape=(32, 32, 3))
 
 
 @pytest.fixture(scope='module')
@@ -172,8 +177,8 @@ def test_stop_signal_mid_epoch_saves_and_resumes_bit_identically(
   # comes out exact), and the metrics hold epoch 1 only.
   store = checkpoints.CheckpointStore(directory, keep=1)
   try:
-    loop = faults.LoopState.from_json(
-        store.loop_metadata(step), 1, step, 4)
+    loop = checkpoints.LoopState.from_json(
+        store.loop_metadata(step), 1, step, FOUR_STEP_EPOCHS)
   finally:
     store.close()
   assert loop.steps_done == done and loop.totals['count'].sum() > 0
@@ -263,7 +268,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
 
 def test_metrics_write_failure_leaves_the_previous_file(tmp_path,
                                                         monkeypatch):
-  run_dir = workdir_lib.Workdir(str(tmp_path), ml_collections.ConfigDict())
+  run_dir = rundir.Workdir(str(tmp_path), ml_collections.ConfigDict())
   run_dir.write_metrics([{'epoch': 1, 'test_error': 0.5}])
   with open(run_dir.jsonl_path) as f:
     before = f.read()
@@ -300,12 +305,12 @@ def _small_store(directory, steps):
   store = checkpoints.CheckpointStore(directory, keep=3)
   for step in steps:
     state = {'w': jnp.full((64, 64), float(step)), 'step': jnp.int32(step)}
-    store.save(step, state, faults.LoopState().to_json())
+    store.save(step, state, checkpoints.LoopState().to_json())
   return store, state
 
 
 def _check_loop(step, meta):
-  return faults.LoopState.from_json(meta, 1, step, 4)
+  return checkpoints.LoopState.from_json(meta, 1, step, FOUR_STEP_EPOCHS)
 
 
 # Orbax's asyncio callbacks after a failed read end as "Event loop is closed".
@@ -338,7 +343,7 @@ def test_mid_epoch_checkpoint_without_its_totals_is_skipped(tmp_path):
   directory = str(tmp_path / 'checkpoints')
   store, template = _small_store(directory, [4])
   # Step 6 is inside an epoch of 4 steps: its loop state must say so.
-  store.save(6, template, faults.LoopState().to_json())
+  store.save(6, template, checkpoints.LoopState().to_json())
   store.close()
   store = checkpoints.CheckpointStore(directory, keep=3)
   try:
@@ -358,7 +363,7 @@ def test_no_readable_checkpoint_is_refused_and_nothing_moved(tmp_path):
   before = snapshot(directory)
   store = checkpoints.CheckpointStore(directory, keep=3)
   try:
-    with pytest.raises(checkpoints.CheckpointReadError) as info:
+    with pytest.raises(rundir.CheckpointReadError) as info:
       store.restore_latest(template, _check_loop)
   finally:
     store.close()
@@ -393,7 +398,7 @@ def test_old_checkpoints_go_only_after_the_new_one_is_complete(
       return rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, 'rmtree', record)
-    store.save(12, template, faults.LoopState().to_json())
+    store.save(12, template, checkpoints.LoopState().to_json())
     assert deleted == [8] and store.steps() == [12]
   finally:
     store.close()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sweeps import halving
-from training import workdir
+from training import rundir
 
 NAN = float('nan')
 
@@ -177,7 +177,7 @@ def test_rung_record_round_trip(tmp_path):
   writes = []
   def write(p, text):
     writes.append(p)
-    workdir.atomic_write(p, text)
+    rundir.atomic_write(p, text)
   _rung().write(write, path)
   assert writes == [path]
   with open(path, encoding='utf-8') as f:

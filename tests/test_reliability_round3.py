@@ -38,7 +38,8 @@ from tests.helpers import write_cifar10
 from training import checkpoints
 from training import faults
 from training import trainer
-from training import workdir as workdir_lib
+from training import run_lock
+from training import rundir
 
 pytestmark = [pytest.mark.usefixtures('compilation_cache_dir'),
               pytest.mark.slow]
@@ -160,7 +161,7 @@ def make_dir(name):
 
 def edit_metadata(name, change: Callable[[str], str]):
   def step(tmp):
-    path = os.path.join(tmp, name, checkpoints.METADATA_FILE)
+    path = os.path.join(tmp, name, rundir.METADATA_FILE)
     with open(path) as f:
       text = f.read()
     with open(path, 'w') as f:
@@ -174,7 +175,7 @@ def truncated(text):
 
 def without_recorded_step(text):
   metadata = json.loads(text)
-  del metadata['custom_metadata'][checkpoints.STEP_METADATA_KEY]
+  del metadata['custom_metadata'][rundir.STEP_METADATA_KEY]
   return json.dumps(metadata)
 
 
@@ -587,14 +588,14 @@ def test_a_lock_held_while_empty_is_in_use_not_foreign(tmp_path):
   another run is told the workdir is in use; the first, ending without
   having written anything else, leaves nothing behind."""
   workdir = str(tmp_path / 'W')
-  lock = workdir_lib.RunLock(workdir)
+  lock = run_lock.RunLock(workdir)
   lock.acquire()
   try:
     os.truncate(lock.path, 0)
-    assert workdir_lib.lock_file_problem(lock.path, workdir) == ''
+    assert rundir.lock_file_problem(lock.path, workdir) == ''
     with pytest.raises(ValueError, match=r'is in use by another run \(holder '
                        r'unknown\)'):
-      workdir_lib.RunLock(workdir).acquire()
+      run_lock.RunLock(workdir).acquire()
   finally:
     lock.release()
   assert os.listdir(str(tmp_path)) == []

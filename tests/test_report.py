@@ -1,6 +1,6 @@
 """report.py and reporting/: tables, figures and errors on synthetic workdirs.
 
-The workdirs are written here, in the layout of training/workdir.py, with
+The workdirs are written here, in the layout of training/rundir.py, with
 metric values given by simple formulas, so every expected number is computed
 independently of reporting/.
 """

@@ -38,7 +38,7 @@ from training import input_pipeline
 from training import optimizers
 from training import records
 from training import train_lib
-from training import workdir as workdir_lib
+from training import rundir
 
 NUM_STEPS = 4
 # Member X, and the others it shares a grid with: p AND lr differ.
@@ -209,7 +209,7 @@ class Killed(Exception):
 
 
 def read_rows(workdir, name):
-  return workdir_lib.read_rows(workdir_lib.Workdir(
+  return rundir.read_rows(rundir.Workdir(
       os.path.join(workdir, 'members', name),
       ml_collections.ConfigDict()).jsonl_path)
 

@@ -39,7 +39,7 @@ from tests.helpers import write_cifar10
 from training import input_pipeline
 from training import optimizers
 from training import trainer
-from training import workdir as workdir_lib
+from training import rundir
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 SWEEP_PY = os.path.join(ROOT, 'sweep.py')
@@ -329,7 +329,7 @@ def test_same_data_spelled_differently_resumes_bit_identically(
   for name in ('data.json',):
     assert (tmp_path / 'whole' / name).read_text() == (
         tmp_path / 'parts' / name).read_text()
-  rows = [workdir_lib.read_rows(os.path.join(d, 'metrics.jsonl'))
+  rows = [rundir.read_rows(os.path.join(d, 'metrics.jsonl'))
           for d in (whole, parts)]
   assert without_timing(rows[0]) == without_timing(rows[1])
   step = 2 * STEPS_PER_EPOCH
@@ -680,7 +680,7 @@ FILE_CASES = [
 def _stored_sweep(tmp):
   config = _sweep(seed=(0, 1))
   config.sweep.chunk = 2
-  workdir_lib.Workdir(os.path.join(tmp, 'W'), config).prepare()
+  rundir.Workdir(os.path.join(tmp, 'W'), config).prepare()
 
 
 @pytest.mark.parametrize('case', FILE_CASES, ids=[c.id for c in FILE_CASES])
@@ -780,7 +780,7 @@ def test_files_respect_the_umask(tmp_path, umask):
     data = write_cifar10(str(tmp_path / 'data'), NUM_TRAIN, NUM_TEST)
     workdir = str(tmp_path / 'W')
     train(workdir, data, num_epochs=1)
-    workdir_lib.atomic_write(str(tmp_path / 'summary.json'), '{}')
+    rundir.atomic_write(str(tmp_path / 'summary.json'), '{}')
   finally:
     os.umask(previous)
   for path in ['W/config.json', 'W/data.json', 'W/metrics.jsonl',

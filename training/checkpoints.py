@@ -7,17 +7,18 @@ leaves the older ones as they were; old ones are pruned only after the new
 one is complete (not Orbax's `max_to_keep`: it prunes even when the write
 failed), through an atomic rename to `.deleting-<step>`; one that does not
 read back is set aside as `unreadable-<step>` and the previous one is tried.
-Each carries the loop state (`faults.LoopState` as JSON) and its step in its
+Each carries the loop state (`LoopState` as JSON) and its step in its
 Orbax custom metadata; a checkpoint whose metadata is damaged, or whose name,
 recorded step and state's step disagree, does not read back.
-docs/reliability.md has the details.
+docs/reliability.md has the details. What is on disk is read without Orbax
+by training/rundir.py.
 
 Multi-host: every process calls save and restore (Orbax's collectives); only
 process 0 removes, renames or checks files.
 """
 
+import dataclasses
 import glob
-import json
 import logging
 import os
 import re
@@ -30,108 +31,100 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from training import faults
+from training import rundir
 
 LOOP_METADATA_KEY = 'padax_loop'
 DELETING_PREFIX = '.deleting-'
-UNREADABLE_PREFIX = 'unreadable-'
 _ORBAX_TMP = re.compile(r'^\d+\.orbax-checkpoint-tmp')
-
-
-# Orbax's per-checkpoint metadata file, and the key of the step padax records
-# in it (a name can be changed; a checkpoint's own record cannot).
-METADATA_FILE = '_CHECKPOINT_METADATA'
-STEP_METADATA_KEY = 'padax_step'
-
-
-def read_custom_metadata(path: str, step: int) -> dict:
-  """The custom metadata of the checkpoint directory `path` (named `step`);
-  ValueError saying why if it is missing, damaged or records another step.
-
-  Orbax reads a damaged metadata file as none at all (a log line): its loop
-  state would silently start afresh.
-  """
-  file = os.path.join(path, METADATA_FILE)
-  try:
-    with open(file, encoding='utf-8') as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise ValueError(f'its {METADATA_FILE} is missing') from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise ValueError(f'its {METADATA_FILE} cannot be read ({e})') from None
-  try:
-    metadata = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f'its {METADATA_FILE} is not valid JSON ({e.msg} at '
-                     f'line {e.lineno} column {e.colno})') from None
-  custom = metadata.get('custom_metadata') if isinstance(metadata,
-                                                         dict) else None
-  if custom is None:
-    custom = {}
-  if not isinstance(metadata, dict) or not isinstance(custom, dict):
-    raise ValueError(f'its {METADATA_FILE} is not the JSON object Orbax '
-                     'writes')
-  recorded = custom.get(STEP_METADATA_KEY, step)
-  # JSON's true is no step.
-  if isinstance(recorded, bool) or recorded != step:
-    raise ValueError(f'its name says step {step} but its metadata records '
-                     f'step {recorded!r}')
-  return custom
-
-
-def unusable_steps(directory: str) -> dict:
-  """{step: why} of the checkpoints in `directory` whose metadata is
-  damaged or records another step than their name (they are set aside when
-  the run restores, as unreadable)."""
-  try:
-    names = os.listdir(directory)
-  except OSError:
-    return {}
-  out = {}
-  for name in names:
-    if name.isdigit():
-      try:
-        read_custom_metadata(os.path.join(directory, name), int(name))
-      except ValueError as e:
-        out[int(name)] = str(e)
-  return out
-
-
-def check_usable(directory: str) -> None:
-  """ValueError, before anything is written, when `directory` holds
-  checkpoints and the metadata of every one is damaged or disagrees with its
-  name: there is nothing to resume from."""
-  steps, _ = stored_steps(directory)
-  bad = unusable_steps(directory)
-  if steps and all(s in bad for s in steps):
-    raise CheckpointReadError(
-        f'none of the checkpoints in {directory} can be used ('
-        + '; '.join(f'{os.path.join(directory, str(s))}: {bad[s]}'
-                    for s in sorted(bad)) +
-        '); allowed: checkpoints whose name, stored step and metadata agree:'
-        ' restore their names or files, or move the directory away to start '
-        'afresh.')
-
-
-def stored_steps(directory: str) -> tuple:
-  """(steps of the checkpoints, steps set aside as unreadable) found in
-  `directory`, by their names, without opening them; ([], []) if none."""
-  try:
-    names = os.listdir(directory)
-  except OSError:
-    return [], []
-  steps = sorted(int(n) for n in names if n.isdigit())
-  aside = sorted(int(m.group(1)) for m in (
-      re.match(rf'^{UNREADABLE_PREFIX}(\d+)(-\d+)?$', n) for n in names) if m)
-  return steps, aside
-
-
-class CheckpointReadError(ValueError):
-  """No checkpoint of the directory reads back."""
 
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _encode_array(x) -> dict:
+  # Bits, not decimals: exact for float32 and fine for NaN / inf, which JSON
+  # does not carry.
+  x = np.asarray(x, np.float32)
+  return {'shape': list(x.shape), 'float32_bits': x.view(np.uint32).ravel()
+                                                   .tolist()}
+
+
+def _decode_array(d: dict) -> np.ndarray:
+  return np.asarray(d['float32_bits'], np.uint32).view(np.float32).reshape(
+      d['shape'])
+
+
+@dataclasses.dataclass
+class LoopState:
+  """Host state of the epoch loop at a checkpoint (one entry per member),
+  which a resumed run needs to be bit-identical; stored as JSON in the
+  checkpoint's metadata.
+
+  steps_done: training steps done in the epoch in progress (0 at an epoch
+    end); totals: their summed metrics (host float32 arrays), None at 0;
+  train_seconds: the time they took; nonfinite_in_a_row and diverged: the
+  NonfiniteWatch's counters.
+  """
+  num_members: int = 1
+  steps_done: int = 0
+  totals: Optional[dict] = None
+  train_seconds: float = 0.0
+  nonfinite_in_a_row: list = None
+  diverged: list = None
+
+  def __post_init__(self):
+    if self.nonfinite_in_a_row is None:
+      self.nonfinite_in_a_row = [0] * self.num_members
+    if self.diverged is None:
+      self.diverged = [None] * self.num_members
+
+  def start_epoch(self) -> None:
+    self.steps_done, self.totals, self.train_seconds = 0, None, 0.0
+
+  def to_json(self) -> dict:
+    return {
+        'version': 1,
+        'steps_done': self.steps_done,
+        'totals': (None if self.totals is None else {
+            k: _encode_array(v) for k, v in self.totals.items()}),
+        'train_seconds': self.train_seconds,
+        'nonfinite_in_a_row': list(self.nonfinite_in_a_row),
+        'diverged': list(self.diverged),
+    }
+
+  @classmethod
+  def from_json(cls, d: Optional[dict], num_members: int, step: int,
+                shape) -> 'LoopState':
+    """The stored state of a checkpoint at `step` of a run of `shape` (a
+    run_shape.RunShape); ValueError if unusable.
+
+    A checkpoint without one (written before padax stored it) is valid only
+    at an epoch end, where there is nothing to carry but the counters.
+    """
+    steps_done = shape.steps_into_epoch(step)
+    if not d:
+      if steps_done:
+        raise ValueError(f'step {step} is inside an epoch but the checkpoint '
+                         'holds no epoch totals')
+      return cls(num_members)
+    state = cls(num_members, steps_done=int(d['steps_done']),
+                totals=None if d['totals'] is None else {
+                    k: _decode_array(v) for k, v in d['totals'].items()},
+                train_seconds=float(d['train_seconds']),
+                nonfinite_in_a_row=[int(n) for n in d['nonfinite_in_a_row']],
+                diverged=list(d['diverged']))
+    if state.steps_done != steps_done or (steps_done > 0) != (
+        state.totals is not None):
+      raise ValueError(f'its loop state (steps_done={state.steps_done}) does '
+                       f'not match step {step} with {shape.steps_per_epoch} '
+                       'steps per epoch')
+    if len(state.nonfinite_in_a_row) != num_members or len(
+        state.diverged) != num_members:
+      raise ValueError(f'its loop state is for {len(state.diverged)} '
+                       f'members, not {num_members}')
+    return state
 
 
 class _NoWaitForPreviousSaveWarning(logging.Filter):
@@ -223,7 +216,7 @@ class CheckpointStore:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(state),
                          custom_metadata={LOOP_METADATA_KEY: loop,
-                                          STEP_METADATA_KEY: step})
+                                          rundir.STEP_METADATA_KEY: step})
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       error = e
@@ -270,7 +263,7 @@ class CheckpointStore:
   def loop_metadata(self, step: int) -> Optional[dict]:
     """The loop state stored with checkpoint `step` (None if it has none);
     ValueError if its metadata is damaged or records another step."""
-    return read_custom_metadata(self._path(step), step).get(
+    return rundir.read_custom_metadata(self._path(step), step).get(
         LOOP_METADATA_KEY)
 
   def restore_latest(self, template, check: Callable[[int, Optional[dict]],
@@ -303,7 +296,7 @@ class CheckpointStore:
       if failures:
         self._set_aside([s for s, _ in failures])
       return step, state, loop
-    raise CheckpointReadError(
+    raise rundir.CheckpointReadError(
         f'none of the checkpoints in {self.directory} reads back ('
         + '; '.join(f'step {s}: {why}' for s, why in failures) +
         '); not starting the run over on top of them: move the directory '
@@ -313,12 +306,12 @@ class CheckpointStore:
     _sync('padax-checkpoints-restored')
     if jax.process_index() == 0:
       for step in steps:
-        target = os.path.join(self.directory, f'{UNREADABLE_PREFIX}{step}')
+        target = os.path.join(self.directory, f'{rundir.UNREADABLE_PREFIX}{step}')
         n = 1
         while os.path.exists(target):
           n += 1
           target = os.path.join(self.directory,
-                                f'{UNREADABLE_PREFIX}{step}-{n}')
+                                f'{rundir.UNREADABLE_PREFIX}{step}-{n}')
         os.rename(self._path(step), target)
         logging.warning('Moved unreadable checkpoint %s to %s (kept for '
                         'inspection).', self._path(step), target)

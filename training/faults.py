@@ -1,12 +1,10 @@
 """What a run does when something goes wrong, shared by train.py and sweeps:
-stop requests (`StopRequests`), the non-finite policy (`NonfiniteWatch`), the
-host loop state a checkpoint carries for a resumed run to be bit-identical
-(`LoopState`), and the exit codes train.py and sweep.py give each exception.
+stop requests (`StopRequests`), the non-finite policy (`NonfiniteWatch`), and
+the exit codes train.py and sweep.py give each exception.
 docs/reliability.md has the guarantees.
 """
 
 import collections
-import dataclasses
 import logging
 import signal
 import threading
@@ -102,105 +100,23 @@ class StopRequests:
     return False
 
 
-def _encode_array(x) -> dict:
-  # Bits, not decimals: exact for float32 and fine for NaN / inf, which JSON
-  # does not carry.
-  x = np.asarray(x, np.float32)
-  return {'shape': list(x.shape), 'float32_bits': x.view(np.uint32).ravel()
-                                                   .tolist()}
-
-
-def _decode_array(d: dict) -> np.ndarray:
-  return np.asarray(d['float32_bits'], np.uint32).view(np.float32).reshape(
-      d['shape'])
-
-
-@dataclasses.dataclass
-class LoopState:
-  """Host state of the epoch loop at a checkpoint (one entry per member).
-
-  steps_done: training steps done in the epoch in progress (0 at an epoch
-    end); totals: their summed metrics (host float32 arrays), None at 0;
-  train_seconds: the time they took; nonfinite_in_a_row and diverged: the
-  NonfiniteWatch's counters.
-  """
-  num_members: int = 1
-  steps_done: int = 0
-  totals: Optional[dict] = None
-  train_seconds: float = 0.0
-  nonfinite_in_a_row: list = None
-  diverged: list = None
-
-  def __post_init__(self):
-    if self.nonfinite_in_a_row is None:
-      self.nonfinite_in_a_row = [0] * self.num_members
-    if self.diverged is None:
-      self.diverged = [None] * self.num_members
-
-  def start_epoch(self) -> None:
-    self.steps_done, self.totals, self.train_seconds = 0, None, 0.0
-
-  def to_json(self) -> dict:
-    return {
-        'version': 1,
-        'steps_done': self.steps_done,
-        'totals': (None if self.totals is None else {
-            k: _encode_array(v) for k, v in self.totals.items()}),
-        'train_seconds': self.train_seconds,
-        'nonfinite_in_a_row': list(self.nonfinite_in_a_row),
-        'diverged': list(self.diverged),
-    }
-
-  @classmethod
-  def from_json(cls, d: Optional[dict], num_members: int, step: int,
-                steps_per_epoch: int) -> 'LoopState':
-    """The stored state of a checkpoint at `step`; ValueError if unusable.
-
-    A checkpoint without one (written before padax stored it) is valid only
-    at an epoch end, where there is nothing to carry but the counters.
-    """
-    steps_done = step % steps_per_epoch
-    if not d:
-      if steps_done:
-        raise ValueError(f'step {step} is inside an epoch but the checkpoint '
-                         'holds no epoch totals')
-      return cls(num_members)
-    state = cls(num_members, steps_done=int(d['steps_done']),
-                totals=None if d['totals'] is None else {
-                    k: _decode_array(v) for k, v in d['totals'].items()},
-                train_seconds=float(d['train_seconds']),
-                nonfinite_in_a_row=[int(n) for n in d['nonfinite_in_a_row']],
-                diverged=list(d['diverged']))
-    if state.steps_done != steps_done or (steps_done > 0) != (
-        state.totals is not None):
-      raise ValueError(f'its loop state (steps_done={state.steps_done}) does '
-                       f'not match step {step} with {steps_per_epoch} steps '
-                       'per epoch')
-    if len(state.nonfinite_in_a_row) != num_members or len(
-        state.diverged) != num_members:
-      raise ValueError(f'its loop state is for {len(state.diverged)} '
-                       f'members, not {num_members}')
-    return state
-
-
 class NonfiniteWatch:
   """Applies `policy` to each step's `finite` flags, in order, a little late.
 
   policy 'stop': a member's first non-finite step fails it. 'skip': train_step
   already dropped the update; `max_in_a_row` skipped steps in a row fail it.
-  A failed member of a single run (`stop_run`) raises Diverged; in a sweep it
-  is recorded in `diverged` (step, epoch, reason) with a warning, and the
-  others go on (vmap keeps members apart).
+  loop: the checkpoints.LoopState it counts in; shape: the
+  run_shape.RunShape. A failed single run (no `member_names`) raises
+  Diverged; in a sweep it is recorded in `diverged` (step, epoch, reason)
+  with a warning, and the others go on (vmap keeps members apart).
   """
 
-  def __init__(self, policy: str, max_in_a_row: int, loop: LoopState, *,
-               steps_per_epoch: int, stop_run: bool,
+  def __init__(self, policy: str, max_in_a_row: int, loop, *, shape,
                member_names: Optional[list] = None):
     self.policy = policy
     self.max_in_a_row = max_in_a_row
     self.loop = loop
-    self.steps_per_epoch = steps_per_epoch
-    self.stop_run = stop_run
+    self.shape = shape
     self.member_names = member_names
     self._pending = collections.deque()
 
@@ -231,9 +147,9 @@ class NonfiniteWatch:
                   'a non-finite loss or gradient')
       else:
         continue
-      if self.stop_run:
+      if self.member_names is None:
         raise Diverged(step, reason)
-      epoch = (step - 1) // self.steps_per_epoch + 1
+      epoch = self.shape.epoch_of(step)
       self.loop.diverged[k] = {'step': step, 'epoch': epoch, 'reason': reason}
       logging.warning('Member %s: %s at step %d (epoch %d): marked diverged; '
                       'the other members go on.', self.member_names[k],

@@ -1,9 +1,12 @@
 """The epoch loop, for a single run and for a sweep's members.
 
-`run` checks a workdir and trains its chunks (train.py's one run, or a
-sweep's) with `train_epochs`: from the newest checkpoint to
-`config.num_epochs`, a metrics row per member and a checkpoint when due after
-each epoch, a checkpoint at the next step on a stop request.
+Its callers (training/trainer.py, sweeps/run.py) build a run in order:
+`load_data` (the lock free, the data loaded and its run_shape.RunShape), then
+the model, optimizer, steps and chunks for that shape, then `run`, which
+checks the chunks' history and trains them with `train_epochs`: from the
+newest checkpoint to `config.num_epochs`, a metrics row per member and a
+checkpoint when due after each epoch, a checkpoint at the next step on a stop
+request.
 """
 
 import collections
@@ -25,47 +28,60 @@ from training import input_pipeline
 from training import optimizers
 from training import profiling
 from training import records
-from training import workdir as workdir_lib
+from training import run_lock
+from training import run_shape
+from training import rundir
 
 
 # What `train_epochs` leaves: each member's metrics rows (all epochs) and the
-# faults.LoopState (its `diverged` names the members a sweep gave up on).
+# checkpoints.LoopState (its `diverged` names the members a sweep gave up on).
 Result = collections.namedtuple('Result', 'rows loop')
 
 
 # Members `run` trains at once: train.py's one run, or a sweep's chunk.
-# init() gives the fresh state; member_dirs: one workdir_lib.Workdir per
+# init() gives the fresh state; member_dirs: one rundir.Workdir per
 # member; name: what the log lines call it.
 Chunk = collections.namedtuple(
     'Chunk', 'steps init member_dirs checkpoint_dir name', defaults=('',))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
-        data: input_pipeline.CifarData = None, num_devices: int = 1,
-        progress: bool = True, profile_steps: int = 0,
-        after_epoch: Optional[Callable[[int, int], None]] = None):
-  """Trains the chunks of `plan(data)` in `workdir`; yields (chunk, Result).
+def load_data(config: ml_collections.ConfigDict, workdir: str, *,
+              data: input_pipeline.CifarData = None, num_devices: int = 1,
+              profile_steps: int = 0) -> tuple:
+  """(data, run_shape.RunShape): what a run is built from.
 
-  Before any file is written, refuses (ValueError), in this order: another
-  run holding `workdir`; data (`data`, else loaded per `config`) that does
-  not fit `config`; what `plan(data)` -> (run_dir, chunks) refuses; data
-  other than run_dir recorded; a chunk's history (check_history).
-  after_epoch(chunk index, epoch): see train_epochs.
+  Refuses (ValueError), in this order, before anything is written: another
+  run holding `workdir`; a profile directory --profile cannot write to;
+  data (`data`, else loaded per `config`) that does not fit `config`.
   """
-  lock = workdir_lib.RunLock(workdir)
-  lock.check_free()
+  run_lock.RunLock(workdir).check_free()
   if profile_steps:
-    workdir_lib.check_profile_dir(os.path.join(workdir, 'profile'))
+    rundir.check_profile_dir(os.path.join(workdir, rundir.PROFILE_DIR))
   if data is None:
     data = input_pipeline.load(config)
   configuration.check_against_data(config, data, num_devices=num_devices)
-  run_dir, chunks = plan(data)
+  return data, run_shape.RunShape.of(config, data)
+
+
+def run(config: ml_collections.ConfigDict, shape: run_shape.RunShape,
+        data: input_pipeline.CifarData, run_dir: rundir.Workdir,
+        chunks: list, *, progress: bool = True, profile_steps: int = 0,
+        after_epoch: Optional[Callable[[int, int], None]] = None):
+  """Trains `chunks` (built for `shape`) in `run_dir`; yields (chunk, Result).
+
+  run_dir: the checked Workdir that records the data (a sweep's own). Before
+  any file is written, refuses (ValueError), in this order: data other than
+  run_dir recorded; a chunk's history (rundir.check_history).
+  after_epoch(chunk index, epoch): see train_epochs.
+  """
   identity = input_pipeline.fingerprint(data)
   run_dir.check_data(identity, f' ({data.source})')
   for chunk in chunks:
-    check_history(config, chunk.member_dirs, chunk.checkpoint_dir, data)
-  with lock, faults.StopRequests() as stop, profiling.step_trace(
-      os.path.join(workdir, 'profile'), profile_steps) as trace:
+    rundir.check_history(config, shape, chunk.member_dirs,
+                         chunk.checkpoint_dir)
+  with run_lock.RunLock(run_dir.path), faults.StopRequests() as stop, (
+      profiling.step_trace(os.path.join(run_dir.path, rundir.PROFILE_DIR),
+                           profile_steps)) as trace:
     run_dir.prepare(identity)
     for member_dir in [d for c in chunks for d in c.member_dirs]:
       if member_dir is not run_dir:
@@ -77,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
       # Closed on every exit: an error must not leave a save thread behind.
       try:
         result = train_epochs(
-            config, chunk.steps, state, store=store,
+            config, chunk.steps, state, shape=shape, store=store,
             member_dirs=chunk.member_dirs, data=data, stop=stop,
             progress=progress, trace=trace, name=chunk.name,
             after_epoch=(None if after_epoch is None else
@@ -87,53 +103,52 @@ def run(config: ml_collections.ConfigDict, workdir: str, plan: Callable, *,
       yield chunk, result
 
 
-def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
-                 member_dirs: list, data: input_pipeline.CifarData,
+def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
+                 shape: run_shape.RunShape, store, member_dirs: list,
+                 data: input_pipeline.CifarData,
                  stop: faults.StopRequests, progress: bool = True,
                  trace=None, after_epoch: Optional[Callable[[int], None]] = None,
                  name: str = '') -> Result:
   """Trains `state` (fresh) to config.num_epochs, resuming from `store`.
 
-  steps: see train_lib.MeshSteps. member_dirs: one workdir_lib.Workdir per
+  steps: see train_lib.MeshSteps. member_dirs: one rundir.Workdir per
   member, where its rows go (their `rows`: those Workdir.check read). trace:
   a profiling.StepTrace or None. after_epoch(epoch) (for tests) runs once an
   epoch's rows are written, before its checkpoint.
   """
-  steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
-                                                   config.batch_size)
-  state, loop, completed_epochs = resume(store, steps, state, steps_per_epoch)
+  steps_per_epoch = shape.steps_per_epoch
+  state, loop = resume(store, steps, state, shape)
+  step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+  completed_epochs = shape.epochs_done(step)
   rows = [[r for r in d.rows if r['epoch'] <= completed_epochs]
           for d in member_dirs]
   watch = faults.NonfiniteWatch(
       config.nonfinite_policy, config.max_consecutive_skips, loop,
-      steps_per_epoch=steps_per_epoch, stop_run=steps.member_names is None,
-      member_names=steps.member_names)
-  step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
-  if step // steps_per_epoch >= config.num_epochs:
+      shape=shape, member_names=steps.member_names)
+  if completed_epochs >= config.num_epochs:
     logging.info('Nothing left to train%s: all num_epochs=%d epochs are done; '
                  'a larger --config.num_epochs trains on from this '
                  'checkpoint.', f' in {name}' if name else '',
                  config.num_epochs)
   train_arrays = None
-  for epoch in range(step // steps_per_epoch + 1, config.num_epochs + 1):
+  for epoch in range(completed_epochs + 1, config.num_epochs + 1):
     if train_arrays is None:
       train_arrays = steps.replicate(
           (data.train.images, data.train.labels.astype(np.int32)))
     hyper = jax.device_get(optimizers.current_hyperparameters(
-        config, steps_per_epoch, state.opt_state,
-        (epoch - 1) * steps_per_epoch))
+        config, steps_per_epoch, state.opt_state, shape.end_step(epoch - 1)))
     order = steps.batch_order(config.seed, epoch, data.train.num_examples)
     bar = _progress_bar(progress, steps_per_epoch, epoch, config.num_epochs,
                         initial=loop.steps_done)
     try:
       state = _run_epoch(steps, state, train_arrays, order, config.batch_size,
-                         epoch, loop, steps_per_epoch=steps_per_epoch,
-                         watch=watch, stop=stop, bar=bar, trace=trace)
+                         epoch, loop, shape=shape, watch=watch, stop=stop,
+                         bar=bar, trace=trace)
     except faults.Diverged as e:
-      raise _diverged_error(e, store, steps_per_epoch, config) from None
+      raise _diverged_error(e, store, shape, config) from None
     step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     if loop.steps_done < steps_per_epoch:
-      _stop_run(store, steps, state, step, loop, stop, steps_per_epoch)
+      _stop_run(store, steps, state, step, loop, stop, shape)
     t0 = time.perf_counter()
     train = jax.device_get(loop.totals)
     test = jax.device_get(evaluate_totals(steps, state, data.test,
@@ -148,111 +163,39 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *, store,
           epoch, step, h, tr, te, loop.train_seconds, epoch_seconds,
           config.batch_size))
       member_dir.write_metrics(member_rows)
-    _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch)
+    _log_epoch(name, epoch, config, steps, rows, loop, shape)
     if after_epoch is not None:
       after_epoch(epoch)
     loop.start_epoch()
-    if epoch % config.checkpoint_every_epochs == 0 or (
-        epoch == config.num_epochs):
+    if rundir.checkpoint_due(epoch, config):
       store.save(step, steps.for_checkpoint(state), loop.to_json())
   return Result(rows, loop)
 
 
-def resume(store, steps, state, steps_per_epoch: int):
-  """(state, LoopState, epochs completed) from the newest readable
-  checkpoint (the fresh `state` without one)."""
+def resume(store, steps, state, shape: run_shape.RunShape):
+  """(state, LoopState) from the newest readable checkpoint (the fresh
+  `state` without one)."""
   num_members = steps.num_members
   restored = store.restore_latest(
       steps.for_checkpoint(state),
-      lambda step, meta: faults.LoopState.from_json(
-          meta, num_members, step, steps_per_epoch))
+      lambda step, meta: checkpoints.LoopState.from_json(
+          meta, num_members, step, shape))
   if restored is None:
-    return state, faults.LoopState(num_members), 0
+    return state, checkpoints.LoopState(num_members)
   step, checkpoint_state, loop = restored
   if loop.totals is not None:
     # The exact float32 sums, back on device.
     loop.totals = jax.tree.map(
         lambda x: steps.global_array(x, steps.metrics_sharding),
         steps.from_checkpoint(loop.totals))
-  logging.info('Resumed from %s in %s',
-               position(step, loop.steps_done, steps_per_epoch),
-               store.directory)
-  return (steps.from_checkpoint(checkpoint_state), loop,
-          step // steps_per_epoch)
+  logging.info('Resumed from %s in %s', shape.position(step), store.directory)
+  return steps.from_checkpoint(checkpoint_state), loop
 
 
-def check_history(config: ml_collections.ConfigDict, member_dirs: list,
-                  checkpoint_dir: str, data: input_pipeline.CifarData) -> None:
-  """Refuses (ValueError) checkpoints, metrics and config that do not tell
-  one story: resuming would rewrite history.
-
-  member_dirs: checked workdir_lib.Workdir's, whose state the checkpoints in
-  `checkpoint_dir` hold. Resuming must lose no row: the rows are at the
-  steps this data gives; a checkpoint's epochs have their rows; after the
-  newest checkpoint, only the rows a kill before its next checkpoint leaves;
-  num_epochs is not below the epochs done.
-  """
-  steps_per_epoch = input_pipeline.steps_per_epoch(data.train.num_examples,
-                                                   config.batch_size)
-  checkpoints.check_usable(checkpoint_dir)
-  steps, aside = checkpoints.stored_steps(checkpoint_dir)
-  newest = steps[-1] if steps else 0
-  completed = newest // steps_per_epoch
-  saved_epochs = {s // steps_per_epoch for s in steps + aside
-                  if s % steps_per_epoch == 0}
-  where = (f'{checkpoint_dir} holds step {newest} (epoch {completed})' if steps
-           else f'{checkpoint_dir} holds no checkpoint')
-  done = completed
-  for d in member_dirs:
-    rows = d.rows
-    last = rows[-1]['epoch'] if rows else 0
-    done = max(done, last)
-    for row in rows:
-      if row['step'] != row['epoch'] * steps_per_epoch:
-        raise ValueError(
-            f'{d.jsonl_path}: the row of epoch {row["epoch"]} ends at step '
-            f'{row["step"]}, but this data ({data.train.num_examples} training'
-            f' examples, batch_size {config.batch_size}: {steps_per_epoch} '
-            f'steps per epoch) puts it at step '
-            f'{row["epoch"] * steps_per_epoch}: the run was trained on other '
-            'data; allowed: the data it was trained on, or a new workdir.')
-    if completed > last:
-      raise ValueError(
-          f'{d.jsonl_path} has {f"rows up to epoch {last}" if rows else "no rows"}'
-          f' but {where}: the rows of epochs {last + 1}-{completed} are '
-          'missing and resuming would not redo them; allowed: restore '
-          f'{os.path.basename(d.jsonl_path)}, or move {checkpoint_dir} away '
-          'too to start over, or use a new workdir.')
-    lost = [e for e in range(completed + 1, last)
-            if e % config.checkpoint_every_epochs == 0 and
-            e not in saved_epochs]
-    if lost:
-      raise ValueError(
-          f'{where} but {d.jsonl_path} has rows up to epoch {last}, and the '
-          f'checkpoint of epoch {lost[-1]} is gone: resuming would start '
-          f'over from epoch {completed + 1} and rewrite the rows of epochs '
-          f'{completed + 1}-{last}; allowed: restore the checkpoints, or move '
-          'the metrics files away too to start over, or use a new workdir.')
-  if config.num_epochs < done:
-    raise ValueError(
-        f'num_epochs={config.num_epochs} is below the {done} epochs done in '
-        f'{os.path.dirname(checkpoint_dir.rstrip(os.sep))} ({where}; metrics '
-        f'up to epoch {max([0] + [len(d.rows) for d in member_dirs])}); '
-        f'allowed: num_epochs >= {done}, or a new workdir for a shorter run.')
-
-
-def position(step: int, steps_done: int, steps_per_epoch: int) -> str:
-  """'step 6 (epoch 2, 2 of its 4 steps done)' or 'step 8 (end of epoch 2)'."""
-  if not steps_done:
-    return f'step {step} (end of epoch {step // steps_per_epoch})'
-  return (f'step {step} (epoch {step // steps_per_epoch + 1}, {steps_done} of '
-          f'its {steps_per_epoch} steps done)')
-
-
-def _stop_run(store, steps, state, step: int, loop: faults.LoopState,
-              stop: faults.StopRequests, steps_per_epoch: int) -> None:
+def _stop_run(store, steps, state, step: int, loop: checkpoints.LoopState,
+              stop: faults.StopRequests, shape: run_shape.RunShape) -> None:
   """Saves a checkpoint of a run stopped on request; raises RunStopped."""
-  where = position(step, loop.steps_done, steps_per_epoch)
+  where = shape.position(step)
   if step == (store.latest_step() or 0):
     saved = 'nothing trained since the last checkpoint, nothing to save'
   else:
@@ -265,10 +208,10 @@ def _stop_run(store, steps, state, step: int, loop: faults.LoopState,
       'command again to resume.')
 
 
-def _diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
+def _diverged_error(e: faults.Diverged, store, shape: run_shape.RunShape,
                     config) -> faults.Diverged:
   """`e` with the whole story: where, why, and the last good checkpoint."""
-  epoch = (e.step - 1) // steps_per_epoch + 1
+  steps_per_epoch = shape.steps_per_epoch
   latest = store.latest_step()
   if latest is None:
     kept = 'there is no checkpoint yet'
@@ -282,8 +225,9 @@ def _diverged_error(e: faults.Diverged, store, steps_per_epoch: int,
   else:
     policy, instead = "nonfinite_policy='stop'", "nonfinite_policy='skip'"
   return faults.Diverged(e.step, e.reason, (
-      f'training stopped: {e.reason} at step {e.step} (epoch {epoch}, step '
-      f'{(e.step - 1) % steps_per_epoch + 1} of {steps_per_epoch}) with '
+      f'training stopped: {e.reason} at step {e.step} (epoch '
+      f'{shape.epoch_of(e.step)}, step '
+      f'{shape.steps_into_epoch(e.step - 1) + 1} of {steps_per_epoch}) with '
       f'{policy}; {kept} and nothing was saved after it. Use a new workdir '
       f'with a smaller optimizer.learning_rate, or {instead}.'))
 
@@ -299,20 +243,21 @@ def epoch_batches(steps, train_arrays, order: np.ndarray, batch_size: int,
 
 
 def _run_epoch(steps, state, train_arrays, order, batch_size: int,
-               epoch: int, loop: faults.LoopState, *, steps_per_epoch: int,
-               watch: faults.NonfiniteWatch, stop: faults.StopRequests,
+               epoch: int, loop: checkpoints.LoopState, *,
+               shape: run_shape.RunShape, watch: faults.NonfiniteWatch,
+               stop: faults.StopRequests,
                bar=None, trace=None):
   """Trains `epoch` from step `loop.steps_done` on; returns the state.
 
   Updates `loop` (steps done, device totals, seconds). Returns early, with
-  loop.steps_done < steps_per_epoch, when a stop is requested.
+  loop.steps_done < shape.steps_per_epoch, when a stop is requested.
   """
-  first_step = (epoch - 1) * steps_per_epoch
+  first_step = shape.end_step(epoch - 1)
   totals = loop.totals
   previous = None
   t0 = time.perf_counter()
   for i, batch in enumerate(epoch_batches(
-      steps, train_arrays, order, batch_size, steps_per_epoch,
+      steps, train_arrays, order, batch_size, shape.steps_per_epoch,
       start=loop.steps_done)):
     if stop.requested:
       break
@@ -352,7 +297,7 @@ def evaluate_totals(steps, state, split: input_pipeline.Split,
   return totals
 
 
-def _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch):
+def _log_epoch(name, epoch, config, steps, rows, loop, shape):
   prefix = f'{name} ' if name else ''
   if steps.member_names is None:
     row = rows[0][-1]
@@ -373,7 +318,8 @@ def _log_epoch(name, epoch, config, steps, rows, loop, steps_per_epoch):
       '(all members)%s', prefix, epoch, config.num_epochs, errors[best],
       steps.member_names[best], np.nanmax(errors),
       rows[0][-1]['epoch_seconds'],
-      len(rows) * config.batch_size * steps_per_epoch / loop.train_seconds,
+      len(rows) * config.batch_size * shape.steps_per_epoch /
+      loop.train_seconds,
       ''.join(f' | {n} diverged' for n, d in
               zip(steps.member_names, loop.diverged) if d is not None))
 

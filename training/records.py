@@ -1,11 +1,10 @@
 """What a run records, as plain data: the metrics schema and the flat config.
 
 The epoch loop (training/loop.py) writes one row per epoch with `COLUMNS`
-through training/workdir.py; reporting/ reads the same rows and configs.
+through training/rundir.py; reporting/ reads the same rows and configs.
 Nothing here imports JAX, so reporting runs wherever numpy does.
 """
 
-import json
 import math
 from typing import Optional
 
@@ -39,32 +38,6 @@ def flatten(config, prefix: str = '', *, nodes: bool = False) -> dict:
       out.update(flatten(value, f'{prefix}{key}.', nodes=nodes))
     else:
       out[prefix + key] = value
-  return out
-
-
-class JsonLineError(ValueError):
-  """A line of a JSON-lines file that is not JSON: its number, its text and
-  json's error (callers word the message for their file)."""
-
-  def __init__(self, number: int, line: str, error: json.JSONDecodeError):
-    super().__init__(f'line {number}: {error}')
-    self.number, self.line, self.error = number, line, error
-
-
-def read_json_lines(path: str) -> list:
-  """[(line number, text, value)] of the non-blank lines of a JSON-lines file
-  (metrics.jsonl). Raises OSError or UnicodeDecodeError when it cannot be
-  read, JsonLineError at the first line that is not JSON."""
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().splitlines()
-  out = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      out.append((number, line, json.loads(line)))
-    except json.JSONDecodeError as e:
-      raise JsonLineError(number, line, e) from None
   return out
 
 

@@ -152,24 +152,30 @@ class MeshSteps:
   member_names = None
 
   def __init__(self, mesh, model, optimizer, *, nonfinite: str = 'stop',
-               own_batches: bool = False,
-               dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10):
-    """own_batches: one training batch per member (a sweep's option; a run
-    has one member). Set before `place` and `per_device`, which may read it."""
-    self.own_batches = own_batches
+               dataset: input_pipeline.DatasetSpec = input_pipeline.CIFAR10,
+               shardings: tuple = None, per_device: Callable = None):
+    """shardings: where (the state and metrics, a training batch and its
+    indices, an evaluation batch) live; default: the state replicated, the
+    batches split over `data`. per_device(step, train) -> `step` as the
+    devices run it (train: the train step, else the eval one); default:
+    `step` itself."""
     self.mesh = mesh
     self.replicated = NamedSharding(mesh, P())
-    self.place(mesh)
+    batches = NamedSharding(mesh, P(DATA_AXIS))
+    (self.state_sharding, self.sharded, self.eval_sharded) = (
+        shardings or (self.replicated, batches, batches))
+    self.metrics_sharding = self.state_sharding
+    per_device = per_device or (lambda step, train: step)
     self.train_step = jax.jit(
-        self.per_device(functools.partial(
+        per_device(functools.partial(
             train_step, model=model, optimizer=optimizer,
-            nonfinite=nonfinite, dataset=dataset), train=True),
+            nonfinite=nonfinite, dataset=dataset), True),
         in_shardings=(self.state_sharding, self.sharded),
         out_shardings=(self.state_sharding, self.metrics_sharding),
         donate_argnums=(0,))
     self.eval_step = jax.jit(
-        self.per_device(functools.partial(eval_step, model=model,
-                                          dataset=dataset), train=False),
+        per_device(functools.partial(eval_step, model=model,
+                                     dataset=dataset), False),
         in_shardings=(self.state_sharding, self.eval_sharded),
         out_shardings=self.metrics_sharding)
     self.gather = jax.jit(
@@ -177,16 +183,6 @@ class MeshSteps:
                                      'labels': labels[idx]},
         out_shardings=self.sharded)
     self.add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
-
-  def place(self, mesh) -> None:
-    """Sets where the state, batches (and their indices) and metrics live."""
-    self.state_sharding = self.metrics_sharding = self.replicated
-    self.sharded = self.eval_sharded = NamedSharding(mesh, P(DATA_AXIS))
-
-  def per_device(self, step: Callable, train: bool) -> Callable:
-    """`step` (train: the train step, else the eval one) as devices run it."""
-    del train
-    return step
 
   def global_array(self, host_array: np.ndarray, sharding) -> jax.Array:
     """A global array from the same host array on every process."""

@@ -103,7 +103,7 @@ def _install_hooks() -> None:
   async_path = atomicity.async_path
   from training import checkpoints
   from training import train_lib
-  from training import workdir
+  from training import rundir
 
   init = train_lib.MeshSteps.__init__
 
@@ -163,7 +163,7 @@ def _install_hooks() -> None:
     event('metrics')
     return os.replace(src, dst)
 
-  workdir.os = _Proxy(os, replace=replace)
+  rundir.os = _Proxy(os, replace=replace)
 
 
 def _serve_random_cifar() -> None:

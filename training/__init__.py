@@ -14,8 +14,14 @@
   loop.py            the one epoch loop, for runs and sweeps alike
   trainer.py         train_and_evaluate: one run, as train.py trains it
   records.py         the metrics schema (JAX-free, read by reporting/)
-  workdir.py, checkpoints.py, faults.py
-                     a run's files, checkpoints, and what happens on faults
+  run_shape.py       RunShape: steps per epoch and the other sizes a run's
+                     config and data fix, derived once (JAX-free)
+  rundir.py          a run directory: its file names, readers and writers,
+                     the consistency checks and the checkpoint policy
+                     (JAX-free, also read by reporting/); run_lock.py its lock
+  checkpoints.py, faults.py
+                     Orbax checkpoints with the loop's state; stop signals,
+                     the non-finite policy and exit statuses
   paths.py           --workdir / --out checked before anything is written
                      (JAX-free, also used by report.py)
   cli.py, host_devices.py, allocator.py, profiling.py

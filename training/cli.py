@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging
 
 from training import faults
+from training import rundir
 
 CONFIG_FLAG = 'config'
 
@@ -289,13 +290,12 @@ def print_results(workdir: str, *, sweep: bool = False) -> None:
   """The last line of a finished run: where its metrics, checkpoints (and a
   sweep's summary) are, and the command that draws its figures."""
   join = os.path.join
+  metrics = (join(workdir, rundir.MEMBERS_DIR, '<member>', rundir.METRICS_CSV)
+             if sweep else join(workdir, rundir.METRICS_CSV))
+  where = f'metrics in {metrics} (and .jsonl), '
   if sweep:
-    where = (f'metrics in {join(workdir, "members", "<member>", "metrics.csv")}'
-             f' (and .jsonl), the grid in {join(workdir, "summary.md")} (and '
-             f'.json), checkpoints in {join(workdir, "checkpoints")}')
-  else:
-    where = (f'metrics in {join(workdir, "metrics.csv")} (and .jsonl), '
-             f'checkpoints in {join(workdir, "checkpoints")}')
+    where += (f'the grid in {join(workdir, rundir.SUMMARY_MD)} (and .json), ')
+  where += f'checkpoints in {join(workdir, rundir.CHECKPOINTS_DIR)}'
   command = (f'python report.py {shlex.quote(workdir)} --out '
              f'{shlex.quote(join(workdir, "report"))}')
   sys.stderr.flush()

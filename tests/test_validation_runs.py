@@ -15,7 +15,6 @@ import os
 import time
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -37,6 +36,7 @@ from tests.sweep_helpers import small_data
 from tests.sweep_helpers import sweep_config
 from training import configuration
 from training import input_pipeline
+from training import loop
 from training import records
 from training import trainer
 
@@ -111,12 +111,31 @@ def reference_metrics(state, images, labels):
 
 @pytest.mark.slow
 def test_train_run_rows_gain_validation_columns(tmp_path, cifar_dir,
-                                                 caplog):
+                                                 caplog, monkeypatch):
   workdir = str(tmp_path / 'run')
   config = train_config(cifar_dir, validation_examples=VALIDATION)
+  trained = []  # The images of every training batch.
+  batches = loop.epoch_batches
+
+  def record_batches(*args, **kwargs):
+    for batch in batches(*args, **kwargs):
+      trained.extend(image.tobytes() for image in np.asarray(batch['images']))
+      yield batch
+
+  monkeypatch.setattr(loop, 'epoch_batches', record_batches)
   with caplog.at_level(logging.INFO):
     last = trainer.train_and_evaluate(config, workdir, progress=False)
   rows = read_jsonl(workdir)
+  # Each epoch trains on every image but the held-out ones, once (N - V is
+  # a multiple of the batch size; the random images are all distinct).
+  images, _ = held_out(cifar_dir, VALIDATION)
+  everything = input_pipeline.load_cifar('cifar10', source='local',
+                                         data_dir=cifar_dir).train.images
+  assert len({image.tobytes() for image in everything}) == NUM_TRAIN
+  kept = {image.tobytes() for image in everything} - {
+      image.tobytes() for image in images}
+  assert len(kept) == NUM_TRAIN - VALIDATION
+  assert sorted(trained) == sorted(2 * list(kept))
   assert f'| val err {rows[-1]["val_error"]:.4f}' in caplog.text
   assert [r['epoch'] for r in rows] == [1, 2]
   assert rows[-1] == last

@@ -7,7 +7,8 @@ Each WORKDIR is a train.py workdir or a sweep dir (each of its members one
 run). OUTDIR receives train_loss.png, test_error.png and test_top5_error.png
 (one line per run), curves.png (the three side by side: the report's Figures
 2-5), table.md (test top-1 and top-5 error after the epochs, default four
-evenly spaced: the paper's Tables 2 and 3, in error) and, for a sweep or runs
+evenly spaced: the paper's Tables 2 and 3, in error; the validation error
+too where runs held out a validation split) and, for a sweep or runs
 varying both p and lr, grid.md and grid.png (the best test error per (p,
 lr)). Bad input (a path without metrics.jsonl, a bad flag, a title or label
 matplotlib cannot draw): one error line, exit status 2, nothing written.

@@ -1,7 +1,7 @@
 """Loads train.py workdirs and sweep dirs into `Run`s.
 
 A workdir (training/rundir.py) holds config.json and metrics.jsonl, one JSON
-object per epoch with the columns of records.COLUMNS. A sweep dir holds
+object per epoch with the columns of records.columns. A sweep dir holds
 config.json, summary.json and members/<name>/, each member a workdir.
 """
 

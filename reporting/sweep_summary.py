@@ -26,9 +26,7 @@ def summarize_member(name: str, values: dict, rows: list,
   row counts as diverged too.
   """
   out = {'name': name, **values, 'epochs': len(rows)}
-  best = min(((r['test_error'], r['epoch']) for r in rows
-              if records.finite_or_none(r['test_error']) is not None),
-             default=(None, None))
+  best = _best(rows, 'test_error')
   final = rows[-1] if rows else {}
   nan_epochs = [r['epoch'] for r in rows
                 if records.finite_or_none(r['train_loss']) is None]
@@ -41,7 +39,18 @@ def summarize_member(name: str, values: dict, rows: list,
       diverged_epoch=diverged.get('epoch', next(iter(nan_epochs), None)),
       diverged_step=diverged.get('step'),
       diverged_reason=diverged.get('reason'))
+  if any('val_error' in r for r in rows):
+    best_val = _best(rows, 'val_error')
+    out.update(final_val_error=records.finite_or_none(final.get('val_error')),
+               best_val_error=best_val[0], best_val_epoch=best_val[1])
   return out
+
+
+def _best(rows: list, key: str) -> tuple:
+  """(the lowest finite `key` of `rows`, its epoch), or (None, None)."""
+  return min(((r[key], r['epoch']) for r in rows
+              if records.finite_or_none(r.get(key)) is not None),
+             default=(None, None))
 
 
 def summary_markdown(base: dict, keys: list, summary: list) -> str:
@@ -52,6 +61,7 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
   """
   summary = sorted(summary, key=lambda s: member_key(
       s.get('p'), s.get('learning_rate'), s.get('seed'), s['name']))
+  validated = any('best_val_error' in s for s in summary)
   opt = base['optimizer']
   counts = ' x '.join(str(len({s[k] for s in summary})) for k in keys)
   epochs = base['num_epochs']
@@ -67,12 +77,16 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
       '. Errors in %.',
       markdown_table(
           ['member'] + keys + ['epochs', 'final test error', 'best test error',
-                               'best epoch'],
+                               'best epoch'] +
+          (['final val error', 'best val error', 'best val epoch']
+           if validated else []),
           [[s['name']] + [fmt_number(s[k]) for k in keys] + [
               str(s['epochs']),
               percent(s['final_test_error']) + _divergence(s),
-              percent(s['best_test_error']),
-              MISSING if s['best_epoch'] is None else str(s['best_epoch'])]
+              percent(s['best_test_error']), _epoch(s['best_epoch'])] +
+           ([percent(s.get('final_val_error')),
+             percent(s.get('best_val_error')),
+             _epoch(s.get('best_val_epoch'))] if validated else [])
            for s in summary])]
   done = [s for s in summary if s['best_test_error'] is not None]
   if done:
@@ -84,6 +98,10 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
     blocks += ['Mean ± std over seeds of the final test error (%):',
                _seed_means(keys, summary)]
   return join_blocks(blocks)
+
+
+def _epoch(epoch) -> str:
+  return MISSING if epoch is None else str(epoch)
 
 
 def _divergence(s: dict) -> str:

@@ -74,7 +74,7 @@ def error_table(runs: Sequence[Run], epochs: Sequence[int],
 def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
                    title: Optional[str] = None) -> str:
   """table.md: top-1 test error after `epochs` (None: `default_epochs`), and
-  top-5 where logged."""
+  top-5 and validation error where logged."""
   if epochs is None:
     epochs = default_epochs(runs)
   parts = [f'# {title}\n'] if title else []
@@ -85,6 +85,10 @@ def table_markdown(runs: Sequence[Run], epochs: Optional[Sequence[int]] = None,
   if any(run.best('test_top5_error')[1] is not None for run in runs):
     parts.append('Test top-5 error (%).\n')
     parts.append(error_table(runs, epochs, 'test_top5_error'))
+  if any(run.best('val_error')[1] is not None for run in runs):
+    parts.append('Validation top-1 error (%): on the training images held '
+                 'out (validation_examples).\n')
+    parts.append(error_table(runs, epochs, 'val_error'))
   parts.append('Runs:\n\n' + ''.join(
       f'- {_cell_text(run.label)}: `{run.path or run.name}`\n' for run in runs))
   return join_blocks(parts)

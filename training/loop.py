@@ -153,15 +153,19 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
     train = jax.device_get(loop.totals)
     test = jax.device_get(evaluate_totals(steps, state, data.test,
                                           config.eval_batch_size))
+    validation = [None] * len(member_dirs)  # No split: no val_ columns.
+    if data.validation is not None:
+      validation = steps.member_values(jax.device_get(evaluate_totals(
+          steps, state, data.validation, config.eval_batch_size)))
     epoch_seconds = loop.train_seconds + time.perf_counter() - t0
-    for member_rows, member_dir, h, tr, te in zip(
+    for member_rows, member_dir, h, tr, te, va in zip(
         rows, member_dirs, steps.member_values(hyper),
-        steps.member_values(train), steps.member_values(test)):
+        steps.member_values(train), steps.member_values(test), validation):
       # images/s: a member's images over the wall time of all the members
       # trained at once (their throughput is the sum).
       member_rows.append(records.epoch_row(
           epoch, step, h, tr, te, loop.train_seconds, epoch_seconds,
-          config.batch_size))
+          config.batch_size, validation=va))
       member_dir.write_metrics(member_rows)
     _log_epoch(name, epoch, config, steps, rows, loop, shape)
     if after_epoch is not None:
@@ -308,16 +312,19 @@ def _log_epoch(name, epoch, config, steps, rows, loop, shape):
         row['train_loss'], row['train_error'], row['test_loss'],
         row['test_error'], row['test_top5_error'], row['epoch_seconds'],
         row['images_per_second'],
-        f' | {row["skipped_steps"]} steps skipped (non-finite)'
-        if row['skipped_steps'] else '')
+        (f' | val err {row["val_error"]:.4f}' if 'val_error' in row else '') +
+        (f' | {row["skipped_steps"]} steps skipped (non-finite)'
+         if row['skipped_steps'] else ''))
     return
-  errors = [member_rows[-1]['test_error'] for member_rows in rows]
-  best = int(np.nanargmin(errors)) if not np.all(np.isnan(errors)) else 0
+  spread = ''
+  for split in ['test'] + (['val'] if 'val_error' in rows[0][-1] else []):
+    errors = [member_rows[-1][f'{split}_error'] for member_rows in rows]
+    best = int(np.nanargmin(errors)) if not np.all(np.isnan(errors)) else 0
+    spread += (f' | {split} error min {errors[best]:.4f} '
+               f'({steps.member_names[best]}) max {np.nanmax(errors):.4f}')
   logging.info(
-      '%sepoch %d/%d | test error min %.4f (%s) max %.4f | %.1fs %.0f img/s '
-      '(all members)%s', prefix, epoch, config.num_epochs, errors[best],
-      steps.member_names[best], np.nanmax(errors),
-      rows[0][-1]['epoch_seconds'],
+      '%sepoch %d/%d%s | %.1fs %.0f img/s (all members)%s', prefix, epoch,
+      config.num_epochs, spread, rows[0][-1]['epoch_seconds'],
       len(rows) * config.batch_size * shape.steps_per_epoch /
       loop.train_seconds,
       ''.join(f' | {n} diverged' for n, d in

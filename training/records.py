@@ -14,6 +14,9 @@ COLUMNS = (
     'epoch', 'step', 'lr', 'p', 'train_loss', 'train_error', 'test_loss',
     'test_error', 'test_top5_error', 'epoch_seconds', 'images_per_second',
     'skipped_steps')
+# The held-out validation split's columns (config.validation_examples > 0):
+# a row has all three or none, and metrics.csv has them only if its rows do.
+VALIDATION_COLUMNS = ('val_loss', 'val_error', 'val_top5_error')
 # Columns that measure the machine, not the training: they differ between
 # two runs that trained bit-identically.
 TIMING_COLUMNS = ('epoch_seconds', 'images_per_second')
@@ -45,13 +48,29 @@ def _ratio(a: float, b: float) -> float:
   return a / b if b else float('nan')
 
 
+def columns(rows) -> tuple:
+  """The columns of `rows`: COLUMNS, with VALIDATION_COLUMNS after the
+  test columns if any row has them."""
+  if not any(VALIDATION_COLUMNS[0] in r for r in rows):
+    return COLUMNS
+  at = COLUMNS.index('test_top5_error') + 1
+  return COLUMNS[:at] + VALIDATION_COLUMNS + COLUMNS[at:]
+
+
+def _eval_columns(prefix: str, sums: dict) -> dict:
+  return {f'{prefix}_loss': sums['loss_sum'] / sums['count'],
+          f'{prefix}_error': 1.0 - sums['top1_correct'] / sums['count'],
+          f'{prefix}_top5_error': 1.0 - sums['top5_correct'] / sums['count']}
+
+
 def epoch_row(epoch: int, step: int, hyper: dict, train: dict, test: dict,
               train_seconds: float, epoch_seconds: float,
-              batch_size: int) -> dict:
-  """One metrics row (`COLUMNS`) from one member's host sums and times.
+              batch_size: int, validation: Optional[dict] = None) -> dict:
+  """One metrics row (`columns`) from one member's host sums and times.
 
-  hyper: the learning rate (and p) in use; train, test: the sums of the
-  epoch's train and eval steps. The train loss and error are over the steps
+  hyper: the learning rate (and p) in use; train, test, validation: the sums
+  of the epoch's train and eval steps (validation None: no validation split,
+  and no VALIDATION_COLUMNS). The train loss and error are over the steps
   applied (all of them unless the 'skip' policy dropped some:
   `skipped_steps`); images_per_second counts every step's images.
   """
@@ -63,9 +82,8 @@ def epoch_row(epoch: int, step: int, hyper: dict, train: dict, test: dict,
       'p': float(hyper['p']) if 'p' in hyper else None,
       'train_loss': _ratio(train['loss_sum'], train['count']),
       'train_error': 1.0 - _ratio(train['correct'], train['count']),
-      'test_loss': test['loss_sum'] / test['count'],
-      'test_error': 1.0 - test['top1_correct'] / test['count'],
-      'test_top5_error': 1.0 - test['top5_correct'] / test['count'],
+      **_eval_columns('test', test),
+      **({} if validation is None else _eval_columns('val', validation)),
       'epoch_seconds': epoch_seconds,
       'images_per_second': (train['count'] + skipped * batch_size) /
                            train_seconds,

@@ -597,7 +597,7 @@ class Workdir:
     atomic_write(self.jsonl_path,
                  ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
     table = io.StringIO(newline='')
-    writer = csv.DictWriter(table, fieldnames=records.COLUMNS,
+    writer = csv.DictWriter(table, fieldnames=records.columns(rows),
                             extrasaction='ignore')
     writer.writeheader()
     writer.writerows(records.csv_row(r) for r in rows)

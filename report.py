@@ -8,7 +8,9 @@ run). OUTDIR receives train_loss.png, test_error.png and test_top5_error.png
 (one line per run), curves.png (the three side by side: the report's Figures
 2-5), table.md (test top-1 and top-5 error after the epochs, default four
 evenly spaced: the paper's Tables 2 and 3, in error; the validation error
-too where runs held out a validation split) and, for a sweep or runs
+too where runs held out a validation split, with val_error.png: sweep
+members stopped at a successive-halving rung end in a cross at a "rung"
+line) and, for a sweep or runs
 varying both p and lr, grid.md and grid.png (the best test error per (p,
 lr)). Bad input (a path without metrics.jsonl, a bad flag, a title or label
 matplotlib cannot draw): one error line, exit status 2, nothing written.

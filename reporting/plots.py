@@ -29,6 +29,12 @@ METRICS = {
     'test_top5_error': ('test top-5 error (%)', True, False,
                         'Test error (top-5)'),
 }
+# Drawn only where runs held out a validation split (validation_examples).
+VAL_METRICS = {
+    'val_error': ('validation top-1 error (%)', True, False,
+                  'Validation error (top-1)'),
+}
+_AXES = {**METRICS, **VAL_METRICS}
 _LINESTYLES = ('-', '--', ':', '-.')
 _MARKERS = ('o', 's', '^', 'D', 'v', 'P')
 
@@ -104,7 +110,7 @@ def run_styles(runs: Sequence[Run], markers: bool = False) -> list:
 def _series(run: Run, metric: str):
   x = np.asarray(run.epochs, dtype=float)
   y = np.asarray(run.column(metric), dtype=float)
-  if METRICS[metric][1]:  # in percent
+  if _AXES[metric][1]:  # in percent
     y = 100.0 * y
   keep = np.isfinite(y)
   if metric == 'train_loss':
@@ -115,7 +121,7 @@ def _series(run: Run, metric: str):
 def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
   """One line per run with values of `metric` on `ax` (styles and order:
   `run_styles`); returns the lines."""
-  ylabel, _, log, title = METRICS[metric]
+  ylabel, _, log, title = _AXES[metric]
   lines = []
   longest = max((len(r.rows) for r in runs), default=0)
   # Short runs get markers so that a run of one or two epochs shows.
@@ -148,17 +154,37 @@ def draw_metric(ax, runs: Sequence[Run], metric: str) -> list:
 
 def metric_figure(runs: Sequence[Run], metric: str,
                   title: Optional[str] = None) -> Figure:
-  """One metric against epoch, one line per run, legend of the labels."""
+  """One metric against epoch, one line per run, legend of the labels; on
+  the validation error, the ends of members stopped at a rung marked."""
   many = len(runs) > 6
   fig = _new_figure((9.0, 4.8) if many else (6.4, 4.8), title)
   ax = fig.add_subplot()
   lines = draw_metric(ax, runs, metric)
+  if metric in VAL_METRICS:
+    _mark_stops(ax, runs, lines)
   if lines and many:
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small',
               frameon=False)
   elif lines:
     ax.legend(fontsize='small')
   return fig
+
+
+def _mark_stops(ax, runs: Sequence[Run], lines: list) -> None:
+  """A cross at the end of each line (`lines`, by label) of a sweep member
+  whose rows end before its sweep's longest (stopped at a successive-halving
+  rung); a light vertical line, "rung" in the legend, at each such epoch."""
+  end = {s: max(r.epochs[-1] for r in runs if r.sweep == s)
+         for s in {r.sweep for r in runs}}
+  stopped = [r for r in runs if r.sweep and r.epochs[-1] < end[r.sweep]]
+  by_label = {line.get_label(): line for line in lines}
+  for line in filter(None, (by_label.get(r.label) for r in stopped)):
+    ax.plot(line.get_xdata()[-1:], line.get_ydata()[-1:], linestyle='none',
+            marker='x', markersize=9, markeredgewidth=2,
+            color=line.get_color(), label='_stop')
+  for k, epoch in enumerate(sorted({r.epochs[-1] for r in stopped})):
+    ax.axvline(epoch, color='0.6', linewidth=1.0, alpha=0.6, zorder=0,
+               label='_rung' if k else 'rung')
 
 
 def curves_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
@@ -216,9 +242,13 @@ def grid_figure(runs: Sequence[Run], title: Optional[str] = None) -> Figure:
 
 def write_figures(runs: Sequence[Run], outdir: str,
                   title: Optional[str] = None, grid: bool = False) -> list:
-  """Writes <metric>.png per metric, curves.png (and grid.png); returns the
-  paths written."""
+  """Writes <metric>.png per metric, curves.png (and grid.png; and
+  val_error.png where runs have validation rows); returns the paths
+  written."""
   figures = {f'{m}.png': metric_figure(runs, m, title) for m in METRICS}
+  for m in VAL_METRICS:
+    if any(run.best(m)[1] is not None for run in runs):
+      figures[f'{m}.png'] = metric_figure(runs, m, title)
   figures['curves.png'] = curves_figure(runs, title)
   if grid:
     figures['grid.png'] = grid_figure(runs, title)

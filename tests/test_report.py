@@ -320,6 +320,73 @@ def test_grid_figures_colour_by_p_line_style_by_lr(tmp_path):
     assert [t.get_text() for t in legend] == [r.label for r in drawn]
 
 
+def val_error_at(epoch, k):
+  return 0.6 - 0.1 * epoch + 0.01 * k
+
+
+def write_halved_sweep(path, ends, validated=True):
+  """A 2 x 2 p x lr sweep whose member k's rows end at epoch ends[k], with
+  val_error_at(epoch, k) (validated) or no validation columns."""
+  os.makedirs(path)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(make_config(num_epochs=max(ends)), f)
+  grid = [(p, lr) for p in PS[:2] for lr in LRS[1:]]
+  for k, ((p, lr), end) in enumerate(zip(grid, ends)):
+    rows = make_rows(end)
+    for row in rows if validated else ():
+      row.update(val_loss=1.0, val_error=val_error_at(row['epoch'], k),
+                 val_top5_error=0.1)
+    write_workdir(os.path.join(path, 'members', f'm{k}'),
+                  make_config(lr=lr, p=p, num_epochs=max(ends)), rows)
+  with open(os.path.join(path, 'summary.json'), 'w') as f:
+    json.dump({'members': [f'm{k}' for k in range(len(ends))]}, f)
+  return str(path)
+
+
+def test_val_error_figure_marks_members_stopped_at_a_rung(tmp_path):
+  import report  # pylint: disable=g-import-not-at-top
+  ends = (3, 1, 1, 3)
+  sweep = write_halved_sweep(tmp_path / 'sweep', ends)
+  out = tmp_path / 'out'
+  written = report.make_report([sweep], str(out))
+  assert str(out / 'val_error.png') in written
+  assert (out / 'val_error.png').read_bytes()[:8] == PNG_SIGNATURE
+  runs = runs_lib.load_runs([sweep])
+  k_of = {r.label: int(r.name[-1]) for r in runs}
+  (ax,) = plots.metric_figure(runs, 'val_error').axes
+  assert ax.get_ylabel() == 'validation top-1 error (%)'
+  members = [l for l in ax.get_lines() if l.get_label() in k_of]
+  assert len(members) == 4
+  for line in members:
+    k = k_of[line.get_label()]
+    assert list(line.get_xdata()) == list(range(1, ends[k] + 1))
+    assert list(line.get_ydata()) == pytest.approx(
+        [100 * val_error_at(e, k) for e in range(1, ends[k] + 1)])
+  # A cross, in the member's colour, at the last point of members 1 and 2.
+  crosses = [l for l in ax.get_lines() if l.get_marker() == 'x']
+  colour = {k_of[l.get_label()]: l.get_color() for l in members}
+  assert sorted((l.get_xdata()[0], round(l.get_ydata()[0], 9), l.get_color())
+                for l in crosses) == [
+                    (1, round(100 * val_error_at(1, k), 9), colour[k])
+                    for k in (1, 2)]
+  rungs = [l for l in ax.get_lines() if 'rung' in l.get_label()]
+  assert [list(l.get_xdata()) for l in rungs] == [[1, 1]]
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert sorted(legend) == sorted(list(k_of) + ['rung'])
+  # Runs of different lengths outside a sweep did not stop at a rung.
+  (ax,) = plots.metric_figure(
+      runs_lib.load_runs([os.path.join(sweep, 'members', 'm0'),
+                          os.path.join(sweep, 'members', 'm1')]),
+      'val_error').axes
+  assert len(ax.get_lines()) == 2 and 'rung' not in [
+      t.get_text() for t in ax.get_legend().get_texts()]
+  # Without validation rows: no val_error.png.
+  plain = write_halved_sweep(tmp_path / 'plain', ends, validated=False)
+  report.make_report([plain], str(tmp_path / 'plain_out'))
+  assert not (tmp_path / 'plain_out' / 'val_error.png').exists()
+  assert (tmp_path / 'plain_out' / 'curves.png').exists()
+
+
 def test_make_report_writes_valid_pngs_and_tables(tmp_path):
   sweep, _ = write_sweep(tmp_path / 'sweep', num_epochs=4)
   out = tmp_path / 'out'

@@ -5,7 +5,8 @@ r"""Trains a CIFAR model with the configured optimizer (the paper's experiments)
 
 Resumes from the workdir's latest checkpoint when there is one. Runs on every
 visible device (data parallel); launched on several hosts, pass --distributed
-(or set JAX_COORDINATOR_ADDRESS etc.) to call jax.distributed.initialize().
+(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) to
+call jax.distributed.initialize().
 
 SIGTERM / Ctrl-C save a checkpoint at the next step and exit 0; bad input is
 one line `error: ...` and exit 2, a diverged run exit 3, a failed write (disk
@@ -56,7 +57,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from training import host_devices  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize()
+    cli.run(cli.join_processes)
   else:
     # On a CPU host, config.cpu_devices devices per run (docs/benchmarks.md);
     # a count the user set wins. A bad value exits 2 with its message.

@@ -302,6 +302,29 @@ def print_results(workdir: str, *, sweep: bool = False) -> None:
   print(f'Done: {where}; figures and tables: {command}', flush=True)
 
 
+# The variables a launcher without a cluster manager JAX detects (SLURM,
+# Open MPI, TPU pods) sets on every process; JAX itself reads only
+# JAX_COORDINATOR_ADDRESS.
+PROCESS_VARIABLES = {'JAX_NUM_PROCESSES': 'num_processes',
+                     'JAX_PROCESS_ID': 'process_id'}
+
+
+def join_processes(environ=os.environ) -> None:
+  """jax.distributed.initialize(), with JAX_NUM_PROCESSES and JAX_PROCESS_ID
+  where set (ValueError for one that is not a whole number)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  arguments = {}
+  for name, argument in PROCESS_VARIABLES.items():
+    value = environ.get(name)
+    if value is not None:
+      if not value.strip().isdigit():
+        raise ValueError(f'{name}={value!r} is not allowed; allowed: a whole '
+                         'number (processes >= 1, 0 <= process id < '
+                         'processes).')
+      arguments[argument] = int(value)
+  jax.distributed.initialize(**arguments)
+
+
 def run(main) -> None:
   """Calls `main()`; the faults of a run become a message and exit status."""
   # pylint: disable=g-import-not-at-top

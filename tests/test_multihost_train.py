@@ -1,0 +1,137 @@
+"""train.py end to end as two processes joined by jax.distributed.
+
+Two local processes (CPU backend, gloo collectives, 2 devices each) run the
+same train.py command on one shared workdir, joined through the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables; the
+reference is the same command as one process with 4 devices.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300
+# As tests/test_multihost.py: the gradient and BatchNorm all-reduces cross
+# processes through gloo, which sums in another order (float32 rounding).
+LOSS_RTOL = 1e-5
+TIMING = ('epoch_seconds', 'images_per_second')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _env(**variables) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', **variables)
+  return env
+
+
+def _train_py(workdir, data_dir, *flags):
+  return [sys.executable, os.path.join(ROOT, 'train.py'),
+          '--config', os.path.join(ROOT, 'configs', 'quick.py'),
+          f'--workdir={workdir}', '--config.data_source=local',
+          f'--config.data_dir={data_dir}', '--config.num_epochs=2',
+          '--config.checkpoint_every_epochs=1', '--config.train_examples=1024',
+          '--noprogress', *flags]
+
+
+def _two_processes(command, tmp_path):
+  """Runs `command` as processes 0 and 1 of 2 (2 CPU devices each); returns
+  [(exit status, output)] once both end, killing both at the time limit."""
+  port = _free_port()
+  procs = []
+  for index in range(2):
+    log = open(tmp_path / f'process_{index}.txt', 'w+')
+    procs.append((subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=_env(
+            JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
+            JAX_PROCESS_ID=str(index),
+            JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
+            XLA_FLAGS='--xla_force_host_platform_device_count=2')), log))
+  results = []
+  for proc, log in procs:
+    try:
+      proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      for p, _ in procs:
+        p.kill()
+      proc.wait()
+    log.seek(0)
+    results.append((proc.returncode, log.read()))
+    log.close()
+  return results
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_two_processes_train_as_one_with_four_devices(tmp_path,
+                                                      cifar10_subset):
+  workdir = tmp_path / 'two'
+  results = _two_processes(_train_py(workdir, cifar10_subset), tmp_path)
+  for status, output in results:
+    assert status == 0, output[-3000:]
+    assert '2 processes, 4 devices' in output
+  reference = tmp_path / 'one'
+  subprocess.run(_train_py(reference, cifar10_subset), cwd=ROOT, check=True,
+                 env=_env(), capture_output=True, timeout=TIMEOUT_S)
+  rows, expected = _rows(workdir), _rows(reference)
+  # Each epoch's row written once, by one process.
+  assert [r['epoch'] for r in rows] == [1, 2]
+  with open(workdir / 'metrics.csv') as f:
+    assert len(f.read().splitlines()) == 3
+  for row, want in zip(rows, expected):
+    for key, value in want.items():
+      if key in TIMING:
+        continue
+      if key.endswith('loss'):
+        assert row[key] == pytest.approx(value, rel=LOSS_RTOL), key
+      else:
+        assert row[key] == value, key
+  # Orbax's multi-process save: both processes wrote their part of each
+  # checkpoint.
+  for step in (8, 16):
+    parts = os.listdir(workdir / 'checkpoints' / str(step) / 'default')
+    assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(parts)
+
+
+def test_a_bad_config_is_one_line_on_every_process(tmp_path, cifar10_subset):
+  workdir = tmp_path / 'run'
+  results = _two_processes(
+      _train_py(workdir, cifar10_subset, '--config.batch_size=-3'), tmp_path)
+  lines = []
+  for status, output in results:
+    assert status == 2, output[-3000:]
+    errors = [l for l in output.splitlines() if l.startswith('error: ')]
+    assert len(errors) == 1, output[-3000:]
+    lines.append(errors[0])
+  assert lines[0] == lines[1] and 'batch_size=-3' in lines[0]
+  assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize('variable,value', [('JAX_NUM_PROCESSES', 'two'),
+                                            ('JAX_PROCESS_ID', '-1')])
+def test_a_bad_process_variable_is_one_line(tmp_path, variable, value):
+  env = _env(JAX_COORDINATOR_ADDRESS=f'localhost:{_free_port()}',
+             JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='0')
+  env[variable] = value
+  result = subprocess.run(_train_py(tmp_path / 'run', tmp_path), cwd=ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert errors == [f'error: {variable}={value!r} is not allowed; allowed: a '
+                    'whole number (processes >= 1, 0 <= process id < '
+                    'processes).']
+  assert not os.path.exists(tmp_path / 'run')

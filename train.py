@@ -10,7 +10,8 @@ call jax.distributed.initialize().
 
 SIGTERM / Ctrl-C save a checkpoint at the next step and exit 0; bad input is
 one line `error: ...` and exit 2, a diverged run exit 3, a failed write (disk
-full) exit 4 (docs/reliability.md).
+full) exit 4, a lost peer process of a multi-process run exit 5
+(docs/reliability.md).
 """
 
 import os

@@ -353,3 +353,26 @@ def run(main) -> None:
     fail(str(e) or 'interrupted by a second Ctrl-C before a checkpoint was '
          'saved; the run resumes from its last checkpoint.',
          faults.EXIT_INTERRUPTED)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _lost_peer(e):
+      raise
+    # At once: JAX's exit would wait for the lost process at a shutdown
+    # barrier until the heartbeat times out, then abort with a core dump.
+    import jax  # pylint: disable=g-import-not-at-top
+    sys.stderr.write(
+        f'error: process {jax.process_index()} of a multi-process run lost '
+        f'contact with another process ({faults.first_line(e)}); the last '
+        'complete checkpoint is intact: run the same command on every '
+        'process again to resume.\n')
+    sys.stderr.flush()
+    os._exit(faults.EXIT_PEER_LOST)  # pylint: disable=protected-access
+
+
+def _lost_peer(e: BaseException) -> bool:
+  """Whether `e` is a collective that failed because another process of a
+  multi-process run is gone (JAX raises it as a runtime error)."""
+  if 'jax' not in sys.modules:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  return (isinstance(e, jax.errors.JaxRuntimeError) and
+          jax.process_count() > 1)

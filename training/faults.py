@@ -16,6 +16,7 @@ EXIT_STOPPED = 0       # a stop request: a checkpoint was saved
 EXIT_REFUSED = 2       # bad input: nothing was written
 EXIT_DIVERGED = 3      # non-finite loss or gradient: nothing saved after it
 EXIT_WRITE_FAILED = 4  # disk full / I/O error: the previous checkpoint is intact
+EXIT_PEER_LOST = 5     # another process of a multi-process run is gone
 EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once, no checkpoint
 
 NONFINITE_POLICIES = ('stop', 'skip')

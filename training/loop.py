@@ -153,15 +153,26 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
     train = jax.device_get(loop.totals)
     test = jax.device_get(evaluate_totals(steps, state, data.test,
                                           config.eval_batch_size))
+    # Minimal validation evaluation for the halving tests (branch wire-val
+    # does this properly; drop this when merging it).
+    val = None if data.validation is None else jax.device_get(
+        evaluate_totals(steps, state, data.validation,
+                        config.eval_batch_size))
     epoch_seconds = loop.train_seconds + time.perf_counter() - t0
-    for member_rows, member_dir, h, tr, te in zip(
+    vals = [None] * len(rows) if val is None else steps.member_values(val)
+    for member_rows, member_dir, h, tr, te, va in zip(
         rows, member_dirs, steps.member_values(hyper),
-        steps.member_values(train), steps.member_values(test)):
+        steps.member_values(train), steps.member_values(test), vals):
       # images/s: a member's images over the wall time of all the members
       # trained at once (their throughput is the sum).
       member_rows.append(records.epoch_row(
           epoch, step, h, tr, te, loop.train_seconds, epoch_seconds,
           config.batch_size))
+      if va is not None:
+        member_rows[-1].update(
+            val_loss=va['loss_sum'] / va['count'],
+            val_error=1.0 - va['top1_correct'] / va['count'],
+            val_top5_error=1.0 - va['top5_correct'] / va['count'])
       member_dir.write_metrics(member_rows)
     _log_epoch(name, epoch, config, steps, rows, loop, shape)
     if after_epoch is not None:

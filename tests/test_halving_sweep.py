@@ -19,6 +19,9 @@ import pytest
 from sweeps import halving
 from sweeps import run as sweep_run
 from sweeps import spec
+from sweeps.configs import cpu_subset
+from sweeps.configs import cpu_subset_halving
+from sweeps.configs import resnet18_cifar10_halving
 from tests import fault_harness
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
@@ -312,3 +315,24 @@ def test_survivors_respread_over_fewer_devices(halved, tmp_path):
       # some losses to ~40, where that grows to ~3e-4 relative.
       for key in ('train_loss', 'test_loss', 'val_loss'):
         np.testing.assert_allclose(row[key], row_one[key], rtol=1e-3)
+
+
+def test_halving_presets():
+  cpu = cpu_subset_halving.get_config()
+  full = cpu_subset.get_config()
+  # cpu_subset but for the validation split, the length and halving.
+  differs = {k for k, v in records.flatten(cpu.to_dict()).items()
+             if records.flatten(full.to_dict()).get(k, 'absent') != v}
+  assert differs == {'validation_examples', 'num_epochs', 'sweep.halving.eta',
+                     'sweep.halving.first_rung_epochs'}
+  gpu = resnet18_cifar10_halving.get_config()
+  assert (gpu.model, gpu.dataset, gpu.validation_examples) == (
+      'resnet18', 'cifar10', 5000)
+  for c, rungs in ((cpu, (1, 3)), (gpu, (3, 9, 27))):
+    assert len(spec.grid_members(c)) == 9
+    assert {(m.values['p'], m.values['learning_rate'])
+            for m in spec.grid_members(c)} == {
+                (p, lr) for p in (0.25, 0.125, 0.0625)
+                for lr in (0.1, 0.01, 0.001)}
+    eta, first = spec.sweep_options(c)['halving']
+    assert eta == 3 and halving.rung_epochs(first, eta, c.num_epochs) == rungs

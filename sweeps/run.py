@@ -192,6 +192,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                  chunk_size, len(members), member_bytes / 2**20)
     sweep_dir, member_dirs = check(chunk_size)
   groups = spec.chunks_of(list(zip(members, member_dirs)), chunk_size)
+
   def steps_for(kept: list) -> grid.GridSteps:
     # As many grid slices as the members fill: a smaller grid frees devices
     # rather than padding them; each member keeps its data devices, so its

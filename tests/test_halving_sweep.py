@@ -254,13 +254,14 @@ def test_halving_off_resumes_a_sweep_without_the_key(data, full, tmp_path):
     (dict(chunk=2),
      r'^sweep\.chunk=2 is not allowed with sweep\.halving\.eta=2 \(4 '
      r'members\); allowed: a chunk of all the members \(0\)'),
+    (dict(eta=1),
+     r'^sweep\.halving\.eta=1 is not allowed; allowed: 0 \(off\) or an '
+     r'integer >= 2\.$'),
 ])
 def test_halving_refusals(data, tmp_path, change, match):
-  c = config()
-  if 'chunk' in change:
-    c.sweep.chunk = change['chunk']
-  else:
-    c.validation_examples = change['validation_examples']
+  c = config(eta=change.pop('eta', 2))
+  for key, value in change.items():
+    (c.sweep if key == 'chunk' else c)[key] = value
   _refused(data, c, str(tmp_path / 'w'), match)
   assert not os.path.exists(tmp_path / 'w')
 

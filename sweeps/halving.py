@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+from typing import Optional
 
 import jax
 import ml_collections
@@ -183,7 +184,7 @@ class Rungs:
     self.workdir, self.eta, self.epochs = workdir, eta, tuple(epochs)
     self.steps_for = steps_for
 
-  def _record(self, epoch: int, names) -> Rung:
+  def _record(self, epoch: int, names) -> Optional[Rung]:
     """The record of rung `epoch` (None if not decided yet); ValueError
     unless it is a decision of this sweep among the live `names`."""
     path = rundir.rung_path(self.workdir, epoch)

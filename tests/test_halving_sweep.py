@@ -126,6 +126,12 @@ def test_halving_rows_against_the_full_grid(full, halved):
     assert record['survivors'] == (after_1 if epoch == 1 else after_2)
     assert record['val_errors'] == [rows[n][epoch - 1]['val_error']
                                     for n in record['members']]
+    # Those it stopped: no metrics file written after the decision.
+    for name in set(record['members']) - set(record['survivors']):
+      for file in ('metrics.jsonl', 'metrics.csv'):
+        assert os.path.getmtime(os.path.join(halved, 'members', name, file)
+                                ) <= os.path.getmtime(
+                                    rundir.rung_path(halved, epoch))
 
 
 def test_summary_says_where_and_why(halved):

@@ -223,6 +223,18 @@ def test_killed_at_every_moment_resumes_bit_identical(data, halved, tmp_path,
       os.path.join(halved, rundir.RUNGS_DIR))
 
 
+def test_extended_sweep_takes_the_new_rung(data, halved, tmp_path):
+  """2 epochs (a rung at 1; epoch 2 is the end), then num_epochs=3: epoch 2
+  becomes a rung, decided from its rows on resume, as if never shorter."""
+  workdir = str(tmp_path / 'w')
+  short = config()
+  short.num_epochs = 2
+  sweep_run.run_sweep(short, workdir, data=data, progress=False)
+  assert not os.path.exists(rundir.rung_path(workdir, 2))
+  sweep_run.run_sweep(config(), workdir, data=data, progress=False)
+  fault_harness.assert_same_results(workdir, halved, same_kept=False)
+
+
 def _refused(data, c, workdir, match):
   before = tree_of(workdir) if os.path.isdir(workdir) else None
   with pytest.raises(ValueError, match=match) as e:

@@ -235,6 +235,26 @@ def test_extended_sweep_takes_the_new_rung(data, halved, tmp_path):
   fault_harness.assert_same_results(workdir, halved, same_kept=False)
 
 
+def test_damaged_newest_checkpoint_falls_back_across_a_rung(data, halved,
+                                                           tmp_path):
+  """The newest checkpoint (epoch 3: 1 member) damaged: the run goes back to
+  rung 2's (2 members, before its decision), takes the decision again from
+  its record and ends as the uninterrupted sweep."""
+  workdir = str(tmp_path / 'w')
+  for name, content in tree_of(halved).items():
+    os.makedirs(os.path.dirname(os.path.join(workdir, name)), exist_ok=True)
+    with open(os.path.join(workdir, name), 'wb') as f:
+      f.write(content)
+  directory = rundir.chunk_dir(workdir, 0)
+  steps, _ = rundir.stored_steps(directory)
+  with open(os.path.join(directory, str(steps[-1]), rundir.METADATA_FILE),
+            'w') as f:
+    f.write('{damaged')
+  sweep_run.run_sweep(config(), workdir, data=data, progress=False)
+  assert rundir.stored_steps(directory) == (steps, [steps[-1]])
+  fault_harness.assert_same_results(workdir, halved)
+
+
 def _refused(data, c, workdir, match):
   before = tree_of(workdir) if os.path.isdir(workdir) else None
   with pytest.raises(ValueError, match=match) as e:

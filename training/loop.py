@@ -126,13 +126,15 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
   """
   steps_per_epoch = shape.steps_per_epoch
   is_rung = lambda epoch: halving is not None and epoch in halving.epochs
+  names, views = steps.member_names, None
   if halving is not None:
-    # The fresh state of the members the newest checkpoint holds.
-    live = halving.live(steps.member_names, store.latest_step() or 0, shape)
-    keep = [steps.member_names.index(n) for n in live]
-    steps, state, _ = halving.compact(steps, state, None, keep)
-    member_dirs = [member_dirs[i] for i in keep]
-  state, loop = resume(store, steps, state, shape)
+    def views(step):
+      # The fresh state of the members a checkpoint at `step` holds.
+      keep = [names.index(n) for n in halving.live(names, step, shape)]
+      return halving.compact(steps, state, None, keep)[:2]
+  steps, state, loop = resume(store, steps, state, shape, views)
+  if halving is not None:
+    member_dirs = [member_dirs[names.index(n)] for n in steps.member_names]
   step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
   completed_epochs = shape.epochs_done(step)
   rows = [[r for r in d.rows if r['epoch'] <= completed_epochs]
@@ -226,24 +228,28 @@ def _halve(halving, epoch: int, steps, state, loop, member_dirs, rows):
           [rows[i] for i in keep])
 
 
-def resume(store, steps, state, shape: run_shape.RunShape):
-  """(state, LoopState) from the newest readable checkpoint (the fresh
-  `state` without one)."""
-  num_members = steps.num_members
+def resume(store, steps, state, shape: run_shape.RunShape, views=None):
+  """(steps, state, LoopState) from the newest readable checkpoint (the
+  fresh `state` without one). views(step): the (steps, fresh state) of the
+  members a checkpoint at `step` holds, where not all of `steps`' (a halving
+  sweep's past a rung)."""
+  view = functools.lru_cache(views or (lambda step: (steps, state)))
   restored = store.restore_latest(
-      steps.for_checkpoint(state),
+      lambda step: view(step)[0].for_checkpoint(view(step)[1]),
       lambda step, meta: checkpoints.LoopState.from_json(
-          meta, num_members, step, shape))
+          meta, view(step)[0].num_members, step, shape))
   if restored is None:
-    return state, checkpoints.LoopState(num_members)
+    steps, state = view(0)
+    return steps, state, checkpoints.LoopState(steps.num_members)
   step, checkpoint_state, loop = restored
+  steps = view(step)[0]
   if loop.totals is not None:
     # The exact float32 sums, back on device.
     loop.totals = jax.tree.map(
         lambda x: steps.global_array(x, steps.metrics_sharding),
         steps.from_checkpoint(loop.totals))
   logging.info('Resumed from %s in %s', shape.position(step), store.directory)
-  return steps.from_checkpoint(checkpoint_state), loop
+  return steps, steps.from_checkpoint(checkpoint_state), loop
 
 
 def _stop_run(store, steps, state, step: int, loop: checkpoints.LoopState,

@@ -239,7 +239,7 @@ class Rungs:
     if rung is None:
       rung = Rung.decide(epoch, self.eta, names, val_errors)
       path = rundir.rung_path(self.workdir, epoch)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
+      rundir.prepare_dir(os.path.dirname(path))
       rung.write(rundir.atomic_write, path)
     return rung
 

@@ -131,6 +131,19 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
     raise _write_error(path, e) from None
 
 
+def prepare_dir(path: str) -> None:
+  """Makes the directory `path` (if missing) and removes the tmp files of
+  atomic_writes a kill interrupted there; faults.WriteError if it cannot."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    # Only padax's own tmp files (name and kind): a user's `.tmp-x` stays.
+    for entry in os.scandir(path):
+      if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+        os.remove(entry.path)
+  except OSError as e:
+    raise _write_error(path, e) from None
+
+
 def write_json_if_changed(path: str, value) -> None:
   """atomic_write of `value` as JSON, unless `path` already holds it."""
   try:
@@ -584,15 +597,7 @@ class Workdir:
     identity, data.json; removes tmp files of writes a kill interrupted."""
     if not self.writer:
       return
-    try:
-      os.makedirs(self.path, exist_ok=True)
-      # Only padax's own tmp files (name and kind): a user's `.tmp-x` stays.
-      for entry in os.scandir(self.path):
-        if _TMP_NAME.match(entry.name) and entry.is_file(
-            follow_symlinks=False):
-          os.remove(entry.path)
-    except OSError as e:
-      raise _write_error(self.path, e) from None
+    prepare_dir(self.path)
     write_json_if_changed(self.config_path, self.config.to_dict())
     if data_identity is not None:
       write_json_if_changed(self.data_path, data_identity)

@@ -53,11 +53,47 @@ def _best(rows: list, key: str) -> tuple:
              default=(None, None))
 
 
-def summary_markdown(base: dict, keys: list, summary: list) -> str:
+def halving_outcome(summary: list, rows: list, rungs: list,
+                    num_epochs: int) -> dict:
+  """Where each member of a halving sweep stopped and why, and the winner.
+
+  summary, rows: summarize_member's dicts and each member's metrics rows,
+  in grid order; rungs: the sweep's halving.Rung records, rung by rung.
+  Adds to each member's dict its final_val_error, stopped_epoch (None: it
+  trained to num_epochs), stopped_val_error (its validation error at that
+  rung) and rung_cut (the worst validation error that went on there).
+  Returns {'winner', 'winner_val_error'}: of the members trained to
+  num_epochs, the lowest final validation error (the earliest in the grid
+  on a tie; the test split decides nothing).
+  """
+  by_name = {s['name']: s for s in summary}
+  for s, member_rows in zip(summary, rows):
+    s.update(final_val_error=records.finite_or_none(
+        member_rows[-1].get('val_error') if member_rows else None),
+             stopped_epoch=None, stopped_val_error=None, rung_cut=None)
+  for rung in rungs:
+    errors = dict(zip(rung.members, rung.val_errors))
+    cut = max((errors[n] for n in rung.survivors if errors[n] is not None),
+              default=None)
+    for name in set(rung.members) - set(rung.survivors):
+      by_name[name].update(stopped_epoch=rung.epoch,
+                           stopped_val_error=errors[name], rung_cut=cut)
+  finished = [s for s, member_rows in zip(summary, rows)
+              if member_rows and member_rows[-1]['epoch'] == num_epochs and
+              s['final_val_error'] is not None]
+  winner = min(finished, key=lambda s: s['final_val_error'], default=None)
+  return {'winner': winner and winner['name'],
+          'winner_val_error': winner and winner['final_val_error']}
+
+
+def summary_markdown(base: dict, keys: list, summary: list,
+                     halving: Optional[dict] = None) -> str:
   """The markdown table of `summary` (summarize_member's), the members
   ordered as report.py orders them (`member_key`: p, then lr, by value).
 
-  base: the train config the members share (a dict); keys: the grid keys.
+  base: the train config the members share (a dict); keys: the grid keys;
+  halving: a halving sweep's halving_outcome (its members' dicts hold
+  theirs).
   """
   summary = sorted(summary, key=lambda s: member_key(
       s.get('p'), s.get('learning_rate'), s.get('seed'), s['name']))
@@ -79,15 +115,25 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
           ['member'] + keys + ['epochs', 'final test error', 'best test error',
                                'best epoch'] +
           (['final val error', 'best val error', 'best val epoch']
-           if validated else []),
+           if validated else []) + (['stopped'] if halving else []),
           [[s['name']] + [fmt_number(s[k]) for k in keys] + [
               str(s['epochs']),
               percent(s['final_test_error']) + _divergence(s),
               percent(s['best_test_error']), _epoch(s['best_epoch'])] +
            ([percent(s.get('final_val_error')),
              percent(s.get('best_val_error')),
-             _epoch(s.get('best_val_epoch'))] if validated else [])
+             _epoch(s.get('best_val_epoch'))] if validated else []) +
+           ([_stopped(s)] if halving else [])
            for s in summary])]
+  if halving:
+    blocks.append(
+        'Successive halving on the validation split: at each rung the best '
+        '1/eta of the members by validation error go on (ties: grid order; '
+        'the cut: the worst that went on), the others stop. Winner (lowest '
+        'final validation error): ' + (
+            f'{halving["winner"]}, validation error '
+            f'{percent(halving["winner_val_error"])}%.' if halving['winner']
+            else 'none (no member ended with a finite validation error).'))
   done = [s for s in summary if s['best_test_error'] is not None]
   if done:
     best = min(done, key=lambda s: s['best_test_error'])
@@ -102,6 +148,13 @@ def summary_markdown(base: dict, keys: list, summary: list) -> str:
 
 def _epoch(epoch) -> str:
   return MISSING if epoch is None else str(epoch)
+
+
+def _stopped(s: dict) -> str:
+  if s['stopped_epoch'] is None:
+    return MISSING
+  return (f'epoch {s["stopped_epoch"]}: val error '
+          f'{percent(s["stopped_val_error"])}, cut {percent(s["rung_cut"])}')
 
 
 def _divergence(s: dict) -> str:

@@ -100,6 +100,14 @@ class GridSteps(train_lib.MeshSteps):
       return tree
     return _take(tree, self.num_members)
 
+  def place(self, tree):
+    """`tree` (this view's members, stacked) padded and placed on the
+    mesh, as the steps take it."""
+    size = len(self.padded_members)
+    if size > self.num_members:
+      tree = _pad(tree, size)
+    return jax.device_put(tree, self.state_sharding)
+
   def from_checkpoint(self, tree):
     size = len(self.padded_members)
     if size == self.num_members:

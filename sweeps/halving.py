@@ -8,11 +8,16 @@
 
 Every live member has trained the same epochs at a rung. Stopped members'
 rows end there; survivors train on as a smaller stacked state (compaction).
+A rung's checkpoint is saved before its decision, and the decision recorded
+(WORKDIR/rungs/epoch-NNN.json) before the compaction: a checkpoint at step s
+holds the members live after every rung that ends before s.
 """
 
 import dataclasses
 import json
 import math
+import os
+from typing import Optional
 
 import jax
 import ml_collections
@@ -168,3 +173,87 @@ def gather_members(tree, indices):
         f'with {size or "no common count of"} members); allowed: a list of '
         'indices in [0, n) of a pytree whose every leaf leads with n members.')
   return jax.tree.map(lambda x: x[indices], tree)
+
+
+class Rungs:
+  """A halving sweep's rungs (`epochs`) and their records in `workdir`;
+  steps_for(members) gives the steps (grid.GridSteps) its survivors
+  (spec.Member) train with."""
+
+  def __init__(self, workdir: str, eta: int, epochs, steps_for):
+    self.workdir, self.eta, self.epochs = workdir, eta, tuple(epochs)
+    self.steps_for = steps_for
+
+  def _record(self, epoch: int, names) -> Optional[Rung]:
+    """The record of rung `epoch` (None if not decided yet); ValueError
+    unless it is a decision of this sweep among the live `names`."""
+    path = rundir.rung_path(self.workdir, epoch)
+    if not os.path.lexists(path):
+      return None
+    rung = Rung.read(path)
+    if rung.eta != self.eta or list(rung.members) != list(names):
+      raise ValueError(
+          f'{path} records a decision with eta {rung.eta} among '
+          f'{list(rung.members)}, but this sweep has eta {self.eta} and '
+          f'{list(names)} live at epoch {epoch}; allowed: the records this '
+          f'sweep wrote: {rundir.MOVE_AWAY}.')
+    return rung
+
+  def live(self, names, step: int, shape) -> list:
+    """Of the grid's `names`, those live in a checkpoint at `step`: the
+    survivors of every rung that ends before it."""
+    for epoch in self.epochs:
+      if shape.end_step(epoch) >= step:
+        break
+      rung = self._record(epoch, names)
+      if rung is None:
+        raise ValueError(
+            f'{rundir.rung_path(self.workdir, epoch)} is missing, but a '
+            f'checkpoint at step {step} is past that rung; allowed: the '
+            f'records this sweep wrote: restore it, or use a new workdir.')
+      names = list(rung.survivors)
+    return list(names)
+
+  def recorded(self, names) -> list:
+    """The Rung records of the grid `names`, rung by rung, up to the first
+    rung not decided yet."""
+    rungs = []
+    for epoch in self.epochs:
+      rung = self._record(epoch, rungs[-1].survivors if rungs else names)
+      if rung is None:
+        break
+      rungs.append(rung)
+    return rungs
+
+  def stopped_at(self, names) -> list:
+    """Per member of `names` (the grid), the rung epoch that stopped it
+    (None: live after every recorded rung)."""
+    stops = {n: rung.epoch for rung in self.recorded(names)
+             for n in rung.members if n not in rung.survivors}
+    return [stops.get(n) for n in names]
+
+  def decide(self, epoch: int, names, val_errors) -> Rung:
+    """The decision at rung `epoch` among the live `names`: its record, else
+    decided from `val_errors` and written (atomically) first."""
+    rung = self._record(epoch, names)
+    if rung is None:
+      rung = Rung.decide(epoch, self.eta, names, val_errors)
+      path = rundir.rung_path(self.workdir, epoch)
+      rundir.prepare_dir(os.path.dirname(path))
+      rung.write(rundir.atomic_write, path)
+    return rung
+
+  def compact(self, steps, state, loop, keep: list) -> tuple:
+    """(steps, state, loop) of the members at indices `keep` of `steps`'
+    live ones: their stacked state gathered, padded and placed on the mesh
+    of steps_for, and their loop counters (loop None: none; at a rung, an
+    epoch end, it holds no totals)."""
+    members = steps.padded_members[:steps.num_members]
+    view = self.steps_for([members[i] for i in keep])
+    state = view.place(gather_members(state, keep))
+    if loop is not None:
+      loop = dataclasses.replace(
+          loop, num_members=len(keep),
+          nonfinite_in_a_row=[loop.nonfinite_in_a_row[i] for i in keep],
+          diverged=[loop.diverged[i] for i in keep])
+    return view, state, loop

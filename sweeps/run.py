@@ -5,8 +5,9 @@ Each chunk (sweeps/spec.py) is trained by the epoch loop that train.py uses
 directory (training/rundir.py) records the sweep config (chunk resolved, and
 the device layout its numbers depend on), members/<name>/ as train.py's run
 directories (their config with `sweep_member`: how its data order was
-drawn), checkpoints/chunk-NNN/ of each chunk's stacked state, and
-summary.json|md (reporting/sweep_summary.py). Running again on the same
+drawn), checkpoints/chunk-NNN/ of each chunk's stacked state,
+summary.json|md (reporting/sweep_summary.py) and, with successive halving
+(sweeps/halving.py), rungs/ of its decisions. Running again on the same
 workdir resumes every chunk and ends bit-identical to an uninterrupted sweep.
 """
 
@@ -20,6 +21,7 @@ import ml_collections
 
 from reporting import sweep_summary
 from sweeps import grid
+from sweeps import halving
 from sweeps import spec
 from training import configuration
 from training import input_pipeline
@@ -87,11 +89,17 @@ def _layout(base, stored: dict, workdir: str, chunk_size: int) -> dict:
 
 def _check_workdirs(config, workdir: str, members: list, stored: dict,
                     chunk_size: int, layout: Optional[dict],
-                    own_batches: bool) -> tuple:
+                    options: dict) -> tuple:
   """(sweep Workdir, member Workdirs), checked for a sweep of `chunk_size`
   members at a time; ValueError for a workdir trained in other chunks.
   layout: the device layout to record (None: a sweep recorded before
-  layouts, resumed unrecorded)."""
+  layouts, resumed unrecorded). options: spec.sweep_options's."""
+  own_batches, (eta, first_rung) = options['own_batches'], options['halving']
+  if eta and chunk_size < len(members):
+    raise ValueError(
+        f'sweep.chunk={chunk_size} is not allowed with sweep.halving.eta='
+        f'{eta} ({len(members)} members); allowed: a chunk of all the '
+        'members (0), as halving decides among every member at once.')
   stored_chunk = _stored_sweep(stored).get('chunk')
   if stored_chunk is not None and stored_chunk != chunk_size:
     raise ValueError(
@@ -103,6 +111,13 @@ def _check_workdirs(config, workdir: str, members: list, stored: dict,
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.sweep.chunk = chunk_size
+    # Stored as resolved when on, absent when off (as before halving was),
+    # so a resume with halving turned on, off or changed is refused by name.
+    if eta:
+      c.sweep.halving = ml_collections.ConfigDict(
+          {'eta': eta, 'first_rung_epochs': first_rung})
+    elif 'halving' in c.sweep:
+      del c.sweep['halving']
     if layout is not None:
       c.sweep_layout = layout
   sweep_dir = rundir.Workdir(workdir, c)
@@ -137,6 +152,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   base = spec.train_config(config)
   # Members spread over the devices, not batches: no batch size to divide.
   configuration.validate(base)
+  eta, first_rung = options['halving']
+  if eta and not base.validation_examples:
+    raise ValueError(
+        f'sweep.halving.eta={eta} is not allowed with validation_examples='
+        f'{base.validation_examples}; allowed: validation_examples >= 1 (the '
+        'held-out images halving decides on, never the test split), or '
+        'sweep.halving.eta=0 (off).')
   if jax.process_count() > 1:
     raise ValueError(f'jax.process_count()={jax.process_count()} is not '
                      'allowed; allowed: 1 (a sweep runs in one process, its '
@@ -151,7 +173,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
   # A sweep recorded before layouts were resumes unrecorded (and unchecked).
   layout_record = None if stored and 'sweep_layout' not in stored else layout
   check = lambda size: _check_workdirs(config, workdir, members, stored, size,
-                                       layout_record, options['own_batches'])
+                                       layout_record, options)
   if requested_chunk != spec.AUTO_CHUNK:
     sweep_dir, member_dirs = check(chunk_size)
   data, shape = loop.load_data(base, workdir, data=data,
@@ -170,7 +192,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                  chunk_size, len(members), member_bytes / 2**20)
     sweep_dir, member_dirs = check(chunk_size)
   groups = spec.chunks_of(list(zip(members, member_dirs)), chunk_size)
-  chunks = [_chunk(steps, init, group, i, len(groups), workdir)
+
+  def steps_for(kept: list) -> grid.GridSteps:
+    # As many grid slices as the members fill: a smaller grid frees devices
+    # rather than padding them; each member keeps its data devices, so its
+    # float rounding.
+    slices = min(steps.mesh.shape[grid.GRID_AXIS], len(kept))
+    return grid.build(
+        base, shape.num_classes, shape.steps_per_epoch,
+        options['own_batches'], data=layout['devices_per_member'],
+        devices=jax.devices()[:slices * layout['devices_per_member']],
+        dataset=data.spec)[2].for_members(kept)
+
+  rungs = halving.Rungs(workdir, eta, halving.rung_epochs(
+      first_rung, eta, base.num_epochs), steps_for) if eta else None
+  chunks = [_chunk(steps, init, group, i, len(groups), workdir, rungs)
             for i, group in enumerate(groups)]
 
   keys = [k for k in spec.GRID_KEYS if k in members[0].values]
@@ -179,24 +215,31 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *,
                                   progress=progress,
                                   profile_steps=profile_steps,
                                   after_epoch=after_epoch):
-    diverged.update({name: d for name, d in zip(trained.steps.member_names,
+    diverged.update({name: d for name, d in zip(result.member_names,
                                                result.loop.diverged)
                      if d is not None})
+    rows = [rundir.read_rows(d.jsonl_path) for d in member_dirs]
     summary = [sweep_summary.summarize_member(
-        m.name, m.values, rundir.read_rows(d.jsonl_path),
-        diverged.get(m.name)) for m, d in zip(members, member_dirs)]
+        m.name, m.values, member_rows, diverged.get(m.name))
+               for m, member_rows in zip(members, rows)]
+    outcome = None if rungs is None else sweep_summary.halving_outcome(
+        summary, rows, rungs.recorded([m.name for m in members]),
+        base.num_epochs)
     rundir.atomic_write(
         os.path.join(workdir, rundir.SUMMARY_JSON),
-        json.dumps({'members': summary}, indent=2, sort_keys=True))
+        json.dumps({'members': summary, **(outcome or {})}, indent=2,
+                   sort_keys=True))
     rundir.atomic_write(
         os.path.join(workdir, rundir.SUMMARY_MD),
-        sweep_summary.summary_markdown(base.to_dict(), keys, summary))
+        sweep_summary.summary_markdown(base.to_dict(), keys, summary,
+                                       outcome))
   return summary
 
 
 def _chunk(steps, init, group: list, index: int, count: int,
-           workdir: str) -> loop.Chunk:
-  """Chunk `index` of `count`: `group`'s (member, Workdir) pairs."""
+           workdir: str, rungs: Optional[halving.Rungs]) -> loop.Chunk:
+  """Chunk `index` of `count`: `group`'s (member, Workdir) pairs; rungs:
+  the sweep's halving, or None."""
   chunk_steps = steps.for_members([m for m, _ in group])
 
   def init_chunk():
@@ -211,4 +254,4 @@ def _chunk(steps, init, group: list, index: int, count: int,
 
   return loop.Chunk(chunk_steps, init_chunk, [d for _, d in group],
                     rundir.chunk_dir(workdir, index),
-                    f'chunk {index + 1}/{count}')
+                    f'chunk {index + 1}/{count}', rungs)

@@ -12,6 +12,8 @@ ConfigDict naming the grid:
                      from its seed, exactly as train.py with that seed
   sweep.chunk        members trained at once: 0 all, -1 from a memory
                      estimate, N: N at a time, one chunk after another
+  sweep.halving      eta, first_rung_epochs: successive halving
+                     (sweeps/halving.py; off by default)
 
 Each member's values are checked as train.py checks them (padax's ranges).
 """
@@ -24,6 +26,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from sweeps import halving
 from training import configuration
 from training import optimizers
 
@@ -35,7 +38,7 @@ ALL_MEMBERS = 0
 SHORT_NAMES = {'p': 'p', 'learning_rate': 'lr', 'momentum': 'mom', 'b1': 'b1',
                'b2': 'b2', 'eps': 'eps', 'weight_decay': 'wd', 'seed': 'seed'}
 GRID_KEYS = tuple(SHORT_NAMES)
-OPTION_KEYS = ('own_batches', 'chunk')
+OPTION_KEYS = ('own_batches', 'chunk', 'halving')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +97,8 @@ def format_value(value) -> str:
 
 def sweep_options(config: ml_collections.ConfigDict,
                   chunk: Optional[int] = None) -> dict:
-  """`own_batches` and `chunk` (given: it overrides sweep.chunk), checked."""
+  """`own_batches`, `chunk` (given: it overrides sweep.chunk) and
+  `halving` ((eta, first_rung_epochs)), checked."""
   sweep = config.sweep
   own = sweep.get('own_batches', False)
   if not isinstance(own, (bool, np.bool_)):
@@ -106,7 +110,8 @@ def sweep_options(config: ml_collections.ConfigDict,
     _fail('sweep.chunk', chunk, 'not a count of members',
           f'an integer >= 1, {ALL_MEMBERS} (all members at once) or '
           f'{AUTO_CHUNK} (from a memory estimate)')
-  return {'own_batches': bool(own), 'chunk': int(chunk)}
+  return {'own_batches': bool(own), 'chunk': int(chunk),
+          'halving': halving.halving_options(config)}
 
 
 def grid_members(config: ml_collections.ConfigDict) -> list:

@@ -270,7 +270,9 @@ class CheckpointStore:
                                                        object]):
     """(step, state, check's result) of the newest readable checkpoint.
 
-    `template`: a pytree with the state's structure, shapes and shardings.
+    `template`: a pytree with the state's structure, shapes and shardings,
+    or a function of the step giving it (a halving sweep's checkpoints hold
+    fewer members past each rung).
     `check(step, loop_metadata)` validates the loop state (raises ValueError
     if it does not fit) and returns what the caller needs of it. None when
     there is no checkpoint.
@@ -278,11 +280,13 @@ class CheckpointStore:
     steps = self.steps()
     if not steps:
       return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     failures = []
     for step in reversed(steps):
       try:
         metadata = self.loop_metadata(step)
+        abstract = jax.tree.map(
+            ocp.utils.to_shape_dtype_struct,
+            template(step) if callable(template) else template)
         state = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract))
         _check_state_step(state, step)

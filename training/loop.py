@@ -34,15 +34,19 @@ from training import rundir
 
 
 # What `train_epochs` leaves: each member's metrics rows (all epochs) and the
-# checkpoints.LoopState (its `diverged` names the members a sweep gave up on).
-Result = collections.namedtuple('Result', 'rows loop')
+# checkpoints.LoopState (its `diverged` names the members a sweep gave up on),
+# of the members trained to the end (member_names: a halving sweep's
+# survivors; None for a single run).
+Result = collections.namedtuple('Result', 'rows loop member_names')
 
 
 # Members `run` trains at once: train.py's one run, or a sweep's chunk.
 # init() gives the fresh state; member_dirs: one rundir.Workdir per
-# member; name: what the log lines call it.
+# member; name: what the log lines call it; halving: a sweep's
+# sweeps.halving.Rungs, or None.
 Chunk = collections.namedtuple(
-    'Chunk', 'steps init member_dirs checkpoint_dir name', defaults=('',))
+    'Chunk', 'steps init member_dirs checkpoint_dir name halving',
+    defaults=('', None))
 
 
 def load_data(config: ml_collections.ConfigDict, workdir: str, *,
@@ -77,8 +81,9 @@ def run(config: ml_collections.ConfigDict, shape: run_shape.RunShape,
   identity = input_pipeline.fingerprint(data)
   run_dir.check_data(identity, f' ({data.source})')
   for chunk in chunks:
-    rundir.check_history(config, shape, chunk.member_dirs,
-                         chunk.checkpoint_dir)
+    rundir.check_history(
+        config, shape, chunk.member_dirs, chunk.checkpoint_dir,
+        chunk.halving and chunk.halving.stopped_at(chunk.steps.member_names))
   with run_lock.RunLock(run_dir.path), faults.StopRequests() as stop, (
       profiling.step_trace(os.path.join(run_dir.path, rundir.PROFILE_DIR),
                            profile_steps)) as trace:
@@ -97,7 +102,8 @@ def run(config: ml_collections.ConfigDict, shape: run_shape.RunShape,
             member_dirs=chunk.member_dirs, data=data, stop=stop,
             progress=progress, trace=trace, name=chunk.name,
             after_epoch=(None if after_epoch is None else
-                         functools.partial(after_epoch, index)))
+                         functools.partial(after_epoch, index)),
+            halving=chunk.halving)
       finally:
         store.close()
       yield chunk, result
@@ -108,23 +114,39 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
                  data: input_pipeline.CifarData,
                  stop: faults.StopRequests, progress: bool = True,
                  trace=None, after_epoch: Optional[Callable[[int], None]] = None,
-                 name: str = '') -> Result:
+                 name: str = '', halving=None) -> Result:
   """Trains `state` (fresh) to config.num_epochs, resuming from `store`.
 
   steps: see train_lib.MeshSteps. member_dirs: one rundir.Workdir per
   member, where its rows go (their `rows`: those Workdir.check read). trace:
   a profiling.StepTrace or None. after_epoch(epoch) (for tests) runs once an
-  epoch's rows are written, before its checkpoint.
+  epoch's rows are written, before its checkpoint. halving: a
+  sweeps.halving.Rungs: at each of its epochs, a checkpoint, then the
+  decision, then the survivors train on alone.
   """
   steps_per_epoch = shape.steps_per_epoch
-  state, loop = resume(store, steps, state, shape)
+  is_rung = lambda epoch: halving is not None and epoch in halving.epochs
+  names = steps.member_names
+
+  def views(step):
+    # The fresh state of the members a checkpoint at `step` holds.
+    keep = [names.index(n) for n in halving.live(names, step, shape)]
+    return halving.compact(steps, state, None, keep)[:2]
+
+  steps, state, loop = resume(store, steps, state, shape,
+                              None if halving is None else views)
+  if halving is not None:
+    member_dirs = [member_dirs[names.index(n)] for n in steps.member_names]
   step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
   completed_epochs = shape.epochs_done(step)
   rows = [[r for r in d.rows if r['epoch'] <= completed_epochs]
           for d in member_dirs]
-  watch = faults.NonfiniteWatch(
-      config.nonfinite_policy, config.max_consecutive_skips, loop,
-      shape=shape, member_names=steps.member_names)
+  if is_rung(completed_epochs) and not loop.steps_done:
+    # A rung's checkpoint is saved before its decision: take it now (or
+    # read its record).
+    steps, state, loop, member_dirs, rows = _halve(
+        halving, completed_epochs, steps, state, loop, member_dirs, rows)
+  watch = _nonfinite_watch(config, loop, shape, steps)
   if completed_epochs >= config.num_epochs:
     logging.info('Nothing left to train%s: all num_epochs=%d epochs are done; '
                  'a larger --config.num_epochs trains on from this '
@@ -171,29 +193,58 @@ def train_epochs(config: ml_collections.ConfigDict, steps, state, *,
     if after_epoch is not None:
       after_epoch(epoch)
     loop.start_epoch()
-    if rundir.checkpoint_due(epoch, config):
+    if rundir.checkpoint_due(epoch, config) or is_rung(epoch):
       store.save(step, steps.for_checkpoint(state), loop.to_json())
-  return Result(rows, loop)
+    if is_rung(epoch):
+      steps, state, loop, member_dirs, rows = _halve(
+          halving, epoch, steps, state, loop, member_dirs, rows)
+      watch = _nonfinite_watch(config, loop, shape, steps)
+      train_arrays = None  # The survivors' mesh may be smaller.
+  return Result(rows, loop, steps.member_names)
 
 
-def resume(store, steps, state, shape: run_shape.RunShape):
-  """(state, LoopState) from the newest readable checkpoint (the fresh
-  `state` without one)."""
-  num_members = steps.num_members
+def _nonfinite_watch(config, loop, shape, steps) -> faults.NonfiniteWatch:
+  return faults.NonfiniteWatch(
+      config.nonfinite_policy, config.max_consecutive_skips, loop,
+      shape=shape, member_names=steps.member_names)
+
+
+def _halve(halving, epoch: int, steps, state, loop, member_dirs, rows):
+  """The run's (steps, state, loop, member_dirs, rows) after the decision
+  of rung `epoch`, taken on the rows' validation errors."""
+  rung = halving.decide(epoch, steps.member_names,
+                        [r[-1].get('val_error') for r in rows])
+  keep = [steps.member_names.index(n) for n in rung.survivors]
+  steps, state, loop = halving.compact(steps, state, loop, keep)
+  logging.info('Rung at epoch %d: %s go on, %s stop.', epoch,
+               ', '.join(rung.survivors), ', '.join(
+                   n for n in rung.members if n not in rung.survivors))
+  return (steps, state, loop, [member_dirs[i] for i in keep],
+          [rows[i] for i in keep])
+
+
+def resume(store, steps, state, shape: run_shape.RunShape, views=None):
+  """(steps, state, LoopState) from the newest readable checkpoint (the
+  fresh `state` without one). views(step): the (steps, fresh state) of the
+  members a checkpoint at `step` holds, where not all of `steps`' (a halving
+  sweep's past a rung)."""
+  view = functools.lru_cache(views or (lambda step: (steps, state)))
   restored = store.restore_latest(
-      steps.for_checkpoint(state),
+      lambda step: view(step)[0].for_checkpoint(view(step)[1]),
       lambda step, meta: checkpoints.LoopState.from_json(
-          meta, num_members, step, shape))
+          meta, view(step)[0].num_members, step, shape))
   if restored is None:
-    return state, checkpoints.LoopState(num_members)
+    steps, state = view(0)
+    return steps, state, checkpoints.LoopState(steps.num_members)
   step, checkpoint_state, loop = restored
+  steps = view(step)[0]
   if loop.totals is not None:
     # The exact float32 sums, back on device.
     loop.totals = jax.tree.map(
         lambda x: steps.global_array(x, steps.metrics_sharding),
         steps.from_checkpoint(loop.totals))
   logging.info('Resumed from %s in %s', shape.position(step), store.directory)
-  return steps.from_checkpoint(checkpoint_state), loop
+  return steps, steps.from_checkpoint(checkpoint_state), loop
 
 
 def _stop_run(store, steps, state, step: int, loop: checkpoints.LoopState,

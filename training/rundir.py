@@ -5,7 +5,8 @@ written before training starts), metrics.jsonl (one JSON object per epoch),
 metrics.csv (the same rows), data.json (the data trained on),
 checkpoints/<step> (training/checkpoints.py; a sweep's: chunk-NNN/<step>),
 lock (held by the run: training/run_lock.py), profile/ (with --profile); a
-sweep adds members/<name>/ (each a run directory) and summary.json|md.
+sweep adds members/<name>/ (each a run directory), summary.json|md and,
+with successive halving, rungs/epoch-NNN.json (each rung's decision).
 
 Every file is replaced atomically (tmp file, then rename): a kill leaves the
 old or the new version; a failed write (disk full) raises faults.WriteError
@@ -37,11 +38,12 @@ LOCK_FILE = 'lock'
 CHECKPOINTS_DIR = 'checkpoints'
 MEMBERS_DIR = 'members'
 PROFILE_DIR = 'profile'
+RUNGS_DIR = 'rungs'
 SUMMARY_JSON = 'summary.json'
 SUMMARY_MD = 'summary.md'
 # What a run directory holds: each must be a file (or a directory) if there.
 _RUN_FILES = (CONFIG_FILE, METRICS_JSONL, METRICS_CSV, DATA_FILE, LOCK_FILE)
-_RUN_DIRS = (CHECKPOINTS_DIR, MEMBERS_DIR, PROFILE_DIR)
+_RUN_DIRS = (CHECKPOINTS_DIR, MEMBERS_DIR, PROFILE_DIR, RUNGS_DIR)
 _SWEEP_FILES = (SUMMARY_JSON, SUMMARY_MD)
 
 # Keys that may differ between a stored config and a resumed run's: extending
@@ -80,6 +82,11 @@ UNREADABLE_PREFIX = 'unreadable-'
 def chunk_dir(workdir: str, index: int) -> str:
   """Where a sweep's chunk `index` keeps its checkpoints."""
   return os.path.join(workdir, CHECKPOINTS_DIR, f'chunk-{index:03d}')
+
+
+def rung_path(workdir: str, epoch: int) -> str:
+  """Where a halving sweep records its decision at `epoch`."""
+  return os.path.join(workdir, RUNGS_DIR, f'epoch-{epoch:03d}.json')
 
 
 def checkpoint_due(epoch: int, config, last_epoch: int = None) -> bool:
@@ -121,6 +128,19 @@ def atomic_write(path: str, text: str, *, newline=None) -> None:
     if created:
       with contextlib.suppress(OSError):
         os.remove(tmp)
+    raise _write_error(path, e) from None
+
+
+def prepare_dir(path: str) -> None:
+  """Makes the directory `path` (if missing) and removes the tmp files of
+  atomic_writes a kill interrupted there; faults.WriteError if it cannot."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    # Only padax's own tmp files (name and kind): a user's `.tmp-x` stays.
+    for entry in os.scandir(path):
+      if _TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+        os.remove(entry.path)
+  except OSError as e:
     raise _write_error(path, e) from None
 
 
@@ -577,15 +597,7 @@ class Workdir:
     identity, data.json; removes tmp files of writes a kill interrupted."""
     if not self.writer:
       return
-    try:
-      os.makedirs(self.path, exist_ok=True)
-      # Only padax's own tmp files (name and kind): a user's `.tmp-x` stays.
-      for entry in os.scandir(self.path):
-        if _TMP_NAME.match(entry.name) and entry.is_file(
-            follow_symlinks=False):
-          os.remove(entry.path)
-    except OSError as e:
-      raise _write_error(self.path, e) from None
+    prepare_dir(self.path)
     write_json_if_changed(self.config_path, self.config.to_dict())
     if data_identity is not None:
       write_json_if_changed(self.data_path, data_identity)
@@ -605,7 +617,7 @@ class Workdir:
 
 
 def check_history(config, shape, member_dirs: list,
-                  checkpoint_dir: str) -> None:
+                  checkpoint_dir: str, stopped_at: list = None) -> None:
   """Refuses (ValueError) checkpoints, metrics and config that do not tell
   one story: resuming would rewrite history.
 
@@ -614,7 +626,8 @@ def check_history(config, shape, member_dirs: list,
   Resuming must lose no row: the rows are at the steps this data gives; a
   checkpoint's epochs have their rows; after the newest checkpoint, only the
   rows a kill before its next checkpoint leaves; num_epochs is not below the
-  epochs done.
+  epochs done. stopped_at: per member, the rung epoch a halving sweep
+  stopped it at (None: live); its rows end there.
   """
   check_usable(checkpoint_dir)
   steps, aside = stored_steps(checkpoint_dir)
@@ -625,9 +638,11 @@ def check_history(config, shape, member_dirs: list,
   where = (f'{checkpoint_dir} holds step {newest} (epoch {completed})' if steps
            else f'{checkpoint_dir} holds no checkpoint')
   done = completed
-  for d in member_dirs:
+  for d, stop in zip(member_dirs, stopped_at or [None] * len(member_dirs)):
     rows = d.rows
     last = rows[-1]['epoch'] if rows else 0
+    # A stopped member's rows end at its rung.
+    owed = completed if stop is None else min(stop, completed)
     done = max(done, last)
     for row in rows:
       if row['step'] != shape.end_step(row['epoch']):
@@ -639,23 +654,23 @@ def check_history(config, shape, member_dirs: list,
             f'{shape.end_step(row["epoch"])}: the run was trained on '
             'other data; allowed: the data it was trained on, or a new '
             'workdir.')
-    if completed > last:
+    if owed > last:
       has = f'rows up to epoch {last}' if rows else 'no rows'
       raise ValueError(
           f'{d.jsonl_path} has {has} but {where}: the rows of epochs '
-          f'{last + 1}-{completed} are '
+          f'{last + 1}-{owed} are '
           'missing and resuming would not redo them; allowed: restore '
           f'{os.path.basename(d.jsonl_path)}, or move {checkpoint_dir} away '
           'too to start over, or use a new workdir.')
     # The epochs between whose checkpoints were due (before the last row's).
-    lost = [e for e in range(completed + 1, last)
+    lost = [e for e in range(owed + 1, last)
             if checkpoint_due(e, config, last) and e not in saved_epochs]
     if lost:
       raise ValueError(
           f'{where} but {d.jsonl_path} has rows up to epoch {last}, and the '
           f'checkpoint of epoch {lost[-1]} is gone: resuming would start '
-          f'over from epoch {completed + 1} and rewrite the rows of epochs '
-          f'{completed + 1}-{last}; allowed: restore the checkpoints, or move '
+          f'over from epoch {owed + 1} and rewrite the rows of epochs '
+          f'{owed + 1}-{last}; allowed: restore the checkpoints, or move '
           'the metrics files away too to start over, or use a new workdir.')
   if config.num_epochs < done:
     raise ValueError(

@@ -19,7 +19,7 @@ import pytest
 from sweeps import halving
 from sweeps import run as sweep_run
 from sweeps import spec
-from sweeps.configs import cpu_subset
+from sweeps.configs import cpu_subset_tuning
 from sweeps.configs import cpu_subset_halving
 from sweeps.configs import resnet18_cifar10_halving
 from tests import fault_harness
@@ -362,11 +362,11 @@ def test_survivors_respread_over_fewer_devices(halved, tmp_path):
 
 def test_halving_presets():
   cpu = cpu_subset_halving.get_config()
-  full = cpu_subset.get_config()
-  # cpu_subset but for the validation split, the length and halving.
+  full = cpu_subset_tuning.get_config()
+  # cpu_subset_tuning but for the length and halving.
   differs = {k for k, v in records.flatten(cpu.to_dict()).items()
              if records.flatten(full.to_dict()).get(k, 'absent') != v}
-  assert differs == {'validation_examples', 'num_epochs', 'sweep.halving.eta',
+  assert differs == {'num_epochs', 'sweep.halving.eta',
                      'sweep.halving.first_rung_epochs'}
   gpu = resnet18_cifar10_halving.get_config()
   assert (gpu.model, gpu.dataset, gpu.validation_examples) == (

@@ -265,10 +265,12 @@ def _number(prefix, key, value, low, high=None, high_included=True) -> None:
                      f'{allowed}.')
   x = float(value)
   finite = math.isfinite(x)
+  # The range's text says why, but for NaN and, without an upper bound, inf.
+  range_says_why = finite or (math.isinf(x) and high is not None)
   if not finite or x < low or (high is not None and
                                (x > high if high_included else x >= high)):
     raise ValueError(f'{prefix}{key}={value!r} is out of range; allowed: '
-                     f'{allowed}{"" if finite else ", finite"}.')
+                     f'{allowed}{"" if range_says_why else ", finite"}.')
 
 
 def check_hyperparameter(optimizer_name: str, key: str, value) -> None:

@@ -1,10 +1,10 @@
-"""The CPU preset (cpu_subset.py) with successive halving: 9 members, eta 3.
+"""The CPU tuning preset (cpu_subset_tuning.py) with successive halving, eta 3.
 
   python sweep.py --config sweeps/configs/cpu_subset_halving.py \
       --workdir workdirs/sweep-cpu-halving
 
-cpu_subset's grid (p x lr, 3 x 3, tiny_cnn on the first 5,000 CIFAR-10
-training images), of which 500 are held out for validation, over 5 epochs.
+cpu_subset_tuning's grid (p x lr, 3 x 3, tiny_cnn on the first 5,000 CIFAR-10
+training images, 1,000 of them held out for validation), over 5 epochs.
 At epoch 1 the 3 members with the lowest validation error go on, at epoch 3
 the best of those; the winner is the survivor's. The full grid of the same
 preset, for comparison: --config.sweep.halving.eta=0.
@@ -12,14 +12,11 @@ preset, for comparison: --config.sweep.halving.eta=0.
 
 import ml_collections
 
-from sweeps.configs import cpu_subset
-
-VALIDATION_EXAMPLES = 500
+from sweeps.configs import cpu_subset_tuning
 
 
 def get_config():
-  config = cpu_subset.get_config()
-  config.validation_examples = VALIDATION_EXAMPLES
+  config = cpu_subset_tuning.get_config()
   config.num_epochs = 5
   config.sweep.halving = ml_collections.ConfigDict(
       {'eta': 3, 'first_rung_epochs': 1})

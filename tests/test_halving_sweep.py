@@ -366,8 +366,7 @@ def test_halving_presets():
   # cpu_subset_tuning but for the length and halving.
   differs = {k for k, v in records.flatten(cpu.to_dict()).items()
              if records.flatten(full.to_dict()).get(k, 'absent') != v}
-  assert differs == {'num_epochs', 'sweep.halving.eta',
-                     'sweep.halving.first_rung_epochs'}
+  assert differs == {'num_epochs', 'sweep.halving.eta'}
   gpu = resnet18_cifar10_halving.get_config()
   assert (gpu.model, gpu.dataset, gpu.validation_examples) == (
       'resnet18', 'cifar10', 5000)

@@ -24,4 +24,7 @@ def add_sweep(config, *, p=P_GRID, learning_rate=(0.1,), seed=(0,),
   config.sweep.seed = tuple(seed)
   config.sweep.own_batches = own_batches  # See sweeps/spec.py.
   config.sweep.chunk = chunk
+  # Off; --config.sweep.halving.eta=3 turns it on (sweeps/halving.py).
+  config.sweep.halving = ml_collections.ConfigDict(
+      {'eta': 0, 'first_rung_epochs': 1})
   return config

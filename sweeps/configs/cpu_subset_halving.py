@@ -10,14 +10,11 @@ the best of those; the winner is the survivor's. The full grid of the same
 preset, for comparison: --config.sweep.halving.eta=0.
 """
 
-import ml_collections
-
 from sweeps.configs import cpu_subset_tuning
 
 
 def get_config():
   config = cpu_subset_tuning.get_config()
   config.num_epochs = 5
-  config.sweep.halving = ml_collections.ConfigDict(
-      {'eta': 3, 'first_rung_epochs': 1})
+  config.sweep.halving.eta = 3
   return config

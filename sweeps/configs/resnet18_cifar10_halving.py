@@ -11,8 +11,6 @@ the best of those (the rung at 27 has one member left to keep); the test
 split decides nothing. GPU-sized; on a CPU see cpu_subset_halving.py.
 """
 
-import ml_collections
-
 from configs import default
 from sweeps.configs import common
 
@@ -27,6 +25,6 @@ def get_config():
   config.optimizer.lr_milestones = ()
   config = common.add_sweep(config, p=common.P_GRID,
                             learning_rate=(0.1, 0.01, 0.001))
-  config.sweep.halving = ml_collections.ConfigDict(
-      {'eta': 3, 'first_rung_epochs': 3})
+  config.sweep.halving.eta = 3
+  config.sweep.halving.first_rung_epochs = 3
   return config

@@ -7,7 +7,9 @@ Runs sweep.py on the preset twice per round, in a fresh workdir each time:
 with `sweep.halving.eta=0` (every member trains every epoch) and as the
 preset sets it. Member-epochs are counted from the members' metrics rows and
 checked against `halving.member_epochs`; wall time is each sweep.py process's
-(compilation included: both pay it). Arguments after `--` go to both runs.
+(compilation included: both pay it); each member's rows under halving are
+compared with its rows in the full grid of the same round. Arguments after
+`--` go to both runs.
 """
 
 import argparse
@@ -23,10 +25,15 @@ import harness  # pylint: disable=g-bad-import-order
 
 import ml_collections  # pylint: disable=g-import-not-at-top
 from sweeps import halving  # pylint: disable=g-import-not-at-top
+from training import records  # pylint: disable=g-import-not-at-top
+from training import rundir  # pylint: disable=g-import-not-at-top
+
+LOSS_RTOL = 1e-4  # The survivors train in a smaller vmap: float rounding.
 
 
 def sweep(config: str, extra: list, eta_off: bool) -> dict:
-  """One sweep.py run: wall seconds, member-epochs, summary.json."""
+  """One sweep.py run: wall seconds, member-epochs, each member's rows,
+  summary.json and the resolved config."""
   with tempfile.TemporaryDirectory() as tmp:
     workdir = os.path.join(tmp, 'sweep')
     command = [sys.executable, os.path.join(harness.ROOT, 'sweep.py'),
@@ -38,28 +45,44 @@ def sweep(config: str, extra: list, eta_off: bool) -> dict:
     subprocess.run(command, check=True, cwd=harness.ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
-    members = os.path.join(workdir, 'members')
-    epochs = 0
-    for name in os.listdir(members):
-      with open(os.path.join(members, name, 'metrics.jsonl')) as f:
-        epochs += sum(1 for line in f if line.strip())
-    with open(os.path.join(workdir, 'summary.json')) as f:
+    rows = {}
+    for name in os.listdir(os.path.join(workdir, 'members')):
+      rows[name] = rundir.read_rows(
+          os.path.join(workdir, 'members', name, rundir.METRICS_JSONL))
+    with open(os.path.join(workdir, rundir.SUMMARY_JSON)) as f:
       summary = json.load(f)
-    with open(os.path.join(workdir, 'config.json')) as f:
+    with open(os.path.join(workdir, rundir.CONFIG_FILE)) as f:
       config = ml_collections.ConfigDict(json.load(f))
-  return {'seconds': seconds, 'member_epochs': epochs, 'summary': summary,
-          'config': config}
+  return {'seconds': seconds, 'rows': rows, 'summary': summary,
+          'config': config,
+          'member_epochs': sum(len(r) for r in rows.values())}
 
 
 def winner(summary: dict) -> str:
   """The member summary.json names the winner, else the lowest final
   validation error."""
-  members = summary['members']
-  named = [m['name'] for m in members if m.get('winner')]
-  if named:
-    return named[0]
-  scored = [m for m in members if m.get('final_val_error') is not None]
+  if summary.get('winner'):
+    return summary['winner']
+  scored = [m for m in summary['members']
+            if m.get('final_val_error') is not None]
   return min(scored, key=lambda m: m['final_val_error'])['name']
+
+
+def rows_agree(halved: dict, full: dict) -> bool:
+  """Whether every member's rows under halving are the full grid's up to
+  where it stopped: errors equal, losses within LOSS_RTOL (the survivors
+  train in a smaller vmap), timing aside."""
+  for name, rows in halved.items():
+    for row, want in zip(rows, full[name]):
+      for key, value in want.items():
+        if key in records.TIMING_COLUMNS:
+          continue
+        if key.endswith('loss'):
+          if abs(row[key] - value) > LOSS_RTOL * abs(value):
+            return False
+        elif row[key] != value:
+          return False
+  return True
 
 
 def main():
@@ -98,6 +121,10 @@ def main():
         f'(formula, eta {eta}: {expected} / {members * num_epochs} = '
         f'{expected / (members * num_epochs):.3f}); wall time: {wall:.3f} '
         "of the full grid's (median of the rounds' ratios)")
+  agree = [rows_agree(h['rows'], f['rows']) for h, f in zip(halved, full)]
+  print(f'rows under halving equal to the full grid\'s up to each member\'s '
+        f'stop (errors equal, losses within {LOSS_RTOL:g}): '
+        f'{sum(agree)}/{len(agree)} rounds')
 
 
 if __name__ == '__main__':

@@ -77,3 +77,18 @@ def restore_chunk(workdir: str, chunk_index: int, *, num_classes: int,
   if restored is None:
     raise ValueError(f'{store.directory} holds no checkpoint.')
   return members, restored[1]
+
+
+def print_sweep_meshes(config, workdir: str, data) -> None:
+  """Runs `config`'s sweep on `data` in `workdir` and prints, as the last
+  line of stdout, the shapes of the grid meshes it built (for tests that
+  run it in a process with another device count)."""
+  from sweeps import run as sweep_run  # pylint: disable=g-import-not-at-top
+  meshes = []
+  make = grid.make_grid_mesh
+  grid.make_grid_mesh = lambda *a: meshes.append(make(*a)) or meshes[-1]
+  try:
+    sweep_run.run_sweep(config, workdir, data=data, progress=False)
+  finally:
+    grid.make_grid_mesh = make
+  print(json.dumps([dict(m.shape) for m in meshes]))

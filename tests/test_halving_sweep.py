@@ -25,6 +25,7 @@ from sweeps.configs import resnet18_cifar10_halving
 from tests import fault_harness
 from tests.conftest import ROOT
 from tests.fault_harness import compilation_cache_dir  # pylint: disable=unused-import
+from tests.helpers import without_timing
 from tests.sweep_helpers import small_data, sweep_config
 from training import faults
 from training import input_pipeline
@@ -62,11 +63,6 @@ NAMES = [m.name for m in spec.grid_members(config())]
 def rows_of(workdir):
   return {n: rundir.read_rows(os.path.join(workdir, 'members', n,
                                            'metrics.jsonl')) for n in NAMES}
-
-
-def untimed(rows):
-  return [{k: v for k, v in r.items() if k not in records.TIMING_COLUMNS}
-          for r in rows]
 
 
 def tree_of(root):
@@ -113,7 +109,8 @@ def test_halving_rows_against_the_full_grid(full, halved):
       halving.member_epochs(4, 2, RUNGS, 3))
   for name in NAMES:
     # Up to rung 1 the same program: bit-identical.
-    assert untimed(rows[name][:1]) == untimed(grid_rows[name][:1]), name
+    assert (without_timing(rows[name][:1]) ==
+            without_timing(grid_rows[name][:1])), name
     for row, grid_row in zip(rows[name], grid_rows[name]):
       for key in ('test_error', 'test_top5_error', 'val_error',
                   'val_top5_error', 'train_error', 'lr', 'p', 'step'):
@@ -313,19 +310,13 @@ import json, os, sys
 sys.path.insert(0, os.environ['ROOT'])
 import jax
 import ml_collections
-from sweeps import grid
-from sweeps import run as sweep_run
 from tests import sweep_helpers
 from training import input_pipeline
 assert jax.device_count() == 2
-meshes = []
-make = grid.make_grid_mesh
-grid.make_grid_mesh = lambda *a: meshes.append(make(*a)) or meshes[-1]
 config = ml_collections.ConfigDict(json.loads(sys.argv[2]))
-data = input_pipeline.hold_out_validation(sweep_helpers.small_data(),
-                                          config.validation_examples)
-sweep_run.run_sweep(config, sys.argv[1], data=data, progress=False)
-print(json.dumps([dict(m.shape) for m in meshes]))
+sweep_helpers.print_sweep_meshes(
+    config, sys.argv[1], input_pipeline.hold_out_validation(
+        sweep_helpers.small_data(), config.validation_examples))
 """
 
 

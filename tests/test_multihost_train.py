@@ -16,6 +16,8 @@ import time
 import pytest
 
 from tests import data_fixtures
+from tests.helpers import without_timing
+from training import records
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,6 @@ TIMEOUT_S = 300
 # As tests/test_multihost.py: the gradient and BatchNorm all-reduces cross
 # processes through gloo, which sums in another order (float32 rounding).
 LOSS_RTOL = 1e-5
-TIMING = ('epoch_seconds', 'images_per_second')
 
 
 def _free_port() -> int:
@@ -90,10 +91,6 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
-def _untimed(rows):
-  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
 @pytest.fixture(scope='module')
 def two_process_run(tmp_path_factory):
   """(data folder, workdir) of train.py trained as 2 processes, 3 epochs."""
@@ -121,7 +118,7 @@ def test_two_processes_train_as_one_with_four_devices(tmp_path,
     assert len(f.read().splitlines()) == 4
   for row, want in zip(rows, expected):
     for key, value in want.items():
-      if key in TIMING:
+      if key in records.TIMING_COLUMNS:
         continue
       if key.endswith('loss'):
         assert row[key] == pytest.approx(value, rel=LOSS_RTOL), key
@@ -174,7 +171,7 @@ def test_a_killed_process_ends_the_other_and_the_rerun_resumes(
   assert len(_rows(workdir)) < 3
   for status, output in _two_processes(command, tmp_path, 'rerun'):
     assert status == 0, output[-3000:]
-  assert _untimed(_rows(workdir)) == _untimed(_rows(whole))
+  assert without_timing(_rows(workdir)) == without_timing(_rows(whole))
 
 
 @pytest.mark.parametrize('variable,value', [('JAX_NUM_PROCESSES', 'two'),

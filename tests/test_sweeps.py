@@ -414,20 +414,14 @@ def _assert_epoch_1_as_on_one_device(workdir, straight, num_members):
 
 
 _GRID_BY_DATA = r"""
-import json, os, sys
+import os, sys
 sys.path.insert(0, os.environ['ROOT'])
 import jax
 from tests import sweep_helpers as t
-from sweeps import grid
-from sweeps import run as sweep_run
 assert jax.device_count() == 4
-meshes = []
-make = grid.make_grid_mesh
-grid.make_grid_mesh = lambda *a: meshes.append(make(*a)) or meshes[-1]
 config = t.sweep_config(p=(0.25, 0.125), learning_rate=(0.05,))
 config.num_epochs = 1
-sweep_run.run_sweep(config, sys.argv[1], data=t.small_data(), progress=False)
-print(json.dumps([dict(m.shape) for m in meshes]))
+t.print_sweep_meshes(config, sys.argv[1], t.small_data())
 """
 
 

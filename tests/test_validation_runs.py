@@ -38,6 +38,7 @@ from training import configuration
 from training import input_pipeline
 from training import loop
 from training import records
+from training import rundir
 from training import trainer
 
 pytestmark = pytest.mark.usefixtures('compilation_cache_dir')
@@ -67,11 +68,6 @@ def train_config(cifar_dir, **overrides):
     config[key] = value
   config.optimizer.lr_milestones = ()
   return config
-
-
-def read_jsonl(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def read_csv(workdir):
@@ -125,7 +121,7 @@ def test_train_run_rows_gain_validation_columns(tmp_path, cifar_dir,
   monkeypatch.setattr(loop, 'epoch_batches', record_batches)
   with caplog.at_level(logging.INFO):
     last = trainer.train_and_evaluate(config, workdir, progress=False)
-  rows = read_jsonl(workdir)
+  rows = rundir.read_rows(os.path.join(workdir, rundir.METRICS_JSONL))
   # Each epoch trains on every image but the held-out ones, once (N - V is
   # a multiple of the batch size; the random images are all distinct).
   images, _ = held_out(cifar_dir, VALIDATION)
@@ -213,7 +209,7 @@ def test_sweep_rows_and_summary_gain_validation_columns(tmp_path, caplog):
           in caplog.text)
   for member in members:
     member_dir = os.path.join(workdir, 'members', member['name'])
-    [row] = read_jsonl(member_dir)
+    [row] = rundir.read_rows(os.path.join(member_dir, rundir.METRICS_JSONL))
     assert set(VAL_COLUMNS) <= set(row), row
     assert 0.0 <= row['val_top5_error'] <= row['val_error'] <= 1.0
     _, header = read_csv(member_dir)

@@ -3,10 +3,18 @@
 import hashlib
 import os
 import pickle
+import socket
 
 import numpy as np
 
 from training import records
+
+
+def free_port() -> int:
+  """A TCP port on localhost free now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
 
 
 def without_timing(rows):

@@ -12,7 +12,6 @@ host with 4 devices, as a reference.
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +42,6 @@ XLA_FLAGS = ('--xla_backend_optimization_level=0 '
 # its leaf's largest value.
 RTOL = 1e-5
 LEAF_ATOL = 1e-5
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _env():
@@ -99,7 +93,7 @@ def _run_all(commands, log_dir):
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp('multihost')
-  port = _free_port()
+  port = free_port()
   workers = [[sys.executable, SCRIPT, f'--coordinator=localhost:{port}',
               f'--num_processes={NUM_PROCESSES}', f'--process_id={i}',
               f'--local_devices={LOCAL_DEVICES}', f'--out={out / "multi"}']

@@ -8,7 +8,6 @@ reference is the same command as one process with 4 devices.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import time
 import pytest
 
 from tests import data_fixtures
+from tests.helpers import free_port
 from tests.helpers import without_timing
 from training import records
 
@@ -26,12 +26,6 @@ TIMEOUT_S = 300
 # As tests/test_multihost.py: the gradient and BatchNorm all-reduces cross
 # processes through gloo, which sums in another order (float32 rounding).
 LOSS_RTOL = 1e-5
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _env(**variables) -> dict:
@@ -53,7 +47,7 @@ def _train_py(workdir, data_dir, *flags):
 def _start_two(command, tmp_path, name='run'):
   """Starts `command` as processes 0 and 1 of 2 (2 CPU devices each):
   [(Popen, its log file)]."""
-  port = _free_port()
+  port = free_port()
   procs = []
   for index in range(2):
     log = open(tmp_path / f'{name}_process_{index}.txt', 'w+')
@@ -177,7 +171,7 @@ def test_a_killed_process_ends_the_other_and_the_rerun_resumes(
 @pytest.mark.parametrize('variable,value', [('JAX_NUM_PROCESSES', 'two'),
                                             ('JAX_PROCESS_ID', '-1')])
 def test_a_bad_process_variable_is_one_line(tmp_path, variable, value):
-  env = _env(JAX_COORDINATOR_ADDRESS=f'localhost:{_free_port()}',
+  env = _env(JAX_COORDINATOR_ADDRESS=f'localhost:{free_port()}',
              JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='0')
   env[variable] = value
   result = subprocess.run(_train_py(tmp_path / 'run', tmp_path), cwd=ROOT,

@@ -337,13 +337,9 @@ def run(main) -> None:
   except faults.Diverged as e:
     fail(str(e), faults.EXIT_DIVERGED)
   except faults.WriteError as e:
-    # At once: the writer threads of a failed Orbax save may never end, and
-    # the interpreter would wait for them (300 s) before exiting.
-    sys.stderr.write(f'error: {e}\n')
-    sys.stderr.flush()
-    sys.stdout.flush()
-    logging.flush()
-    os._exit(faults.EXIT_WRITE_FAILED)  # pylint: disable=protected-access
+    # The writer threads of a failed Orbax save may never end, and the
+    # interpreter would wait for them (300 s) before exiting.
+    _exit_at_once(str(e), faults.EXIT_WRITE_FAILED)
   except (ValueError, input_pipeline.DataNotFoundError) as e:
     # Bad input: one clear message, no stack trace.
     fail(str(e))
@@ -356,16 +352,24 @@ def run(main) -> None:
   except Exception as e:  # pylint: disable=broad-except
     if not _lost_peer(e):
       raise
-    # At once: JAX's exit would wait for the lost process at a shutdown
-    # barrier until the heartbeat times out, then abort with a core dump.
+    # JAX's exit would wait for the lost process at a shutdown barrier until
+    # the heartbeat times out, then abort with a core dump.
     import jax  # pylint: disable=g-import-not-at-top
-    sys.stderr.write(
-        f'error: process {jax.process_index()} of a multi-process run lost '
-        f'contact with another process ({faults.first_line(e)}); the last '
-        'complete checkpoint is intact: run the same command on every '
-        'process again to resume.\n')
-    sys.stderr.flush()
-    os._exit(faults.EXIT_PEER_LOST)  # pylint: disable=protected-access
+    _exit_at_once(
+        f'process {jax.process_index()} of a multi-process run lost contact '
+        f'with another process ({faults.first_line(e)}); the last complete '
+        'checkpoint is intact: run the same command on every process again '
+        'to resume.', faults.EXIT_PEER_LOST)
+
+
+def _exit_at_once(message: str, status: int) -> None:
+  """`error: message`, then exits with `status` without the interpreter's
+  clean-up (threads, atexit), which could wait long or forever."""
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.stdout.flush()
+  logging.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def _lost_peer(e: BaseException) -> bool:

@@ -28,7 +28,6 @@ from training import records
 # The computation dtypes a config may name (`compute_dtype` gives JAX's).
 DTYPE_NAMES = ('float32', 'bfloat16')
 
-
 # The optimizers a config names, with the config keys each takes besides
 # learning_rate (the arguments of training/optimizers.py's factories).
 HYPERPARAMETERS = {

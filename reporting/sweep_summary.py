@@ -59,18 +59,18 @@ def halving_outcome(summary: list, rows: list, rungs: list,
 
   summary, rows: summarize_member's dicts and each member's metrics rows,
   in grid order; rungs: the sweep's halving.Rung records, rung by rung.
-  Adds to each member's dict its final_val_error, stopped_epoch (None: it
-  trained to num_epochs), stopped_val_error (its validation error at that
-  rung) and rung_cut (the worst validation error that went on there).
+  Adds to each member's dict its stopped_epoch (None: it trained to
+  num_epochs), stopped_val_error (its validation error at that rung) and
+  rung_cut (the worst validation error that went on there).
   Returns {'winner', 'winner_val_error'}: of the members trained to
   num_epochs, the lowest final validation error (the earliest in the grid
   on a tie; the test split decides nothing).
   """
   by_name = {s['name']: s for s in summary}
-  for s, member_rows in zip(summary, rows):
-    s.update(final_val_error=records.finite_or_none(
-        member_rows[-1].get('val_error') if member_rows else None),
-             stopped_epoch=None, stopped_val_error=None, rung_cut=None)
+  for s in summary:
+    # summarize_member's final_val_error; None for a member without rows.
+    s.setdefault('final_val_error', None)
+    s.update(stopped_epoch=None, stopped_val_error=None, rung_cut=None)
   for rung in rungs:
     errors = dict(zip(rung.members, rung.val_errors))
     cut = max((errors[n] for n in rung.survivors if errors[n] is not None),
